@@ -1,0 +1,9 @@
+"""slowsde_jax: adaptive gradient methods and their slow SDE near the minimizer manifold, in JAX.
+
+Importing the package turns on float64 (see ``slowsde_jax._precision``).
+"""
+from . import _precision  # noqa: F401  (must run before any array is made)
+from .errors import ConfigError
+from .methods import Method, adalayer, adam, adam_mini, adame, make_method, rmsprop, sgd
+
+__version__ = "0.1.0"

@@ -1,0 +1,299 @@
+"""The discrete engine: AGM runs on the SDE clock t = k eta^2, jitted, vmapped over paths and hyperparameters.
+
+The state of every (configuration, path) pair advances inside one jitted function (``_advance``) that runs
+a ``lax.while_loop`` up to a per-configuration target step; a Python loop calls it chunk by chunk. Between
+chunks the host records observables on the time grid, updates the progress bar, and may write a checkpoint:
+that loop is the one place where checkpoints, divergence reports and the like hook in.
+
+Hyperparameters that vary in a sweep (``eta``, ``lam``, ``c``, ``beta1``, ``beta2``, ``eps``, ``delta``,
+``n_train``) are arrays, so a sweep compiles once. A path whose state becomes non-finite or exceeds
+``divergence_bound`` is frozen at its last good state and flagged with its step.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import time
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _precision
+from .errors import ConfigError, check_range
+from .trajectory import Trajectory
+
+SWEEPABLE = ("eta", "lam", "c", "beta1", "beta2", "eps", "delta", "n_train")
+
+# Number of times the per-step kernel was traced (compiled); tests use it to show that sweeps compile once.
+TRACE_COUNT = {"advance": 0}
+
+
+def apply_hypers(problem, noise, method, hypers: dict):
+    """Return (problem, noise, method) with the hyperparameters in ``hypers`` (arrays) substituted."""
+    for name, value in hypers.items():
+        if name == "eta":
+            continue
+        if name in ("lam", "c", "beta1", "beta2", "eps"):
+            if getattr(method, name) is None:
+                raise ConfigError(name, f"method {method.name} has no hyperparameter '{name}' to sweep")
+            method = eqx.tree_at(lambda m: getattr(m, name), method, value)
+        elif name == "delta":
+            if not hasattr(noise, "delta"):
+                raise ConfigError("delta", f"noise {type(noise).__name__} has no delta to sweep")
+            noise = eqx.tree_at(lambda n: n.delta, noise, value)
+        elif name == "n_train":
+            if not hasattr(problem, "n_active"):
+                raise ConfigError("n_train", f"problem {type(problem).__name__} has no samples to mask")
+            problem = eqx.tree_at(lambda p: p.n_active, problem, value)
+        else:
+            raise ConfigError("sweep", f"cannot sweep '{name}'; sweepable: {', '.join(SWEEPABLE)}")
+    return problem, noise, method
+
+
+class PathState(eqx.Module):
+    """State of one path: parameters, optimizer state, PRNG key, step count, divergence step (-1 if none)."""
+
+    theta: jax.Array
+    opt: Any
+    key: jax.Array
+    step: jax.Array
+    diverged_step: jax.Array
+
+
+def _init_state(problem, noise, method, eta, theta0, v0_mode, v0, key):
+    """Initial PathState for one path. ``v0_mode``: "zeros", "equilibrium" or "given" (then ``v0``)."""
+    k_init, k_run = jax.random.split(key)
+    theta = problem.init(k_init) if theta0 is None else theta0
+    if method.has_v and v0_mode == "equilibrium":
+        v0 = method.V(noise.covariance_diag(problem, theta))
+    elif v0_mode == "zeros":
+        v0 = None
+    opt = method.optax(eta, v0=v0).init(theta)
+    return PathState(theta=theta, opt=opt, key=k_run, step=jnp.zeros((), jnp.int64),
+                     diverged_step=jnp.full((), -1, jnp.int64))
+
+
+def _advance_one(problem, noise, method, eta, bound, state: PathState, target):
+    """Run one path until ``state.step == target`` (or it diverges)."""
+    tx = method.optax(eta)
+
+    def cond(s):
+        return (s.step < target) & (s.diverged_step < 0)
+
+    def body(s):
+        key, sub = jax.random.split(s.key)
+        g = noise.grad(problem, s.theta, sub)
+        upd, opt = tx.update(g, s.opt, s.theta)
+        theta = s.theta + upd
+        leaves = [theta] + [x for x in jax.tree_util.tree_leaves(opt) if jnp.issubdtype(x.dtype, jnp.floating)]
+        ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) & (jnp.max(jnp.abs(theta)) <= bound)
+        step = s.step + 1
+        new = PathState(theta=theta, opt=opt, key=key, step=step, diverged_step=s.diverged_step)
+        frozen = PathState(theta=s.theta, opt=s.opt, key=s.key, step=s.step, diverged_step=step)
+        return jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, frozen)
+
+    return jax.lax.while_loop(cond, body, state)
+
+
+@eqx.filter_jit
+def _advance(problem, noise, method, hypers, bound, state, target):
+    """All configurations (axis 0) x paths (axis 1) advanced to ``target`` (shape (n_cfg,))."""
+    TRACE_COUNT["advance"] += 1
+
+    def per_cfg(h, st, tgt):
+        p, n, m = apply_hypers(problem, noise, method, h)
+        return jax.vmap(lambda s: _advance_one(p, n, m, h["eta"], bound, s, tgt))(st)
+
+    return jax.vmap(per_cfg)(hypers, state, target)
+
+
+@eqx.filter_jit
+def _init_all(problem, noise, method, hypers, theta0, v0_mode, v0, keys):
+    def per_cfg(h):
+        p, n, m = apply_hypers(problem, noise, method, h)
+        return jax.vmap(lambda k: _init_state(p, n, m, h["eta"], theta0, v0_mode, v0, k))(keys)
+
+    return jax.vmap(per_cfg)(hypers)
+
+
+@eqx.filter_jit
+def _observe(problem, noise, method, hypers, state):
+    def per_cfg(h, st):
+        p, _, _ = apply_hypers(problem, noise, method, h)
+        return jax.vmap(p.observables)(st.theta)
+
+    return jax.vmap(per_cfg)(hypers, state)
+
+
+def _grid(eta, sweep, dtype):
+    """Cartesian grid of hyperparameters: dict name -> array (n_cfg,), and the list of per-config dicts."""
+    sweep = dict(sweep or {})
+    if "eta" not in sweep:
+        sweep["eta"] = [eta]
+    for k in sweep:
+        if k not in SWEEPABLE:
+            from .errors import suggest
+
+            raise ConfigError(f"sweep.{k}", f"not sweepable{suggest(k, SWEEPABLE)}; sweepable: {', '.join(SWEEPABLE)}")
+    names = list(sweep)
+    values = [np.atleast_1d(np.asarray(sweep[k], dtype=float)) for k in names]
+    for k, v in zip(names, values):
+        if v.ndim != 1 or v.size == 0:
+            raise ConfigError(f"sweep.{k}", "must be a non-empty list of numbers")
+    combos = list(itertools.product(*values))
+    grid = {k: jnp.asarray([c[i] for c in combos], dtype) for i, k in enumerate(names)}
+    return grid, [dict(zip(names, map(float, c))) for c in combos]
+
+
+@dataclasses.dataclass
+class DiscreteRun:
+    """A discrete run in progress: the device state, the schedule and the records so far.
+
+    ``targets[i, j]`` is the step at which configuration i records its j-th point; ``done`` counts the
+    recorded points. Everything needed to continue sits here, so a checkpoint is this object's arrays.
+    """
+
+    state: PathState
+    targets: np.ndarray  # (n_cfg, n_rec + 1) int
+    records: dict  # name -> list of arrays (n_cfg, n_paths, ...) per recorded point
+    done: int = 0
+
+
+def simulate_discrete(problem, noise, method, eta=None, T=None, n_paths=1, key=0, *, steps=None, n_record=100,
+                      theta0=None, v0="zeros", sweep=None, record_state=True, chunk_steps=1_000_000,
+                      progress=None, divergence_bound=1e10, dtype=None, on_chunk=None):
+    """Run the discrete AGM ``method`` on ``problem`` with gradient noise ``noise``.
+
+    Runs K = round(T / eta^2) steps (or ``steps`` steps for every configuration) for ``n_paths`` independent
+    paths and records ``n_record + 1`` points on the SDE clock t = k eta^2 (including t = 0).
+
+    - ``key``: a jax PRNG key or an int seed. Path i uses the same initializer and noise stream for every
+      configuration of a sweep (common random numbers).
+    - ``theta0``: initial parameters (D,) for all paths; default: ``problem.init`` per path.
+    - ``v0``: "zeros", "equilibrium" (V(Sigma(theta0))), or an array (D,).
+    - ``sweep``: dict name -> list of values over ``eta``, ``lam``, ``c``, ``beta1``, ``beta2``, ``eps``,
+      ``delta``, ``n_train``; the run covers their Cartesian grid in one compiled function.
+    - ``record_state``: also record theta and v, shape (n_paths, n_t, D) each.
+    - ``chunk_steps``: at most this many steps per jitted call (progress, checkpoints between calls).
+    - ``on_chunk(run)``: called after every chunk with the :class:`DiscreteRun` (checkpoints hook in here).
+
+    Returns a :class:`Trajectory`, or a list of them (one per grid point, in grid order) when ``sweep`` is given.
+    """
+    key = jax.random.PRNGKey(key) if isinstance(key, (int, np.integer)) else key
+    if not isinstance(n_paths, (int, np.integer)) or n_paths < 1:
+        raise ConfigError("n_paths", f"must be an integer >= 1, got {n_paths!r}")
+    if not isinstance(n_record, (int, np.integer)) or n_record < 1:
+        raise ConfigError("n_record", f"must be an integer >= 1, got {n_record!r}")
+    if (T is None) == (steps is None):
+        raise ConfigError("T", "give exactly one of T (SDE time) and steps")
+    if eta is None and not (sweep and "eta" in sweep):
+        raise ConfigError("eta", "a learning rate is required")
+    dtype = dtype or _precision.default_float()
+    if T is not None:
+        check_range("T", T, low=0.0, low_open=True)
+    else:
+        if not isinstance(steps, (int, np.integer)) or steps < 1:
+            raise ConfigError("steps", f"must be an integer >= 1, got {steps!r}")
+    grid, cfgs = _grid(eta, sweep, dtype)
+    check_range("eta", grid["eta"], low=0.0, low_open=True)
+    if dtype != _precision.default_float():
+        cast = lambda x: x.astype(dtype) if eqx.is_array(x) and jnp.issubdtype(x.dtype, jnp.floating) else x
+        problem, noise, method = jax.tree_util.tree_map(cast, (problem, noise, method))
+    for cfg in cfgs:  # validate every grid point before compiling
+        p, n, m = apply_hypers(problem, noise, method, {k: jnp.asarray(v) for k, v in cfg.items()})
+        if m.has_v:
+            if m.c is None:
+                check_range("beta2", m.beta2, low=0.0, high=1.0, high_open=True)
+            else:
+                check_range("c*eta^2", m.c * cfg["eta"] ** 2, low=0.0, high=1.0, high_open=True)
+
+    D = problem.dim
+    if theta0 is not None:
+        theta0 = jnp.asarray(theta0, dtype)
+        if theta0.shape != (D,):
+            raise ConfigError("theta0", f"must have shape ({D},), got {theta0.shape}")
+    v0_arr = None
+    if isinstance(v0, str):
+        if v0 not in ("zeros", "equilibrium"):
+            raise ConfigError("v0", f"must be 'zeros', 'equilibrium' or an array, got {v0!r}")
+        v0_mode = v0
+    else:
+        v0_mode, v0_arr = "given", jnp.asarray(v0, dtype)
+        if v0_arr.shape not in ((D,), ()):
+            raise ConfigError("v0", f"must have shape ({D},), got {v0_arr.shape}")
+        if not bool(jnp.all(v0_arr >= 0)):
+            raise ConfigError("v0", "must be non-negative")
+
+    etas = np.asarray(grid["eta"], dtype=float)
+    if T is not None:
+        t_grid = np.linspace(0.0, float(T), n_record + 1)
+        targets = np.rint(t_grid[None, :] / etas[:, None] ** 2).astype(np.int64)
+    else:
+        targets = np.tile(np.rint(np.linspace(0, steps, n_record + 1)).astype(np.int64), (len(cfgs), 1))
+
+    keys = jax.random.split(key, n_paths)
+    state = _init_all(problem, noise, method, grid, theta0, v0_mode, v0_arr, keys)
+    run = DiscreteRun(state=state, targets=targets, records={})
+    _record(run, problem, noise, method, grid, record_state)
+    run = _continue(run, problem, noise, method, grid, record_state, chunk_steps, progress, divergence_bound, on_chunk)
+    trajs = _trajectories(run, cfgs, method, noise, problem, dict(T=T, steps=steps, n_paths=int(n_paths),
+                                                                   v0=v0 if isinstance(v0, str) else "given"))
+    return trajs if sweep else trajs[0]
+
+
+def _record(run, problem, noise, method, grid, record_state):
+    obs = _observe(problem, noise, method, grid, run.state)
+    for k, x in obs.items():
+        run.records.setdefault("obs." + k, []).append(np.asarray(x))
+    if record_state:
+        run.records.setdefault("theta", []).append(np.asarray(run.state.theta))
+        if run.state.opt.v is not None:
+            run.records.setdefault("v", []).append(np.asarray(run.state.opt.v))
+    run.done += 1
+
+
+def _continue(run, problem, noise, method, grid, record_state, chunk_steps, progress, bound, on_chunk):
+    """Advance ``run`` through its remaining record points, chunk by chunk."""
+    targets = run.targets
+    total = int(targets[:, -1].max())
+    bar = None
+    if progress or (progress is None and total * targets.shape[0] >= 2_000_000):
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, initial=int(targets[:, run.done - 1].max()), unit="step", desc=method.name)
+    bound = jnp.asarray(bound, run.state.theta.dtype)
+    while run.done < targets.shape[1]:
+        j = run.done
+        lo, hi = targets[:, j - 1], targets[:, j]
+        n_sub = max(1, math.ceil(int((hi - lo).max()) / chunk_steps))
+        for s in range(1, n_sub + 1):
+            tgt = lo + ((hi - lo) * s) // n_sub
+            run.state = _advance(problem, noise, method, grid, bound, run.state, jnp.asarray(tgt))
+            if bar is not None:
+                bar.update(int(tgt.max()) - bar.n)
+        _record(run, problem, noise, method, grid, record_state)
+        if on_chunk is not None:
+            on_chunk(run)
+    if bar is not None:
+        bar.close()
+    return run
+
+
+def _trajectories(run, cfgs, method, noise, problem, extra):
+    rec = {k: np.stack(v, axis=2) for k, v in run.records.items()}  # (n_cfg, n_paths, n_t, ...)
+    div = np.asarray(run.state.diverged_step)
+    out = []
+    for i, cfg in enumerate(cfgs):
+        eta = cfg["eta"]
+        meta = {"engine": "discrete", "method": method.name, "noise": type(noise).__name__,
+                "problem": type(problem).__name__, "eta": eta, "hypers": cfg,
+                "steps": int(run.targets[i, -1]), "record_steps": run.targets[i].tolist(), **extra}
+        out.append(Trajectory(t=run.targets[i] * eta**2, theta=rec["theta"][i] if "theta" in rec else None,
+                              v=rec["v"][i] if "v" in rec else None,
+                              observables={k[4:]: x[i] for k, x in rec.items() if k.startswith("obs.")},
+                              diverged_step=div[i], meta=meta))
+    return out

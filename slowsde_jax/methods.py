@@ -1,0 +1,251 @@
+"""Adaptive gradient methods (AGMs) exactly as in Li, Wen, Lyu (2025), as optax transforms.
+
+One step, with g the stochastic gradient (``slow_sde_math.md`` §1)::
+
+    m <- beta1 m + (1 - beta1) g
+    v <- beta2 v + (1 - beta2) V(g g^T)
+    update = -eta S(v) m                      (the fresh m and v; no bias correction by default)
+
+with 1 - beta2 = c eta^2 (or an explicit beta2). ``V`` maps the diagonal of a D x D matrix to a vector of
+length D, ``S(v)`` is a diagonal preconditioner returned as its diagonal (length D):
+
+=========== ================================== ============================
+method      V(M)_i                             S(v)
+=========== ================================== ============================
+adam        M_ii                               1 / (sqrt(v) + eps)
+adam_mini   mean of M_jj over i's block        1 / (sqrt(v) + eps)
+adalayer    mean of M_jj over i's leaf/layer   1 / (sqrt(v) + eps)
+adame(lam)  M_ii                               1 / (v^lam + eps)
+rmsprop     as adam with beta1 = 0
+sgd         (no v)                             1  (momentum is the EMA form above)
+=========== ================================== ============================
+
+A :class:`Method` is an equinox Module: its hyperparameters are array leaves, so a method can be vmapped over
+(a sweep over lam or c compiles once). The optimizer state keeps ``m`` and ``v`` as flat vectors over the
+raveled parameters (shape (D,)), whatever pytree the parameters are.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.flatten_util import ravel_pytree
+
+from . import _precision  # noqa: F401  (float64 by default)
+from .errors import ConfigError, check_range
+
+METHOD_NAMES = ("adam", "adam_mini", "adalayer", "adame", "rmsprop", "sgd")
+
+
+def _f(x):
+    return None if x is None else jnp.asarray(x, dtype=_precision.default_float())
+
+
+class AGMState(NamedTuple):
+    """State of an AGM transform: step ``count`` (int32), ``m`` and ``v`` (flat, shape (D,); v None for SGD)."""
+
+    count: jax.Array
+    m: jax.Array
+    v: Any
+
+
+class Method(eqx.Module):
+    """An AGM spec. Build it with :func:`adam`, :func:`adam_mini`, :func:`adalayer`, :func:`adame`,
+    :func:`rmsprop` or :func:`sgd` rather than directly.
+
+    Fields: ``beta1``; ``c`` (1 - beta2 = c eta^2) or ``beta2``; ``eps``; ``lam`` (the power in S, None for
+    SGD); static: ``name``, ``blocks`` (None, "leaf", or a tuple of block ids per raveled coordinate),
+    ``bias_correction``.
+    """
+
+    beta1: jax.Array
+    c: Any
+    beta2: Any
+    eps: jax.Array
+    lam: Any
+    name: str = eqx.field(static=True)
+    blocks: Any = eqx.field(static=True, default=None)
+    bias_correction: bool = eqx.field(static=True, default=False)
+
+    # ----- the pieces the slow SDE uses -------------------------------------------------------------------
+    @property
+    def has_v(self) -> bool:
+        """False for SGD, whose preconditioner is the identity."""
+        return self.lam is not None
+
+    def beta2_at(self, eta):
+        """beta2 used at learning rate eta: 1 - c eta^2, or the explicit beta2."""
+        return self.beta2 if self.c is None else 1.0 - self.c * jnp.asarray(eta) ** 2
+
+    def c_at(self, eta):
+        """c = (1 - beta2) / eta^2 at learning rate eta (the rate of the v-equation in SDE time)."""
+        return self.c if self.c is not None else (1.0 - self.beta2) / jnp.asarray(eta) ** 2
+
+    def block_ids(self, params) -> tuple[np.ndarray, int]:
+        """Block id of every raveled coordinate (numpy int array, shape (D,)) and the number of blocks."""
+        leaves = jax.tree_util.tree_leaves(params)
+        sizes = [int(np.prod(np.shape(x))) for x in leaves]
+        if self.blocks == "leaf":
+            ids = np.repeat(np.arange(len(sizes)), sizes)
+        elif self.blocks[0] == "per_leaf":
+            if len(self.blocks[1]) != len(sizes):
+                raise ConfigError("blocks", f"needs one block id per parameter leaf ({len(sizes)}), got {len(self.blocks[1])}")
+            ids = np.repeat(np.asarray(self.blocks[1]), sizes)
+        else:
+            ids = np.asarray(self.blocks, dtype=np.int64)
+            if ids.shape != (sum(sizes),):
+                raise ConfigError("blocks", f"needs one block id per parameter ({sum(sizes)}), got shape {ids.shape}")
+        uniq, ids = np.unique(ids, return_inverse=True)
+        return ids.reshape(-1), len(uniq)
+
+    def V(self, diag, params=None):
+        """V(M) from diag(M) (shape (D,)): the identity for Adam, the block mean for Adam-mini/Adalayer.
+
+        ``params`` (a pytree of the parameter shapes) is only needed for ``blocks="leaf"`` on pytrees.
+        """
+        if self.blocks is None:
+            return diag
+        ids, n_blocks = self.block_ids(diag if params is None else params)
+        ids = jnp.asarray(ids)
+        sums = jax.ops.segment_sum(diag, ids, num_segments=n_blocks)
+        counts = jax.ops.segment_sum(jnp.ones_like(diag), ids, num_segments=n_blocks)
+        return (sums / counts)[ids]
+
+    def S(self, v):
+        """Diagonal of the preconditioner S(v) (shape (D,)): 1/(v^lam + eps); ones for SGD."""
+        if not self.has_v:
+            return jnp.ones_like(v)
+        return 1.0 / (jnp.power(v, self.lam) + self.eps)
+
+    # ----- the discrete optimizer --------------------------------------------------------------------------
+    def optax(self, eta, v0=None) -> optax.GradientTransformation:
+        """The discrete AGM at learning rate ``eta`` as an optax GradientTransformation.
+
+        ``v0``: initial second moment (flat, shape (D,)); zeros by default. m starts at zero.
+        """
+        check_range("eta", eta, low=0.0, low_open=True)
+        method = self
+        beta2 = self.beta2_at(eta) if self.has_v else None
+        if self.has_v:
+            check_range("beta2", beta2, low=0.0, high=1.0, high_open=True)
+
+        def init(params):
+            flat, _ = ravel_pytree(params)
+            m = jnp.zeros_like(flat)
+            if not method.has_v:
+                v = None
+            elif v0 is None:
+                v = jnp.zeros_like(flat)
+            else:
+                v = jnp.broadcast_to(jnp.asarray(v0, flat.dtype), flat.shape)
+            return AGMState(count=jnp.zeros((), jnp.int32), m=m, v=v)
+
+        def update(updates, state, params=None):
+            g, unravel = ravel_pytree(updates)
+            count = state.count + 1
+            m = method.beta1 * state.m + (1.0 - method.beta1) * g
+            m_hat = m / (1.0 - method.beta1**count) if method.bias_correction else m
+            if method.has_v:
+                v = beta2 * state.v + (1.0 - beta2) * method.V(g * g, updates)
+                v_hat = v / (1.0 - beta2**count) if method.bias_correction else v
+                step = -eta * method.S(v_hat) * m_hat
+            else:
+                v = None
+                step = -eta * m_hat
+            return unravel(step.astype(g.dtype)), AGMState(count=count, m=m, v=v)
+
+        return optax.GradientTransformation(init, update)
+
+
+# ----- factories -------------------------------------------------------------------------------------------
+def _make(name, beta1, beta2, c, eps, lam, blocks=None, bias_correction=False) -> Method:
+    check_range("beta1", beta1, low=0.0, high=1.0, high_open=True)
+    check_range("eps", eps, low=0.0)
+    if lam is not None:
+        check_range("lam", lam, low=0.0, high=1.0, low_open=True)
+    if beta2 is not None and c is not None:
+        raise ConfigError("beta2", "give either beta2 or c (1 - beta2 = c eta^2), not both")
+    if lam is not None and beta2 is None and c is None:
+        c = 10.0  # the authors' choice for the slow limit
+    if beta2 is not None:
+        check_range("beta2", beta2, low=0.0, high=1.0, high_open=True)
+    if c is not None:
+        check_range("c", c, low=0.0)
+    return Method(beta1=_f(beta1), c=_f(c), beta2=_f(beta2), eps=_f(eps), lam=_f(lam), name=name,
+                  blocks=blocks, bias_correction=bool(bias_correction))
+
+
+def adam(beta1=0.9, beta2=None, c=None, eps=1e-8, bias_correction=False) -> Method:
+    """Adam: V = diag, S = 1/(sqrt(v)+eps). Without beta2 or c, c = 10 (1 - beta2 = 10 eta^2)."""
+    return _make("adam", beta1, beta2, c, eps, 0.5, bias_correction=bias_correction)
+
+
+def adame(lam=0.5, beta1=0.9, beta2=None, c=None, eps=1e-8, bias_correction=False) -> Method:
+    """AdamE-lam: S = 1/(v^lam + eps); lam = 1/2 is Adam, lam -> 0 approaches SGD at rate eta/(1+eps)."""
+    return _make("adame", beta1, beta2, c, eps, lam, bias_correction=bias_correction)
+
+
+def rmsprop(beta2=None, c=None, eps=1e-8, bias_correction=False) -> Method:
+    """RMSProp: Adam with beta1 = 0."""
+    return _make("rmsprop", 0.0, beta2, c, eps, 0.5, bias_correction=bias_correction)
+
+
+def _blocks_spec(blocks):
+    if blocks is None:
+        raise ConfigError("blocks", "adam_mini needs block ids: one per coordinate, or 'leaf'")
+    if isinstance(blocks, str):
+        if blocks != "leaf":
+            raise ConfigError("blocks", f"must be 'leaf' or a list of integer block ids, got {blocks!r}")
+        return "leaf"
+    if isinstance(blocks, dict) or (isinstance(blocks, (list, tuple)) and any(np.ndim(b) for b in blocks)):
+        leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(blocks)]
+        if all(x.ndim == 0 for x in leaves):  # one id per parameter leaf, in the params' leaf order
+            return ("per_leaf", tuple(int(x) for x in leaves))
+        arr = np.concatenate([x.ravel() for x in leaves])  # id arrays per leaf, raveled like the params
+    else:
+        arr = np.asarray(blocks)
+    if arr.dtype.kind not in "iu" and not (arr.dtype.kind == "f" and np.all(arr == np.round(arr))):
+        raise ConfigError("blocks", "block ids must be integers")
+    return tuple(int(i) for i in arr.ravel())
+
+
+def adam_mini(blocks, beta1=0.9, beta2=None, c=None, eps=1e-8, bias_correction=False) -> Method:
+    """Adam-mini: v is shared within blocks (V = block mean of diag).
+
+    ``blocks``: integer block id per raveled coordinate (length D), a pytree of ids matching the params
+    (raveled in the same order), or ``"leaf"`` for one block per pytree leaf.
+    """
+    return _make("adam_mini", beta1, beta2, c, eps, 0.5, blocks=_blocks_spec(blocks), bias_correction=bias_correction)
+
+
+def adalayer(beta1=0.9, beta2=None, c=None, eps=1e-8, bias_correction=False, blocks="leaf") -> Method:
+    """Adalayer: one block per layer. Layers are the pytree leaves, or explicit ids via ``blocks``."""
+    return _make("adalayer", beta1, beta2, c, eps, 0.5, blocks=_blocks_spec(blocks), bias_correction=bias_correction)
+
+
+def sgd(momentum=0.0, bias_correction=False) -> Method:
+    """SGD, S = I, with optional EMA momentum m <- momentum m + (1 - momentum) g (the AGM form)."""
+    return _make("sgd", momentum, None, None, 0.0, None, bias_correction=bias_correction)
+
+
+FACTORIES = {"adam": adam, "adam_mini": adam_mini, "adalayer": adalayer, "adame": adame,
+             "rmsprop": rmsprop, "sgd": sgd}
+
+
+def make_method(name: str, **kwargs) -> Method:
+    """A method by name with keyword hyperparameters (used by configs)."""
+    from .errors import suggest
+
+    if name not in FACTORIES:
+        raise ConfigError("method", f"unknown method '{name}'{suggest(name, FACTORIES)}; choose from {', '.join(METHOD_NAMES)}")
+    import inspect
+
+    allowed = set(inspect.signature(FACTORIES[name]).parameters)
+    for k in kwargs:
+        if k not in allowed:
+            raise ConfigError(k, f"not a hyperparameter of {name}{suggest(k, allowed)}; allowed: {', '.join(sorted(allowed))}")
+    return FACTORIES[name](**kwargs)

@@ -1,0 +1,175 @@
+"""Gradient noise models: each one both *samples* a stochastic gradient and returns its exact covariance.
+
+The discrete engine calls ``noise.grad(problem, theta, key)`` (shape (D,)); the slow-SDE side calls
+``noise.covariance(problem, theta)`` (shape (D, D)) or ``covariance_diag`` (shape (D,)). Both come from one
+object, so they cannot drift apart.
+
+- :func:`label_noise`: l_i = (f_i - y_i - xi_i)^2 / 2 with xi_i = +-delta (Rademacher) or N(0, delta^2), fresh
+  each step, on every label of the full batch, or on a minibatch of B samples drawn with replacement
+  (probabilities w_i). On Gamma, Sigma = alpha H with alpha = delta^2 / n (full batch) or delta^2 / B.
+- :func:`minibatch`: B samples drawn with replacement, Sigma = (1/B) (sum_i w_i g_i g_i^T - g g^T).
+- :func:`gaussian`: grad L + A z, A A^T = Sigma(theta), Sigma a constant matrix or a function of theta.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _precision
+from .errors import ConfigError, check_range
+
+
+def _batch_weights(key, weights, batch_size):
+    """Weights counts_i / B of B indices drawn with replacement with probabilities ``weights``."""
+    idx = jax.random.choice(key, weights.shape[0], (batch_size,), replace=True, p=weights)
+    return jnp.zeros_like(weights).at[idx].add(1.0 / batch_size)
+
+
+class Noise(eqx.Module):
+    """Protocol: ``grad(problem, theta, key)``, ``covariance(problem, theta)``, ``covariance_diag``."""
+
+    def grad(self, problem, theta, key):
+        raise NotImplementedError
+
+    def covariance(self, problem, theta):
+        raise NotImplementedError
+
+    def covariance_diag(self, problem, theta):
+        return jnp.diag(self.covariance(problem, theta))
+
+    def label_noise_alpha(self, problem):
+        """alpha with Sigma = alpha H on Gamma, or None when the noise is not of that form."""
+        return None
+
+
+class LabelNoise(Noise):
+    """Label noise of size ``delta`` (an array: sweepable). ``distribution``: "rademacher" or "gaussian";
+    ``batch_size``: None for the full batch, else B samples drawn with replacement."""
+
+    delta: jax.Array
+    distribution: str = eqx.field(static=True, default="rademacher")
+    batch_size: Any = eqx.field(static=True, default=None)
+
+    def _xi(self, key, shape, dtype):
+        if self.distribution == "rademacher":
+            return self.delta * jax.random.rademacher(key, shape, dtype)
+        return self.delta * jax.random.normal(key, shape, dtype)
+
+    def grad(self, problem, theta, key):
+        k_xi, k_b = jax.random.split(key)
+        r, vjp = jax.vjp(problem.residuals, theta)
+        w = problem.sample_weights()
+        if self.batch_size is not None:
+            w = _batch_weights(k_b, w, self.batch_size)
+        return vjp(w * (r - self._xi(k_xi, r.shape, r.dtype)))[0]
+
+    def _parts(self, problem, theta):
+        return problem.residuals(theta), jax.jacfwd(problem.residuals)(theta), problem.sample_weights()
+
+    def covariance(self, problem, theta):
+        r, J, w = self._parts(problem, theta)
+        if self.batch_size is None:
+            return self.delta**2 * (J.T * w**2) @ J
+        g = (w * r) @ J
+        return ((J.T * (w * (r**2 + self.delta**2))) @ J - jnp.outer(g, g)) / self.batch_size
+
+    def covariance_diag(self, problem, theta):
+        r, J, w = self._parts(problem, theta)
+        if self.batch_size is None:
+            return self.delta**2 * (w**2 @ J**2)
+        g = (w * r) @ J
+        return ((w * (r**2 + self.delta**2)) @ J**2 - g**2) / self.batch_size
+
+    def label_noise_alpha(self, problem):
+        n = problem.n_active if hasattr(problem, "n_active") else problem.sample_weights().shape[0]
+        return self.delta**2 / (n if self.batch_size is None else self.batch_size)
+
+
+class Minibatch(Noise):
+    """Sampling noise: B samples drawn with replacement with probabilities w_i (the problem's weights)."""
+
+    batch_size: int = eqx.field(static=True)
+
+    def grad(self, problem, theta, key):
+        wb = _batch_weights(key, problem.sample_weights(), self.batch_size)
+        return jax.grad(lambda th: jnp.sum(wb * problem.per_sample_losses(th)))(theta)
+
+    def covariance(self, problem, theta):
+        G = jax.jacrev(problem.per_sample_losses)(theta)  # (n, D)
+        w = problem.sample_weights()
+        g = w @ G
+        return ((G.T * w) @ G - jnp.outer(g, g)) / self.batch_size
+
+
+class Gaussian(Noise):
+    """grad L(theta) + A z with z ~ N(0, I) and A A^T = Sigma. ``cov``: a (D, D) matrix (its factor is
+    precomputed) or a function theta -> (D, D)."""
+
+    cov: Any
+    factor: Any = None
+    cov_fn: Any = None
+
+    def _factor(self, theta):
+        if self.factor is not None:
+            return self.factor
+        return psd_sqrt(self.cov_fn(theta))
+
+    def grad(self, problem, theta, key):
+        A = self._factor(theta)
+        return jax.grad(problem.loss)(theta) + A @ jax.random.normal(key, (A.shape[1],), theta.dtype)
+
+    def covariance(self, problem, theta):
+        return self.cov if self.cov_fn is None else self.cov_fn(theta)
+
+
+def psd_sqrt(S):
+    """A with A A^T = S for a symmetric positive semi-definite S (eigendecomposition; tiny negative
+    eigenvalues from rounding are clipped to 0)."""
+    lam, Q = jnp.linalg.eigh(S)
+    return Q * jnp.sqrt(jnp.maximum(lam, 0.0))
+
+
+def label_noise(delta=0.5, distribution="rademacher", batch_size=None) -> LabelNoise:
+    """Label noise: +-delta (Rademacher) or N(0, delta^2) on every label, fresh each step (math §2)."""
+    check_range("delta", delta, low=0.0)
+    if distribution not in ("rademacher", "gaussian"):
+        raise ConfigError("distribution", f"must be 'rademacher' or 'gaussian', got {distribution!r}")
+    if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
+        raise ConfigError("batch_size", f"must be a positive integer or None, got {batch_size!r}")
+    return LabelNoise(delta=jnp.asarray(delta, _precision.default_float()), distribution=distribution,
+                      batch_size=None if batch_size is None else int(batch_size))
+
+
+def minibatch(batch_size) -> Minibatch:
+    """Minibatch sampling noise with B = ``batch_size`` samples drawn with replacement."""
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ConfigError("batch_size", f"must be a positive integer, got {batch_size!r}")
+    return Minibatch(batch_size=int(batch_size))
+
+
+def gaussian(cov: Any) -> Gaussian:
+    """Injected Gaussian gradient noise with covariance ``cov``: a symmetric PSD (D, D) matrix, a vector
+    (its diagonal), or a function theta -> (D, D)."""
+    if callable(cov):
+        return Gaussian(cov=None, cov_fn=cov)
+    c = np.asarray(cov, dtype=float)
+    if c.ndim == 1:
+        c = np.diag(c)
+    if c.ndim != 2 or c.shape[0] != c.shape[1]:
+        raise ConfigError("cov", f"must be a square matrix or a vector of variances, got shape {c.shape}")
+    if not np.all(np.isfinite(c)):
+        raise ConfigError("cov", "must be finite")
+    if not np.allclose(c, c.T, rtol=1e-10, atol=1e-12 * max(1.0, np.abs(c).max())):
+        raise ConfigError("cov", "must be symmetric")
+    lam_min = np.linalg.eigvalsh(c).min() if c.size else 0.0
+    if lam_min < -1e-10 * max(1.0, np.abs(c).max()):
+        raise ConfigError("cov", f"must be positive semi-definite (smallest eigenvalue {lam_min:.3g})")
+    cj = jnp.asarray(c, _precision.default_float())
+    return Gaussian(cov=cj, factor=psd_sqrt(cj))
+
+
+NOISES = {"label_noise": label_noise, "minibatch": minibatch, "gaussian": gaussian}
