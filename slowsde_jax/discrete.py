@@ -240,7 +240,7 @@ def simulate_discrete(problem, noise, method, eta=None, T=None, n_paths=1, key=0
     run = DiscreteRun(state=state, targets=targets, records={})
     _record(run, problem, noise, method, grid, record_state)
     run = _continue(run, problem, noise, method, grid, record_state, chunk_steps, progress, divergence_bound, on_chunk)
-    trajs = _trajectories(run, cfgs, method, noise, problem, dict(T=T, steps=steps, n_paths=int(n_paths),
+    trajs = _trajectories(run, cfgs, method, noise, problem, dict(T=T, n_paths=int(n_paths),
                                                                    v0=v0 if isinstance(v0, str) else "given"))
     return trajs if sweep else trajs[0]
 
@@ -289,9 +289,9 @@ def _trajectories(run, cfgs, method, noise, problem, extra):
     out = []
     for i, cfg in enumerate(cfgs):
         eta = cfg["eta"]
-        meta = {"engine": "discrete", "method": method.name, "noise": type(noise).__name__,
+        meta = {**extra, "engine": "discrete", "method": method.name, "noise": type(noise).__name__,
                 "problem": type(problem).__name__, "eta": eta, "hypers": cfg,
-                "steps": int(run.targets[i, -1]), "record_steps": run.targets[i].tolist(), **extra}
+                "steps": int(run.targets[i, -1]), "record_steps": run.targets[i].tolist()}
         out.append(Trajectory(t=run.targets[i] * eta**2, theta=rec["theta"][i] if "theta" in rec else None,
                               v=rec["v"][i] if "v" in rec else None,
                               observables={k[4:]: x[i] for k, x in rec.items() if k.startswith("obs.")},

@@ -6,7 +6,7 @@ object, so they cannot drift apart.
 
 - :func:`label_noise`: l_i = (f_i - y_i - xi_i)^2 / 2 with xi_i = +-delta (Rademacher) or N(0, delta^2), fresh
   each step, on every label of the full batch, or on a minibatch of B samples drawn with replacement
-  (probabilities w_i). On Gamma, Sigma = alpha H with alpha = delta^2 / n (full batch) or delta^2 / B.
+  (probabilities w_i; every draw gets its own noise). On Gamma, Sigma = alpha H with alpha = delta^2 / n (full batch) or delta^2 / B.
 - :func:`minibatch`: B samples drawn with replacement, Sigma = (1/B) (sum_i w_i g_i g_i^T - g g^T).
 - :func:`gaussian`: grad L + A z, A A^T = Sigma(theta), Sigma a constant matrix or a function of theta.
 """
@@ -63,9 +63,12 @@ class LabelNoise(Noise):
         k_xi, k_b = jax.random.split(key)
         r, vjp = jax.vjp(problem.residuals, theta)
         w = problem.sample_weights()
-        if self.batch_size is not None:
-            w = _batch_weights(k_b, w, self.batch_size)
-        return vjp(w * (r - self._xi(k_xi, r.shape, r.dtype)))[0]
+        if self.batch_size is None:
+            return vjp(w * (r - self._xi(k_xi, r.shape, r.dtype)))[0]
+        # B draws with replacement, each with its own fresh label noise
+        idx = jax.random.choice(k_b, w.shape[0], (self.batch_size,), replace=True, p=w)
+        coef = (r[idx] - self._xi(k_xi, idx.shape, r.dtype)) / self.batch_size
+        return vjp(jnp.zeros_like(r).at[idx].add(coef))[0]
 
     def _parts(self, problem, theta):
         return problem.residuals(theta), jax.jacfwd(problem.residuals)(theta), problem.sample_weights()

@@ -1,0 +1,159 @@
+"""The AGM transforms against a plain numpy re-implementation of math §1, and against optax."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import slowsde_jax as S
+
+D, STEPS = 6, 300
+RNG = np.random.default_rng(0)
+GRADS = RNG.normal(size=(STEPS, D)) * np.linspace(0.1, 3.0, D)  # well-spread scales per coordinate
+
+
+def numpy_agm(grads, eta, beta1, beta2, eps, lam, V, bias_correction=False, v0=None):
+    """The AGM of math §1 in numpy; lam None is SGD. Returns the updates, shape (steps, D)."""
+    m = np.zeros(grads.shape[1])
+    v = np.zeros(grads.shape[1]) if v0 is None else np.array(v0, float)
+    out = []
+    for k, g in enumerate(grads, start=1):
+        m = beta1 * m + (1 - beta1) * g
+        mh = m / (1 - beta1**k) if bias_correction else m
+        if lam is None:
+            out.append(-eta * mh)
+            continue
+        v = beta2 * v + (1 - beta2) * V(g * g)
+        vh = v / (1 - beta2**k) if bias_correction else v
+        out.append(-eta * mh / (vh**lam + eps))
+    return np.array(out)
+
+
+def run_transform(tx, grads, params0=None):
+    params0 = jnp.zeros(grads.shape[1]) if params0 is None else params0
+    state = tx.init(params0)
+    update = jax.jit(tx.update)
+    out = []
+    for g in grads:
+        u, state = update(jnp.asarray(g), state)
+        out.append(np.asarray(u))
+    return np.array(out), state
+
+
+def block_mean(ids):
+    ids = np.asarray(ids)
+
+    def V(d):
+        means = {b: d[ids == b].mean() for b in np.unique(ids)}
+        return np.array([means[b] for b in ids])
+
+    return V
+
+
+ETA = 0.05
+CASES = {
+    "adam": (S.adam(beta1=0.9, c=10.0, eps=1e-8), dict(beta1=0.9, beta2=1 - 10 * ETA**2, eps=1e-8, lam=0.5, V=lambda d: d)),
+    "adam_beta2": (S.adam(beta1=0.8, beta2=0.99, eps=1e-3), dict(beta1=0.8, beta2=0.99, eps=1e-3, lam=0.5, V=lambda d: d)),
+    "adame": (S.adame(lam=0.25, beta1=0.9, c=5.0, eps=1e-6), dict(beta1=0.9, beta2=1 - 5 * ETA**2, eps=1e-6, lam=0.25, V=lambda d: d)),
+    "rmsprop": (S.rmsprop(beta2=0.95, eps=0.0), dict(beta1=0.0, beta2=0.95, eps=0.0, lam=0.5, V=lambda d: d)),
+    "adam_mini": (S.adam_mini(blocks=[0, 0, 1, 1, 1, 2], beta2=0.9, eps=1e-8),
+                  dict(beta1=0.9, beta2=0.9, eps=1e-8, lam=0.5, V=block_mean([0, 0, 1, 1, 1, 2]))),
+    "sgd": (S.sgd(), dict(beta1=0.0, beta2=None, eps=0.0, lam=None, V=None)),
+    "sgd_momentum": (S.sgd(momentum=0.9), dict(beta1=0.9, beta2=None, eps=0.0, lam=None, V=None)),
+    "adam_bias_corrected": (S.adam(beta2=0.999, eps=1e-8, bias_correction=True),
+                            dict(beta1=0.9, beta2=0.999, eps=1e-8, lam=0.5, V=lambda d: d, bias_correction=True)),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_update_matches_numpy_reference(name):
+    method, ref = CASES[name]
+    got, state = run_transform(method.optax(ETA), GRADS)
+    want = numpy_agm(GRADS, ETA, **ref)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+    assert int(state.count) == STEPS
+    assert (state.v is None) == (ref["lam"] is None)
+
+
+def test_initial_v_is_used():
+    v0 = np.linspace(0.5, 2.0, D)
+    got, _ = run_transform(S.adam(beta2=0.9).optax(ETA, v0=v0), GRADS[:50])
+    want = numpy_agm(GRADS[:50], ETA, 0.9, 0.9, 1e-8, 0.5, lambda d: d, v0=v0)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_bias_corrected_adam_agrees_with_optax_adam():
+    got, _ = run_transform(S.adam(beta1=0.9, beta2=0.999, eps=1e-8, bias_correction=True).optax(1e-3), GRADS)
+    want, _ = run_transform(optax.adam(1e-3, b1=0.9, b2=0.999, eps=1e-8), GRADS)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-18)
+
+
+def test_adame_half_is_adam():
+    a, _ = run_transform(S.adame(lam=0.5, c=10.0).optax(ETA), GRADS)
+    b, _ = run_transform(S.adam(c=10.0).optax(ETA), GRADS)
+    np.testing.assert_allclose(a, b, rtol=1e-13)
+
+
+def test_adam_mini_with_singleton_blocks_is_adam():
+    a, _ = run_transform(S.adam_mini(blocks=list(range(D))).optax(ETA), GRADS)
+    b, _ = run_transform(S.adam().optax(ETA), GRADS)
+    np.testing.assert_allclose(a, b, rtol=1e-13)
+
+
+def test_pytree_params_match_flat_and_leaf_blocks():
+    params = {"a": jnp.zeros((2,)), "b": jnp.zeros((2, 2))}  # ravel order: a (2), b (4)
+    flat_grads = GRADS[:100]
+    tree_grads = [{"a": jnp.asarray(g[:2]), "b": jnp.asarray(g[2:].reshape(2, 2))} for g in flat_grads]
+    ids = [0, 0, 1, 1, 1, 1]
+    for method in (S.adalayer(beta2=0.9), S.adam_mini(blocks="leaf", beta2=0.9), S.adam_mini(blocks={"a": 0, "b": 1}, beta2=0.9),
+                   S.adam_mini(blocks={"a": jnp.zeros(2, int), "b": jnp.ones((2, 2), int)}, beta2=0.9)):
+        tx = method.optax(ETA)
+        state = tx.init(params)
+        got = []
+        for g in tree_grads:
+            u, state = tx.update(g, state)
+            got.append(np.concatenate([np.ravel(u["a"]), np.ravel(u["b"])]))
+        want = numpy_agm(flat_grads, ETA, 0.9, 0.9, 1e-8, 0.5, block_mean(ids))
+        np.testing.assert_allclose(np.array(got), want, rtol=1e-12)
+
+
+def test_plain_adam_on_pytree_equals_flat():
+    params = [jnp.zeros(3), jnp.zeros(3)]
+    tx = S.adam().optax(ETA)
+    state = tx.init(params)
+    got = []
+    for g in GRADS[:50]:
+        u, state = tx.update([jnp.asarray(g[:3]), jnp.asarray(g[3:])], state)
+        got.append(np.concatenate([u[0], u[1]]))
+    flat, _ = run_transform(S.adam().optax(ETA), GRADS[:50])
+    np.testing.assert_allclose(np.array(got), flat, rtol=1e-12, atol=1e-15)
+
+
+def test_method_pieces_for_the_sde_side():
+    m = S.adame(lam=0.25, eps=0.1, c=3.0)
+    v = jnp.array([1.0, 16.0])
+    np.testing.assert_allclose(m.S(v), 1 / (v**0.25 + 0.1))
+    assert float(m.c_at(0.1)) == 3.0
+    np.testing.assert_allclose(float(S.adam(beta2=0.99).c_at(0.1)), 1.0)
+    np.testing.assert_allclose(S.sgd().S(v), [1.0, 1.0])
+    mini = S.adam_mini(blocks=[0, 1, 1])
+    np.testing.assert_allclose(mini.V(jnp.array([1.0, 2.0, 4.0])), [1.0, 3.0, 3.0])
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    (dict(name="adam", beta1=1.0), "beta1"), (dict(name="adam", beta1=-0.1), "beta1"),
+    (dict(name="adam", beta2=1.0), "beta2"), (dict(name="adam", eps=-1.0), "eps"),
+    (dict(name="adame", lam=0.0), "lam"), (dict(name="adame", lam=1.5), "lam"),
+    (dict(name="adam", beta2=0.9, c=1.0), "beta2"), (dict(name="adma"), "method"),
+    (dict(name="adam", lr=0.1), "lr"), (dict(name="adam_mini", blocks=None), "blocks"),
+])
+def test_bad_hyperparameters_are_rejected_with_the_field(kwargs, field):
+    name = kwargs.pop("name")
+    with pytest.raises(S.ConfigError) as e:
+        S.make_method(name, **kwargs)
+    assert e.value.field == field
+
+
+def test_unknown_method_suggests_a_close_match():
+    with pytest.raises(S.ConfigError, match="did you mean 'adam'"):
+        S.make_method("adma")

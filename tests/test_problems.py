@@ -1,0 +1,110 @@
+"""Problems: losses, Hessian diagonals and observables against closed forms (math §6)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import slowsde_jax
+from slowsde_jax import problems
+
+
+def point_on_manifold(prob, key, a=0.2):
+    """x = [sqrt(w+ + a); sqrt(w- + a)] with w = w* + a random null-space vector of Z: on Gamma."""
+    Z = np.asarray(prob.Z)
+    _, _, Vt = np.linalg.svd(Z)
+    null = Vt[Z.shape[0]:].T
+    w = np.asarray(prob.w_star) + null @ np.asarray(jax.random.normal(key, (null.shape[1],)))
+    u = np.sqrt(np.maximum(w, 0) + a) * np.sign(np.asarray(jax.random.normal(jax.random.fold_in(key, 1), w.shape)))
+    v = np.sqrt(np.maximum(-w, 0) + a)
+    return jnp.asarray(np.concatenate([u, v]))
+
+
+def test_diagonal_net_data_follows_the_paper():
+    prob = problems.diagonal_net(d=50, n=20, k=5, key=7, n_test=10_000)
+    w = np.asarray(prob.w_star)
+    assert np.count_nonzero(w) == 5 and np.all(np.abs(w[w != 0]) >= 0.01) and np.all(np.abs(w) < 1)
+    assert set(np.unique(np.asarray(prob.Z))) == {-1.0, 1.0}
+    assert prob.Z_test.shape == (10_000, 50) and prob.dim == 100
+    np.testing.assert_allclose(prob.y, prob.Z @ prob.w_star)
+    x0 = np.asarray(prob.init(jax.random.PRNGKey(0)))
+    np.testing.assert_allclose(x0[:50], x0[50:])  # x0 = 0.1 [g; g], so w0 = 0
+    assert 0.05 < np.std(x0) / 0.1 < 2
+    assert prob.Z.dtype == jnp.float64
+
+
+def test_diagonal_net_closed_forms_on_the_manifold():
+    prob = problems.diagonal_net(d=6, n=3, k=2, key=1, features="gaussian", n_test=100)
+    x = point_on_manifold(prob, jax.random.PRNGKey(2))
+    assert float(prob.loss(x)) < 1e-26
+    u, v = np.asarray(x[:6]), np.asarray(x[6:])
+    s = np.mean(np.asarray(prob.Z) ** 2, axis=0)
+    H = np.asarray(jax.hessian(prob.loss)(x))
+    np.testing.assert_allclose(np.diag(H), 4 * np.asarray(x) ** 2 * np.concatenate([s, s]), rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(prob.hessian_diag(x)), np.diag(H), rtol=1e-12, atol=1e-14)
+    obs = prob.observables(x)
+    np.testing.assert_allclose(float(obs["trace_H"]), 4 * np.sum(s * (u**2 + v**2)), rtol=1e-12)
+    np.testing.assert_allclose(float(obs["trace_sqrt_diag_H"]), 2 * np.sum(np.sqrt(s) * (np.abs(u) + np.abs(v))), rtol=1e-12)
+    w = u**2 - v**2
+    np.testing.assert_allclose(float(obs["w_error"]), np.linalg.norm(w - np.asarray(prob.w_star)), rtol=1e-12)
+    Zt = np.asarray(prob.Z_test)
+    np.testing.assert_allclose(float(obs["test_loss"]), 0.5 * np.mean((Zt @ w - Zt @ np.asarray(prob.w_star)) ** 2), rtol=1e-12)
+
+
+def test_diagonal_net_hessian_diag_off_the_manifold():
+    prob = problems.diagonal_net(d=5, n=4, k=2, key=3, n_test=10)
+    x = jax.random.normal(jax.random.PRNGKey(0), (10,))
+    np.testing.assert_allclose(prob.hessian_diag(x), jnp.diag(jax.hessian(prob.loss)(x)), rtol=1e-12, atol=1e-14)
+
+
+def test_n_train_masks_samples():
+    prob = problems.diagonal_net(d=5, n=8, k=2, key=3, n_test=10)
+    x = jax.random.normal(jax.random.PRNGKey(0), (10,))
+    small = prob.with_n_train(5)
+    r = np.asarray(prob.residuals(x))
+    np.testing.assert_allclose(float(small.loss(x)), 0.5 * np.mean(r[:5] ** 2), rtol=1e-13)
+    np.testing.assert_allclose(float(prob.loss(x)), 0.5 * np.mean(r**2), rtol=1e-13)
+    with pytest.raises(slowsde_jax.ConfigError, match="n_train"):
+        prob.with_n_train(9)
+
+
+def test_hyperbola():
+    prob = problems.hyperbola(y=1.0)
+    th = prob.init(None)
+    np.testing.assert_allclose(th, [np.sqrt(2), 1.0])
+    assert float(prob.loss(th)) < 1e-30
+    x = jnp.array([1.3, 0.4])
+    np.testing.assert_allclose(float(prob.loss(x)), 0.5 * (1.3**2 - 0.4**2 - 1) ** 2)
+    np.testing.assert_allclose(prob.hessian_diag(x), jnp.diag(jax.hessian(prob.loss)(x)), rtol=1e-13)
+
+
+@pytest.mark.parametrize("measurement", ["entries", "gaussian"])
+def test_matrix_factorization(measurement):
+    prob = problems.matrix_factorization(d1=4, d2=3, rank=1, n=8, key=0, measurement=measurement)
+    assert prob.dim == (4 + 3) * 3
+    th = prob.init(jax.random.PRNGKey(1))
+    U, V = prob.factors(th)
+    np.testing.assert_allclose(prob.matrix(th), U @ V.T)
+    np.testing.assert_allclose(prob.hessian_diag(th), jnp.diag(jax.hessian(prob.loss)(th)), rtol=1e-12, atol=1e-14)
+    assert np.linalg.matrix_rank(np.asarray(prob.W_star)) == 1
+    # the ground truth's factors interpolate the observations
+    Ws = np.asarray(prob.W_star)
+    if measurement == "entries":
+        np.testing.assert_allclose(np.asarray(prob.y), Ws[np.asarray(prob.rows), np.asarray(prob.cols)])
+    obs = prob.observables(th)
+    np.testing.assert_allclose(float(obs["test_error"]), np.mean((U @ V.T - Ws) ** 2))
+
+
+def test_from_loss_on_a_pytree():
+    X = jnp.asarray(np.random.default_rng(0).normal(size=(5, 3)))
+    y = jnp.arange(5.0)
+
+    def residuals(p):
+        return X @ p["w"] + p["b"] - y
+
+    prob = problems.from_loss(lambda p: 0.5 * jnp.mean(residuals(p) ** 2), {"w": jnp.zeros(3), "b": jnp.zeros(())},
+                              residuals=residuals, observables=lambda p: {"b": p["b"]})
+    assert prob.dim == 4
+    th = jnp.array([0.1, 0.2, 0.3, 0.5])  # ravel order: b, w
+    np.testing.assert_allclose(float(prob.loss(th)), 0.5 * np.mean((X @ th[1:] + th[0] - y) ** 2))
+    np.testing.assert_allclose(prob.sample_weights(), np.full(5, 0.2))
+    assert set(prob.observables(th)) == {"loss", "b"}
