@@ -128,10 +128,11 @@ class Hyperbola(LeastSquares):
         return {"loss": self.loss(theta), "u": theta[0], "v": theta[1], **sharpness_observables(self.hessian_diag(theta))}
 
 
-def hyperbola(y=1.0, theta0=None) -> Hyperbola:
-    """The toy of math §7; starts at (sqrt(1 + y... ), 1): by default u = sqrt(y + 1), v = 1, on Gamma."""
+def hyperbola(y=1.0, theta0=None, key=None) -> Hyperbola:
+    """The toy of math §7. Starts at ``theta0``, by default (sqrt(y + 1), 1), on Gamma. ``key`` is unused
+    (the problem has no random data) and accepted for a uniform signature."""
     f = _precision.default_float()
-    check_range("y", y)
+    check_range("y", y, low=-1e300)
     if theta0 is None:
         theta0 = [np.sqrt(y + 1.0), 1.0] if y + 1.0 >= 0 else [0.0, np.sqrt(-y)]
     theta0 = jnp.asarray(theta0, f)
