@@ -1,7 +1,8 @@
 """The discrete engine: AGM runs on the SDE clock t = k eta^2, jitted, vmapped over paths and hyperparameters.
 
 The state of every (configuration, path) pair advances inside one jitted function (``_advance``) that runs
-a ``lax.while_loop`` up to a per-configuration target step; a Python loop calls it chunk by chunk. Between
+a ``lax.fori_loop`` with one trip count for all lanes (a batched while-loop predicate would double the cost
+on CPU) towards a per-configuration target step; a Python loop calls it chunk by chunk. Between
 chunks the host records observables on the time grid, updates the progress bar, and may write a checkpoint:
 that loop is the one place where checkpoints, divergence reports and the like hook in.
 
@@ -77,36 +78,38 @@ def _init_state(problem, noise, method, eta, theta0, v0_mode, v0, key):
                      diverged_step=jnp.full((), -1, jnp.int64))
 
 
-def _advance_one(problem, noise, method, eta, bound, state: PathState, target):
-    """Run one path until ``state.step == target`` (or it diverges)."""
+def _advance_one(problem, noise, method, eta, bound, state: PathState, target, n_steps):
+    """Advance one path by ``n_steps`` steps (an unbatched trip count shared by all lanes), stopping at
+    ``target``: steps past the target, or after a divergence, leave the state unchanged."""
     tx = method.optax(eta)
 
-    def cond(s):
-        return (s.step < target) & (s.diverged_step < 0)
-
-    def body(s):
+    def body(_, s):
         key, sub = jax.random.split(s.key)
         g = noise.grad(problem, s.theta, sub)
         upd, opt = tx.update(g, s.opt, s.theta)
         theta = s.theta + upd
-        leaves = [theta] + [x for x in jax.tree_util.tree_leaves(opt) if jnp.issubdtype(x.dtype, jnp.floating)]
-        ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) & (jnp.max(jnp.abs(theta)) <= bound)
-        step = s.step + 1
-        new = PathState(theta=theta, opt=opt, key=key, step=step, diverged_step=s.diverged_step)
-        frozen = PathState(theta=s.theta, opt=s.opt, key=s.key, step=s.step, diverged_step=step)
-        return jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, frozen)
+        active = (s.step < target) & (s.diverged_step < 0)
+        floats = [theta] + [x for x in jax.tree_util.tree_leaves(opt) if jnp.issubdtype(x.dtype, jnp.floating)]
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in floats]))
+        ok = finite & (jnp.max(jnp.abs(theta)) <= bound)
+        take = active & ok
+        new = PathState(theta=theta, opt=opt, key=key, step=s.step + 1, diverged_step=s.diverged_step)
+        kept = PathState(theta=s.theta, opt=s.opt, key=s.key, step=s.step,
+                         diverged_step=jnp.where(active & ~ok, s.step + 1, s.diverged_step))
+        return jax.tree_util.tree_map(lambda a, b: jnp.where(take, a, b), new, kept)
 
-    return jax.lax.while_loop(cond, body, state)
+    return jax.lax.fori_loop(0, n_steps, body, state)
 
 
 @eqx.filter_jit
-def _advance(problem, noise, method, hypers, bound, state, target):
-    """All configurations (axis 0) x paths (axis 1) advanced to ``target`` (shape (n_cfg,))."""
+def _advance(problem, noise, method, hypers, bound, state, target, n_steps):
+    """All configurations (axis 0) x paths (axis 1) advanced towards ``target`` (shape (n_cfg,)) by at most
+    ``n_steps`` (a traced scalar, so chunk lengths do not recompile)."""
     TRACE_COUNT["advance"] += 1
 
     def per_cfg(h, st, tgt):
         p, n, m = apply_hypers(problem, noise, method, h)
-        return jax.vmap(lambda s: _advance_one(p, n, m, h["eta"], bound, s, tgt))(st)
+        return jax.vmap(lambda s: _advance_one(p, n, m, h["eta"], bound, s, tgt, n_steps))(st)
 
     return jax.vmap(per_cfg)(hypers, state, target)
 
@@ -270,9 +273,12 @@ def _continue(run, problem, noise, method, grid, record_state, chunk_steps, prog
         j = run.done
         lo, hi = targets[:, j - 1], targets[:, j]
         n_sub = max(1, math.ceil(int((hi - lo).max()) / chunk_steps))
+        prev = lo
         for s in range(1, n_sub + 1):
             tgt = lo + ((hi - lo) * s) // n_sub
-            run.state = _advance(problem, noise, method, grid, bound, run.state, jnp.asarray(tgt))
+            n_steps = jnp.asarray(int((tgt - prev).max()), jnp.int64)
+            run.state = _advance(problem, noise, method, grid, bound, run.state, jnp.asarray(tgt), n_steps)
+            prev = tgt
             if bar is not None:
                 bar.update(int(tgt.max()) - bar.n)
         _record(run, problem, noise, method, grid, record_state)
