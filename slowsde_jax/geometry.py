@@ -1,6 +1,24 @@
-"""Geometry of the minimizer manifold Gamma (math §3).
+"""Geometry of the minimizer manifold Gamma (math §3-§6).
 
-This module owns Phi_S, the preconditioned projection onto Gamma.
+Conventions: theta has shape (D,); H is the Hessian (D, D) at a point zeta of Gamma; Sigma is the noise
+covariance (D, D); the preconditioner S is either its diagonal (shape (D,)) or a symmetric positive-definite
+matrix (D, D). With H' = S^{1/2} H S^{1/2}:
+
+- ``projection_jacobian(H, S)``: dPhi_S = S^{1/2} (I - H'^+ H') S^{-1/2} = I - S H (H S H)^+ H, the oblique
+  projection onto ker H along S range(H);
+- ``sigma_parallel(H, Sigma, S)``: Sigma_par = dPhi_S S Sigma S dPhi_S^T;
+- ``sigma_diamond(H, Sigma, S)``: the symmetric X with dPhi_S X dPhi_S^T = 0 and S H X + X H S = S Sigma S - Sigma_par;
+- ``third_derivative_contraction(loss, theta, M)``: grad_theta <Hess L(theta), M> with M fixed;
+- ``project(loss, theta, S)``: Phi_S(theta);
+- ``sharpness(H, kind)``: tr H, tr(Diag H^{1/2}), tr(Diag H^{1-lam}), sum_B sqrt(|B| tr H_BB);
+- least squares on Gamma (``ls_*``): H = J^T W J from the residual Jacobian J (n, D) and weights W = Diag(w),
+  so that dPhi_S = I - S J^T (J S J^T)^{-1} J costs O(n^2 D + n^3) instead of O(D^3).
+
+**Rank rule.** Gamma has codimension m = rank H. Matrix-level functions take ``rank`` (the known codimension,
+e.g. the number of active samples of an interpolating least-squares problem) or, when it is None, count the
+eigenvalues of H' above ``rtol`` times the largest one (default rtol = 1e-8: in float64, rounding puts the
+zero eigenvalues near 1e-16 of the largest, and curvature on Gamma is rarely 1e8 times smaller than the
+largest).
 """
 from __future__ import annotations
 
@@ -14,6 +32,207 @@ from .errors import ConfigError
 
 class ProjectionError(RuntimeError):
     """The preconditioned gradient flow did not reach Gamma within the step budget."""
+
+
+DEFAULT_RTOL = 1e-8
+
+
+# ----- preconditioner helpers ------------------------------------------------------------------------------------
+def _S_sqrt(S):
+    """(S^{1/2}, S^{-1/2}) as dense matrices, for S diagonal (D,) or SPD (D, D)."""
+    S = jnp.asarray(S)
+    if S.ndim == 1:
+        r = jnp.sqrt(S)
+        return jnp.diag(r), jnp.diag(1.0 / r)
+    lam, Q = jnp.linalg.eigh(S)
+    r = jnp.sqrt(lam)
+    return (Q * r) @ Q.T, (Q / r) @ Q.T
+
+
+def _S_matrix(S):
+    S = jnp.asarray(S)
+    return jnp.diag(S) if S.ndim == 1 else S
+
+
+def _eig_Hprime(H, S):
+    """Eigendecomposition of H' = S^{1/2} H S^{1/2}: (eigenvalues ascending, eigenvectors, S^{1/2}, S^{-1/2})."""
+    Sh, Shi = _S_sqrt(S)
+    Hp = Sh @ H @ Sh
+    lam, U = jnp.linalg.eigh(0.5 * (Hp + Hp.T))
+    return lam, U, Sh, Shi
+
+
+def _normal_mask(lam, rank=None, rtol=DEFAULT_RTOL):
+    """Boolean mask (D,) of the eigenvalues (ascending) that span range(H'): the top ``rank`` ones, or those
+    above rtol * max."""
+    if rank is not None:
+        return jnp.arange(lam.shape[0]) >= lam.shape[0] - rank
+    return lam > rtol * jnp.max(jnp.abs(lam))
+
+
+def numerical_rank(H, S=None, rtol=DEFAULT_RTOL):
+    """rank H by the module's rule (eigenvalues of H' above rtol times the largest)."""
+    lam, *_ = _eig_Hprime(H, jnp.ones(H.shape[0], H.dtype) if S is None else S)
+    return int(jnp.sum(_normal_mask(lam, None, rtol)))
+
+
+# ----- matrix level ------------------------------------------------------------------------------------------------
+def projection_jacobian(H, S, rank=None, rtol=DEFAULT_RTOL):
+    """dPhi_S (D, D): the oblique projection onto ker H along S range(H)."""
+    lam, U, Sh, Shi = _eig_Hprime(H, S)
+    Ut = U * (~_normal_mask(lam, rank, rtol))  # tangent eigenvectors of H'
+    return Sh @ Ut @ U.T @ Shi
+
+
+def sigma_parallel(H, Sigma, S, rank=None, rtol=DEFAULT_RTOL):
+    """Sigma_par (D, D) = dPhi_S S Sigma S dPhi_S^T, the covariance of the tangent noise."""
+    P = projection_jacobian(H, S, rank, rtol)
+    SM = _S_matrix(S)
+    return P @ SM @ Sigma @ SM @ P.T
+
+
+def sigma_diamond(H, Sigma, S, rank=None, rtol=DEFAULT_RTOL):
+    """Sigma_diamond (D, D) by the eigen formula in S^{1/2} coordinates (math §3):
+    Sigma'_dia = sum_{i,j not both tangent} <Sigma', u_i u_j^T> / (lam_i + lam_j) u_i u_j^T, then
+    Sigma_dia = S^{1/2} Sigma'_dia S^{1/2}. Tangent eigenvalues are treated as exactly 0."""
+    lam, U, Sh, Shi = _eig_Hprime(H, S)
+    normal = _normal_mask(lam, rank, rtol)
+    lam = jnp.where(normal, lam, 0.0)
+    Sp = U.T @ (Sh @ Sigma @ Sh) @ U  # Sigma' in the eigenbasis
+    denom = lam[:, None] + lam[None, :]
+    keep = normal[:, None] | normal[None, :]
+    Xp = jnp.where(keep, Sp / jnp.where(keep, denom, 1.0), 0.0)
+    return Sh @ U @ Xp @ U.T @ Sh
+
+
+def sharpness(H, kind="trace", lam=None, blocks=None):
+    """Sharpness of a Hessian H ((D, D), or its diagonal (D,)):
+
+    - ``"trace"``: tr H (SGD's);
+    - ``"trace_sqrt_diag"``: tr(Diag(H)^{1/2}) (Adam's);
+    - ``"trace_diag_pow"``: tr(Diag(H)^{1-lam}) (AdamE-lam's), needs ``lam``;
+    - ``"block"``: sum_B sqrt(|B| tr H_BB) (Adam-mini's / Adalayer's), needs ``blocks`` (block id per coordinate).
+
+    Negative diagonal entries (off Gamma) count as 0 under fractional powers.
+    """
+    H = jnp.asarray(H)
+    d = jnp.diag(H) if H.ndim == 2 else H
+    if kind == "trace":
+        return jnp.sum(d)
+    if kind == "trace_sqrt_diag":
+        return jnp.sum(jnp.sqrt(jnp.maximum(d, 0.0)))
+    if kind == "trace_diag_pow":
+        if lam is None:
+            raise ConfigError("lam", "sharpness 'trace_diag_pow' needs lam")
+        return jnp.sum(jnp.maximum(d, 0.0) ** (1.0 - lam))
+    if kind == "block":
+        if blocks is None:
+            raise ConfigError("blocks", "sharpness 'block' needs a block id per coordinate")
+        ids, inv = np.unique(np.asarray(blocks), return_inverse=True)
+        inv = jnp.asarray(inv.reshape(-1))
+        tr = jax.ops.segment_sum(d, inv, num_segments=len(ids))
+        size = jax.ops.segment_sum(jnp.ones_like(d), inv, num_segments=len(ids))
+        return jnp.sum(jnp.sqrt(jnp.maximum(size * tr, 0.0)))
+    raise ConfigError("kind", f"unknown sharpness '{kind}'; choose from trace, trace_sqrt_diag, trace_diag_pow, block")
+
+
+# ----- autodiff level ------------------------------------------------------------------------------------------------
+def hessian(loss, theta):
+    """Dense Hessian of ``loss`` at theta, (D, D). Fine for D up to a few thousand."""
+    return jax.hessian(loss)(theta)
+
+
+def _second_directional(loss, theta, g):
+    """g^T Hess L(theta) g by forward-over-forward differentiation."""
+    return jax.jvp(lambda t: jax.jvp(loss, (t,), (g,))[1], (theta,), (g,))[1]
+
+
+def third_derivative_contraction(loss, theta, M=None, *, G=None, weights=None, diag=None):
+    """grad_theta <Hess L(theta), M> with M held fixed, shape (D,). Give exactly one of:
+
+    - ``M`` (D, D): the dense path (a full Hessian inside a gradient; small D);
+    - ``G`` (D, K), optional ``weights`` (K,): M = G Diag(weights) G^T, about K Hessian-vector products;
+    - ``diag`` (D,): M = Diag(diag), as the low-rank path with G = I (D passes; use a structured path for
+      least squares when D is large).
+    """
+    if sum(x is not None for x in (M, G, diag)) != 1:
+        raise ConfigError("M", "give exactly one of M, G or diag")
+    if M is not None:
+        return jax.grad(lambda t: jnp.vdot(jax.hessian(loss)(t), M))(theta)
+    if diag is not None:
+        G, weights = jnp.eye(theta.shape[0], dtype=theta.dtype), diag
+    w = jnp.ones(G.shape[1], theta.dtype) if weights is None else weights
+
+    def contracted(t):
+        return jnp.sum(w * jax.vmap(lambda g: _second_directional(loss, t, g), in_axes=1)(G))
+
+    return jax.grad(contracted)(theta)
+
+
+# ----- least squares on Gamma -------------------------------------------------------------------------------------------
+def ls_jacobian(residuals, theta):
+    """J = d r / d theta, (n, D)."""
+    return jax.jacfwd(residuals)(theta)
+
+
+def _ls_gram_solve(J, w, S, y):
+    """Solve (J_w S J_w^T) z = y with J_w = Diag(sqrt w) J; masked samples (w = 0) get a unit diagonal."""
+    Jw = jnp.sqrt(w)[:, None] * J
+    SJt = _apply_S_cols(S, Jw.T)
+    Gram = Jw @ SJt + jnp.diag((w == 0).astype(J.dtype))
+    return Jw, SJt, jnp.linalg.solve(Gram, y)
+
+
+def _apply_S_cols(S, X):
+    """S @ X for X (D, k)."""
+    S = jnp.asarray(S)
+    return S[:, None] * X if S.ndim == 1 else S @ X
+
+
+def ls_apply_projection(J, w, S, x):
+    """dPhi_S x for least squares on Gamma: x - S J_w^T (J_w S J_w^T)^{-1} J_w x, O(n D + n^3)."""
+    Jw = jnp.sqrt(w)[:, None] * J
+    _, SJt, z = _ls_gram_solve(J, w, S, Jw @ x)
+    return x - SJt @ z
+
+
+def ls_projection_jacobian(J, w, S):
+    """dPhi_S (D, D) for least squares on Gamma from the residual Jacobian J (n, D) and weights w (n,)."""
+    Jw, SJt, Z = _ls_gram_solve(J, w, S, (jnp.sqrt(w)[:, None] * J))
+    return jnp.eye(J.shape[1], dtype=J.dtype) - SJt @ Z
+
+
+def ls_third_derivative_tangent(residuals, w, theta, MJt):
+    """The part of grad <Hess L, M> that survives dPhi_S S on Gamma for L = sum_n w_n r_n^2 / 2:
+    2 sum_n w_n Hess r_n (M grad r_n), shape (D,). ``MJt`` = M J^T, (D, n) (column n is M grad r_n).
+
+    (The full contraction adds J^T(...), which dPhi_S S annihilates; r = 0 on Gamma removes the rest.)
+    Cost: n Jacobian-vector products of r, then one gradient: O(n) passes of r.
+    """
+
+    def directional(t):  # sum_n w_n <grad r_n(t), a_n> with a_n = MJt[:, n] fixed
+        jvps = jax.vmap(lambda a: jax.jvp(residuals, (t,), (a,))[1], in_axes=1)(MJt)  # (n, n): row k = J(t) a_k
+        return jnp.sum(w * jnp.diagonal(jvps))
+
+    return 2.0 * jax.grad(directional)(theta)
+
+
+def label_noise_drift(loss, theta, S, alpha, residuals=None, weights=None):
+    """The label-noise slow drift -(alpha/4) dPhi_S S grad^3 L[S] at theta on Gamma (math §5), shape (D,).
+
+    With ``residuals`` and ``weights`` (least squares) the structured path is used (O(n^2 D + n^3));
+    otherwise dense Hessians (small D). ``S`` is the preconditioner's diagonal (D,) or an SPD matrix.
+    """
+    S = jnp.asarray(S, theta.dtype)
+    SM_cols = (lambda X: _apply_S_cols(S, X))
+    if residuals is not None:
+        J = ls_jacobian(residuals, theta)
+        t3 = ls_third_derivative_tangent(residuals, weights, theta, SM_cols(J.T))
+        return -(alpha / 4.0) * ls_apply_projection(J, weights, S, SM_cols(t3[:, None])[:, 0])
+    H = hessian(loss, theta)
+    P = projection_jacobian(H, S)
+    t3 = third_derivative_contraction(loss, theta, _S_matrix(S))
+    return -(alpha / 4.0) * P @ (_S_matrix(S) @ t3)
 
 
 def _as_matrix_apply(S):
