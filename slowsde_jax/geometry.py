@@ -171,8 +171,9 @@ def third_derivative_contraction(loss, theta, M=None, *, G=None, weights=None, d
 
 # ----- least squares on Gamma -------------------------------------------------------------------------------------------
 def ls_jacobian(residuals, theta):
-    """J = d r / d theta, (n, D)."""
-    return jax.jacfwd(residuals)(theta)
+    """J = d r / d theta, (n, D): reverse mode when n <= D (n passes), forward mode otherwise."""
+    n = jax.eval_shape(residuals, theta).shape[0]
+    return (jax.jacrev if n <= theta.shape[0] else jax.jacfwd)(residuals)(theta)
 
 
 def _ls_gram_solve(J, w, S, y):

@@ -71,7 +71,9 @@ class LabelNoise(Noise):
         return vjp(jnp.zeros_like(r).at[idx].add(coef))[0]
 
     def _parts(self, problem, theta):
-        return problem.residuals(theta), jax.jacfwd(problem.residuals)(theta), problem.sample_weights()
+        from .geometry import ls_jacobian
+
+        return problem.residuals(theta), ls_jacobian(problem.residuals, theta), problem.sample_weights()
 
     def covariance(self, problem, theta):
         r, J, w = self._parts(problem, theta)
