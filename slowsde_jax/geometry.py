@@ -241,7 +241,7 @@ def _as_matrix_apply(S):
     return (lambda g: S * g) if S.ndim == 1 else (lambda g: S @ g)
 
 
-def _newton_step(loss, x, S, residuals=None):
+def newton_retraction_step(loss, x, S, residuals=None):
     """One Newton step onto Gamma along S * normal directions: x - S H (H S H)^+ grad L(x), or its
     least-squares form x - S J^T (J S J^T)^{-1} r when ``residuals`` (r(x), shape (n,)) are given."""
     apply_S = _as_matrix_apply(S)
@@ -260,7 +260,7 @@ def project_flow(loss, theta, S, tol=1e-10, max_steps=100_000, residuals=None, f
     ``S``: diagonal (shape (D,)) or a symmetric positive-definite matrix (D, D). The flow is integrated with
     an adaptive Tsit5 solver until |S grad L| < flow_tol (an explicit solver cannot go much further: its
     local errors at the stability limit keep the residual near its tolerance), then finished with three
-    Newton steps along S * normal directions (see :func:`_newton_step`), whose end point differs from the
+    Newton steps along S * normal directions (see :func:`newton_retraction_step`), whose end point differs from the
     flow's limit by O(flow_tol^2). Returns ``(x, converged)`` with converged = |S grad L(x)| < tol;
     jit/vmap-able.
     """
@@ -274,7 +274,7 @@ def project_flow(loss, theta, S, tol=1e-10, max_steps=100_000, residuals=None, f
         saveat=diffrax.SaveAt(t1=True), max_steps=max_steps, throw=False)
     x = sol.ys[-1]
     for _ in range(3):
-        x = _newton_step(loss, x, S, residuals)
+        x = newton_retraction_step(loss, x, S, residuals)
     converged = (sol.result == diffrax.RESULTS.event_occurred) & (jnp.linalg.norm(apply_S(grad(x))) < tol)
     return x, converged & jnp.all(jnp.isfinite(x))
 

@@ -16,7 +16,8 @@ class Trajectory:
     - ``theta``: parameters, shape (n_paths, n_t, D), or None when states were not recorded;
     - ``v``: the optimizer's second moment (flat), shape (n_paths, n_t, D); None for SGD or when not recorded;
     - ``observables``: name -> array of shape (n_paths, n_t);
-    - ``diverged_step``: shape (n_paths,), the step at which a path diverged and was frozen, -1 if never;
+    - ``diverged_step``: shape (n_paths,), the step at which a path diverged and was frozen, -1 if never
+      (for the slow-SDE engines: the index of the recording interval in which it failed);
     - ``meta``: JSON-serializable metadata (engine, method, eta, steps, hyperparameters, ...).
     """
 
@@ -39,10 +40,11 @@ class Trajectory:
     @property
     def diverged_time(self) -> np.ndarray:
         """SDE time at which each path diverged (NaN if it did not), shape (n_paths,)."""
-        eta = self.meta.get("eta")
         out = np.full(self.n_paths, np.nan)
-        if eta is not None:
-            out[self.diverged] = self.diverged_step[self.diverged] * float(eta) ** 2
+        if self.meta.get("engine") != "discrete":  # the SDE engines flag the recording index
+            out[self.diverged] = self.t[np.minimum(self.diverged_step[self.diverged], self.t.size - 1)]
+        elif self.meta.get("eta") is not None:
+            out[self.diverged] = self.diverged_step[self.diverged] * float(self.meta["eta"]) ** 2
         return out
 
     def mean(self, name: str) -> np.ndarray:
