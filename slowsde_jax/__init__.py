@@ -9,7 +9,7 @@ from .trajectory import Trajectory
 from .discrete import simulate_discrete
 from .runs import load_run
 from .sde import simulate_slow_sde
-from .compare import compare, eta_sweep, project_trajectory
+from .comparison import compare, eta_sweep, project_trajectory
 from . import geometry, noise, problems
 
 __version__ = "0.1.0"

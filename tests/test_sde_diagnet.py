@@ -1,0 +1,53 @@
+"""Discrete AGMs on a small diagonal net follow the label-noise ODE (math §5-§6)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import slowsde_jax as S
+from slowsde_jax import comparison, discrete, geometry, noise, problems, sde
+
+PROB = problems.diagonal_net(d=5, n=3, k=2, key=0, features="gaussian", n_test=100)
+LABEL = noise.label_noise(0.5)
+
+
+def start_on_gamma():
+    Z = np.asarray(PROB.Z)
+    null = np.linalg.svd(Z)[2][3:].T
+    w = np.asarray(PROB.w_star) + 0.5 * null @ np.random.default_rng(0).normal(size=null.shape[1])
+    a = 0.3
+    return jnp.asarray(np.concatenate([np.sqrt(np.maximum(w, 0) + a), np.sqrt(np.maximum(-w, 0) + a)]))
+
+
+X0 = start_on_gamma()
+
+
+@pytest.mark.parametrize("method", [S.adam(c=10.0, eps=1e-6), S.sgd()], ids=["adam", "sgd"])
+def test_discrete_runs_track_the_ode_with_an_error_shrinking_in_eta(method):
+    T = 0.5
+    ode = sde.simulate_slow_sde(PROB, LABEL, method, T=T, theta0=X0, n_record=10)
+    displacement = np.abs(ode.theta[0, -1] - ode.theta[0, 0]).max()
+    rel = []
+    for eta in (0.02, 0.01):
+        tr = discrete.simulate_discrete(PROB, LABEL, method, T=T, eta=eta, theta0=X0, v0="equilibrium", n_paths=400,
+                                        key=1, n_record=10)
+        zeta = comparison.project_trajectory(tr, PROB, method).theta
+        rel.append(np.abs(zeta.mean(0) - ode.theta[0]).max() / displacement)
+    assert rel[1] < 0.07, rel  # a small fraction of the displacement ...
+    assert rel[1] < 0.7 * rel[0], rel  # ... shrinking with eta (about halving: weak order 1)
+
+
+@pytest.mark.parametrize("name,blocks", [("adam_mini", [0, 0, 1, 1, 2, 3, 3, 4, 4, 5]), ("adalayer", [0] * 5 + [1] * 5)])
+def test_block_methods_descend_their_block_sharpness_like_the_ode(name, blocks):
+    """Adam-mini / Adalayer drift towards stationary points of sum_B sqrt(|B| tr H_BB) (math §5)."""
+    method = S.make_method(name, blocks=blocks, c=10.0, eps=1e-6)
+    sharp = jax.jit(jax.vmap(lambda x: geometry.sharpness(PROB.hessian_diag(x), "block", blocks=blocks)))
+    T = 0.5
+    ode = sde.simulate_slow_sde(PROB, LABEL, method, T=T, theta0=X0, n_record=5)
+    s_ode = np.asarray(sharp(jnp.asarray(ode.theta[0])))
+    assert np.all(np.diff(s_ode) < 0) and s_ode[-1] < 0.8 * s_ode[0]
+    tr = discrete.simulate_discrete(PROB, LABEL, method, T=T, eta=0.01, theta0=X0, v0="equilibrium", n_paths=300,
+                                    key=1, n_record=5)
+    zeta = comparison.project_trajectory(tr, PROB, method).theta
+    s_disc = np.asarray(sharp(jnp.asarray(zeta.reshape(-1, zeta.shape[-1])))).reshape(zeta.shape[:2]).mean(0)
+    assert np.all(np.abs(s_disc - s_ode) < 0.05 * (s_ode[0] - s_ode[-1])), (s_disc, s_ode)
