@@ -1,9 +1,13 @@
 """The ``slowsde`` command line.
 
     slowsde run [CONFIG.yaml] [--set key=value ...] [--out DIR]
+    slowsde compare CONFIG.yaml [--set key=value ...] [--out DIR]
 
-runs a YAML config (the built-in default without CONFIG) and writes a run folder under DIR (default
+``run`` runs a YAML config (the built-in default without CONFIG) and writes a run folder under DIR (default
 ``runs/``): config.yaml, summary.json, trajectories.npz and observables.png; then prints a short table.
+``compare`` integrates the slow SDE of every run's method, runs the discrete method at each learning rate
+of the config's ``compare.etas`` on the same clock, and writes comparison.json (weak errors per eta and
+their fitted order), weak-error and cloud plots.
 A mistake in the config prints one line naming the field and exits with status 2.
 """
 from __future__ import annotations
@@ -80,6 +84,60 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from . import config as cfgmod
+    from . import runs
+    from .comparison import eta_sweep, plot_cloud
+    from .sde import simulate_slow_sde
+
+    cfg = cfgmod.apply_overrides(cfgmod.load_config(args.config), args.set)
+    if "compare" not in cfg:
+        raise ConfigError("compare", "a compare config needs a 'compare:' section with etas (see configs/hyperbola_compare.yaml)")
+    if "T" not in cfg:
+        raise ConfigError("T", "a compare config gives the SDE time T at the top level")
+    cmp = cfg["compare"]
+    problem, noise = cfgmod.build_problem(cfg), cfgmod.build_noise(cfg)
+    folder = runs.new_folder(args.out, cfg.get("name", "compare"))
+    runs.atomic_write(folder / "config.yaml", lambda p: open(p, "w").write(yaml.safe_dump(cfg, sort_keys=False)))
+    summary = {"status": "running", "kind": "compare", "seed": cfg.get("seed", 0), "config": cfg,
+               "environment": runs.environment()}
+    runs.write_json(folder / "summary.json", summary)
+    print(f"run folder: {folder}")
+    t0 = time.time()
+    seed, T, n_record = cfg.get("seed", 0), cfg["T"], cfg.get("n_record", 10)
+    try:
+        result, trajs = {}, {}
+        for name, method, kw in cfgmod.build_runs(cfg):
+            sde_traj = simulate_slow_sde(problem, noise, method, T=T, n_paths=cmp.get("sde_paths", cfg.get("n_paths", 1)),
+                                         key=seed + 1, eta=min(cmp["etas"]), dt=cmp.get("dt", 1e-3), n_record=n_record,
+                                         solver=cmp.get("solver", "tsit5"), rtol=cmp.get("rtol", 1e-8), atol=cmp.get("atol", 1e-10))
+            names = cmp.get("observables") or sorted(sde_traj.observables)
+            res = eta_sweep(problem, noise, method, cmp["etas"], T, cfg.get("n_paths", 1), seed, sde_traj, names,
+                            project=cmp.get("project", True), plot_path=str(folder / f"weak_error_{name}_{{name}}.png"),
+                            v0=cfg.get("v0", "equilibrium"), progress=False)
+            for obs in names:
+                plot_cloud(res["trajectories"][-1], sde_traj, obs, folder / f"cloud_{name}_{obs}.png")
+            result[name] = {"sde_engine": sde_traj.meta["engine"], "etas": res["etas"], "observables": res["observables"],
+                            "final": {f"{e:g}": c.summary() for e, c in zip(res["etas"], res["comparisons"])}}
+            trajs[f"{name}.sde"] = [sde_traj]
+            trajs[f"{name}.discrete"] = res["trajectories"]
+        runs.save_trajectories(folder, trajs)
+        runs.write_json(folder / "comparison.json", result)
+        summary.update(status="completed", elapsed_s=time.time() - t0)
+        runs.write_json(folder / "summary.json", summary)
+    except BaseException as e:
+        summary.update(status="failed", error=f"{type(e).__name__}: {e}", elapsed_s=time.time() - t0)
+        runs.write_json(folder / "summary.json", summary)
+        raise
+    for name, r in result.items():
+        print(f"{name} (slow side: {r['sde_engine']}), weak error at T = {T:g} per eta {r['etas']}:")
+        for obs, o in r["observables"].items():
+            errs = ", ".join(f"{e:.3g}±{s:.1g}" for e, s in zip(o["weak_error"], o["se"]))
+            print(f"  {obs:<20} {errs}   fitted order {o['order']:.2f}")
+    print(f"wrote {folder}/comparison.json and plots ({time.time() - t0:.1f} s)")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="slowsde", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -90,6 +148,11 @@ def main(argv=None) -> int:
     p_run.add_argument("--out", default="runs", help="parent folder of the run folder (default: runs/)")
     p_run.add_argument("--quiet", action="store_true", help="no progress bar")
     p_run.set_defaults(func=cmd_run)
+    p_cmp = sub.add_parser("compare", help="compare discrete runs at several learning rates with the slow SDE")
+    p_cmp.add_argument("config", help="YAML config with a 'compare:' section")
+    p_cmp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config entry")
+    p_cmp.add_argument("--out", default="runs", help="parent folder of the run folder (default: runs/)")
+    p_cmp.set_defaults(func=cmd_compare)
     sub.add_parser("default-config", help="print the built-in default config").set_defaults(
         func=lambda a: print(__import__("slowsde_jax.config", fromlist=["x"]).default_config_text(), end="") or 0)
     args = parser.parse_args(argv)

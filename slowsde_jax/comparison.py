@@ -91,27 +91,62 @@ def fit_order(etas, errors):
     return float(order), float(np.exp(logc))
 
 
-def eta_sweep(problem, noise, method, etas, T, n_paths, key, sde_traj, observable, project=True, plot_path=None,
+def eta_sweep(problem, noise, method, etas, T, n_paths, key, sde_traj, observables, project=True, plot_path=None,
               **discrete_kw):
-    """Run the discrete method at every eta in ``etas`` (one compiled sweep), compare each with ``sde_traj``
-    at the final time on ``observable``, fit the order of the weak error in eta, and plot it (log-log).
+    """Run the discrete method at every eta in ``etas`` (one compiled sweep, recorded on ``sde_traj``'s
+    times), compare each with ``sde_traj``, and fit the order of the weak error at the final time in eta.
 
-    Returns a dict with ``etas``, ``weak_error``, ``se``, ``order``, ``constant`` and the Comparisons."""
+    ``observables``: a name or a list of names. ``plot_path``: a PNG path, or a format string with
+    ``{name}`` for one log-log plot per observable. Returns a dict: ``etas``, ``observables`` (name ->
+    ``weak_error``, ``se``, ``order``, ``constant``), ``comparisons`` and ``trajectories`` (one per eta)."""
     from .discrete import simulate_discrete
 
+    names = [observables] if isinstance(observables, str) else list(observables)
     trajs = simulate_discrete(problem, noise, method, T=T, n_paths=n_paths, key=key, sweep={"eta": list(etas)},
                               n_record=sde_traj.t.size - 1, **discrete_kw)
-    comps = []
-    for tr in trajs:
-        tr = project_trajectory(tr, problem, method) if project else tr
-        comps.append(compare(tr, sde_traj, [observable]))
-    err = np.array([c.weak_error[observable][-1] for c in comps])
-    se = np.array([c.se[observable][-1] for c in comps])
-    order, const = fit_order(etas, err)
-    if plot_path is not None:
-        plot_weak_error(etas, err, se, order, const, observable, plot_path)
-    return {"etas": list(map(float, etas)), "weak_error": err.tolist(), "se": se.tolist(), "order": order,
-            "constant": const, "comparisons": comps, "trajectories": trajs}
+    if project:
+        trajs = [project_trajectory(tr, problem, method) for tr in trajs]
+    comps = [compare(tr, sde_traj, names) for tr in trajs]
+    per = {}
+    for name in names:
+        err = np.array([c.weak_error[name][-1] for c in comps])
+        se = np.array([c.se[name][-1] for c in comps])
+        order, const = fit_order(etas, err)
+        per[name] = {"weak_error": err.tolist(), "se": se.tolist(), "order": order, "constant": const}
+        if plot_path is not None:
+            path = str(plot_path).format(name=name) if "{name}" in str(plot_path) else plot_path
+            plot_weak_error(etas, err, se, order, const, name, path)
+    return {"etas": list(map(float, etas)), "observables": per, "comparisons": comps, "trajectories": trajs}
+
+
+def plot_cloud(discrete: Trajectory, continuous: Trajectory, observable, path=None, n_lines=40):
+    """A discrete trajectory cloud (up to ``n_lines`` paths) and the SDE's mean and 10-90% band on the same
+    axes (SDE time). Returns the figure."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.0, 3.8))
+    x = discrete.observables[observable][~discrete.diverged]
+    for row in x[:n_lines]:
+        ax.plot(discrete.t, row, color="tab:blue", alpha=0.15, lw=0.8)
+    ax.plot(discrete.t, x.mean(0), color="tab:blue", lw=2, label=f"discrete {discrete.meta.get('method', '')}, "
+            f"eta={discrete.meta.get('eta', 0):g}: paths and mean")
+    y = continuous.observables[observable][~continuous.diverged]
+    ax.plot(continuous.t, y.mean(0), "--", color="k", lw=2, label="slow SDE: mean")
+    if y.shape[0] > 1:
+        ax.fill_between(continuous.t, np.quantile(y, 0.1, 0), np.quantile(y, 0.9, 0), color="k", alpha=0.15,
+                        label="slow SDE: 10-90% band")
+    ax.set_xlabel("SDE time t = k eta^2")
+    ax.set_ylabel(observable)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+    return fig
 
 
 def plot_weak_error(etas, err, se, order, const, observable, path):

@@ -30,7 +30,8 @@ from . import methods, noise, problems
 from .errors import ConfigError, check_range, suggest
 
 TOP_KEYS = {"name", "seed", "problem", "noise", "steps", "T", "n_paths", "n_record", "runs", "dtype",
-            "record_state", "v0", "chunk_steps", "divergence_bound", "strict"}
+            "record_state", "v0", "chunk_steps", "divergence_bound", "strict", "compare"}
+COMPARE_KEYS = {"etas", "observables", "dt", "sde_paths", "project", "solver", "rtol", "atol"}
 RUN_KEYS = {"method", "eta", "steps", "T", "n_paths", "n_record", "v0", "record_state", "sweep"}
 INHERITED = ("steps", "T", "n_paths", "n_record", "v0", "record_state")
 
@@ -149,7 +150,7 @@ def validate(cfg) -> dict:
                 f"unknown method '{run['method']}'{suggest(run['method'], methods.FACTORIES)}; choose from {', '.join(methods.METHOD_NAMES)}")
         hyper = {k: v for k, v in run.items() if k not in RUN_KEYS}
         _check_kwargs(methods.FACTORIES[run["method"]], hyper, f)
-        _expect("eta" in run or "eta" in run.get("sweep", {}), f"{f}.eta", "is required")
+        _expect("eta" in run or "eta" in run.get("sweep", {}) or "compare" in cfg, f"{f}.eta", "is required")
         if "eta" in run:
             _num(run["eta"], f"{f}.eta", low=0.0, low_open=True)
         for k in ("n_paths", "n_record", "steps"):
@@ -165,7 +166,27 @@ def validate(cfg) -> dict:
         for k, vals in sweep.items():
             _expect(isinstance(vals, list) and vals and all(isinstance(x, (int, float)) for x in vals),
                     f"{f}.sweep.{k}", "must be a non-empty list of numbers")
+    if "compare" in cfg:
+        _validate_compare(cfg["compare"])
     return cfg
+
+
+def _validate_compare(cmp):
+    """The ``compare:`` section of ``slowsde compare`` configs."""
+    _expect(isinstance(cmp, dict), "compare", "must be a mapping")
+    for k in cmp:
+        _expect(k in COMPARE_KEYS, f"compare.{k}", f"unknown key{suggest(k, COMPARE_KEYS)}")
+    etas = cmp.get("etas")
+    _expect(isinstance(etas, list) and len(etas) >= 2 and all(isinstance(e, (int, float)) and e > 0 for e in etas),
+            "compare.etas", "must be a list of at least two positive learning rates")
+    obs = cmp.get("observables", [])
+    _expect(isinstance(obs, list) and all(isinstance(o, str) for o in obs), "compare.observables", "must be a list of names")
+    for k in ("dt", "rtol", "atol"):
+        if k in cmp:
+            _num(cmp[k], f"compare.{k}", low=0.0, low_open=True)
+    if "sde_paths" in cmp:
+        _int(cmp, "sde_paths", "compare.sde_paths")
+    _expect(cmp.get("solver", "tsit5") in ("tsit5", "kvaerno5"), "compare.solver", "must be tsit5 or kvaerno5")
 
 
 def build_problem(cfg):
