@@ -51,3 +51,16 @@ def test_block_methods_descend_their_block_sharpness_like_the_ode(name, blocks):
     zeta = comparison.project_trajectory(tr, PROB, method).theta
     s_disc = np.asarray(sharp(jnp.asarray(zeta.reshape(-1, zeta.shape[-1])))).reshape(zeta.shape[:2]).mean(0)
     assert np.all(np.abs(s_disc - s_ode) < 0.05 * (s_ode[0] - s_ode[-1])), (s_disc, s_ode)
+
+
+def test_stiff_ode_near_the_sparse_corner_is_flagged_not_nan():
+    """Adam's flow drives u_j v_j -> 0, where S ~ 1/eps makes the ODE stiff: with eps = 1e-6 the explicit
+    solver runs out of steps; the path is frozen at its last good record and flagged, with no NaN. A larger
+    eps integrates through and reaches the sparse corner."""
+    stiff = sde.simulate_slow_sde(PROB, LABEL, S.adam(c=10.0, eps=1e-6), T=3.0, theta0=X0, n_record=6, max_steps=3000)
+    assert stiff.diverged[0] and np.all(np.isfinite(stiff.theta)) and np.all(np.isfinite(stiff.v))
+    assert 0 < stiff.diverged_time[0] <= 3.0
+    soft = sde.simulate_slow_sde(PROB, LABEL, S.adam(c=10.0, eps=1e-3), T=3.0, theta0=X0, n_record=6)
+    assert not soft.diverged[0]
+    u, v = soft.theta[0, -1, :5], soft.theta[0, -1, 5:]
+    assert np.all(np.abs(u * v) < 1e-3)  # every coordinate pair has reached u_j v_j = 0
