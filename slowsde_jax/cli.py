@@ -40,32 +40,63 @@ def _table(summary_runs) -> str:
 
 
 def cmd_run(args) -> int:
+    from pathlib import Path
+
+    import numpy as np
+
     from . import config as cfgmod
     from . import runs
     from .discrete import simulate_discrete
     from .plotting import plot_observables
+    from .trajectory import Trajectory
 
-    cfg = cfgmod.apply_overrides(cfgmod.load_config(args.config), args.set)
+    if args.resume:
+        folder = Path(args.resume)
+        if args.config is not None or args.set:
+            raise ConfigError("--resume", "continues a run folder with its own config.yaml: give no CONFIG and no --set")
+        if not (folder / "config.yaml").is_file():
+            raise ConfigError("--resume", f"'{folder}' is not a run folder (no config.yaml)")
+        cfg = cfgmod.load_config(folder / "config.yaml")
+    else:
+        cfg = cfgmod.apply_overrides(cfgmod.load_config(args.config), args.set)
     problem, noise = cfgmod.build_problem(cfg), cfgmod.build_noise(cfg)
     planned = cfgmod.build_runs(cfg)
     import jax.numpy as jnp
 
     dtype = jnp.float32 if cfg.get("dtype") == "float32" else None
-    folder = runs.new_folder(args.out, cfg.get("name", "run"))
-    runs.atomic_write(folder / "config.yaml", lambda p: open(p, "w").write(yaml.safe_dump(cfg, sort_keys=False)))
+    if not args.resume:
+        folder = runs.new_folder(args.out, cfg.get("name", "run"))
+        runs.atomic_write(folder / "config.yaml", lambda p: open(p, "w").write(yaml.safe_dump(cfg, sort_keys=False)))
+    ckpts = folder / "checkpoints"
+    ckpts.mkdir(exist_ok=True)
     summary = {"status": "running", "name": cfg.get("name", "run"), "seed": cfg.get("seed", 0),
-               "config": cfg, "environment": runs.environment(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+               "config": cfg, "environment": runs.environment(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+               "resumed": bool(args.resume)}
     runs.write_json(folder / "summary.json", summary)
-    print(f"run folder: {folder}")
+    print(f"run folder: {folder}" + (" (resumed)" if args.resume else ""))
     t0 = time.time()
     try:
         trajs = {}
         for name, method, kw in planned:
+            done = ckpts / f"{name}.done.npz"
+            if done.exists():  # finished before an interruption
+                with np.load(done) as f:
+                    arrays = dict(f)
+                n = len({k.split("/")[0] for k in arrays})
+                trajs[name] = [Trajectory.from_arrays(arrays, prefix=f"{i}/") for i in range(n)]
+                continue
             out = simulate_discrete(problem, noise, method, n_paths=kw.pop("n_paths", 1), key=cfg.get("seed", 0),
                                     dtype=dtype, progress=None if not args.quiet else False,
                                     chunk_steps=cfg.get("chunk_steps", 1_000_000),
-                                    divergence_bound=cfg.get("divergence_bound", 1e10), **kw)
+                                    divergence_bound=cfg.get("divergence_bound", 1e10),
+                                    checkpoint=ckpts / f"{name}.npz",
+                                    checkpoint_every_s=cfg.get("checkpoint_every_s", 30.0), **kw)
             trajs[name] = out if isinstance(out, list) else [out]
+            arrays = {}
+            for i, tr in enumerate(trajs[name]):
+                arrays.update(tr.to_arrays(prefix=f"{i}/"))
+            runs.atomic_write(done, lambda p: np.savez(p, **arrays))
+            (ckpts / f"{name}.npz").unlink(missing_ok=True)
         runs.save_trajectories(folder, trajs)
         summary.update(status="completed", runs=runs.summarize(trajs), elapsed_s=time.time() - t0)
         plot_observables(trajs, folder / "observables.png")
@@ -77,8 +108,11 @@ def cmd_run(args) -> int:
     print(_table(summary["runs"]))
     n_div = sum(e["n_diverged"] for entries in summary["runs"].values() for e in entries)
     if n_div:
-        print(f"warning: {n_div} path(s) diverged and were frozen; see summary.json")
-        if cfg.get("strict"):
+        first = min(t for entries in summary["runs"].values() for e in entries for t in e["diverged_times"])
+        print(f"warning: {n_div} path(s) diverged and were frozen (first at SDE time {first:.4g}); "
+              "see summary.json for each step and time")
+        if cfg.get("strict") or args.strict:
+            print("slowsde: error: diverged paths in a strict run", file=sys.stderr)
             return 1
     print(f"wrote {folder}/summary.json, trajectories.npz, observables.png ({time.time() - t0:.1f} s)")
     return 0
@@ -147,6 +181,8 @@ def main(argv=None) -> int:
                        help="override a config entry, e.g. --set runs.adam.eta=0.05 (repeatable)")
     p_run.add_argument("--out", default="runs", help="parent folder of the run folder (default: runs/)")
     p_run.add_argument("--quiet", action="store_true", help="no progress bar")
+    p_run.add_argument("--resume", metavar="RUN_FOLDER", help="continue an interrupted run folder from its checkpoints")
+    p_run.add_argument("--strict", action="store_true", help="exit with status 1 if any path diverged")
     p_run.set_defaults(func=cmd_run)
     p_cmp = sub.add_parser("compare", help="compare discrete runs at several learning rates with the slow SDE")
     p_cmp.add_argument("config", help="YAML config with a 'compare:' section")

@@ -30,7 +30,8 @@ from . import methods, noise, problems
 from .errors import ConfigError, check_range, suggest
 
 TOP_KEYS = {"name", "seed", "problem", "noise", "steps", "T", "n_paths", "n_record", "runs", "dtype",
-            "record_state", "v0", "chunk_steps", "divergence_bound", "strict", "compare"}
+            "record_state", "v0", "chunk_steps", "divergence_bound", "strict", "compare",
+            "checkpoint_every_s"}
 COMPARE_KEYS = {"etas", "observables", "dt", "sde_paths", "project", "solver", "rtol", "atol"}
 RUN_KEYS = {"method", "eta", "steps", "T", "n_paths", "n_record", "v0", "record_state", "sweep"}
 INHERITED = ("steps", "T", "n_paths", "n_record", "v0", "record_state")
@@ -70,7 +71,7 @@ def _parse_value(text: str):
 
 
 def apply_overrides(cfg: dict, sets) -> dict:
-    """Apply ``key.sub=value`` overrides (values parsed as YAML) and re-validate."""
+    """Apply ``key.sub=value`` overrides (values parsed as YAML; ``null`` removes the key) and re-validate."""
     cfg = copy.deepcopy(cfg)
     for item in sets or []:
         if "=" not in item:
@@ -82,7 +83,11 @@ def apply_overrides(cfg: dict, sets) -> dict:
             if not isinstance(node.get(part), dict):
                 node[part] = {}
             node = node[part]
-        node[parts[-1]] = _parse_value(value)
+        value = _parse_value(value)
+        if value is None:  # key=null removes the entry (e.g. --set steps=null --set T=0.5)
+            node.pop(parts[-1], None)
+        else:
+            node[parts[-1]] = value
     return validate(cfg)
 
 
@@ -125,17 +130,22 @@ def validate(cfg) -> dict:
             _int(cfg, k, k)
     if "T" in cfg:
         _num(cfg["T"], "T", low=0.0, low_open=True)
+    if "checkpoint_every_s" in cfg:
+        _num(cfg["checkpoint_every_s"], "checkpoint_every_s", low=0.0)
+    _expect(isinstance(cfg.get("strict", False), bool), "strict", "must be true or false")
     if "divergence_bound" in cfg:
         _num(cfg["divergence_bound"], "divergence_bound", low=0.0, low_open=True)
 
     prob = cfg["problem"]
     _expect(isinstance(prob, dict) and "kind" in prob, "problem", "must be a mapping with a 'kind'")
+    _expect(isinstance(prob["kind"], str), "problem.kind", f"must be a name, got {prob['kind']!r}")
     _expect(prob["kind"] in problems.PROBLEMS, "problem.kind",
             f"unknown problem '{prob['kind']}'{suggest(prob['kind'], problems.PROBLEMS)}; choose from {', '.join(problems.PROBLEMS)}")
     _check_kwargs(problems.PROBLEMS[prob["kind"]], {k: v for k, v in prob.items() if k != "kind"}, "problem", skip=("key",))
 
     nz = cfg["noise"]
     _expect(isinstance(nz, dict) and "kind" in nz, "noise", "must be a mapping with a 'kind'")
+    _expect(isinstance(nz["kind"], str), "noise.kind", f"must be a name, got {nz['kind']!r}")
     _expect(nz["kind"] in noise.NOISES, "noise.kind",
             f"unknown noise '{nz['kind']}'{suggest(nz['kind'], noise.NOISES)}; choose from {', '.join(noise.NOISES)}")
     _check_kwargs(noise.NOISES[nz["kind"]], {k: v for k, v in nz.items() if k != "kind"}, "noise")
@@ -146,10 +156,16 @@ def validate(cfg) -> dict:
         f = f"runs.{name}"
         _expect(isinstance(run, dict), f, "must be a mapping")
         _expect("method" in run, f"{f}.method", "is required")
+        _expect(isinstance(run["method"], str), f"{f}.method", f"must be a name, got {run['method']!r}")
         _expect(run["method"] in methods.FACTORIES, f"{f}.method",
                 f"unknown method '{run['method']}'{suggest(run['method'], methods.FACTORIES)}; choose from {', '.join(methods.METHOD_NAMES)}")
         hyper = {k: v for k, v in run.items() if k not in RUN_KEYS}
         _check_kwargs(methods.FACTORIES[run["method"]], hyper, f)
+        for k, v in hyper.items():
+            if k == "bias_correction":
+                _expect(isinstance(v, bool), f"{f}.{k}", f"must be true or false, got {v!r}")
+            elif k != "blocks" and v is not None:
+                _num(v, f"{f}.{k}")
         _expect("eta" in run or "eta" in run.get("sweep", {}) or "compare" in cfg, f"{f}.eta", "is required")
         if "eta" in run:
             _num(run["eta"], f"{f}.eta", low=0.0, low_open=True)

@@ -16,6 +16,7 @@ import dataclasses
 import itertools
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import equinox as eqx
@@ -26,6 +27,7 @@ import numpy as np
 from . import _precision
 from .errors import ConfigError, check_range
 from .trajectory import Trajectory
+from .validation import check_compatible
 
 SWEEPABLE = ("eta", "lam", "c", "beta1", "beta2", "eps", "delta", "n_train")
 
@@ -168,7 +170,8 @@ class DiscreteRun:
 
 def simulate_discrete(problem, noise, method, eta=None, T=None, n_paths=1, key=0, *, steps=None, n_record=100,
                       theta0=None, v0="zeros", sweep=None, record_state=True, chunk_steps=1_000_000,
-                      progress=None, divergence_bound=1e10, dtype=None, on_chunk=None):
+                      progress=None, divergence_bound=1e10, dtype=None, on_chunk=None, checkpoint=None,
+                      checkpoint_every_s=30.0):
     """Run the discrete AGM ``method`` on ``problem`` with gradient noise ``noise``.
 
     Runs K = round(T / eta^2) steps (or ``steps`` steps for every configuration) for ``n_paths`` independent
@@ -182,7 +185,11 @@ def simulate_discrete(problem, noise, method, eta=None, T=None, n_paths=1, key=0
       ``delta``, ``n_train``; the run covers their Cartesian grid in one compiled function.
     - ``record_state``: also record theta and v, shape (n_paths, n_t, D) each.
     - ``chunk_steps``: at most this many steps per jitted call (progress, checkpoints between calls).
-    - ``on_chunk(run)``: called after every chunk with the :class:`DiscreteRun` (checkpoints hook in here).
+    - ``on_chunk(run)``: called after every recorded point with the :class:`DiscreteRun`.
+    - ``checkpoint``: a file path (.npz). The run's state and records are written there (atomically) after a
+      recorded point whenever ``checkpoint_every_s`` seconds have passed since the last write (0: after every
+      point); if the file exists when the run starts, the run continues from it. A resumed run gives
+      bit-identical results to an uninterrupted one (same schedule, same keys, same arithmetic).
 
     Returns a :class:`Trajectory`, or a list of them (one per grid point, in grid order) when ``sweep`` is given.
     """
@@ -214,6 +221,7 @@ def simulate_discrete(problem, noise, method, eta=None, T=None, n_paths=1, key=0
             else:
                 check_range("c*eta^2", m.c * cfg["eta"] ** 2, low=0.0, high=1.0, high_open=True)
 
+    check_compatible(problem, noise, method)
     D = problem.dim
     if theta0 is not None:
         theta0 = jnp.asarray(theta0, dtype)
@@ -241,7 +249,12 @@ def simulate_discrete(problem, noise, method, eta=None, T=None, n_paths=1, key=0
     keys = jax.random.split(key, n_paths)
     state = _init_all(problem, noise, method, grid, theta0, v0_mode, v0_arr, keys)
     run = DiscreteRun(state=state, targets=targets, records={})
-    _record(run, problem, noise, method, grid, record_state)
+    if checkpoint is not None and Path(checkpoint).exists():
+        run = load_checkpoint(checkpoint, run)
+    else:
+        _record(run, problem, noise, method, grid, record_state)
+    if checkpoint is not None:
+        on_chunk = _checkpointing(checkpoint, checkpoint_every_s, on_chunk)
     run = _continue(run, problem, noise, method, grid, record_state, chunk_steps, progress, divergence_bound, on_chunk)
     trajs = _trajectories(run, cfgs, method, noise, problem, dict(T=T, n_paths=int(n_paths),
                                                                    v0=v0 if isinstance(v0, str) else "given"))
@@ -287,6 +300,46 @@ def _continue(run, problem, noise, method, grid, record_state, chunk_steps, prog
     if bar is not None:
         bar.close()
     return run
+
+
+def save_checkpoint(path, run: DiscreteRun):
+    """Write the run's state, schedule and records to ``path`` (npz), atomically (write, then rename)."""
+    from .runs import atomic_write
+
+    leaves = jax.tree_util.tree_leaves(run.state)
+    arrays = {f"state.{i}": np.asarray(x) for i, x in enumerate(leaves)}
+    arrays.update({f"rec.{k}": np.stack(v) for k, v in run.records.items()})
+    arrays.update(targets=run.targets, done=np.asarray(run.done))
+    atomic_write(Path(path), lambda p: np.savez(p, **arrays))
+
+
+def load_checkpoint(path, fresh: DiscreteRun) -> DiscreteRun:
+    """Restore a run saved by :func:`save_checkpoint` into the structure of a freshly initialized run."""
+    with np.load(path) as f:
+        arrays = dict(f)
+    if not np.array_equal(arrays["targets"], fresh.targets):
+        raise ConfigError("checkpoint", f"{path} belongs to a run with another schedule (steps, eta or n_record differ)")
+    leaves, treedef = jax.tree_util.tree_flatten(fresh.state)
+    restored = [jnp.asarray(arrays[f"state.{i}"], dtype=x.dtype) for i, x in enumerate(leaves)]
+    if any(a.shape != x.shape for a, x in zip(restored, leaves)):
+        raise ConfigError("checkpoint", f"{path} belongs to a run with other shapes (n_paths or the problem differ)")
+    records = {k[4:]: list(v) for k, v in arrays.items() if k.startswith("rec.")}
+    return DiscreteRun(state=jax.tree_util.tree_unflatten(treedef, restored), targets=fresh.targets,
+                       records=records, done=int(arrays["done"]))
+
+
+def _checkpointing(path, every_s, inner):
+    last = [time.monotonic()]
+
+    def on_chunk(run):
+        if inner is not None:
+            inner(run)
+        now = time.monotonic()
+        if every_s <= 0 or now - last[0] >= every_s or run.done == run.targets.shape[1]:
+            save_checkpoint(path, run)
+            last[0] = now
+
+    return on_chunk
 
 
 def _trajectories(run, cfgs, method, noise, problem, extra):

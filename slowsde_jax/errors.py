@@ -25,21 +25,26 @@ def suggest(name: str, choices) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _concrete(x):
-    """x as a numpy array if it is concrete (not a tracer), else None."""
-    try:
-        return np.asarray(x)
-    except Exception:  # a jax tracer inside jit/vmap: nothing to check here
+def _concrete(field, x):
+    """x as a numpy array if it is concrete, None for a jax tracer (inside jit/vmap: nothing to check)."""
+    import jax
+
+    if isinstance(x, jax.core.Tracer):
         return None
+    try:
+        a = np.asarray(x)
+    except (ValueError, TypeError):
+        raise ConfigError(field, f"must be a number, got {x!r}") from None
+    if a.dtype.kind not in "iuf" or a.dtype == object:
+        raise ConfigError(field, f"must be a number, got {x!r}")
+    return a
 
 
 def check_range(field: str, value, low=None, high=None, low_open=False, high_open=False):
-    """Raise ConfigError unless every entry of ``value`` is finite and in the stated interval."""
-    a = _concrete(value)
+    """Raise ConfigError unless every entry of ``value`` is a finite number in the stated interval."""
+    a = _concrete(field, value)
     if a is None:
         return
-    if a.dtype.kind not in "biuf":
-        raise ConfigError(field, f"must be a number, got {value!r}")
     if not np.all(np.isfinite(a)):
         raise ConfigError(field, f"must be finite, got {value!r}")
     if low is not None and (np.any(a <= low) if low_open else np.any(a < low)):

@@ -32,6 +32,7 @@ from . import geometry as geo
 from .errors import ConfigError, check_range
 from .noise import psd_sqrt
 from .trajectory import Trajectory
+from .validation import check_compatible
 
 
 # ----- the coefficients -----------------------------------------------------------------------------------------
@@ -228,6 +229,7 @@ def simulate_slow_sde(problem, noise, method, T, n_paths=1, key=0, *, eta=None, 
     if solver not in ("tsit5", "kvaerno5"):
         raise ConfigError("solver", f"must be 'tsit5' or 'kvaerno5', got {solver!r}")
     dtype = dtype or _precision.default_float()
+    check_compatible(problem, noise, method)
     D = problem.dim
     if method.has_v:
         if method.c is None and eta is None:
