@@ -76,7 +76,9 @@ def summarize(trajs: dict) -> dict:
             out[name].append({"hypers": tr.meta.get("hypers"), "eta": tr.meta.get("eta"), "steps": tr.meta.get("steps"),
                               "t_end": float(tr.t[-1]), "n_paths": tr.n_paths, "n_diverged": int(div.sum()),
                               "diverged_steps": tr.diverged_step[div].tolist(),
-                              "diverged_times": tr.diverged_time[div].tolist(), "observables": stats(tr)})
+                              "diverged_times": tr.diverged_time[div].tolist(),
+                              "failure_reasons": [r for r in tr.meta.get("failure_reasons", []) if r],
+                              "observables": stats(tr)})
     return out
 
 

@@ -261,6 +261,7 @@ def simulate_slow_sde(problem, noise, method, T, n_paths=1, key=0, *, eta=None, 
     records = {"zeta": [np.asarray(y[:, :D])], "v": [np.asarray(y[:, D:])]}
     obs = [jax.tree_util.tree_map(np.asarray, _observe(problem, y[:, :D]))]
     failed_at = np.full(n_paths, -1, np.int64)
+    reasons = [None] * n_paths
     path_keys = jax.random.split(k_run, n_paths)
     for j in range(n_record):
         t0, t1 = jnp.asarray(t_grid[j], dtype), jnp.asarray(t_grid[j + 1], dtype)
@@ -269,9 +270,15 @@ def simulate_slow_sde(problem, noise, method, T, n_paths=1, key=0, *, eta=None, 
             y_new, ok = _sde_chunk(problem, noise, method, c, rank, y, keys, t0, t1, n_sub)
         else:
             y_new, ok = _ode_chunk(problem, noise, method, c, alpha, y, t0, t1, rtol, atol, solver, max_steps)
-        ok = np.asarray(ok) & np.all(np.isfinite(np.asarray(y_new)), axis=1)
-        newly = (~ok) & (failed_at < 0)
+        solver_ok = np.asarray(ok)
+        finite = np.all(np.isfinite(np.asarray(y_new)), axis=1)
+        newly = ~(solver_ok & finite) & (failed_at < 0)
         failed_at[newly] = j + 1
+        for i in np.flatnonzero(newly):
+            reasons[i] = (f"solver failed between t = {t_grid[j]:.6g} and {t_grid[j + 1]:.6g} (step budget max_steps "
+                          "exhausted or step size collapsed: a stiff region; try a larger eps or solver='kvaerno5')"
+                          if not solver_ok[i] else
+                          f"non-finite state between t = {t_grid[j]:.6g} and {t_grid[j + 1]:.6g} (retraction onto Gamma failed)")
         keep = jnp.asarray(failed_at < 0)[:, None]
         y = jnp.where(keep, y_new, y)  # failed paths stay frozen at their last good state
         records["zeta"].append(np.asarray(y[:, :D]))
@@ -282,6 +289,7 @@ def simulate_slow_sde(problem, noise, method, T, n_paths=1, key=0, *, eta=None, 
             "noise": type(noise).__name__, "problem": type(problem).__name__, "T": float(T), "dt": float(dt),
             "steps_per_record": n_sub if alpha is None else None, "c": float(c), "n_paths": int(n_paths),
             "alpha": None if alpha is None else float(alpha), "failed_record": failed_at.tolist(),
+            "failure_reasons": reasons,
             "eta": None if eta is None else float(eta)}
     return Trajectory(t=t_grid, theta=np.stack(records["zeta"], axis=1) if record_state else None,
                       v=np.stack(records["v"], axis=1) if (record_state and method.has_v) else None,

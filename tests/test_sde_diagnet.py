@@ -60,6 +60,7 @@ def test_stiff_ode_near_the_sparse_corner_is_flagged_not_nan():
     stiff = sde.simulate_slow_sde(PROB, LABEL, S.adam(c=10.0, eps=1e-6), T=3.0, theta0=X0, n_record=6, max_steps=3000)
     assert stiff.diverged[0] and np.all(np.isfinite(stiff.theta)) and np.all(np.isfinite(stiff.v))
     assert 0 < stiff.diverged_time[0] <= 3.0
+    assert "solver failed" in stiff.meta["failure_reasons"][0]
     soft = sde.simulate_slow_sde(PROB, LABEL, S.adam(c=10.0, eps=1e-3), T=3.0, theta0=X0, n_record=6)
     assert not soft.diverged[0]
     u, v = soft.theta[0, -1, :5], soft.theta[0, -1, 5:]
