@@ -258,11 +258,12 @@ def project_flow(loss, theta, S, tol=1e-10, max_steps=100_000, residuals=None, f
     """Phi_S(theta): the limit of the preconditioned gradient flow dx/ds = -S grad L(x), x(0) = theta.
 
     ``S``: diagonal (shape (D,)) or a symmetric positive-definite matrix (D, D). The flow is integrated with
-    an adaptive Tsit5 solver until |S grad L| < flow_tol (an explicit solver cannot go much further: its
+    an adaptive Tsit5 solver until |grad L| < flow_tol (an explicit solver cannot go much further: its
     local errors at the stability limit keep the residual near its tolerance), then finished with three
-    Newton steps along S * normal directions (see :func:`newton_retraction_step`), whose end point differs from the
-    flow's limit by O(flow_tol^2). Returns ``(x, converged)`` with converged = |S grad L(x)| < tol;
-    jit/vmap-able.
+    Newton steps along S * normal directions (see :func:`newton_retraction_step`), whose end point differs
+    from the flow's limit by O(flow_tol^2). Returns ``(x, converged)``: converged when the flow reached
+    flow_tol within ``max_steps`` and the last Newton step moved x by less than tol * max(1, |x|) (a test
+    that does not depend on the scale of S). jit/vmap-able.
     """
     apply_S = _as_matrix_apply(S)
     grad = jax.grad(loss)
@@ -270,12 +271,13 @@ def project_flow(loss, theta, S, tol=1e-10, max_steps=100_000, residuals=None, f
     sol = diffrax.diffeqsolve(
         term, diffrax.Tsit5(), t0=0.0, t1=jnp.inf, dt0=None, y0=theta,
         stepsize_controller=diffrax.PIDController(rtol=1e-9, atol=1e-12),
-        event=diffrax.Event(diffrax.steady_state_event(rtol=0.0, atol=flow_tol, norm=jnp.linalg.norm)),
+        event=diffrax.Event(lambda s, x, args, **kw: jnp.linalg.norm(grad(x)) < flow_tol),
         saveat=diffrax.SaveAt(t1=True), max_steps=max_steps, throw=False)
     x = sol.ys[-1]
     for _ in range(3):
-        x = newton_retraction_step(loss, x, S, residuals)
-    converged = (sol.result == diffrax.RESULTS.event_occurred) & (jnp.linalg.norm(apply_S(grad(x))) < tol)
+        x_prev, x = x, newton_retraction_step(loss, x, S, residuals)
+    step = jnp.linalg.norm(x - x_prev)
+    converged = (sol.result == diffrax.RESULTS.event_occurred) & (step <= tol * jnp.maximum(1.0, jnp.linalg.norm(x)))
     return x, converged & jnp.all(jnp.isfinite(x))
 
 
@@ -303,6 +305,6 @@ def project(loss, theta, S, tol=1e-10, max_steps=100_000, residuals=None):
         x, ok = jax.jit(f)(theta, S)
     if not bool(np.all(np.asarray(ok))):
         bad = int(np.sum(~np.asarray(ok)))
-        raise ProjectionError(f"preconditioned gradient flow did not reach |S grad L| < {tol} for {bad} point(s) "
-                              f"within {max_steps} solver steps")
+        raise ProjectionError(f"the preconditioned gradient flow did not converge onto Gamma (tolerance {tol}) for "
+                              f"{bad} point(s) within {max_steps} solver steps")
     return x

@@ -210,5 +210,5 @@ def test_project_lands_on_gamma_and_matches_a_long_preconditioned_gradient_desce
 
 
 def test_project_reports_non_convergence():
-    with pytest.raises(G.ProjectionError, match="did not reach"):
+    with pytest.raises(G.ProjectionError, match="did not converge"):
         G.project(lambda t: jnp.sum(t), jnp.ones(3), jnp.ones(3), max_steps=50)  # no minimizer at all
