@@ -106,3 +106,11 @@ def test_compare_config_errors(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("slowsde: error: compare.etas:")
     assert cli.main(["compare", str(path), "--set", "compare.dtt=0.1", "--out", str(tmp_path)]) == 2
     assert "did you mean 'dt'" in capsys.readouterr().err
+
+
+def test_notebook_is_valid_and_its_code_compiles():
+    nb = json.loads((Path(__file__).parents[1] / "notebooks" / "quickstart.ipynb").read_text())
+    assert nb["nbformat"] == 4
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            compile("".join(cell["source"]).replace(";", ""), "cell", "exec")
