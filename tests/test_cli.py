@@ -113,4 +113,4 @@ def test_notebook_is_valid_and_its_code_compiles():
     assert nb["nbformat"] == 4
     for cell in nb["cells"]:
         if cell["cell_type"] == "code":
-            compile("".join(cell["source"]).replace(";", ""), "cell", "exec")
+            compile("".join(cell["source"]), "cell", "exec")
