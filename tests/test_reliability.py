@@ -156,3 +156,25 @@ def test_arbitrary_yaml_text_gives_config_errors_only(tmp_path_factory, text):
         config.load_config(path)
     except S.ConfigError:
         pass
+
+
+def test_api_shape_and_value_errors_for_both_engines():
+    from slowsde_jax import sde
+
+    prob, nz = problems.hyperbola(), noise.label_noise(0.5)
+    for engine, kw in ((discrete.simulate_discrete, dict(eta=0.1)), (sde.simulate_slow_sde, dict())):
+        with pytest.raises(S.ConfigError, match="v0"):
+            engine(prob, nz, S.adam(), T=0.1, v0=[1.0, 2.0, 3.0], **kw)
+        with pytest.raises(S.ConfigError, match="theta0"):
+            engine(prob, nz, S.adam(), T=0.1, theta0=[1.0], **kw)
+        with pytest.raises(S.ConfigError, match="blocks"):
+            engine(prob, nz, S.adam_mini(blocks=[0, 1, 2]), T=0.1, **kw)
+        with pytest.raises(S.ConfigError, match="cov"):
+            engine(prob, noise.gaussian([1.0, 1.0, 1.0]), S.adam(), T=0.1, **kw)
+        with pytest.raises(S.ConfigError, match="n_paths"):
+            engine(prob, nz, S.adam(), T=0.1, n_paths=0, **kw)
+    with pytest.raises(S.ConfigError, match="eta"):
+        sde.simulate_slow_sde(prob, nz, S.adam(beta2=0.99), T=0.1)  # c = (1 - beta2)/eta^2 needs eta
+    unlabeled = problems.from_loss(lambda p: (p ** 2).sum(), np.zeros(2))
+    with pytest.raises(S.ConfigError, match="noise"):
+        discrete.simulate_discrete(unlabeled, nz, S.adam(), eta=0.1, steps=3)
