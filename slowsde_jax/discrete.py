@@ -1,8 +1,8 @@
 """The discrete engine: AGM runs on the SDE clock t = k eta^2, jitted, vmapped over paths and hyperparameters.
 
 The state of every (configuration, path) pair advances inside one jitted function (``_advance``) that runs
-a ``lax.fori_loop`` with one trip count for all lanes (a batched while-loop predicate would double the cost
-on CPU) towards a per-configuration target step; a Python loop calls it chunk by chunk. Between
+a ``lax.fori_loop`` with one trip count for all lanes (the host knows it from the schedule); each lane stops
+at its own configuration's target step by masking. A Python loop calls it chunk by chunk. Between
 chunks the host records observables on the time grid, updates the progress bar, and may write a checkpoint:
 that loop is the one place where checkpoints, divergence reports and the like hook in.
 
