@@ -23,6 +23,7 @@ largest).
 from __future__ import annotations
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -281,6 +282,13 @@ def project_flow(loss, theta, S, tol=1e-10, max_steps=100_000, residuals=None, f
     return x, converged & jnp.all(jnp.isfinite(x))
 
 
+@eqx.filter_jit
+def _project_batch(loss, theta, S, tol, max_steps, residuals):
+    """project_flow over a batch (N, D). Compiled once per loss: methods of problems (equinox Modules) are
+    pytrees, so a new problem with the same structure reuses the compiled function."""
+    return jax.vmap(lambda th, s: project_flow(loss, th, s, tol, max_steps, residuals))(theta, S)
+
+
 def project(loss, theta, S, tol=1e-10, max_steps=100_000, residuals=None):
     """Phi_S(theta) (see :func:`project_flow`); raises :class:`ProjectionError` if the flow does not converge.
 
@@ -291,18 +299,14 @@ def project(loss, theta, S, tol=1e-10, max_steps=100_000, residuals=None):
     S = jnp.asarray(S, theta.dtype)
     if theta.ndim == 0:
         raise ConfigError("theta", "must be a vector (D,) or a batch (..., D)")
-    f = lambda th, s: project_flow(loss, th, s, tol, max_steps, residuals)
     batch, D = theta.shape[:-1], theta.shape[-1]
-    if batch:
-        th = theta.reshape(-1, D)
-        if S.shape in (theta.shape, theta.shape + (D,)):  # one S per point (diagonal or matrix)
-            s = S.reshape((th.shape[0],) + S.shape[len(batch):])
-        else:  # one shared S, (D,) or (D, D)
-            s = jnp.broadcast_to(S, (th.shape[0],) + S.shape)
-        x, ok = jax.jit(jax.vmap(f))(th, s)
-        x, ok = x.reshape(theta.shape), ok.reshape(batch)
-    else:
-        x, ok = jax.jit(f)(theta, S)
+    th = theta.reshape(-1, D)
+    if S.shape in (theta.shape, theta.shape + (D,)):  # one S per point (diagonal or matrix)
+        s = S.reshape((th.shape[0],) + S.shape[len(batch):])
+    else:  # one shared S, (D,) or (D, D)
+        s = jnp.broadcast_to(S, (th.shape[0],) + S.shape)
+    x, ok = _project_batch(loss, th, s, tol, max_steps, residuals)
+    x, ok = x.reshape(theta.shape), ok.reshape(batch)
     if not bool(np.all(np.asarray(ok))):
         bad = int(np.sum(~np.asarray(ok)))
         raise ProjectionError(f"the preconditioned gradient flow did not converge onto Gamma (tolerance {tol}) for "
