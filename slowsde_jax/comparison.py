@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from . import geometry as geo
 from .errors import ConfigError
+from .problems import observe_batch
 from .trajectory import Trajectory
 
 
@@ -22,12 +22,12 @@ def project_trajectory(traj: Trajectory, problem, method, tol=1e-10) -> Trajecto
     theta = jnp.asarray(traj.theta.reshape(P * T, D))
     v = jnp.asarray(traj.v.reshape(P * T, D)) if traj.v is not None else jnp.zeros_like(theta)
     S = method.S(v)
-    residuals = getattr(problem, "residuals", None)
+    residuals, _ = problem.residual_parts()
     ok = np.repeat(~traj.diverged, T)
     zeta = np.array(theta)
     if ok.any():
         zeta[ok] = np.asarray(geo.project(problem.loss, theta[ok], S[ok], tol=tol, residuals=residuals))
-    obs = jax.jit(jax.vmap(problem.observables))(jnp.asarray(zeta))
+    obs = observe_batch(problem, jnp.asarray(zeta))
     observables = {k: np.asarray(x).reshape(P, T) for k, x in obs.items()}
     return dataclasses.replace(traj, theta=zeta.reshape(P, T, D), observables=observables,
                                meta={**traj.meta, "projected": True})

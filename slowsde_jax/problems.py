@@ -63,6 +63,20 @@ class Problem(eqx.Module):
     def sample_weights(self):
         raise NotImplementedError(f"{type(self).__name__} has no per-sample structure")
 
+    def residual_parts(self):
+        """``(residuals, weights)`` when L = sum_i w_i r_i^2 / 2 (least squares), else ``(None, None)``.
+
+        The geometry's structured paths and label noise use it; the one place that answers "is this a
+        least-squares problem?"."""
+        return None, None
+
+
+@eqx.filter_jit
+def observe_batch(problem, theta):
+    """``problem.observables`` over a batch of parameters (N, D): name -> (N,). Compiled once per problem
+    structure (problems are pytrees), not once per call."""
+    return jax.vmap(problem.observables)(theta)
+
 
 def sharpness_observables(hdiag) -> dict:
     """tr H and tr(Diag(H)^{1/2}) from the Hessian diagonal (negative entries, off the manifold, count as 0)."""
@@ -91,6 +105,9 @@ class LeastSquares(Problem):
 
     def residuals(self, theta):
         return self.predict(theta) - self.y
+
+    def residual_parts(self):
+        return self.residuals, self.sample_weights()
 
     def per_sample_losses(self, theta):
         return 0.5 * self.residuals(theta) ** 2
@@ -334,6 +351,9 @@ class FromLoss(Problem):
         if self.residuals_fn is None:
             raise NotImplementedError("this problem was built without residuals")
         return self.residuals_fn(self.unravel(theta))
+
+    def residual_parts(self):
+        return (None, None) if self.residuals_fn is None else (self.residuals, self.sample_weights())
 
     def per_sample_losses(self, theta):
         if self.per_sample_fn is not None:

@@ -31,21 +31,12 @@ from . import _precision
 from . import geometry as geo
 from .errors import ConfigError, check_range
 from .noise import psd_sqrt
+from .problems import observe_batch
 from .trajectory import Trajectory
 from .validation import check_compatible
 
 
 # ----- the coefficients -----------------------------------------------------------------------------------------
-def _residual_parts(problem):
-    if hasattr(problem, "residuals") and hasattr(problem, "sample_weights"):
-        try:
-            jax.eval_shape(problem.residuals, jnp.zeros(problem.dim))
-            return problem.residuals, problem.sample_weights()
-        except NotImplementedError:
-            pass
-    return None, None
-
-
 def slow_sde_coefficients(problem, noise, method, zeta, v, c, rank=None):
     """Drift of (zeta, v) (each (D,)) and the diffusion of zeta (D, D) at a point zeta of Gamma.
 
@@ -67,7 +58,7 @@ def slow_sde_coefficients(problem, noise, method, zeta, v, c, rank=None):
 def label_noise_vector_field(problem, noise, method, zeta, v, c, alpha):
     """(d zeta/dt, dv/dt) of the label-noise ODE (math §5), structured for least squares."""
     S = method.S(v)
-    residuals, weights = _residual_parts(problem)
+    residuals, weights = problem.residual_parts()
     dz = geo.label_noise_drift(problem.loss, zeta, S, alpha, residuals=residuals, weights=weights)
     dv = c * (method.V(noise.covariance_diag(problem, zeta)) - v) if method.has_v else jnp.zeros_like(v)
     return dz, dv
@@ -129,7 +120,7 @@ class RetractingSolver(diffrax.AbstractWrappedSolver):
 
 
 def _retraction(problem, method, D):
-    residuals, _ = _residual_parts(problem)
+    residuals, _ = problem.residual_parts()
 
     def retract(y):
         zeta, v = y[:D], y[D:]
@@ -184,7 +175,7 @@ def _ode_chunk(problem, noise, method, c, alpha, y, t0, t1, rtol, atol, solver_n
 
 @eqx.filter_jit
 def _initial_state(problem, noise, method, theta0, v0_mode, v0, keys):
-    residuals, _ = _residual_parts(problem)
+    residuals, _ = problem.residual_parts()
 
     def one(key):
         th = problem.init(jax.random.split(key)[0]) if theta0 is None else theta0
@@ -197,11 +188,6 @@ def _initial_state(problem, noise, method, theta0, v0_mode, v0, keys):
         return jnp.concatenate([zeta, v]), ok
 
     return jax.vmap(one)(keys)
-
-
-@eqx.filter_jit
-def _observe(problem, zeta):
-    return jax.vmap(problem.observables)(zeta)
 
 
 def simulate_slow_sde(problem, noise, method, T, n_paths=1, key=0, *, eta=None, dt=1e-3, n_record=100,
@@ -259,7 +245,7 @@ def simulate_slow_sde(problem, noise, method, T, n_paths=1, key=0, *, eta=None, 
     t_grid = np.linspace(0.0, float(T), n_record + 1)
     n_sub = max(1, int(np.ceil((t_grid[1] - t_grid[0]) / dt - 1e-9)))
     records = {"zeta": [np.asarray(y[:, :D])], "v": [np.asarray(y[:, D:])]}
-    obs = [jax.tree_util.tree_map(np.asarray, _observe(problem, y[:, :D]))]
+    obs = [jax.tree_util.tree_map(np.asarray, observe_batch(problem, y[:, :D]))]
     failed_at = np.full(n_paths, -1, np.int64)
     reasons = [None] * n_paths
     path_keys = jax.random.split(k_run, n_paths)
@@ -283,7 +269,7 @@ def simulate_slow_sde(problem, noise, method, T, n_paths=1, key=0, *, eta=None, 
         y = jnp.where(keep, y_new, y)  # failed paths stay frozen at their last good state
         records["zeta"].append(np.asarray(y[:, :D]))
         records["v"].append(np.asarray(y[:, D:]))
-        obs.append(jax.tree_util.tree_map(np.asarray, _observe(problem, y[:, :D])))
+        obs.append(jax.tree_util.tree_map(np.asarray, observe_batch(problem, y[:, :D])))
     observables = {k: np.stack([o[k] for o in obs], axis=1) for k in obs[0]}
     meta = {"engine": "slow_sde" if alpha is None else "label_noise_ode", "method": method.name,
             "noise": type(noise).__name__, "problem": type(problem).__name__, "T": float(T), "dt": float(dt),

@@ -19,12 +19,9 @@ def check_compatible(problem, noise, method):
         shape = noise.cov.shape if noise.cov_fn is None else jax.eval_shape(noise.cov_fn, theta).shape
         if shape != (D, D):
             raise ConfigError("cov", f"must be ({D}, {D}) for this problem (D = {D}), got {tuple(shape)}")
-    if isinstance(noise, LabelNoise):
-        try:
-            jax.eval_shape(problem.residuals, theta)
-        except (NotImplementedError, AttributeError):
-            raise ConfigError("noise", f"label noise needs per-sample residuals; {type(problem).__name__} has none "
-                                       "(build it with from_loss(..., residuals=...))") from None
+    if isinstance(noise, LabelNoise) and problem.residual_parts()[0] is None:
+        raise ConfigError("noise", f"label noise needs per-sample residuals; {type(problem).__name__} has none "
+                                   "(build it with from_loss(..., residuals=...))")
     if isinstance(noise, Minibatch):
         try:
             jax.eval_shape(problem.per_sample_losses, theta)

@@ -87,3 +87,12 @@ def test_eta_sweep_measures_weak_order_one_on_the_hyperbola(tmp_path):
     assert np.all(err > 4 * se)  # the bias is resolved at every eta
     assert 0.7 < r["order"] < 1.3, r
     assert (tmp_path / "weak.png").stat().st_size > 0
+
+
+def test_project_trajectory_on_a_problem_without_residuals():
+    """A plain loss (no least-squares structure) is projected with the dense Newton finish."""
+    prob = problems.from_loss(lambda t: 0.5 * (t[0] ** 2 - t[1] ** 2 - 1.0) ** 2, jnp.array([1.5, 1.0]))
+    m = S.sgd()
+    tr = discrete.simulate_discrete(prob, noise.gaussian([0.01, 0.01]), m, eta=0.1, steps=10, n_paths=2, n_record=1)
+    z = comparison.project_trajectory(tr, prob, m).theta
+    np.testing.assert_allclose(z[..., 0] ** 2 - z[..., 1] ** 2, 1.0, atol=1e-10)
