@@ -50,6 +50,14 @@ def _S_sqrt(S):
     return (Q * r) @ Q.T, (Q / r) @ Q.T
 
 
+def _apply_S(S, X):
+    """S @ X for S diagonal (D,) or a matrix (D, D), X a vector (D,) or a matrix (D, k)."""
+    S = jnp.asarray(S)
+    if S.ndim == 2:
+        return S @ X
+    return S * X if X.ndim == 1 else S[:, None] * X
+
+
 def _S_matrix(S):
     S = jnp.asarray(S)
     return jnp.diag(S) if S.ndim == 1 else S
@@ -177,30 +185,25 @@ def ls_jacobian(residuals, theta):
     return (jax.jacrev if n <= theta.shape[0] else jax.jacfwd)(residuals)(theta)
 
 
-def _ls_gram_solve(J, w, S, y):
-    """Solve (J_w S J_w^T) z = y with J_w = Diag(sqrt w) J; masked samples (w = 0) get a unit diagonal."""
-    Jw = jnp.sqrt(w)[:, None] * J
-    SJt = _apply_S_cols(S, Jw.T)
-    Gram = Jw @ SJt + jnp.diag((w == 0).astype(J.dtype))
-    return Jw, SJt, jnp.linalg.solve(Gram, y)
-
-
-def _apply_S_cols(S, X):
-    """S @ X for X (D, k)."""
-    S = jnp.asarray(S)
-    return S[:, None] * X if S.ndim == 1 else S @ X
+def _ls_gram_solve(Jw, w, S, y):
+    """(S J_w^T, z) with (J_w S J_w^T) z = y for J_w = Diag(sqrt w) J; masked samples (w = 0) get a unit
+    diagonal so that their (zero) rows drop out."""
+    SJt = _apply_S(S, Jw.T)
+    Gram = Jw @ SJt + jnp.diag((w == 0).astype(Jw.dtype))
+    return SJt, jnp.linalg.solve(Gram, y)
 
 
 def ls_apply_projection(J, w, S, x):
     """dPhi_S x for least squares on Gamma: x - S J_w^T (J_w S J_w^T)^{-1} J_w x, O(n D + n^3)."""
     Jw = jnp.sqrt(w)[:, None] * J
-    _, SJt, z = _ls_gram_solve(J, w, S, Jw @ x)
+    SJt, z = _ls_gram_solve(Jw, w, S, Jw @ x)
     return x - SJt @ z
 
 
 def ls_projection_jacobian(J, w, S):
     """dPhi_S (D, D) for least squares on Gamma from the residual Jacobian J (n, D) and weights w (n,)."""
-    Jw, SJt, Z = _ls_gram_solve(J, w, S, (jnp.sqrt(w)[:, None] * J))
+    Jw = jnp.sqrt(w)[:, None] * J
+    SJt, Z = _ls_gram_solve(Jw, w, S, Jw)
     return jnp.eye(J.shape[1], dtype=J.dtype) - SJt @ Z
 
 
@@ -226,32 +229,25 @@ def label_noise_drift(loss, theta, S, alpha, residuals=None, weights=None):
     otherwise dense Hessians (small D). ``S`` is the preconditioner's diagonal (D,) or an SPD matrix.
     """
     S = jnp.asarray(S, theta.dtype)
-    SM_cols = (lambda X: _apply_S_cols(S, X))
     if residuals is not None:
         J = ls_jacobian(residuals, theta)
-        t3 = ls_third_derivative_tangent(residuals, weights, theta, SM_cols(J.T))
-        return -(alpha / 4.0) * ls_apply_projection(J, weights, S, SM_cols(t3[:, None])[:, 0])
+        t3 = ls_third_derivative_tangent(residuals, weights, theta, _apply_S(S, J.T))
+        return -(alpha / 4.0) * ls_apply_projection(J, weights, S, _apply_S(S, t3))
     H = hessian(loss, theta)
     P = projection_jacobian(H, S)
     t3 = third_derivative_contraction(loss, theta, _S_matrix(S))
-    return -(alpha / 4.0) * P @ (_S_matrix(S) @ t3)
-
-
-def _as_matrix_apply(S):
-    S = jnp.asarray(S)
-    return (lambda g: S * g) if S.ndim == 1 else (lambda g: S @ g)
+    return -(alpha / 4.0) * P @ _apply_S(S, t3)
 
 
 def newton_retraction_step(loss, x, S, residuals=None):
     """One Newton step onto Gamma along S * normal directions: x - S H (H S H)^+ grad L(x), or its
     least-squares form x - S J^T (J S J^T)^{-1} r when ``residuals`` (r(x), shape (n,)) are given."""
-    apply_S = _as_matrix_apply(S)
     if residuals is not None:
-        r, J = residuals(x), jax.jacfwd(residuals)(x)
-        SJt = jax.vmap(apply_S)(J).T  # (D, n)
+        r, J = residuals(x), ls_jacobian(residuals, x)
+        SJt = _apply_S(S, J.T)  # (D, n)
         return x - SJt @ jnp.linalg.solve(J @ SJt, r)
     H = jax.hessian(loss)(x)
-    SH = jax.vmap(apply_S, in_axes=1, out_axes=1)(H)  # S @ H
+    SH = _apply_S(S, H)
     return x - SH @ (jnp.linalg.pinv(H @ SH, hermitian=True, rtol=1e-10) @ jax.grad(loss)(x))
 
 
@@ -266,9 +262,8 @@ def project_flow(loss, theta, S, tol=1e-10, max_steps=100_000, residuals=None, f
     flow_tol within ``max_steps`` and the last Newton step moved x by less than tol * max(1, |x|) (a test
     that does not depend on the scale of S). jit/vmap-able.
     """
-    apply_S = _as_matrix_apply(S)
     grad = jax.grad(loss)
-    term = diffrax.ODETerm(lambda s, x, args: -apply_S(grad(x)))
+    term = diffrax.ODETerm(lambda s, x, args: -_apply_S(S, grad(x)))
     sol = diffrax.diffeqsolve(
         term, diffrax.Tsit5(), t0=0.0, t1=jnp.inf, dt0=None, y0=theta,
         stepsize_controller=diffrax.PIDController(rtol=1e-9, atol=1e-12),
