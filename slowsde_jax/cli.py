@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import traceback
 
-import yaml
 
 from .errors import ConfigError
 
@@ -42,13 +40,10 @@ def _table(summary_runs) -> str:
 def cmd_run(args) -> int:
     from pathlib import Path
 
-    import numpy as np
-
     from . import config as cfgmod
     from . import runs
     from .discrete import simulate_discrete
     from .plotting import plot_observables
-    from .trajectory import Trajectory
 
     if args.resume:
         folder = Path(args.resume)
@@ -66,24 +61,20 @@ def cmd_run(args) -> int:
     dtype = jnp.float32 if cfg.get("dtype") == "float32" else None
     if not args.resume:
         folder = runs.new_folder(args.out, cfg.get("name", "run"))
-        runs.atomic_write(folder / "config.yaml", lambda p: open(p, "w").write(yaml.safe_dump(cfg, sort_keys=False)))
+        runs.write_config(folder, cfg)
     ckpts = folder / "checkpoints"
     ckpts.mkdir(exist_ok=True)
-    summary = {"status": "running", "name": cfg.get("name", "run"), "seed": cfg.get("seed", 0),
-               "config": cfg, "environment": runs.environment(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    summary = {"name": cfg.get("name", "run"), "seed": cfg.get("seed", 0), "config": cfg,
+               "environment": runs.environment(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                "resumed": bool(args.resume)}
-    runs.write_json(folder / "summary.json", summary)
     print(f"run folder: {folder}" + (" (resumed)" if args.resume else ""))
     t0 = time.time()
-    try:
+    with runs.status_guard(folder, summary):
         trajs = {}
         for name, method, kw in planned:
             done = ckpts / f"{name}.done.npz"
             if done.exists():  # finished before an interruption
-                with np.load(done) as f:
-                    arrays = dict(f)
-                n = len({k.split("/")[0] for k in arrays})
-                trajs[name] = [Trajectory.from_arrays(arrays, prefix=f"{i}/") for i in range(n)]
+                trajs[name] = runs.read_trajectories(done)[name]
                 continue
             out = simulate_discrete(problem, noise, method, n_paths=kw.pop("n_paths", 1), key=cfg.get("seed", 0),
                                     dtype=dtype, progress=None if not args.quiet else False,
@@ -92,19 +83,12 @@ def cmd_run(args) -> int:
                                     checkpoint=ckpts / f"{name}.npz",
                                     checkpoint_every_s=cfg.get("checkpoint_every_s", 30.0), **kw)
             trajs[name] = out if isinstance(out, list) else [out]
-            arrays = {}
-            for i, tr in enumerate(trajs[name]):
-                arrays.update(tr.to_arrays(prefix=f"{i}/"))
-            runs.atomic_write(done, lambda p: np.savez(p, **arrays))
+            runs.save_trajectories(done, {name: trajs[name]})
             (ckpts / f"{name}.npz").unlink(missing_ok=True)
-        runs.save_trajectories(folder, trajs)
+        runs.save_trajectories(folder / "trajectories.npz", trajs)
         summary.update(status="completed", runs=runs.summarize(trajs), elapsed_s=time.time() - t0)
         plot_observables(trajs, folder / "observables.png")
         runs.write_json(folder / "summary.json", summary)
-    except BaseException as e:  # the folder must say it failed, whatever happened
-        summary.update(status="failed", error=f"{type(e).__name__}: {e}", elapsed_s=time.time() - t0)
-        runs.write_json(folder / "summary.json", summary)
-        raise
     print(_table(summary["runs"]))
     n_div = sum(e["n_diverged"] for entries in summary["runs"].values() for e in entries)
     if n_div:
@@ -132,14 +116,12 @@ def cmd_compare(args) -> int:
     cmp = cfg["compare"]
     problem, noise = cfgmod.build_problem(cfg), cfgmod.build_noise(cfg)
     folder = runs.new_folder(args.out, cfg.get("name", "compare"))
-    runs.atomic_write(folder / "config.yaml", lambda p: open(p, "w").write(yaml.safe_dump(cfg, sort_keys=False)))
-    summary = {"status": "running", "kind": "compare", "seed": cfg.get("seed", 0), "config": cfg,
-               "environment": runs.environment()}
-    runs.write_json(folder / "summary.json", summary)
+    runs.write_config(folder, cfg)
+    summary = {"kind": "compare", "seed": cfg.get("seed", 0), "config": cfg, "environment": runs.environment()}
     print(f"run folder: {folder}")
     t0 = time.time()
     seed, T, n_record = cfg.get("seed", 0), cfg["T"], cfg.get("n_record", 10)
-    try:
+    with runs.status_guard(folder, summary):
         result, trajs = {}, {}
         for name, method, kw in cfgmod.build_runs(cfg):
             sde_traj = simulate_slow_sde(problem, noise, method, T=T, n_paths=cmp.get("sde_paths", cfg.get("n_paths", 1)),
@@ -155,14 +137,10 @@ def cmd_compare(args) -> int:
                             "final": {f"{e:g}": c.summary() for e, c in zip(res["etas"], res["comparisons"])}}
             trajs[f"{name}.sde"] = [sde_traj]
             trajs[f"{name}.discrete"] = res["trajectories"]
-        runs.save_trajectories(folder, trajs)
+        runs.save_trajectories(folder / "trajectories.npz", trajs)
         runs.write_json(folder / "comparison.json", result)
         summary.update(status="completed", elapsed_s=time.time() - t0)
         runs.write_json(folder / "summary.json", summary)
-    except BaseException as e:
-        summary.update(status="failed", error=f"{type(e).__name__}: {e}", elapsed_s=time.time() - t0)
-        runs.write_json(folder / "summary.json", summary)
-        raise
     for name, r in result.items():
         print(f"{name} (slow side: {r['sde_engine']}), weak error at T = {T:g} per eta {r['etas']}:")
         for obs, o in r["observables"].items():

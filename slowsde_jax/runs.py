@@ -6,6 +6,7 @@ statistics), ``trajectories.npz`` (every Trajectory, keys prefixed ``<run>/<grid
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .trajectory import Trajectory
+from .trajectory import Trajectory, jsonable
 
 
 def atomic_write(path: Path, write):
@@ -26,15 +27,29 @@ def atomic_write(path: Path, write):
 
 
 def write_json(path, obj):
-    atomic_write(Path(path), lambda p: Path(p).write_text(json.dumps(obj, indent=2, default=_jsonable) + "\n"))
+    atomic_write(Path(path), lambda p: Path(p).write_text(json.dumps(obj, indent=2, default=jsonable) + "\n"))
 
 
-def _jsonable(x):
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    return str(x)
+def write_config(folder: Path, cfg: dict):
+    """The resolved config as ``config.yaml`` (what ``--resume`` reads back)."""
+    import yaml
+
+    atomic_write(Path(folder) / "config.yaml", lambda p: Path(p).write_text(yaml.safe_dump(cfg, sort_keys=False)))
+
+
+@contextlib.contextmanager
+def status_guard(folder: Path, summary: dict):
+    """Write ``summary.json`` with status "running"; if the body raises, mark it "failed" with the error
+    (the folder never claims a result it does not have), then re-raise."""
+    t0 = time.time()
+    summary["status"] = "running"
+    write_json(Path(folder) / "summary.json", summary)
+    try:
+        yield
+    except BaseException as e:
+        summary.update(status="failed", error=f"{type(e).__name__}: {e}", elapsed_s=time.time() - t0)
+        write_json(Path(folder) / "summary.json", summary)
+        raise
 
 
 def environment() -> dict:
@@ -82,29 +97,34 @@ def summarize(trajs: dict) -> dict:
     return out
 
 
-def save_trajectories(folder: Path, trajs: dict):
+def save_trajectories(path, trajs: dict):
+    """Write run name -> list of Trajectories to one npz (keys ``<name>/<grid index>/...``), atomically."""
     arrays = {}
     for name, items in trajs.items():
         for i, tr in enumerate(items):
             arrays.update(tr.to_arrays(prefix=f"{name}/{i}/"))
-    atomic_write(Path(folder) / "trajectories.npz", lambda p: np.savez(p, **arrays))
+    atomic_write(Path(path), lambda p: np.savez(p, **arrays))
+
+
+def read_trajectories(path) -> dict:
+    """Read a file written by :func:`save_trajectories`: run name -> list of Trajectories."""
+    with np.load(path) as f:
+        arrays = dict(f)
+    prefixes = sorted({tuple(k.split("/")[:2]) for k in arrays}, key=lambda p: (p[0], int(p[1])))
+    trajs: dict = {}
+    for name, idx in prefixes:
+        trajs.setdefault(name, []).append(Trajectory.from_arrays(arrays, prefix=f"{name}/{idx}/"))
+    return trajs
 
 
 def load_run(path):
     """Read a run folder: returns ``(trajectories, summary)`` where ``trajectories`` maps each run name to a
-    Trajectory (or a list of them for a sweep) and ``summary`` is the parsed ``summary.json``."""
+    Trajectory (or a list of them for a sweep or an eta-sweep) and ``summary`` is the parsed ``summary.json``."""
     folder = Path(path)
     summary = json.loads((folder / "summary.json").read_text())
-    trajs: dict = {}
     npz = folder / "trajectories.npz"
-    if npz.exists():
-        with np.load(npz) as f:
-            arrays = dict(f)
-        prefixes = sorted({tuple(k.split("/")[:2]) for k in arrays}, key=lambda p: (p[0], int(p[1])))
-        for name, idx in prefixes:
-            trajs.setdefault(name, []).append(Trajectory.from_arrays(arrays, prefix=f"{name}/{idx}/"))
-    sweeps = {name for name, entries in summary.get("runs", {}).items() if entries and entries[0].get("hypers") and len(entries) > 1}
-    return {k: (v if k in sweeps or len(v) > 1 else v[0]) for k, v in trajs.items()}, summary
+    trajs = read_trajectories(npz) if npz.exists() else {}
+    return {k: (v if len(v) > 1 else v[0]) for k, v in trajs.items()}, summary
 
 
 def new_folder(root, name) -> Path:

@@ -60,7 +60,7 @@ class Trajectory:
     def to_arrays(self, prefix: str = "") -> dict:
         """Flat dict of arrays for ``np.savez`` (meta as JSON text)."""
         out = {f"{prefix}t": self.t, f"{prefix}diverged_step": self.diverged_step,
-               f"{prefix}meta": np.array(json.dumps(self.meta, default=_jsonable))}
+               f"{prefix}meta": np.array(json.dumps(self.meta, default=jsonable))}
         if self.theta is not None:
             out[f"{prefix}theta"] = self.theta
         if self.v is not None:
@@ -87,7 +87,8 @@ class Trajectory:
             return cls.from_arrays(dict(f))
 
 
-def _jsonable(x):
+def jsonable(x):
+    """JSON fallback for numpy scalars and arrays (and anything else, as text)."""
     if isinstance(x, np.generic):
         return x.item()
     if hasattr(x, "tolist"):
