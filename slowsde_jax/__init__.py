@@ -13,3 +13,7 @@ from .comparison import compare, eta_sweep, project_trajectory
 from . import geometry, noise, problems
 
 __version__ = "0.1.0"
+
+__all__ = ["ConfigError", "Method", "Trajectory", "adalayer", "adam", "adam_mini", "adame", "compare", "eta_sweep",
+           "geometry", "load_run", "make_method", "noise", "problems", "project_trajectory", "rmsprop", "sgd",
+           "simulate_discrete", "simulate_slow_sde"]

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _precision
-from .errors import ConfigError, check_range
+from .errors import ConfigError, check_range, suggest
 from .trajectory import Trajectory
 from .validation import check_compatible
 
@@ -142,8 +142,6 @@ def _grid(eta, sweep, dtype):
         sweep["eta"] = [eta]
     for k in sweep:
         if k not in SWEEPABLE:
-            from .errors import suggest
-
             raise ConfigError(f"sweep.{k}", f"not sweepable{suggest(k, SWEEPABLE)}; sweepable: {', '.join(SWEEPABLE)}")
     names = list(sweep)
     values = [np.atleast_1d(np.asarray(sweep[k], dtype=float)) for k in names]
@@ -215,7 +213,7 @@ def simulate_discrete(problem, noise, method, eta=None, T=None, n_paths=1, key=0
         cast = lambda x: x.astype(dtype) if eqx.is_array(x) and jnp.issubdtype(x.dtype, jnp.floating) else x
         problem, noise, method = jax.tree_util.tree_map(cast, (problem, noise, method))
     for cfg in cfgs:  # validate every grid point before compiling
-        p, n, m = apply_hypers(problem, noise, method, {k: jnp.asarray(v) for k, v in cfg.items()})
+        _, _, m = apply_hypers(problem, noise, method, {k: jnp.asarray(v) for k, v in cfg.items()})
         if m.has_v:
             if m.c is None:
                 check_range("beta2", m.beta2, low=0.0, high=1.0, high_open=True)

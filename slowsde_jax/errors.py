@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 
+import jax
 import numpy as np
 
 
@@ -27,8 +28,6 @@ def suggest(name: str, choices) -> str:
 
 def _concrete(field, x):
     """x as a numpy array if it is concrete, None for a jax tracer (inside jit/vmap: nothing to check)."""
-    import jax
-
     if isinstance(x, jax.core.Tracer):
         return None
     try:

@@ -26,6 +26,7 @@ raveled parameters (shape (D,)), whatever pytree the parameters are.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, NamedTuple
 
 import equinox as eqx
@@ -36,9 +37,8 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from . import _precision  # noqa: F401  (float64 by default)
-from .errors import ConfigError, check_range
+from .errors import ConfigError, check_range, suggest
 
-METHOD_NAMES = ("adam", "adam_mini", "adalayer", "adame", "rmsprop", "sgd")
 
 
 def _f(x):
@@ -234,16 +234,13 @@ def sgd(momentum=0.0, bias_correction=False) -> Method:
 
 FACTORIES = {"adam": adam, "adam_mini": adam_mini, "adalayer": adalayer, "adame": adame,
              "rmsprop": rmsprop, "sgd": sgd}
+METHOD_NAMES = tuple(FACTORIES)
 
 
 def make_method(name: str, **kwargs) -> Method:
     """A method by name with keyword hyperparameters (used by configs)."""
-    from .errors import suggest
-
     if name not in FACTORIES:
         raise ConfigError("method", f"unknown method '{name}'{suggest(name, FACTORIES)}; choose from {', '.join(METHOD_NAMES)}")
-    import inspect
-
     allowed = set(inspect.signature(FACTORIES[name]).parameters)
     for k in kwargs:
         if k not in allowed:

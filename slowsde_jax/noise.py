@@ -12,7 +12,7 @@ object, so they cannot drift apart.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import equinox as eqx
 import jax

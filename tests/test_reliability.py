@@ -1,11 +1,9 @@
 """Reliability: kill and resume bit for bit, divergence reports, config validation (also property-based)."""
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
