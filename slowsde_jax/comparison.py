@@ -12,21 +12,23 @@ from .problems import observe_batch
 from .trajectory import Trajectory
 
 
-def project_trajectory(traj: Trajectory, problem, method, tol=1e-10) -> Trajectory:
+def project_trajectory(traj: Trajectory, problem, method, tol=1e-10, max_steps=100_000, rank=None) -> Trajectory:
     """The discrete trajectory seen on Gamma: theta_k -> Phi_{S(v_k)}(theta_k) at every recorded time, with
     the problem's observables recomputed there (math §4: (theta_k, v_k) corresponds to (zeta(k eta^2), v)).
-    Needs a trajectory recorded with ``record_state=True``. Diverged paths are left as they are."""
+    Needs a trajectory recorded with ``record_state=True``. Diverged paths are left as they are.
+    ``max_steps`` and ``rank``: see :func:`slowsde_jax.geometry.project`."""
     if traj.theta is None:
         raise ConfigError("record_state", "projecting a trajectory needs its recorded states (record_state=True)")
     P, T, D = traj.theta.shape
     theta = jnp.asarray(traj.theta.reshape(P * T, D))
     v = jnp.asarray(traj.v.reshape(P * T, D)) if traj.v is not None else jnp.zeros_like(theta)
     S = method.S(v)
-    residuals, _ = problem.residual_parts()
+    residuals, weights = problem.residual_parts()
     ok = np.repeat(~traj.diverged, T)
     zeta = np.array(theta)
     if ok.any():
-        zeta[ok] = np.asarray(geo.project(problem.loss, theta[ok], S[ok], tol=tol, residuals=residuals))
+        zeta[ok] = np.asarray(geo.project(problem.loss, theta[ok], S[ok], tol=tol, max_steps=max_steps,
+                                          residuals=residuals, weights=weights, rank=rank))
     obs = observe_batch(problem, jnp.asarray(zeta))
     observables = {k: np.asarray(x).reshape(P, T) for k, x in obs.items()}
     return dataclasses.replace(traj, theta=zeta.reshape(P, T, D), observables=observables,

@@ -32,7 +32,7 @@ from .errors import ConfigError
 
 
 class ProjectionError(RuntimeError):
-    """The preconditioned gradient flow did not reach Gamma within the step budget."""
+    """A point could not be projected onto Gamma; the message says why (see :data:`PROJECTION_STATUS`)."""
 
 
 DEFAULT_RTOL = 1e-8
@@ -239,28 +239,82 @@ def label_noise_drift(loss, theta, S, alpha, residuals=None, weights=None):
     return -(alpha / 4.0) * P @ _apply_S(S, t3)
 
 
-def newton_retraction_step(loss, x, S, residuals=None):
-    """One Newton step onto Gamma along S * normal directions: x - S H (H S H)^+ grad L(x), or its
-    least-squares form x - S J^T (J S J^T)^{-1} r when ``residuals`` (r(x), shape (n,)) are given."""
+def normal_frame(H, S, rank=None, rtol=DEFAULT_RTOL, *, gap=False):
+    """Normal directions of Gamma (D, D) from the Hessian H (D, D) at (or near) a point of Gamma.
+
+    Columns span range(H) = S^{-1/2} range(H'), H' = S^{1/2} H S^{1/2}; the columns of tangent eigenvectors
+    are zero, so the shape does not depend on the codimension (jit-friendly, ``rank`` may be traced). The
+    codimension is ``rank`` if given, else the rank rule (eigenvalues of H' above ``rtol`` times the largest),
+    or with ``gap=True`` the largest spectral gap: use it off Gamma, where the tangent eigenvalues are
+    O(distance) rather than rounding-small (see :func:`newton_retraction_step`).
+    """
+    lam, U, _, Shi = _eig_Hprime(H, S)
+    mask = _normal_mask(lam, rank, rtol) if (rank is not None or not gap) else _normal_mask_by_gap(lam, rtol)
+    return Shi @ (U * mask)
+
+
+def _normal_mask_by_gap(lam, rtol=DEFAULT_RTOL, min_gap=1e3):
+    """Normal eigenvalues (ascending ``lam``) as those above the largest ratio gap, when that gap exceeds
+    ``min_gap``; otherwise the rtol rule. Off Gamma by a distance delta the tangent eigenvalues are
+    O(delta) while the normal ones are O(1), so the gap separates them where a fixed cut-off may not."""
+    a = jnp.maximum(jnp.abs(lam), 1e-12 * jnp.max(jnp.abs(lam)))  # rounding-level eigenvalues count as one
+    ratio = a[1:] / a[:-1]
+    k = jnp.argmax(ratio)
+    by_gap = jnp.arange(lam.shape[0]) > k
+    return jnp.where(ratio[k] > min_gap, by_gap, _normal_mask(lam, None, rtol))
+
+
+def newton_retraction_step(loss, x, S, *, residuals=None, weights=None, normals=None):
+    """One Newton step from x towards Gamma along S * normal directions.
+
+    - Least squares (``residuals`` r(x), shape (n,), optional ``weights`` (n,), default ones): the
+      Gauss-Newton step x - S J_w^T (J_w S J_w^T)^{-1} r_w with J_w = Diag(sqrt w) J, r_w = sqrt(w) r;
+      masked samples (w = 0) impose no constraint.
+    - Any loss: ``normals`` N (D, D) from :func:`normal_frame` (zero columns for tangent directions), taken
+      at a point of Gamma or cut at the codimension. The step is x + S N a with (N^T H(x) S N) a = -N^T grad
+      L(x): it solves the normal part of grad L = 0 and never inverts H's tangent eigenvalues. (A
+      pseudo-inverse of H(x) with a relative cut-off would: off Gamma they are O(distance), and the step then
+      moves x tangentially by O(distance), a spurious drift in the slow SDE.)
+    """
     if residuals is not None:
         r, J = residuals(x), ls_jacobian(residuals, x)
-        SJt = _apply_S(S, J.T)  # (D, n)
-        return x - SJt @ jnp.linalg.solve(J @ SJt, r)
-    H = jax.hessian(loss)(x)
-    SH = _apply_S(S, H)
-    return x - SH @ (jnp.linalg.pinv(H @ SH, hermitian=True, rtol=1e-10) @ jax.grad(loss)(x))
+        w = jnp.ones_like(r) if weights is None else weights
+        sw = jnp.sqrt(w)
+        SJt, z = _ls_gram_solve(sw[:, None] * J, w, S, sw * r)
+        return x - SJt @ z
+    if normals is None:
+        raise ConfigError("normals", "a loss without residuals needs normal directions (see normal_frame)")
+    SN = _apply_S(S, normals)
+    tangent = jnp.all(normals == 0, axis=0).astype(x.dtype)  # zero columns: unknowns fixed at 0
+    A = normals.T @ jax.hessian(loss)(x) @ SN + jnp.diag(tangent)
+    return x - SN @ jnp.linalg.solve(A, normals.T @ jax.grad(loss)(x))
 
 
-def project_flow(loss, theta, S, tol=1e-10, max_steps=100_000, residuals=None, flow_tol=1e-7):
+# Why a projection failed (the ``status`` of :func:`project_flow`).
+PROJECTION_OK = 0
+PROJECTION_STATUS = {
+    1: "the preconditioner S is not finite (v = 0 with eps = 0?)",
+    2: "the state became non-finite",
+    3: "the flow's step budget (max_steps) ran out before the point came near Gamma",
+    4: "the Newton finish did not settle (no minimizer nearby?)",
+}
+
+
+def project_flow(loss, theta, S, tol=1e-10, max_steps=100_000, *, residuals=None, weights=None, rank=None,
+                 flow_tol=1e-7, newton_steps=3):
     """Phi_S(theta): the limit of the preconditioned gradient flow dx/ds = -S grad L(x), x(0) = theta.
 
     ``S``: diagonal (shape (D,)) or a symmetric positive-definite matrix (D, D). The flow is integrated with
-    an adaptive Tsit5 solver until |grad L| < flow_tol (an explicit solver cannot go much further: its
-    local errors at the stability limit keep the residual near its tolerance), then finished with three
-    Newton steps along S * normal directions (see :func:`newton_retraction_step`), whose end point differs
-    from the flow's limit by O(flow_tol^2). Returns ``(x, converged)``: converged when the flow reached
-    flow_tol within ``max_steps`` and the last Newton step moved x by less than tol * max(1, |x|) (a test
-    that does not depend on the scale of S). jit/vmap-able.
+    an adaptive Tsit5 solver until |grad L| < flow_tol or ``max_steps`` run out, then finished with Newton
+    steps along S * normal directions (:func:`newton_retraction_step`; for a loss without residuals the
+    normals come from the Hessian at the current point, cut at ``rank``, else at the largest spectral gap
+    for the first step and by the rank rule after it).
+
+    Convergence is decided by the Newton finish, independently of the scale of L and S: the last step moved
+    x by at most tol * max(1, |x|), and the first one (the distance d from the flow's end to Gamma, to which
+    the end point's error is O(d^2)) by at most sqrt(tol * max(1, |x|)); without residuals, also
+    |grad L| <= tol * max(1, |x|) * |H|_2 at the end. Returns ``(x, status)``: status 0
+    when converged, else a key of :data:`PROJECTION_STATUS` saying why not. jit/vmap-able.
     """
     grad = jax.grad(loss)
     term = diffrax.ODETerm(lambda s, x, args: -_apply_S(S, grad(x)))
@@ -270,25 +324,52 @@ def project_flow(loss, theta, S, tol=1e-10, max_steps=100_000, residuals=None, f
         event=diffrax.Event(lambda s, x, args, **kw: jnp.linalg.norm(grad(x)) < flow_tol),
         saveat=diffrax.SaveAt(t1=True), max_steps=max_steps, throw=False)
     x = sol.ys[-1]
-    for _ in range(3):
-        x_prev, x = x, newton_retraction_step(loss, x, S, residuals)
-    step = jnp.linalg.norm(x - x_prev)
-    converged = (sol.result == diffrax.RESULTS.event_occurred) & (step <= tol * jnp.maximum(1.0, jnp.linalg.norm(x)))
-    return x, converged & jnp.all(jnp.isfinite(x))
+    steps = []
+    for i in range(newton_steps):
+        # without residuals: normals at the current point, by the spectral gap at the flow's end (tangent
+        # eigenvalues O(flow_tol) there), then by the rank rule once the point sits on Gamma to rounding
+        normals = None if residuals is not None else normal_frame(jax.hessian(loss)(x), S, rank, gap=i == 0)
+        x_prev, x = x, newton_retraction_step(loss, x, S, residuals=residuals, weights=weights, normals=normals)
+        steps.append(jnp.linalg.norm(x - x_prev))
+    scale = jnp.maximum(1.0, jnp.linalg.norm(x))
+    settled = steps[-1] <= tol * scale
+    if residuals is None:  # the normals may be empty (H = 0): also ask for a stationary point, |g| / |H| small
+        H = jax.hessian(loss)(x)
+        settled &= jnp.linalg.norm(jax.grad(loss)(x)) <= tol * scale * jnp.max(jnp.abs(jnp.linalg.eigvalsh(H)))
+    near = steps[0] <= jnp.sqrt(tol * scale)
+    status = jnp.where(~jnp.all(jnp.isfinite(jnp.asarray(S))), 1,
+                       jnp.where(~jnp.all(jnp.isfinite(x)), 2,
+                                 jnp.where(~near, 3, jnp.where(~settled, 4, PROJECTION_OK))))
+    return x, status
 
 
 @eqx.filter_jit
-def _project_batch(loss, theta, S, tol, max_steps, residuals):
+def _project_batch(loss, theta, S, tol, max_steps, residuals, weights, rank):
     """project_flow over a batch (N, D). Compiled once per loss: methods of problems (equinox Modules) are
     pytrees, so a new problem with the same structure reuses the compiled function."""
-    return jax.vmap(lambda th, s: project_flow(loss, th, s, tol, max_steps, residuals))(theta, S)
+    return jax.vmap(lambda th, s: project_flow(loss, th, s, tol, max_steps, residuals=residuals, weights=weights,
+                                               rank=rank))(theta, S)
 
 
-def project(loss, theta, S, tol=1e-10, max_steps=100_000, residuals=None):
-    """Phi_S(theta) (see :func:`project_flow`); raises :class:`ProjectionError` if the flow does not converge.
+def projection_failure_message(status, max_steps) -> str:
+    """One line naming how many points failed and why, from an array of project_flow statuses."""
+    status = np.asarray(status).ravel()
+    parts = []
+    for code, why in PROJECTION_STATUS.items():
+        k = int(np.sum(status == code))
+        if k:
+            parts.append(f"{k} point(s): {why}" + (f" [max_steps={max_steps}]" if code == 3 else ""))
+    return "; ".join(parts)
+
+
+def project(loss, theta, S, tol=1e-10, max_steps=100_000, residuals=None, weights=None, rank=None):
+    """Phi_S(theta) (see :func:`project_flow`); raises :class:`ProjectionError` naming the cause when a point
+    does not converge.
 
     ``theta`` may carry leading batch axes (..., D); ``S`` is then either shared ((D,) or (D, D)) or given per
-    point (shape (..., D) or (..., D, D)).
+    point (shape (..., D) or (..., D, D)). ``residuals``/``weights``: the least-squares structure (see
+    :meth:`Problem.residual_parts`); ``rank``: the codimension of Gamma for a loss without residuals;
+    ``max_steps``: the flow's step budget per point.
     """
     theta = jnp.asarray(theta)
     S = jnp.asarray(S, theta.dtype)
@@ -298,12 +379,14 @@ def project(loss, theta, S, tol=1e-10, max_steps=100_000, residuals=None):
     th = theta.reshape(-1, D)
     if S.shape in (theta.shape, theta.shape + (D,)):  # one S per point (diagonal or matrix)
         s = S.reshape((th.shape[0],) + S.shape[len(batch):])
-    else:  # one shared S, (D,) or (D, D)
+    elif S.shape in ((D,), (D, D)):  # one shared S
         s = jnp.broadcast_to(S, (th.shape[0],) + S.shape)
-    x, ok = _project_batch(loss, th, s, tol, max_steps, residuals)
-    x, ok = x.reshape(theta.shape), ok.reshape(batch)
-    if not bool(np.all(np.asarray(ok))):
-        bad = int(np.sum(~np.asarray(ok)))
-        raise ProjectionError(f"the preconditioned gradient flow did not converge onto Gamma (tolerance {tol}) for "
-                              f"{bad} point(s) within {max_steps} solver steps")
+    else:
+        raise ConfigError("S", f"must have shape ({D},), ({D}, {D}), {tuple(theta.shape)} or "
+                               f"{tuple(theta.shape) + (D,)} for theta of shape {tuple(theta.shape)}, got {tuple(S.shape)}")
+    x, status = _project_batch(loss, th, s, tol, max_steps, residuals, weights, rank)
+    x, status = x.reshape(theta.shape), np.asarray(status).reshape(batch)
+    if np.any(status != PROJECTION_OK):
+        raise ProjectionError(f"the projection onto Gamma did not converge (tolerance {tol}) for "
+                              + projection_failure_message(status, max_steps))
     return x

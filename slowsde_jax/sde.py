@@ -84,7 +84,8 @@ class SlowSDETerm(diffrax.AbstractTerm):
 
 
 class RetractingSolver(diffrax.AbstractWrappedSolver):
-    """Wraps a diffrax solver (Euler for the Ito SDE) and retracts the state onto Gamma after every step."""
+    """Wraps a diffrax solver (Euler for the Ito SDE) and retracts the state onto Gamma after every step;
+    ``retract(y0, y1)`` sees the step's start y0 (on Gamma) and its end y1."""
 
     solver: diffrax.AbstractSolver
     retract: Callable
@@ -112,21 +113,27 @@ class RetractingSolver(diffrax.AbstractWrappedSolver):
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         y1, err, _, state, result = self.solver.step(terms, t0, t1, y0, args, solver_state, made_jump)
-        y1 = self.retract(y1)
+        y1 = self.retract(y0, y1)
         return y1, err, dict(y0=y0, y1=y1), state, result
 
     def func(self, terms, t0, y0, args):
         return self.solver.func(terms, t0, y0, args)
 
 
-def _retraction(problem, method, D):
-    residuals, _ = problem.residual_parts()
+def _retraction(problem, method, D, rank=None):
+    """retract(y0, y1): y1 = [zeta; v] back onto Gamma by three Newton steps along S(v) * normal directions.
+    Least squares: normals from the residual Jacobian (with the sample weights). Any other loss: the normals
+    of Gamma at zeta0 = y0[:D], a point of Gamma (cut at ``rank`` or by the rank rule), never the Hessian's
+    eigenvectors at y1, whose tangent eigenvalues are O(|y1 - y0|) and would bend the step tangentially."""
+    residuals, weights = problem.residual_parts()
 
-    def retract(y):
-        zeta, v = y[:D], y[D:]
+    def retract(y0, y1):
+        zeta, v = y1[:D], y1[D:]
         S = method.S(v)
-        for _ in range(2):
-            zeta = geo.newton_retraction_step(problem.loss, zeta, S, residuals)
+        normals = None if residuals is not None else geo.normal_frame(geo.hessian(problem.loss, y0[:D]), S, rank)
+        for _ in range(3):  # quadratic convergence: a displacement of 1e-2 lands within rounding
+            zeta = geo.newton_retraction_step(problem.loss, zeta, S, residuals=residuals, weights=weights,
+                                              normals=normals)
         return jnp.concatenate([zeta, v])
 
     return retract
@@ -136,7 +143,7 @@ def _retraction(problem, method, D):
 @eqx.filter_jit
 def _sde_chunk(problem, noise, method, c, rank, y, keys, t0, t1, n_steps):
     D = problem.dim
-    retract = _retraction(problem, method, D)
+    retract = _retraction(problem, method, D, rank)
 
     def coefficients(y):
         b, dv, A = slow_sde_coefficients(problem, noise, method, y[:D], y[D:], c, rank)
@@ -168,31 +175,33 @@ def _ode_chunk(problem, noise, method, c, alpha, y, t0, t1, rtol, atol, solver_n
         sol = diffrax.diffeqsolve(diffrax.ODETerm(f), solver, t0=t0, t1=t1, dt0=None, y0=y0,
                                   stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
                                   saveat=diffrax.SaveAt(t1=True), max_steps=max_steps, throw=False)
-        return retract(sol.ys[-1]), sol.result == diffrax.RESULTS.successful
+        return retract(y0, sol.ys[-1]), sol.result == diffrax.RESULTS.successful
 
     return jax.vmap(one)(y)
 
 
 @eqx.filter_jit
-def _initial_state(problem, noise, method, theta0, v0_mode, v0, keys):
-    residuals, _ = problem.residual_parts()
+def _initial_state(problem, noise, method, theta0, v0_mode, v0, keys, rank, max_steps):
+    residuals, weights = problem.residual_parts()
 
     def one(key):
         th = problem.init(jax.random.split(key)[0]) if theta0 is None else theta0
         v = v0 if v0_mode == "given" else (method.V(noise.covariance_diag(problem, th)) if method.has_v else jnp.ones_like(th))
-        zeta, ok = geo.project_flow(problem.loss, th, method.S(v), residuals=residuals)
+        zeta, status = geo.project_flow(problem.loss, th, method.S(v), max_steps=max_steps, residuals=residuals,
+                                        weights=weights, rank=rank)
         if method.has_v and v0_mode == "equilibrium":
             v = method.V(noise.covariance_diag(problem, zeta))
         elif not method.has_v:
             v = jnp.zeros_like(zeta)
-        return jnp.concatenate([zeta, v]), ok
+        return jnp.concatenate([zeta, v]), status
 
     return jax.vmap(one)(keys)
 
 
 def simulate_slow_sde(problem, noise, method, T, n_paths=1, key=0, *, eta=None, dt=1e-3, n_record=100,
                       theta0=None, v0="equilibrium", rank=None, solver="tsit5", rtol=1e-8, atol=1e-10,
-                      max_steps=1_000_000, force_sde=False, record_state=True, dtype=None):
+                      max_steps=1_000_000, project_max_steps=100_000, force_sde=False, record_state=True,
+                      dtype=None):
     """Integrate the slow SDE of ``method`` under ``noise`` on ``problem`` up to SDE time ``T``.
 
     - ``eta``: only needed to turn an explicit beta2 into c = (1 - beta2)/eta^2;
@@ -201,6 +210,8 @@ def simulate_slow_sde(problem, noise, method, T, n_paths=1, key=0, *, eta=None, 
     - ``theta0``: start (D,) (default: the problem's initializer per path), projected: zeta(0) = Phi_{S(v0)}(theta0);
     - ``v0``: "equilibrium" (V(Sigma(zeta(0)))), "zeros" is not allowed (S would be infinite), or an array (D,);
     - ``rank``: the codimension of Gamma (default: the geometry module's rank rule);
+    - ``max_steps``: step budget of the adaptive ODE solver per recording interval; ``project_max_steps``:
+      step budget of the gradient flow that projects the start onto Gamma;
     - ``force_sde``: use the SDE integrator even for label noise (a check of the ODE reduction).
 
     Returns a Trajectory on the recording grid t_j = j T / n_record (``theta`` holds zeta).
@@ -239,9 +250,11 @@ def simulate_slow_sde(problem, noise, method, T, n_paths=1, key=0, *, eta=None, 
     alpha = None if force_sde else noise.label_noise_alpha(problem)
 
     k_init, k_run = jax.random.split(key)
-    y, ok = _initial_state(problem, noise, method, theta0, v0_mode, v0_arr, jax.random.split(k_init, n_paths))
-    if not bool(np.all(np.asarray(ok))):
-        raise geo.ProjectionError(f"the initial point could not be projected onto Gamma for {int(np.sum(~np.asarray(ok)))} path(s)")
+    y, status = _initial_state(problem, noise, method, theta0, v0_mode, v0_arr, jax.random.split(k_init, n_paths),
+                               rank, project_max_steps)
+    if np.any(np.asarray(status) != geo.PROJECTION_OK):
+        raise geo.ProjectionError("the initial point could not be projected onto Gamma: "
+                                  + geo.projection_failure_message(status, project_max_steps))
     t_grid = np.linspace(0.0, float(T), n_record + 1)
     n_sub = max(1, int(np.ceil((t_grid[1] - t_grid[0]) / dt - 1e-9)))
     records = {"zeta": [np.asarray(y[:, :D])], "v": [np.asarray(y[:, D:])]}

@@ -212,3 +212,40 @@ def test_project_lands_on_gamma_and_matches_a_long_preconditioned_gradient_desce
 def test_project_reports_non_convergence():
     with pytest.raises(G.ProjectionError, match="did not converge"):
         G.project(lambda t: jnp.sum(t), jnp.ones(3), jnp.ones(3), max_steps=50)  # no minimizer at all
+
+
+@pytest.mark.parametrize("with_residuals", [True, False])
+def test_project_from_a_far_start_converges_by_the_newton_finish(with_residuals):
+    """From (5, 3) on the hyperbola the flow stops short of its gradient target; the Newton finish decides."""
+    hyp = problems.hyperbola()
+    res = hyp.residuals if with_residuals else None
+    z = G.project(hyp.loss, jnp.array([5.0, 3.0]), jnp.ones(2), residuals=res, max_steps=2000)
+    assert abs(float(z[0] ** 2 - z[1] ** 2) - 1.0) < 1e-12
+    ref = G.project(hyp.loss, jnp.array([5.0, 3.0]), jnp.ones(2), residuals=hyp.residuals)
+    np.testing.assert_allclose(z, ref, atol=1e-9)
+
+
+def test_projection_error_names_its_cause():
+    hyp = problems.hyperbola()
+    with pytest.raises(G.ProjectionError, match="preconditioner S is not finite"):
+        G.project(hyp.loss, jnp.array([1.5, 1.0]), jnp.array([jnp.inf, 1.0]))
+    with pytest.raises(G.ProjectionError, match=r"step budget \(max_steps\) ran out.*max_steps=3"):
+        G.project(hyp.loss, jnp.array([50.0, 3.0]), jnp.ones(2), max_steps=3, residuals=hyp.residuals)
+    with pytest.raises(G.ProjectionError, match="Newton finish did not settle"):
+        G.project(lambda t: jnp.sum(t), jnp.ones(3), jnp.ones(3), max_steps=50)
+    with pytest.raises(slowsde_jax.ConfigError, match="^S:"):
+        G.project(hyp.loss, jnp.array([1.5, 1.0]), jnp.ones(3))
+
+
+def test_newton_retraction_without_residuals_moves_along_S_normals_only():
+    """Off Gamma the Hessian's tangent eigenvalues are O(distance): the step must not invert them. On the
+    codimension-1 surface abc = 1, a point displaced along S * normal comes back exactly to where it left."""
+    loss = lambda t: 0.5 * (t[0] * t[1] * t[2] - 1.0) ** 2  # noqa: E731
+    zeta = jnp.array([1.5, 1.0, 1 / 1.5])
+    S = jnp.array([0.5, 2.0, 3.0])
+    n = jnp.array([zeta[1] * zeta[2], zeta[0] * zeta[2], zeta[0] * zeta[1]])  # normal of Gamma at zeta
+    x = zeta + 1e-2 * S * n
+    N = G.normal_frame(G.hessian(loss, zeta), S)
+    for _ in range(4):
+        x = G.newton_retraction_step(loss, x, S, normals=N)
+    np.testing.assert_allclose(x, zeta, atol=1e-13)

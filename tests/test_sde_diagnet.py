@@ -65,3 +65,15 @@ def test_stiff_ode_near_the_sparse_corner_is_flagged_not_nan():
     assert not soft.diverged[0]
     u, v = soft.theta[0, -1, :5], soft.theta[0, -1, 5:]
     assert np.all(np.abs(u * v) < 1e-3)  # every coordinate pair has reached u_j v_j = 0
+
+
+def test_masked_samples_drop_out_of_the_geometry():
+    """n_train = 2 of n = 4 samples: the ODE (retraction included) equals the one on the 2-sample problem."""
+    import equinox as eqx
+
+    masked = problems.diagonal_net(d=6, n=4, k=1, n_test=10, n_train=2)
+    small = eqx.tree_at(lambda p: (p.Z, p.y, p.n_active), masked, (masked.Z[:2], masked.y[:2], masked.n_active))
+    runs = [sde.simulate_slow_sde(p, noise.label_noise(0.5), S.sgd(), T=0.2, n_record=2) for p in (masked, small)]
+    assert all(not r.diverged.any() for r in runs)
+    np.testing.assert_allclose(runs[0].theta, runs[1].theta, atol=1e-10)
+    np.testing.assert_allclose(masked.residuals(jnp.asarray(runs[0].theta[0, -1]))[:2], 0.0, atol=1e-12)
