@@ -6,6 +6,7 @@ import optax
 import pytest
 
 import slowsde_jax as S
+from slowsde_jax.methods import second_moment
 
 D, STEPS = 6, 300
 RNG = np.random.default_rng(0)
@@ -71,8 +72,8 @@ def test_update_matches_numpy_reference(name):
     got, state = run_transform(method.optax(ETA), GRADS)
     want = numpy_agm(GRADS, ETA, **ref)
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
-    assert int(state.count) == STEPS
-    assert (state.v is None) == (ref["lam"] is None)
+    assert int(state[0].count) == STEPS  # state: (AGM or EMA block, learning-rate block)
+    assert (second_moment(state) is None) == (ref["lam"] is None)
 
 
 def test_initial_v_is_used():
@@ -127,6 +128,7 @@ def test_plain_adam_on_pytree_equals_flat():
         got.append(np.concatenate([u[0], u[1]]))
     flat, _ = run_transform(S.adam().optax(ETA), GRADS[:50])
     np.testing.assert_allclose(np.array(got), flat, rtol=1e-12, atol=1e-15)
+
 
 
 def test_method_pieces_for_the_sde_side():
