@@ -1,6 +1,7 @@
 """The AGM transforms against a plain numpy re-implementation of math §1, and against optax."""
 from typing import Any, NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -246,6 +247,84 @@ def test_sgd_is_optax_ema_and_agm_block_state_is_optax_style():
     u, _ = tx.update(as_tree(GRADS[0]), tx.init(TREE))
     g = GRADS[0]
     np.testing.assert_allclose(ravel_pytree(u)[0], 0.1 * g / (np.sqrt(0.01 * g * g) + 1e-8), rtol=1e-13)
+
+
+# ----- composition with other optax transforms on an equinox model -----------------------------------------
+def mlp_params():
+    model = eqx.nn.MLP(2, 1, 8, 2, key=jax.random.PRNGKey(0))
+    return eqx.filter(model, eqx.is_array)
+
+
+def mlp_grads(params, steps, seed=1):
+    """Random gradients shaped like ``params`` with global norms spread around 1 (some clipped, some not)."""
+    flat, unravel = ravel_pytree(params)
+    rng = np.random.default_rng(seed)
+    scales = np.geomspace(0.2, 5.0, steps) / np.sqrt(flat.size)
+    return [unravel(jnp.asarray(rng.normal(size=flat.size) * s)) for s in scales]
+
+
+def leaf_ids(params):
+    return np.repeat(np.arange(len(jax.tree.leaves(params))), [x.size for x in jax.tree.leaves(params)])
+
+
+@pytest.mark.parametrize("clip", ["global_norm", "elementwise"])
+@pytest.mark.parametrize("name", ["adam", "adalayer"])
+def test_clipping_chain_on_an_equinox_mlp(clip, name):
+    params = mlp_params()
+    method = S.adam(beta2=0.9) if name == "adam" else S.adalayer(beta2=0.9)
+    V = (lambda d: d) if name == "adam" else block_mean(leaf_ids(params))
+    clipper = optax.clip_by_global_norm(1.0) if clip == "global_norm" else optax.clip(0.01)
+    tx = optax.chain(clipper, method.scale_by_agm(ETA), optax.scale_by_learning_rate(ETA))
+    grads = mlp_grads(params, 30)
+    state, got = tx.init(params), []
+    for g in grads:
+        u, state = tx.update(g, state, params)
+        assert jax.tree.structure(u) == jax.tree.structure(params)
+        got.append(ravel_pytree(u)[0])
+    flat = np.array([ravel_pytree(g)[0] for g in grads])
+    if clip == "global_norm":
+        norms = np.linalg.norm(flat, axis=1, keepdims=True)
+        assert 0 < np.sum(norms > 1.0) < len(grads)
+        clipped = flat * np.minimum(1.0, 1.0 / norms)
+    else:
+        assert 0 < np.mean(np.abs(flat) > 0.01) < 1
+        clipped = np.clip(flat, -0.01, 0.01)
+    want = numpy_agm(clipped, ETA, 0.9, 0.9, 1e-8, 0.5, V)
+    np.testing.assert_allclose(np.array(got), want, rtol=1e-12, atol=1e-15)
+
+
+def test_multi_transform_adam_on_weights_sgd_on_biases():
+    params = mlp_params()
+    labels = jax.tree.map(lambda p: "adam" if p.ndim == 2 else "sgd", params)
+    tx = optax.multi_transform({"adam": S.adam(beta2=0.9).optax(ETA), "sgd": S.sgd(momentum=0.5).optax(ETA)},
+                              lambda _: labels)  # a callable: the labels tree is itself an (callable) MLP
+    grads = mlp_grads(params, 20)
+    state, got = tx.init(params), []
+    for g in grads:
+        u, state = tx.update(g, state, params)
+        got.append(ravel_pytree(u)[0])
+    got = np.array(got)
+    flat = np.array([ravel_pytree(g)[0] for g in grads])
+    is_w = np.asarray(ravel_pytree(jax.tree.map(lambda p: jnp.full(p.shape, p.ndim == 2), params))[0])
+    np.testing.assert_allclose(got[:, is_w], numpy_agm(flat[:, is_w], ETA, 0.9, 0.9, 1e-8, 0.5, lambda d: d), rtol=1e-12)
+    np.testing.assert_allclose(got[:, ~is_w], numpy_agm(flat[:, ~is_w], ETA, 0.5, None, 0.0, None, None), rtol=1e-12)
+    assert second_moment(state).shape == (int(is_w.sum()),)  # only the Adam block holds a v
+
+
+def test_masked_block_leaves_the_rest_to_the_learning_rate():
+    params = mlp_params()
+    mask = jax.tree.map(lambda p: p.ndim == 2, params)
+    tx = optax.chain(optax.masked(S.adam(beta2=0.9).scale_by_agm(ETA), lambda _: mask), optax.scale_by_learning_rate(ETA))
+    grads = mlp_grads(params, 10)
+    state, got = tx.init(params), []
+    for g in grads:
+        u, state = tx.update(g, state, params)
+        got.append(ravel_pytree(u)[0])
+    got = np.array(got)
+    flat = np.array([ravel_pytree(g)[0] for g in grads])
+    is_w = np.asarray(ravel_pytree(jax.tree.map(lambda p, w: jnp.full(p.shape, w), params, mask))[0])
+    np.testing.assert_allclose(got[:, is_w], numpy_agm(flat[:, is_w], ETA, 0.9, 0.9, 1e-8, 0.5, lambda d: d), rtol=1e-12)
+    np.testing.assert_allclose(got[:, ~is_w], -ETA * flat[:, ~is_w], rtol=1e-13)
 
 
 def test_method_pieces_for_the_sde_side():
