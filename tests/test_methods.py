@@ -134,7 +134,6 @@ def test_plain_adam_on_pytree_equals_flat():
     np.testing.assert_allclose(np.array(got), flat, rtol=1e-12, atol=1e-15)
 
 
-
 # ----- the optax blocks against the pre-blocks closure -----------------------------------------------------
 class LegacyState(NamedTuple):
     count: jax.Array
