@@ -26,6 +26,7 @@ import numpy as np
 
 from . import _precision
 from .errors import ConfigError, check_range, suggest
+from .methods import second_moment
 from .trajectory import Trajectory
 from .validation import check_compatible
 
@@ -266,8 +267,9 @@ def _record(run, problem, noise, method, grid, record_state):
         run.records.setdefault("obs." + k, []).append(np.asarray(x))
     if record_state:
         run.records.setdefault("theta", []).append(np.asarray(run.state.theta))
-        if run.state.opt.v is not None:
-            run.records.setdefault("v", []).append(np.asarray(run.state.opt.v))
+        v = second_moment(run.state.opt, batch_ndim=2)  # (n_cfg, n_paths, D), None for SGD
+        if v is not None:
+            run.records.setdefault("v", []).append(np.asarray(v))
     run.done += 1
 
 

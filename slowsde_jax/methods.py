@@ -1,4 +1,4 @@
-"""Adaptive gradient methods (AGMs) exactly as in Li, Wen, Lyu (2025), as optax transforms.
+"""Adaptive gradient methods (AGMs) exactly as in Li, Wen, Lyu (2025), as composable optax blocks.
 
 One step, with g the stochastic gradient (``slow_sde_math.md`` §1)::
 
@@ -20,14 +20,23 @@ rmsprop     as adam with beta1 = 0
 sgd         (no v)                             1  (momentum is the EMA form above)
 =========== ================================== ============================
 
+The optimizer is built from optax blocks, in optax's conventions:
+
+- :func:`scale_by_agm` (state :class:`ScaleByAGMState`: ``count``, ``mu``, ``nu``, pytrees shaped like the
+  parameters) maps g to S(v) m; only a block-mean ``V`` (Adam-mini, Adalayer) ravels the parameters.
+- ``Method.scale_by_agm(eta, v0)`` is that block for a :class:`Method` (for SGD: ``optax.ema(beta1)``), and
+  ``Method.optax(eta, v0)`` is ``optax.chain(method.scale_by_agm(eta, v0), optax.scale_by_learning_rate(eta))``,
+  so clipping, masking or ``optax.multi_transform`` compose around the block as with any optax transform.
+- :func:`second_moment` reads v from any optimizer state as a flat vector (D,) (None for SGD).
+
 A :class:`Method` is an equinox Module: its hyperparameters are array leaves, so a method can be vmapped over
-(a sweep over lam or c compiles once). The optimizer state keeps ``m`` and ``v`` as flat vectors over the
-raveled parameters (shape (D,)), whatever pytree the parameters are.
+(a sweep over lam or c compiles once). Its SDE-side pieces (``V``, ``S``, ``c_at``, ``beta2_at``) act on flat
+vectors over the raveled parameters (shape (D,)).
 """
 from __future__ import annotations
 
 import inspect
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 import equinox as eqx
 import jax
@@ -35,24 +44,98 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
+from jaxtyping import Array, Float, Int, PyTree
 
 from . import _precision  # noqa: F401  (float64 by default)
 from .errors import ConfigError, check_range, suggest
 
+__all__ = ["ScaleByAGMState", "scale_by_agm", "second_moment", "initial_second_moment", "precondition",
+           "Method", "adam", "adam_mini", "adalayer", "adame", "rmsprop", "sgd",
+           "FACTORIES", "METHOD_NAMES", "make_method"]
 
 
 def _f(x):
     return None if x is None else jnp.asarray(x, dtype=_precision.default_float())
 
 
-class AGMState(NamedTuple):
-    """State of an AGM transform: step ``count`` (int32), ``m`` and ``v`` (flat, shape (D,); v None for SGD)."""
+# ----- the optax block -------------------------------------------------------------------------------------
+class ScaleByAGMState(NamedTuple):
+    """State of :func:`scale_by_agm`: step ``count`` (int32, scalar), first moment ``mu`` and second moment
+    ``nu`` (pytrees shaped like the parameters), as in ``optax.ScaleByAdamState``."""
 
-    count: jax.Array
-    m: jax.Array
-    v: Any
+    count: Int[Array, ""]
+    mu: PyTree
+    nu: PyTree
 
 
+def precondition(v: Float[Array, "..."], lam, eps) -> Float[Array, "..."]:
+    """S(v) = 1 / (v^lam + eps), elementwise (eps outside the power)."""
+    return 1.0 / (jnp.power(v, lam) + eps)
+
+
+def initial_second_moment(v0, params: PyTree) -> PyTree:
+    """The initial nu, shaped like ``params``, from ``v0``: None (zeros), a scalar, a flat vector (D,) over
+    the raveled parameters (as ``ravel_pytree`` orders them), or a pytree like ``params``."""
+    if v0 is None:
+        return jax.tree.map(jnp.zeros_like, params)
+    if jax.tree_util.tree_structure(v0) == jax.tree_util.tree_structure(params):
+        return jax.tree.map(lambda v, p: jnp.broadcast_to(jnp.asarray(v, p.dtype), p.shape), v0, params)
+    flat, unravel = ravel_pytree(params)
+    return unravel(jnp.broadcast_to(jnp.asarray(v0, flat.dtype), flat.shape))
+
+
+def scale_by_agm(beta1, beta2, eps, lam, *, V: Optional[Callable[[PyTree], PyTree]] = None,
+                 bias_correction: bool = False, v0=None) -> optax.GradientTransformation:
+    """Scale updates g by the AGM preconditioner: returns S(v) m (no learning rate, no sign flip), with
+
+        mu <- beta1 mu + (1 - beta1) g,   nu <- beta2 nu + (1 - beta2) V(g * g),   S(v) = 1/(v^lam + eps)
+
+    on the fresh moments (bias-corrected by 1 - beta^count if ``bias_correction``).
+
+    - ``V``: maps the pytree of squared gradients to a pytree like it; None is the identity (Adam).
+      ``Method.V_tree`` is the block mean of Adam-mini/Adalayer.
+    - ``v0``: initial nu, see :func:`initial_second_moment`; mu starts at zero.
+    - Hyperparameters may be arrays (also traced: vmap over them compiles once).
+    """
+
+    def init(params):
+        mu = jax.tree.map(jnp.zeros_like, params)
+        return ScaleByAGMState(count=jnp.zeros((), jnp.int32), mu=mu, nu=initial_second_moment(v0, params))
+
+    def update(updates, state, params=None):
+        del params
+        count = optax.safe_increment(state.count)
+        mu = jax.tree.map(lambda m, g: beta1 * m + (1.0 - beta1) * g, state.mu, updates)
+        sq = jax.tree.map(lambda g: g * g, updates)
+        nu = jax.tree.map(lambda v, s: beta2 * v + (1.0 - beta2) * s, state.nu, sq if V is None else V(sq))
+        mu_hat, nu_hat = mu, nu
+        if bias_correction:
+            mu_hat = jax.tree.map(lambda m: m / (1.0 - beta1**count), mu)
+            nu_hat = jax.tree.map(lambda v: v / (1.0 - beta2**count), nu)
+        out = jax.tree.map(lambda m, v, g: (precondition(v, lam, eps) * m).astype(g.dtype), mu_hat, nu_hat, updates)
+        return out, ScaleByAGMState(count=count, mu=mu, nu=nu)
+
+    return optax.GradientTransformation(init, update)
+
+
+def second_moment(opt_state, batch_ndim: int = 0) -> Optional[Float[Array, "*batch D"]]:
+    """The second moment v held by an optimizer state (a :class:`ScaleByAGMState` anywhere inside it, e.g.
+    in a chain) as a flat vector, raveled like ``ravel_pytree(params)``; None when there is none (SGD).
+
+    ``batch_ndim``: number of leading batch axes on every leaf (2 for the engine's (n_cfg, n_paths, ...)
+    states); the result has shape batch + (D,).
+    """
+    is_agm = lambda x: isinstance(x, ScaleByAGMState)
+    found = [s for s in jax.tree_util.tree_leaves(opt_state, is_leaf=is_agm) if is_agm(s)]
+    if not found:
+        return None
+    if len(found) > 1:
+        raise ValueError(f"the optimizer state holds {len(found)} AGM blocks; read their .nu directly")
+    leaves = jax.tree_util.tree_leaves(found[0].nu)
+    return jnp.concatenate([jnp.reshape(x, x.shape[:batch_ndim] + (-1,)) for x in leaves], axis=-1)
+
+
+# ----- the method spec -------------------------------------------------------------------------------------
 class Method(eqx.Module):
     """An AGM spec. Build it with :func:`adam`, :func:`adam_mini`, :func:`adalayer`, :func:`adame`,
     :func:`rmsprop` or :func:`sgd` rather than directly.
@@ -102,7 +185,7 @@ class Method(eqx.Module):
         uniq, ids = np.unique(ids, return_inverse=True)
         return ids.reshape(-1), len(uniq)
 
-    def V(self, diag, params=None):
+    def V(self, diag: Float[Array, "D"], params=None) -> Float[Array, "D"]:
         """V(M) from diag(M) (shape (D,)): the identity for Adam, the block mean for Adam-mini/Adalayer.
 
         ``params`` (a pytree of the parameter shapes) is only needed for ``blocks="leaf"`` on pytrees.
@@ -115,50 +198,38 @@ class Method(eqx.Module):
         counts = jax.ops.segment_sum(jnp.ones_like(diag), ids, num_segments=n_blocks)
         return (sums / counts)[ids]
 
-    def S(self, v):
+    def V_tree(self, diag: PyTree) -> PyTree:
+        """:meth:`V` on a pytree shaped like the parameters (raveled for the block mean, then unraveled)."""
+        if self.blocks is None:
+            return diag
+        flat, unravel = ravel_pytree(diag)
+        return unravel(self.V(flat, diag))
+
+    def S(self, v: Float[Array, "D"]) -> Float[Array, "D"]:
         """Diagonal of the preconditioner S(v) (shape (D,)): 1/(v^lam + eps); ones for SGD."""
         if not self.has_v:
             return jnp.ones_like(v)
-        return 1.0 / (jnp.power(v, self.lam) + self.eps)
+        return precondition(v, self.lam, self.eps)
 
     # ----- the discrete optimizer --------------------------------------------------------------------------
-    def optax(self, eta, v0=None) -> optax.GradientTransformation:
-        """The discrete AGM at learning rate ``eta`` as an optax GradientTransformation.
+    def scale_by_agm(self, eta, v0=None) -> optax.GradientTransformation:
+        """This method's scaling block at learning rate ``eta`` (eta only sets beta2 = 1 - c eta^2): g -> S(v) m.
 
-        ``v0``: initial second moment (flat, shape (D,)); zeros by default. m starts at zero.
+        AGMs: :func:`scale_by_agm`; SGD: ``optax.ema(beta1, debias=bias_correction)`` (no v; ``v0`` ignored).
+        ``v0``: initial second moment, a scalar, flat (D,) or a pytree like the params; zeros by default.
         """
+        if not self.has_v:
+            return optax.ema(decay=self.beta1, debias=self.bias_correction)
+        beta2 = self.beta2_at(eta)
+        check_range("beta2", beta2, low=0.0, high=1.0, high_open=True)
+        return scale_by_agm(self.beta1, beta2, self.eps, self.lam, V=None if self.blocks is None else self.V_tree,
+                            bias_correction=self.bias_correction, v0=v0)
+
+    def optax(self, eta, v0=None) -> optax.GradientTransformation:
+        """The discrete AGM at learning rate ``eta``: ``optax.chain(self.scale_by_agm(eta, v0),
+        optax.scale_by_learning_rate(eta))``. ``v0`` as in :meth:`scale_by_agm`; m starts at zero."""
         check_range("eta", eta, low=0.0, low_open=True)
-        method = self
-        beta2 = self.beta2_at(eta) if self.has_v else None
-        if self.has_v:
-            check_range("beta2", beta2, low=0.0, high=1.0, high_open=True)
-
-        def init(params):
-            flat, _ = ravel_pytree(params)
-            m = jnp.zeros_like(flat)
-            if not method.has_v:
-                v = None
-            elif v0 is None:
-                v = jnp.zeros_like(flat)
-            else:
-                v = jnp.broadcast_to(jnp.asarray(v0, flat.dtype), flat.shape)
-            return AGMState(count=jnp.zeros((), jnp.int32), m=m, v=v)
-
-        def update(updates, state, params=None):
-            g, unravel = ravel_pytree(updates)
-            count = state.count + 1
-            m = method.beta1 * state.m + (1.0 - method.beta1) * g
-            m_hat = m / (1.0 - method.beta1**count) if method.bias_correction else m
-            if method.has_v:
-                v = beta2 * state.v + (1.0 - beta2) * method.V(g * g, updates)
-                v_hat = v / (1.0 - beta2**count) if method.bias_correction else v
-                step = -eta * method.S(v_hat) * m_hat
-            else:
-                v = None
-                step = -eta * m_hat
-            return unravel(step.astype(g.dtype)), AGMState(count=count, m=m, v=v)
-
-        return optax.GradientTransformation(init, update)
+        return optax.chain(self.scale_by_agm(eta, v0=v0), optax.scale_by_learning_rate(eta))
 
 
 # ----- factories -------------------------------------------------------------------------------------------
