@@ -10,10 +10,10 @@ from .discrete import simulate_discrete
 from .runs import load_run
 from .sde import simulate_slow_sde
 from .comparison import compare, eta_sweep, project_trajectory
-from . import geometry, noise, problems
+from . import geometry, noise, plotting, problems
 
 __version__ = "0.1.0"
 
 __all__ = ["ConfigError", "Method", "Trajectory", "adalayer", "adam", "adam_mini", "adame", "compare", "eta_sweep",
-           "geometry", "load_run", "make_method", "noise", "problems", "project_trajectory", "rmsprop", "sgd",
+           "geometry", "load_run", "make_method", "noise", "plotting", "problems", "project_trajectory", "rmsprop", "sgd",
            "simulate_discrete", "simulate_slow_sde"]

@@ -7,7 +7,7 @@
 ``runs/``): config.yaml, summary.json, trajectories.npz and observables.png; then prints a short table.
 ``compare`` integrates the slow SDE of every run's method, runs the discrete method at each learning rate
 of the config's ``compare.etas`` on the same clock, and writes comparison.json (weak errors per eta and
-their fitted order), weak-error and cloud plots.
+their fitted order, or "not resolved" when the errors are within noise), weak-error and cloud plots.
 A mistake in the config prints one line naming the field and exits with status 2.
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ def cmd_run(args) -> int:
     from . import config as cfgmod
     from . import runs
     from .discrete import simulate_discrete
-    from .plotting import plot_observables
+    from .plotting import LOSS_NAMES, plot_observables
 
     if args.resume:
         folder = Path(args.resume)
@@ -87,7 +87,7 @@ def cmd_run(args) -> int:
             (ckpts / f"{name}.npz").unlink(missing_ok=True)
         runs.save_trajectories(folder / "trajectories.npz", trajs)
         summary.update(status="completed", runs=runs.summarize(trajs), elapsed_s=time.time() - t0)
-        plot_observables(trajs, folder / "observables.png")
+        plot_observables(trajs, folder / "observables.png", log_y=LOSS_NAMES)
         runs.write_json(folder / "summary.json", summary)
     print(_table(summary["runs"]))
     n_div = sum(e["n_diverged"] for entries in summary["runs"].values() for e in entries)
@@ -105,7 +105,8 @@ def cmd_run(args) -> int:
 def cmd_compare(args) -> int:
     from . import config as cfgmod
     from . import runs
-    from .comparison import eta_sweep, plot_cloud
+    from .comparison import describe_order, eta_sweep
+    from .plotting import plot_cloud
     from .sde import simulate_slow_sde
 
     cfg = cfgmod.apply_overrides(cfgmod.load_config(args.config), args.set)
@@ -145,7 +146,7 @@ def cmd_compare(args) -> int:
         print(f"{name} (slow side: {r['sde_engine']}), weak error at T = {T:g} per eta {r['etas']}:")
         for obs, o in r["observables"].items():
             errs = ", ".join(f"{e:.3g}±{s:.1g}" for e, s in zip(o["weak_error"], o["se"]))
-            print(f"  {obs:<20} {errs}   fitted order {o['order']:.2f}")
+            print(f"  {obs:<20} {errs}   fitted {describe_order(o)}")
     print(f"wrote {folder}/comparison.json and plots ({time.time() - t0:.1f} s)")
     return 0
 

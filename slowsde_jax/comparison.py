@@ -8,6 +8,7 @@ import numpy as np
 
 from . import geometry as geo
 from .errors import ConfigError
+from .plotting import NOT_RESOLVED
 from .problems import observe_batch
 from .trajectory import Trajectory
 
@@ -93,14 +94,36 @@ def fit_order(etas, errors):
     return float(order), float(np.exp(logc))
 
 
+def weak_order(etas, errors, se) -> dict:
+    """The order of the weak error in eta, fitted only where it is resolved (error > 2 standard errors).
+
+    Returns ``order`` and ``constant`` (None when fewer than two etas are resolved), ``order_resolved`` and
+    ``resolved`` (per eta). With every |error| < 2 s.e. the data say nothing about the order."""
+    etas, errors, se = (np.asarray(a, float) for a in (etas, errors, se))
+    resolved = errors > 2 * se
+    if resolved.sum() < 2:
+        return {"order": None, "constant": None, "order_resolved": False, "resolved": resolved.tolist()}
+    order, const = fit_order(etas[resolved], errors[resolved])
+    return {"order": order, "constant": const, "order_resolved": True, "resolved": resolved.tolist()}
+
+
+def describe_order(entry: dict) -> str:
+    """"order 1.02" or "order: not resolved (errors within noise)" for an ``eta_sweep`` observable entry."""
+    return f"order {entry['order']:.2f}" if entry.get("order_resolved") else NOT_RESOLVED
+
+
 def eta_sweep(problem, noise, method, etas, T, n_paths, key, sde_traj, observables, project=True, plot_path=None,
               **discrete_kw):
     """Run the discrete method at every eta in ``etas`` (one compiled sweep, recorded on ``sde_traj``'s
-    times), compare each with ``sde_traj``, and fit the order of the weak error at the final time in eta.
+    times), compare each with ``sde_traj``, and fit the order of the weak error at the final time in eta
+    (see :func:`weak_order`: only etas whose error exceeds 2 s.e. enter the fit).
 
     ``observables``: a name or a list of names. ``plot_path``: a PNG path, or a format string with
-    ``{name}`` for one log-log plot per observable. Returns a dict: ``etas``, ``observables`` (name ->
-    ``weak_error``, ``se``, ``order``, ``constant``), ``comparisons`` and ``trajectories`` (one per eta)."""
+    ``{name}`` for one log-log plot per observable (:func:`slowsde_jax.plotting.plot_weak_error`; or call
+    :func:`slowsde_jax.plotting.plot_sweep` on the result). Returns a dict: ``etas``, ``method``, ``T``,
+    ``observables`` (name -> ``weak_error``, ``se``, ``order``, ``constant``, ``order_resolved``,
+    ``resolved``; ``order`` and ``constant`` are None when not resolved), ``comparisons`` and
+    ``trajectories`` (one per eta)."""
     from .discrete import simulate_discrete
 
     names = [observables] if isinstance(observables, str) else list(observables)
@@ -113,61 +136,12 @@ def eta_sweep(problem, noise, method, etas, T, n_paths, key, sde_traj, observabl
     for name in names:
         err = np.array([c.weak_error[name][-1] for c in comps])
         se = np.array([c.se[name][-1] for c in comps])
-        order, const = fit_order(etas, err)
-        per[name] = {"weak_error": err.tolist(), "se": se.tolist(), "order": order, "constant": const}
-        if plot_path is not None:
-            path = str(plot_path).format(name=name) if "{name}" in str(plot_path) else plot_path
-            plot_weak_error(etas, err, se, order, const, name, path)
-    return {"etas": list(map(float, etas)), "observables": per, "comparisons": comps, "trajectories": trajs}
+        per[name] = {"weak_error": err.tolist(), "se": se.tolist(), **weak_order(etas, err, se)}
+    out = {"etas": list(map(float, etas)), "method": method.name, "T": float(T), "observables": per,
+           "comparisons": comps, "trajectories": trajs}
+    if plot_path is not None:
+        from .plotting import plot_sweep
 
-
-def plot_cloud(discrete: Trajectory, continuous: Trajectory, observable, path=None, n_lines=40):
-    """A discrete trajectory cloud (up to ``n_lines`` paths) and the SDE's mean and 10-90% band on the same
-    axes (SDE time). Returns the figure."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.0, 3.8))
-    x = discrete.observables[observable][~discrete.diverged]
-    for row in x[:n_lines]:
-        ax.plot(discrete.t, row, color="tab:blue", alpha=0.15, lw=0.8)
-    ax.plot(discrete.t, x.mean(0), color="tab:blue", lw=2, label=f"discrete {discrete.meta.get('method', '')}, "
-            f"eta={discrete.meta.get('eta', 0):g}: paths and mean")
-    y = continuous.observables[observable][~continuous.diverged]
-    ax.plot(continuous.t, y.mean(0), "--", color="k", lw=2, label="slow SDE: mean")
-    if y.shape[0] > 1:
-        ax.fill_between(continuous.t, np.quantile(y, 0.1, 0), np.quantile(y, 0.9, 0), color="k", alpha=0.15,
-                        label="slow SDE: 10-90% band")
-    ax.set_xlabel("SDE time t = k eta^2")
-    ax.set_ylabel(observable)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-    return fig
-
-
-def plot_weak_error(etas, err, se, order, const, observable, path):
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    etas = np.asarray(etas, float)
-    fig, ax = plt.subplots(figsize=(4.8, 3.6))
-    ax.errorbar(etas, err, yerr=2 * np.asarray(se), fmt="o", capsize=3, label="weak error (±2 s.e.)")
-    grid = np.geomspace(etas.min(), etas.max(), 50)
-    ax.plot(grid, const * grid**order, "--", label=f"fit: slope {order:.2f}")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("learning rate eta")
-    ax.set_ylabel(f"|E {observable}(discrete) - E {observable}(SDE)| at T")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        for name in names:
+            plot_sweep(out, name, str(plot_path).format(name=name) if "{name}" in str(plot_path) else plot_path)
+    return out

@@ -1,59 +1,217 @@
-"""Plots of Trajectories (matplotlib, no display needed)."""
+"""Every figure of the package: observables over SDE time, discrete clouds against the slow SDE, weak errors.
+
+Figures are built with matplotlib's object API (:class:`matplotlib.figure.Figure`): no pyplot, and the
+backend is never switched, so a notebook's inline backend keeps working. Every function returns the Figure
+(a notebook displays it as the cell's value) and, given ``path``, also writes it there.
+
+Public: :func:`plot_observables`, :func:`plot_cloud`, :func:`plot_weak_error`, :func:`plot_sweep`,
+:func:`label` (readable names of observables).
+"""
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 
+__all__ = ["plot_observables", "plot_cloud", "plot_weak_error", "plot_sweep", "label", "LOSS_NAMES",
+           "BAND_LABEL", "T_LABEL"]
 
-def _axis(trajs):
-    """Plot over SDE time when every run shares one eta, else over steps (clocks would not line up)."""
-    etas = {tr.meta.get("eta") for items in trajs.values() for tr in items}
-    return ("t", "SDE time t = k eta^2") if len(etas) == 1 else ("step", "step k")
+T_LABEL = "SDE time t = kη²"
+BAND_LABEL = "10–90 % of paths"
+NOT_RESOLVED = "order: not resolved (errors within noise)"
+#: Observables that the CLI draws on a log scale (losses and errors span decades).
+LOSS_NAMES = ("loss", "train_loss", "test_loss", "test_error")
+
+_LABELS = {"trace_sqrt_diag_H": "tr(Diag H^{1/2})", "trace_H": "tr H", "test_loss": "test loss",
+           "train_loss": "train loss", "test_error": "test error", "loss": "loss"}
+_NOISES = {"LabelNoise": "label noise", "Minibatch": "minibatch noise", "Gaussian": "Gaussian noise"}
 
 
-def plot_observables(trajs: dict, path=None, names=None):
-    """One panel per observable: mean over surviving paths with a 10-90% quantile band, one line per run
-    (and per grid point of a sweep). ``trajs``: run name -> Trajectory or list of them. Returns the figure."""
-    import matplotlib
+def label(name: str) -> str:
+    """A readable label for an observable name: ``trace_H`` -> "tr H", ``test_loss`` -> "test loss"."""
+    return _LABELS.get(name, name.replace("_", " "))
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+
+def _words(name) -> str:
+    """``DiagonalNet`` -> "diagonal net"."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", str(name)).lower()
+
+
+def _figure(nrows=1, ncols=1, figsize=(6.0, 3.8)):
+    """A Figure (no pyplot, no backend) with a grid of axes, shape (nrows, ncols)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, layout="constrained")
+    return fig, fig.subplots(nrows, ncols, squeeze=False)
+
+
+def _finish(fig, path, dpi=110):
+    if path is not None:
+        fig.savefig(path, dpi=dpi)
+    return fig
+
+
+def _common(trajs, key):
+    vals = {tr.meta.get(key) for tr in trajs}
+    return vals.pop() if len(vals) == 1 else None
+
+
+def _title(trajs, extra=()) -> str:
+    """"problem · noise · η = ..." from what every trajectory's meta agrees on."""
+    parts = []
+    prob, noise, eta = _common(trajs, "problem"), _common(trajs, "noise"), _common(trajs, "eta")
+    if prob:
+        parts.append(_words(prob))
+    if noise:
+        parts.append(_NOISES.get(noise, _words(noise)))
+    parts += [e for e in extra if e]
+    if eta is not None:
+        parts.append(f"η = {float(eta):g}")
+    return ", ".join(parts)
+
+
+def _band(ax, x, y, color, band_label=None, alpha=0.2):
+    """Shade the 10-90% quantiles of ``y`` (n_paths, n_t) when they differ (never for one path or an ODE).
+    Returns whether a band was drawn."""
+    if y.shape[0] < 2:
+        return False
+    lo, hi = np.quantile(y, 0.1, axis=0), np.quantile(y, 0.9, axis=0)
+    scale = np.nanmax(np.abs(y)) if np.isfinite(y).any() else 0.0
+    if not np.nanmax(hi - lo) > 1e-12 * max(scale, 1e-300):
+        return False
+    ax.fill_between(x, lo, hi, color=color, alpha=alpha, lw=0, label=band_label)
+    return True
+
+
+def _use_log(log_y, name) -> bool:
+    return bool(log_y) if isinstance(log_y, bool) else name in set(log_y)
+
+
+def plot_observables(trajs: dict, path=None, names=None, log_y=False):
+    """One panel per observable over SDE time t = kη²: the mean over surviving paths and, when paths differ,
+    their 10-90% quantile band; one line per run (and per grid point of a sweep), labelled with η.
+
+    ``trajs``: run name -> Trajectory or list of them. ``log_y``: False (default, linear axes), True (all
+    panels logarithmic) or a collection of observable names to draw on a log scale (e.g. ``LOSS_NAMES``).
+    ``path``: write the figure there as well. Returns the Figure."""
+    from matplotlib.patches import Patch
 
     trajs = {k: (v if isinstance(v, list) else [v]) for k, v in trajs.items()}
-    names = names or sorted({n for items in trajs.values() for tr in items for n in tr.observables})
-    axis, label = _axis(trajs)
+    every = [tr for items in trajs.values() for tr in items]
+    names = names or sorted({n for tr in every for n in tr.observables})
+    one_eta = _common(every, "eta") is not None
     cols = min(3, len(names))
     rows = math.ceil(len(names) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False)
+    fig, axes = _figure(rows, cols, figsize=(4.6 * cols, 3.4 * rows + 0.6))
+    handles, banded = {}, False
+    run_colors = {}
+    for run, items in trajs.items():
+        for i, tr in enumerate(items):
+            hyp = {k: v for k, v in (tr.meta.get("hypers") or {}).items() if k != "eta" and len(items) > 1}
+            lab = run
+            if tr.meta.get("eta") is not None and not one_eta:
+                lab += f", η = {float(tr.meta['eta']):g}"
+            if hyp:
+                lab += ", " + ", ".join(f"{k} = {v:g}" for k, v in hyp.items())
+            run_colors[(run, i)] = (f"C{len(run_colors) % 10}", lab)
     for ax, name in zip(axes.flat, names):
         for run, items in trajs.items():
-            for tr in items:
+            for i, tr in enumerate(items):
                 if name not in tr.observables:
                     continue
-                x = tr.t if axis == "t" else np.asarray(tr.meta.get("record_steps", tr.t / tr.meta["eta"] ** 2))
                 y = tr.observables[name][~tr.diverged]
                 if y.shape[0] == 0:
                     continue
-                hyp = {k: v for k, v in (tr.meta.get("hypers") or {}).items() if len(items) > 1}
-                lab = run + ("" if not hyp else " " + ", ".join(f"{k}={v:g}" for k, v in hyp.items()))
-                line, = ax.plot(x, y.mean(0), label=lab)
-                if y.shape[0] > 1:
-                    ax.fill_between(x, np.quantile(y, 0.1, axis=0), np.quantile(y, 0.9, axis=0), color=line.get_color(), alpha=0.2)
-        ys = [tr.observables[name] for items in trajs.values() for tr in items if name in tr.observables]
-        allv = np.concatenate([y.ravel() for y in ys]) if ys else np.array([1.0])
-        allv = allv[np.isfinite(allv)]
-        if allv.size and allv.min() > 0 and allv.max() / allv.min() > 100:
+                color, lab = run_colors[(run, i)]
+                line, = ax.plot(tr.t, y.mean(0), color=color, label=lab)
+                handles.setdefault(lab, line)
+                banded |= _band(ax, tr.t, y, color)
+        if _use_log(log_y, name):
             ax.set_yscale("log")
         ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
-        ax.set_title(name)
-        ax.set_xlabel(label)
+        ax.set_title(label(name))
+        ax.set_xlabel(T_LABEL)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=8)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-    return fig
+    legend = list(handles.values()) + ([Patch(color="0.5", alpha=0.3, label=f"shaded: {BAND_LABEL}")] if banded else [])
+    fig.legend(handles=legend, loc="outside lower center", ncols=min(4, len(legend)), fontsize=8)
+    title = _title(every)
+    fig.suptitle(title + (", " if title else "") + "mean over paths")
+    return _finish(fig, path)
+
+
+def plot_cloud(discrete, continuous, observable, path=None, n_lines=40, log_y=False):
+    """Up to ``n_lines`` discrete paths, their mean, and the slow SDE's mean and 10-90% band (no band for an
+    ODE or a single path), on the SDE clock. ``log_y``: logarithmic y axis (default False). Returns the Figure."""
+    fig, ax = _figure(figsize=(6.4, 4.0))
+    ax = ax[0, 0]
+    x = discrete.observables[observable][~discrete.diverged]
+    eta = discrete.meta.get("eta")
+    for row in x[:n_lines]:
+        ax.plot(discrete.t, row, color="tab:blue", alpha=0.15, lw=0.8)
+    shown = min(n_lines, x.shape[0])
+    ax.plot(discrete.t, x.mean(0), color="tab:blue", lw=2,
+            label=f"discrete{', η = %g' % float(eta) if eta is not None else ''}: mean of {x.shape[0]} paths"
+                  f" (thin lines: {shown} paths)")
+    y = continuous.observables[observable][~continuous.diverged]
+    kind = "ODE" if continuous.meta.get("engine") == "label_noise_ode" else "SDE"
+    ax.plot(continuous.t, y.mean(0), "--", color="k", lw=2, label=f"slow {kind}: mean")
+    _band(ax, continuous.t, y, "k", band_label=f"slow {kind}: {BAND_LABEL}", alpha=0.15)
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel(T_LABEL)
+    ax.set_ylabel(label(observable))
+    ax.set_title(_title([discrete], extra=[discrete.meta.get("method")]) or label(observable), fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _finish(fig, path, dpi=120)
+
+
+def plot_weak_error(etas, err, se, order, const, observable, path=None, *, method=None, T=None, resolved=None):
+    """Log-log weak error at time T against η with ±2 s.e. bars, a slope-1 reference line and, when the order
+    is resolved, the fitted line through the resolved points only (those whose error exceeds 2 s.e.).
+
+    ``order``/``const``: the fit (None when not resolved: the plot then says so). ``resolved``: per-η
+    booleans (default: error > 2 s.e.). ``method``, ``T``: shown in the title. Returns the Figure."""
+    etas, err, se = np.asarray(etas, float), np.asarray(err, float), np.asarray(se, float)
+    resolved = err > 2 * se if resolved is None else np.asarray(resolved, bool)
+    fig, ax = _figure(figsize=(5.2, 3.9))
+    ax = ax[0, 0]
+    if resolved.any():
+        ax.errorbar(etas[resolved], err[resolved], yerr=2 * se[resolved], fmt="o", capsize=3, color="C0",
+                    label="weak error (±2 s.e.)")
+    if (~resolved).any():
+        ax.errorbar(etas[~resolved], err[~resolved], yerr=2 * se[~resolved], fmt="o", mfc="none", capsize=3,
+                    color="C7", label="within noise (|error| < 2 s.e.)")
+    grid = np.geomspace(etas.min(), etas.max(), 50)
+    pos = (err > 0) & (resolved if resolved.any() else True)  # anchor the reference on resolved points
+    if pos.any():
+        c1 = np.exp(np.mean(np.log(err[pos] / etas[pos])))
+        ax.plot(grid, c1 * grid, ":", color="0.4", label="slope 1 (reference)")
+    if order is not None and const is not None and resolved.sum() >= 2:
+        g = np.geomspace(etas[resolved].min(), etas[resolved].max(), 50)
+        ax.plot(g, const * g**order, "--", color="C1", label=f"fit: order {order:.2f}")
+    else:
+        ax.text(0.03, 0.95, NOT_RESOLVED, transform=ax.transAxes, va="top", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(etas, [f"{e:g}" for e in etas])
+    ax.set_xticks([], minor=True)
+    ax.set_xlabel("learning rate η")
+    lab = label(observable)
+    ax.set_ylabel(f"|E {lab} (discrete) − E {lab} (SDE)|")
+    head = f"weak error of {lab}" + (f", {method}" if method else "") + (f", T = {float(T):g}" if T is not None else "")
+    ax.set_title(head, fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    return _finish(fig, path)
+
+
+def plot_sweep(result: dict, observable=None, path=None):
+    """The weak-error plot of an :func:`slowsde_jax.eta_sweep` result for one observable (default: the first)."""
+    observable = observable or next(iter(result["observables"]))
+    r = result["observables"][observable]
+    return plot_weak_error(result["etas"], r["weak_error"], r["se"], r["order"], r["constant"], observable, path,
+                           method=result.get("method"), T=result.get("T"), resolved=r.get("resolved"))

@@ -1,0 +1,98 @@
+"""Figures: one plotting module, the object API (the user's matplotlib backend is never touched), readable
+labels, and weak-error orders that are only reported when the errors are resolved."""
+import matplotlib
+import numpy as np
+import pytest
+
+import slowsde_jax  # noqa: F401  (importing the package must not touch the backend either)
+from slowsde_jax import comparison, plotting
+from slowsde_jax.trajectory import Trajectory
+
+
+def _traj(n_paths=20, eta=0.1, engine="discrete", spread=0.1, seed=0):
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0.0, 1.0, 6)
+    base = 1.0 + np.exp(-t)
+    noise = spread * rng.standard_normal((n_paths, t.size))
+    obs = {"trace_H": base + noise, "test_loss": np.exp(-3 * t) * (1 + 0.1 * np.abs(noise)), "v": base + noise}
+    meta = {"engine": engine, "method": "adam", "eta": eta, "problem": "DiagonalNet", "noise": "LabelNoise",
+            "hypers": {"eta": eta}}
+    return Trajectory(t=t, theta=None, v=None, observables=obs, diverged_step=-np.ones(n_paths, int), meta=meta)
+
+
+def _texts(fig):
+    out = [fig.get_suptitle()] if hasattr(fig, "get_suptitle") else []
+    for ax in fig.axes:
+        out += [ax.get_title(), ax.get_xlabel(), ax.get_ylabel()] + [t.get_text() for t in ax.texts]
+        if ax.get_legend():
+            out += [t.get_text() for t in ax.get_legend().get_texts()]
+    for leg in fig.legends:
+        out += [t.get_text() for t in leg.get_texts()]
+    return out
+
+
+def test_no_plotting_function_changes_the_matplotlib_backend(tmp_path, monkeypatch):
+    before, rc_before = matplotlib.get_backend(), matplotlib.rcParams["backend"]
+
+    def no_switch(*a, **k):
+        raise AssertionError("a library must not call matplotlib.use")
+
+    monkeypatch.setattr(matplotlib, "use", no_switch)
+    tr, ode = _traj(), _traj(n_paths=1, eta=None, engine="label_noise_ode")
+    figs = [plotting.plot_observables({"adam": tr, "sgd": [_traj(eta=0.05, seed=1)]}, tmp_path / "obs.png"),
+            plotting.plot_observables({"adam": tr}),
+            plotting.plot_cloud(tr, ode, "v", tmp_path / "cloud.png"),
+            plotting.plot_weak_error([0.04, 0.02], [0.1, 0.05], [0.01, 0.01], 1.0, 2.5, "v", tmp_path / "w.png",
+                                     method="adam", T=0.5),
+            plotting.plot_sweep({"etas": [0.04, 0.02], "method": "adam", "T": 0.5, "observables": {"v": {
+                "weak_error": [0.1, 0.05], "se": [0.01, 0.01], "order": 1.0, "constant": 2.5}}})]
+    assert all(isinstance(f, matplotlib.figure.Figure) for f in figs)
+    assert matplotlib.get_backend() == before and matplotlib.rcParams["backend"] == rc_before
+    for name in ("obs.png", "cloud.png", "w.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_observable_figure_labels_title_legend_and_band():
+    fig = plotting.plot_observables({"adam": _traj(), "sgd": _traj(eta=0.05, seed=1)}, log_y=["test_loss"])
+    texts = _texts(fig)
+    assert "tr H" in texts and "test loss" in texts and "trace_H" not in texts
+    assert "SDE time t = kη²" in texts
+    assert "adam, η = 0.1" in texts and "sgd, η = 0.05" in texts
+    assert any("10–90 % of paths" in t for t in texts)
+    assert "diagonal net" in fig.get_suptitle() and "label noise" in fig.get_suptitle()
+    scales = {ax.get_title(): ax.get_yscale() for ax in fig.axes}
+    assert scales["test loss"] == "log" and scales["tr H"] == "linear"
+    assert plotting.label("trace_sqrt_diag_H") == "tr(Diag H^{1/2})"
+
+
+def test_no_band_for_a_deterministic_path():
+    one = plotting.plot_observables({"ode": _traj(n_paths=1)})
+    same = plotting.plot_observables({"ode": _traj(n_paths=5, spread=0.0)})
+    for fig in (one, same):
+        assert not any("10–90" in t for t in _texts(fig))
+        assert not any(ax.collections for ax in fig.axes)
+    cloud = plotting.plot_cloud(_traj(), _traj(n_paths=1, engine="label_noise_ode"), "v")
+    assert "slow ODE: mean" in _texts(cloud) and not any("10–90" in t for t in _texts(cloud))
+
+
+def test_weak_order_is_not_reported_when_errors_are_within_noise(tmp_path):
+    r = comparison.weak_order([0.04, 0.02, 0.01], [0.01, 0.004, 0.008], [0.02, 0.02, 0.02])
+    assert r["order_resolved"] is False and r["order"] is None and r["resolved"] == [False] * 3
+    assert comparison.describe_order(r) == "order: not resolved (errors within noise)"
+    fig = plotting.plot_weak_error([0.04, 0.02, 0.01], [0.01, 0.004, 0.008], [0.02, 0.02, 0.02], r["order"],
+                                   r["constant"], "v", tmp_path / "w.png", method="adam", T=0.5)
+    texts = _texts(fig)
+    assert "order: not resolved (errors within noise)" in texts
+    assert "slope 1 (reference)" in texts and not any(t.startswith("fit:") for t in texts)
+    assert "adam" in fig.axes[0].get_title() and "T = 0.5" in fig.axes[0].get_title()
+    assert (tmp_path / "w.png").stat().st_size > 0
+
+
+def test_weak_order_fits_only_resolved_points():
+    etas = np.array([0.04, 0.02, 0.01, 0.005])
+    err = 3.0 * etas
+    err[-1] = 0.001  # within noise: left out of the fit
+    r = comparison.weak_order(etas, err, [0.001] * 4)
+    assert r["order_resolved"] and r["resolved"] == [True, True, True, False]
+    assert r["order"] == pytest.approx(1.0) and r["constant"] == pytest.approx(3.0)
+    assert comparison.describe_order(r) == "order 1.00"
