@@ -57,12 +57,6 @@ class Comparison:
                 for k in self.weak_error}
 
 
-def _mean_se(traj, name):
-    x = traj.observables[name][~traj.diverged]
-    se = x.std(axis=0, ddof=1) / np.sqrt(x.shape[0]) if x.shape[0] > 1 else np.zeros(x.shape[1])
-    return x.mean(axis=0), se
-
-
 def compare(discrete: Trajectory, continuous: Trajectory, observables=None) -> Comparison:
     """Weak errors |E g(discrete) - E g(SDE)| per recorded time for each observable g (default: all shared).
 
@@ -79,8 +73,8 @@ def compare(discrete: Trajectory, continuous: Trajectory, observables=None) -> C
         for traj, tag in ((discrete, "discrete"), (continuous, "sde")):
             if n not in traj.observables:
                 raise ConfigError("observables", f"'{n}' is not recorded by the {tag} trajectory")
-        md, sd = _mean_se(discrete, n)
-        ms, ss = _mean_se(continuous, n)
+        md, sd = discrete.mean(n), discrete.stderr(n)
+        ms, ss = continuous.mean(n), continuous.stderr(n)
         out["mean_discrete"][n], out["se_discrete"][n] = md, sd
         out["mean_sde"][n], out["se_sde"][n] = ms, ss
         out["weak_error"][n], out["se"][n] = np.abs(md - ms), np.hypot(sd, ss)

@@ -27,8 +27,8 @@ import numpy as np
 from . import _precision
 from .errors import ConfigError, check_range, suggest
 from .methods import second_moment
+from .inputs import check_count, initial_v, parse_inputs, run_meta
 from .trajectory import Trajectory
-from .validation import check_compatible
 
 SWEEPABLE = ("eta", "lam", "c", "beta1", "beta2", "eps", "delta", "n_train")
 
@@ -69,14 +69,10 @@ class PathState(eqx.Module):
 
 
 def _init_state(problem, noise, method, eta, theta0, v0_mode, v0, key):
-    """Initial PathState for one path. ``v0_mode``: "zeros", "equilibrium" or "given" (then ``v0``)."""
+    """Initial PathState for one path; v by the engines' one rule (:func:`slowsde_jax.inputs.initial_v`)."""
     k_init, k_run = jax.random.split(key)
     theta = problem.init(k_init) if theta0 is None else theta0
-    if method.has_v and v0_mode == "equilibrium":
-        v0 = method.V(noise.covariance_diag(problem, theta))
-    elif v0_mode == "zeros":
-        v0 = None
-    opt = method.optax(eta, v0=v0).init(theta)
+    opt = method.optax(eta, v0=initial_v(problem, noise, method, theta, v0_mode, v0)).init(theta)
     return PathState(theta=theta, opt=opt, key=k_run, step=jnp.zeros((), jnp.int64),
                      diverged_step=jnp.full((), -1, jnp.int64))
 
@@ -193,21 +189,18 @@ def simulate_discrete(problem, noise, method, eta=None, T=None, n_paths=1, key=0
 
     Returns a :class:`Trajectory`, or a list of them (one per grid point, in grid order) when ``sweep`` is given.
     """
-    key = jax.random.PRNGKey(key) if isinstance(key, (int, np.integer)) else key
-    if not isinstance(n_paths, (int, np.integer)) or n_paths < 1:
-        raise ConfigError("n_paths", f"must be an integer >= 1, got {n_paths!r}")
-    if not isinstance(n_record, (int, np.integer)) or n_record < 1:
-        raise ConfigError("n_record", f"must be an integer >= 1, got {n_record!r}")
+    # validate
+    inputs = parse_inputs(problem, noise, method, key=key, n_paths=n_paths, n_record=n_record, theta0=theta0,
+                          v0=v0, dtype=dtype)
+    dtype = inputs.dtype
     if (T is None) == (steps is None):
         raise ConfigError("T", "give exactly one of T (SDE time) and steps")
     if eta is None and not (sweep and "eta" in sweep):
         raise ConfigError("eta", "a learning rate is required")
-    dtype = dtype or _precision.default_float()
     if T is not None:
         check_range("T", T, low=0.0, low_open=True)
     else:
-        if not isinstance(steps, (int, np.integer)) or steps < 1:
-            raise ConfigError("steps", f"must be an integer >= 1, got {steps!r}")
+        check_count("steps", steps)
     grid, cfgs = _grid(eta, sweep, dtype)
     check_range("eta", grid["eta"], low=0.0, low_open=True)
     if dtype != _precision.default_float():
@@ -221,24 +214,7 @@ def simulate_discrete(problem, noise, method, eta=None, T=None, n_paths=1, key=0
             else:
                 check_range("c*eta^2", m.c * cfg["eta"] ** 2, low=0.0, high=1.0, high_open=True)
 
-    check_compatible(problem, noise, method)
-    D = problem.dim
-    if theta0 is not None:
-        theta0 = jnp.asarray(theta0, dtype)
-        if theta0.shape != (D,):
-            raise ConfigError("theta0", f"must have shape ({D},), got {theta0.shape}")
-    v0_arr = None
-    if isinstance(v0, str):
-        if v0 not in ("zeros", "equilibrium"):
-            raise ConfigError("v0", f"must be 'zeros', 'equilibrium' or an array, got {v0!r}")
-        v0_mode = v0
-    else:
-        v0_mode, v0_arr = "given", jnp.asarray(v0, dtype)
-        if v0_arr.shape not in ((D,), ()):
-            raise ConfigError("v0", f"must have shape ({D},), got {v0_arr.shape}")
-        if not bool(jnp.all(v0_arr >= 0)):
-            raise ConfigError("v0", "must be non-negative")
-
+    # schedule
     etas = np.asarray(grid["eta"], dtype=float)
     if T is not None:
         t_grid = np.linspace(0.0, float(T), n_record + 1)
@@ -246,8 +222,9 @@ def simulate_discrete(problem, noise, method, eta=None, T=None, n_paths=1, key=0
     else:
         targets = np.tile(np.rint(np.linspace(0, steps, n_record + 1)).astype(np.int64), (len(cfgs), 1))
 
-    keys = jax.random.split(key, n_paths)
-    state = _init_all(problem, noise, method, grid, theta0, v0_mode, v0_arr, keys)
+    # loop
+    keys = jax.random.split(inputs.key, inputs.n_paths)
+    state = _init_all(problem, noise, method, grid, inputs.theta0, inputs.v0_mode, inputs.v0, keys)
     run = DiscreteRun(state=state, targets=targets, records={})
     if checkpoint is not None and Path(checkpoint).exists():
         run = load_checkpoint(checkpoint, run)
@@ -256,7 +233,8 @@ def simulate_discrete(problem, noise, method, eta=None, T=None, n_paths=1, key=0
     if checkpoint is not None:
         on_chunk = _checkpointing(checkpoint, checkpoint_every_s, on_chunk)
     run = _continue(run, problem, noise, method, grid, record_state, chunk_steps, progress, divergence_bound, on_chunk)
-    trajs = _trajectories(run, cfgs, method, noise, problem, dict(T=T, n_paths=int(n_paths),
+    # package
+    trajs = _trajectories(run, cfgs, method, noise, problem, dict(T=T, n_paths=inputs.n_paths,
                                                                    v0=v0 if isinstance(v0, str) else "given"))
     return trajs if sweep else trajs[0]
 
@@ -349,9 +327,8 @@ def _trajectories(run, cfgs, method, noise, problem, extra):
     out = []
     for i, cfg in enumerate(cfgs):
         eta = cfg["eta"]
-        meta = {**extra, "engine": "discrete", "method": method.name, "noise": type(noise).__name__,
-                "problem": type(problem).__name__, "eta": eta, "hypers": cfg,
-                "steps": int(run.targets[i, -1]), "record_steps": run.targets[i].tolist()}
+        meta = run_meta("discrete", problem, noise, method, **extra, eta=eta, hypers=cfg,
+                        steps=int(run.targets[i, -1]), record_steps=run.targets[i].tolist())
         out.append(Trajectory(t=run.targets[i] * eta**2, theta=rec["theta"][i] if "theta" in rec else None,
                               v=rec["v"][i] if "v" in rec else None,
                               observables={k[4:]: x[i] for k, x in rec.items() if k.startswith("obs.")},

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._batching import map_paths
 from .errors import ConfigError
 
 
@@ -347,8 +348,10 @@ def project_flow(loss, theta, S, tol=1e-10, max_steps=100_000, *, residuals=None
 def _project_batch(loss, theta, S, tol, max_steps, residuals, weights, rank):
     """project_flow over a batch (N, D). Compiled once per loss: methods of problems (equinox Modules) are
     pytrees, so a new problem with the same structure reuses the compiled function."""
-    return jax.vmap(lambda th, s: project_flow(loss, th, s, tol, max_steps, residuals=residuals, weights=weights,
-                                               rank=rank))(theta, S)
+    D = theta.shape[-1]
+    n = 0 if residuals is None else jax.eval_shape(residuals, theta[0]).shape[0]
+    return map_paths(lambda a: project_flow(loss, a[0], a[1], tol, max_steps, residuals=residuals, weights=weights,
+                                            rank=rank), (theta, S), max(D, n))
 
 
 def projection_failure_message(status, max_steps) -> str:

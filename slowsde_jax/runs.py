@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .trajectory import Trajectory, jsonable
+from .trajectory import Trajectory, jsonable, mean_se
 
 
 def atomic_write(path: Path, write):
@@ -74,10 +74,12 @@ def stats(traj: Trajectory, tail_fraction=0.1) -> dict:
     n_tail = max(1, int(round(tail_fraction * (traj.t.size - 1))))
     out = {}
     for name, x in traj.observables.items():
-        final, tail = x[ok, -1], x[ok, -n_tail:].mean(axis=1)
-        se = lambda a: float(a.std(ddof=1) / np.sqrt(a.size)) if a.size > 1 else float("nan")
-        out[name] = {"final_mean": float(final.mean()) if final.size else float("nan"), "final_se": se(final),
-                     "tail_mean": float(tail.mean()) if tail.size else float("nan"), "tail_se": se(tail)}
+        if not ok.any():
+            out[name] = dict.fromkeys(("final_mean", "final_se", "tail_mean", "tail_se"), float("nan"))
+            continue
+        (final, final_se), (tail, tail_se) = (mean_se(a, traj.deterministic) for a in (x[ok, -1], x[ok, -n_tail:].mean(axis=1)))
+        out[name] = {"final_mean": float(final), "final_se": float(final_se), "tail_mean": float(tail),
+                     "tail_se": float(tail_se)}
     return out
 
 
@@ -90,9 +92,9 @@ def summarize(trajs: dict) -> dict:
             div = tr.diverged
             out[name].append({"hypers": tr.meta.get("hypers"), "eta": tr.meta.get("eta"), "steps": tr.meta.get("steps"),
                               "t_end": float(tr.t[-1]), "n_paths": tr.n_paths, "n_diverged": int(div.sum()),
-                              "diverged_steps": tr.diverged_step[div].tolist(),
+                              "diverged_steps": [] if tr.diverged_step is None else tr.diverged_step[div].tolist(),
                               "diverged_times": tr.diverged_time[div].tolist(),
-                              "failure_reasons": [r for r in tr.meta.get("failure_reasons", []) if r],
+                              "failure_reasons": [r for r in tr.meta.get("failure_reasons") or [] if r],
                               "observables": stats(tr)})
     return out
 

@@ -1,25 +1,32 @@
-"""The slow-SDE engine (math §4-§5) on diffrax.
+"""The slow-SDE engine (the slow SDE and its label-noise ODE) on diffrax.
 
-State (zeta, v), flattened to one vector y = [zeta; v] of length 2D, on the SDE clock t:
+State: the pytree y = (zeta, v), each (D,), on the SDE clock t:
 
     d zeta = dPhi_S ( Sigma_par^{1/2} dW - 1/2 S grad^3 L[Sigma_diamond] dt ) + Ito correction
     d v    = c ( V(Sigma(zeta)) - v ) dt,        S = S(v)
 
+The problem, noise and method reach the vector fields through diffrax's ``args`` (a :class:`SlowSDEModel`).
+
 - General noise: projected Euler-Maruyama with fixed steps. :class:`SlowSDETerm` returns the drift and the
   diffusion dPhi_S S Sigma^{1/2} (tangent noise only, A A^T = Sigma_par) from one evaluation of the geometry,
   and :class:`RetractingSolver` wraps diffrax's Euler and retracts zeta onto Gamma after every step (Newton
-  steps along S * normal directions); the retraction's second-order part supplies the Ito correction.
-  Brownian increments come from ``UnsafeBrownianPath`` (forward mode only), one key per path and chunk.
+  steps along S * normal directions, :func:`retract_onto_gamma`); the retraction's second-order part
+  supplies the Ito correction. Brownian increments come from ``UnsafeBrownianPath`` (forward mode only),
+  one key per path, keyed by the step's times.
 - Label noise (Sigma = alpha H on Gamma): no diffusion; the ODE d zeta/dt = -(alpha/4) dPhi_S S grad^3 L[S]
   is integrated with an adaptive solver (Tsit5, or Kvaerno5 for the stiff regime near u_j v_j = 0 where eps
-  takes over) and retracted at every recording time.
+  takes over); the saved states are retracted onto Gamma.
 
-Both integrate chunk by chunk between recording times (the same loop shape as the discrete engine) and
-return a :class:`~slowsde_jax.trajectory.Trajectory`. SGD is the case S = I with v not evolving.
+:func:`simulate_slow_sde` validates, schedules the recording grid, runs one ``diffeqsolve`` with
+``SaveAt(ts=...)`` per group of paths and segment of records (all records at once unless checkpointing),
+and packages a :class:`~slowsde_jax.trajectory.Trajectory`. SGD is the case S = I with v not evolving.
 """
 from __future__ import annotations
 
-from typing import Callable
+import json
+import zipfile
+from pathlib import Path
+from typing import Any, Callable, Optional
 
 import diffrax
 import equinox as eqx
@@ -27,13 +34,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _precision
 from . import geometry as geo
 from .errors import ConfigError, check_range
+from ._batching import map_paths
+from .inputs import check_count, initial_v, parse_inputs, run_meta
 from .noise import psd_sqrt
 from .problems import observe_batch
 from .trajectory import Trajectory
-from .validation import check_compatible
 
 
 # ----- the coefficients -----------------------------------------------------------------------------------------
@@ -65,30 +72,72 @@ def label_noise_vector_field(problem, noise, method, zeta, v, c, alpha):
 
 
 # ----- diffrax pieces ----------------------------------------------------------------------------------------------
-class SlowSDETerm(diffrax.AbstractTerm):
-    """One term for the whole SDE: ``vf`` gives (drift (2D,), diffusion (2D, D)) from one geometry evaluation,
-    ``contr`` gives (dt, dW), ``prod`` combines them. Saves evaluating the geometry twice per step."""
+class SlowSDEModel(eqx.Module):
+    """What the vector fields need, passed to diffrax as ``args``: the problem, noise and method, the rate ``c``
+    of the v-equation, ``alpha`` (Sigma = alpha H, label noise; None for the general SDE) and ``rank`` (the
+    codimension of Gamma, None for the rank rule)."""
 
-    coefficients: Callable
+    problem: Any
+    noise: Any
+    method: Any
+    c: Any
+    alpha: Any = None
+    rank: Optional[int] = eqx.field(static=True, default=None)
+
+
+def sde_coefficients(t, y, model: SlowSDEModel):
+    """((d zeta/dt, dv/dt), A) at y = (zeta, v), zeta on Gamma: the drift pytree and the tangent diffusion A
+    (D, D) with A A^T = Sigma_par."""
+    zeta, v = y
+    b, dv, A = slow_sde_coefficients(model.problem, model.noise, model.method, zeta, v, model.c, model.rank)
+    return (b, dv), A
+
+
+def label_noise_ode_field(t, y, model: SlowSDEModel):
+    """(d zeta/dt, dv/dt) of the label-noise ODE at y = (zeta, v)."""
+    zeta, v = y
+    return label_noise_vector_field(model.problem, model.noise, model.method, zeta, v, model.c, model.alpha)
+
+
+class SlowSDETerm(diffrax.AbstractTerm):
+    """One term for the whole SDE on the state y = (zeta, v): ``vf`` gives the drift pytree and the diffusion
+    A (D, D) from one geometry evaluation (the model comes in ``args``), ``contr`` gives (dt, dW), ``prod``
+    combines them into (b_zeta dt + A dW, b_v dt). Saves evaluating the geometry twice per step."""
+
     brownian: diffrax.AbstractBrownianPath
 
     def vf(self, t, y, args):
-        return self.coefficients(y)
+        return sde_coefficients(t, y, args)
 
     def contr(self, t0, t1, **kwargs):
         return t1 - t0, self.brownian.evaluate(t0, t1)
 
     def prod(self, vf, control):
-        (b, A), (dt, dW) = vf, control
-        return b * dt + A @ dW
+        ((b, bv), A), (dt, dW) = vf, control
+        return b * dt + A @ dW, bv * dt
+
+
+def retract_onto_gamma(y0, y1, model: SlowSDEModel):
+    """y1 = (zeta, v) back onto Gamma by three Newton steps along S(v) * normal directions. Least squares:
+    normals from the residual Jacobian (with the sample weights). Any other loss: the normals of Gamma at
+    y0's zeta, a point of Gamma (cut at ``model.rank`` or by the rank rule), never the Hessian's eigenvectors
+    at y1, whose tangent eigenvalues are O(|y1 - y0|) and would bend the step tangentially."""
+    problem = model.problem
+    residuals, weights = problem.residual_parts()
+    zeta, v = y1
+    S = model.method.S(v)
+    normals = None if residuals is not None else geo.normal_frame(geo.hessian(problem.loss, y0[0]), S, model.rank)
+    for _ in range(3):  # quadratic convergence: a displacement of 1e-2 lands within rounding
+        zeta = geo.newton_retraction_step(problem.loss, zeta, S, residuals=residuals, weights=weights, normals=normals)
+    return zeta, v
 
 
 class RetractingSolver(diffrax.AbstractWrappedSolver):
-    """Wraps a diffrax solver (Euler for the Ito SDE) and retracts the state onto Gamma after every step;
-    ``retract(y0, y1)`` sees the step's start y0 (on Gamma) and its end y1."""
+    """Wraps a diffrax solver (Euler for the Ito SDE) and retracts the state onto Gamma after every step with
+    ``retract(y0, y1, args)``, where y0 (on Gamma) is the step's start and y1 its end."""
 
     solver: diffrax.AbstractSolver
-    retract: Callable
+    retract: Callable = retract_onto_gamma
 
     @property
     def term_structure(self):
@@ -113,183 +162,258 @@ class RetractingSolver(diffrax.AbstractWrappedSolver):
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         y1, err, _, state, result = self.solver.step(terms, t0, t1, y0, args, solver_state, made_jump)
-        y1 = self.retract(y0, y1)
+        y1 = self.retract(y0, y1, args)
         return y1, err, dict(y0=y0, y1=y1), state, result
 
     def func(self, terms, t0, y0, args):
         return self.solver.func(terms, t0, y0, args)
 
 
-def _retraction(problem, method, D, rank=None):
-    """retract(y0, y1): y1 = [zeta; v] back onto Gamma by three Newton steps along S(v) * normal directions.
-    Least squares: normals from the residual Jacobian (with the sample weights). Any other loss: the normals
-    of Gamma at zeta0 = y0[:D], a point of Gamma (cut at ``rank`` or by the rank rule), never the Hessian's
-    eigenvectors at y1, whose tangent eigenvalues are O(|y1 - y0|) and would bend the step tangentially."""
-    residuals, weights = problem.residual_parts()
-
-    def retract(y0, y1):
-        zeta, v = y1[:D], y1[D:]
-        S = method.S(v)
-        normals = None if residuals is not None else geo.normal_frame(geo.hessian(problem.loss, y0[:D]), S, rank)
-        for _ in range(3):  # quadratic convergence: a displacement of 1e-2 lands within rounding
-            zeta = geo.newton_retraction_step(problem.loss, zeta, S, residuals=residuals, weights=weights,
-                                              normals=normals)
-        return jnp.concatenate([zeta, v])
-
-    return retract
-
-
-# ----- chunks (jitted, vmapped over paths) ---------------------------------------------------------------------------
+# ----- one segment of records (jitted, vmapped over paths) ----------------------------------------------------------
 @eqx.filter_jit
-def _sde_chunk(problem, noise, method, c, rank, y, keys, t0, t1, n_steps):
-    D = problem.dim
-    retract = _retraction(problem, method, D, rank)
-
-    def coefficients(y):
-        b, dv, A = slow_sde_coefficients(problem, noise, method, y[:D], y[D:], c, rank)
-        return jnp.concatenate([b, dv]), jnp.concatenate([A, jnp.zeros_like(A)])
+def _sde_segment(model, solver, y, keys, t_steps, t_save):
+    """Projected Euler-Maruyama over the fixed step times ``t_steps`` (n_steps + 1,) for every path; the
+    states at ``t_save`` (step times). Increments depend only on the path's key and the step's times, so a
+    run cut into segments (for checkpoints) draws the same Brownian path as one in a single call."""
 
     def one(y0, key):
-        bm = diffrax.UnsafeBrownianPath(shape=(D,), key=key)
+        D = y0[0].shape[0]
         sol = diffrax.diffeqsolve(
-            SlowSDETerm(coefficients, bm), RetractingSolver(diffrax.Euler(), retract), t0=t0, t1=t1,
-            dt0=(t1 - t0) / n_steps, y0=y0, saveat=diffrax.SaveAt(t1=True), adjoint=diffrax.ForwardMode(),
-            max_steps=None, throw=False)
-        return sol.ys[-1], sol.result == diffrax.RESULTS.successful
+            SlowSDETerm(diffrax.UnsafeBrownianPath(shape=(D,), key=key)), RetractingSolver(solver),
+            t0=t_steps[0], t1=t_steps[-1], dt0=None, y0=y0, args=model,
+            stepsize_controller=diffrax.StepTo(ts=t_steps), saveat=diffrax.SaveAt(ts=t_save),
+            adjoint=diffrax.ForwardMode(), max_steps=t_steps.shape[0] - 1, throw=False)
+        return sol.ys, sol.result == diffrax.RESULTS.successful
 
-    return jax.vmap(one)(y, keys)
+    return map_paths(lambda a: one(*a), (y, keys), _matrix_size(model))
 
 
 @eqx.filter_jit
-def _ode_chunk(problem, noise, method, c, alpha, y, t0, t1, rtol, atol, solver_name, max_steps):
-    D = problem.dim
-    retract = _retraction(problem, method, D)
-
-    def f(t, y, args):
-        dz, dv = label_noise_vector_field(problem, noise, method, y[:D], y[D:], c, alpha)
-        return jnp.concatenate([dz, dv])
-
-    solver = {"tsit5": diffrax.Tsit5(), "kvaerno5": diffrax.Kvaerno5()}[solver_name]
+def _ode_segment(model, solver, controller, y, t_save, max_steps):
+    """The label-noise ODE from t_save[0] through t_save[1:] for every path, one adaptive solve; each saved
+    state retracted onto Gamma (the exact flow keeps Gamma invariant, so this only removes solver error)."""
 
     def one(y0):
-        sol = diffrax.diffeqsolve(diffrax.ODETerm(f), solver, t0=t0, t1=t1, dt0=None, y0=y0,
-                                  stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-                                  saveat=diffrax.SaveAt(t1=True), max_steps=max_steps, throw=False)
-        return retract(y0, sol.ys[-1]), sol.result == diffrax.RESULTS.successful
+        sol = diffrax.diffeqsolve(
+            diffrax.ODETerm(label_noise_ode_field), solver, t0=t_save[0], t1=t_save[-1], dt0=None, y0=y0,
+            args=model, stepsize_controller=controller, saveat=diffrax.SaveAt(ts=t_save[1:]),
+            max_steps=max_steps, throw=False)
+        ys = jax.vmap(lambda y1: retract_onto_gamma(y1, y1, model))(sol.ys)
+        return ys, sol.result == diffrax.RESULTS.successful
 
-    return jax.vmap(one)(y)
+    return map_paths(one, y, _matrix_size(model))
 
 
 @eqx.filter_jit
-def _initial_state(problem, noise, method, theta0, v0_mode, v0, keys, rank, max_steps):
+def _initial_state(model, theta0, v0_mode, v0, keys, max_steps):
+    """(zeta(0), v(0)) per path and the projection's status: v from the one initial-state rule at theta0,
+    zeta = Phi_{S(v)}(theta0), then v again at zeta for the equilibrium start."""
+    problem, noise, method = model.problem, model.noise, model.method
     residuals, weights = problem.residual_parts()
 
     def one(key):
         th = problem.init(jax.random.split(key)[0]) if theta0 is None else theta0
-        v = v0 if v0_mode == "given" else (method.V(noise.covariance_diag(problem, th)) if method.has_v else jnp.ones_like(th))
+        v = initial_v(problem, noise, method, th, v0_mode, v0)
+        v = jnp.zeros_like(th) if v is None else v  # SGD: S = I, v is a placeholder that never moves
         zeta, status = geo.project_flow(problem.loss, th, method.S(v), max_steps=max_steps, residuals=residuals,
-                                        weights=weights, rank=rank)
+                                        weights=weights, rank=model.rank)
         if method.has_v and v0_mode == "equilibrium":
-            v = method.V(noise.covariance_diag(problem, zeta))
-        elif not method.has_v:
-            v = jnp.zeros_like(zeta)
-        return jnp.concatenate([zeta, v]), status
+            v = initial_v(problem, noise, method, zeta, v0_mode)
+        return (zeta, v), status
 
-    return jax.vmap(one)(keys)
+    return map_paths(one, keys, _matrix_size(model))
+
+
+def _matrix_size(model) -> int:
+    """The largest matrix the geometry factorizes per path: D (dense Hessians) or the number of samples."""
+    residuals, _ = model.problem.residual_parts()
+    n = 0 if residuals is None else jax.eval_shape(residuals, jnp.zeros(model.problem.dim)).shape[0]
+    return max(model.problem.dim, n)
+
+
+# ----- the front end: validate, schedule, loop, package ------------------------------------------------------------
+SOLVERS = {"euler": diffrax.Euler, "tsit5": diffrax.Tsit5, "kvaerno5": diffrax.Kvaerno5}
+
+
+def _solver(solver, default: str):
+    """A diffrax solver from an instance, a name in :data:`SOLVERS`, or None (the engine's default)."""
+    if isinstance(solver, diffrax.AbstractSolver):
+        return solver
+    name = default if solver is None else solver
+    if name not in SOLVERS:
+        raise ConfigError("solver", f"must be a diffrax solver or one of {', '.join(SOLVERS)}, got {solver!r}")
+    return SOLVERS[name]()
 
 
 def simulate_slow_sde(problem, noise, method, T, n_paths=1, key=0, *, eta=None, dt=1e-3, n_record=100,
-                      theta0=None, v0="equilibrium", rank=None, solver="tsit5", rtol=1e-8, atol=1e-10,
-                      max_steps=1_000_000, project_max_steps=100_000, force_sde=False, record_state=True,
-                      dtype=None):
+                      theta0=None, v0="equilibrium", rank=None, solver=None, stepsize_controller=None, rtol=1e-8,
+                      atol=1e-10, max_steps=1_000_000, project_max_steps=100_000, force_sde=False,
+                      record_state=True, dtype=None, paths_per_call=None, records_per_call=None, checkpoint=None):
     """Integrate the slow SDE of ``method`` under ``noise`` on ``problem`` up to SDE time ``T``.
 
     - ``eta``: only needed to turn an explicit beta2 into c = (1 - beta2)/eta^2;
-    - ``dt``: step of projected Euler-Maruyama (general noise); the label-noise ODE is adaptive with
-      ``rtol``/``atol`` and ``solver`` ("tsit5" or "kvaerno5" for stiff cases);
+    - ``dt``: step of projected Euler-Maruyama (general noise); the label-noise ODE is adaptive;
+    - ``solver``: a diffrax solver or a name ("euler" for the SDE, the default; "tsit5", the ODE's default,
+      or "kvaerno5", implicit, for stiff cases); ``stepsize_controller``: the ODE's, default
+      ``PIDController(rtol, atol)``;
     - ``theta0``: start (D,) (default: the problem's initializer per path), projected: zeta(0) = Phi_{S(v0)}(theta0);
-    - ``v0``: "equilibrium" (V(Sigma(zeta(0)))), "zeros" is not allowed (S would be infinite), or an array (D,);
+    - ``v0``: "equilibrium" (V(Sigma(zeta(0)))) or a positive array (D,); the slow SDE cannot start at v = 0;
     - ``rank``: the codimension of Gamma (default: the geometry module's rank rule);
-    - ``max_steps``: step budget of the adaptive ODE solver per recording interval; ``project_max_steps``:
-      step budget of the gradient flow that projects the start onto Gamma;
-    - ``force_sde``: use the SDE integrator even for label noise (a check of the ODE reduction).
+    - ``max_steps``: the ODE solver's step budget per recording interval; ``project_max_steps``: the step
+      budget of the gradient flow that projects the start onto Gamma;
+    - ``force_sde``: use the SDE integrator even for label noise (a check of the ODE reduction);
+    - ``paths_per_call``: at most this many paths per compiled call (bounds memory); default all;
+    - ``records_per_call``: recording intervals per compiled call (default: all in one ``diffeqsolve``, or 1
+      with a ``checkpoint``); ``checkpoint``: an .npz path written after every call; if it exists when the
+      run starts, the run continues from it, and gives the same numbers as an uninterrupted run.
 
-    Returns a Trajectory on the recording grid t_j = j T / n_record (``theta`` holds zeta).
+    Returns a Trajectory on the recording grid t_j = j T / n_record (``theta`` holds zeta). A path whose
+    solver fails or whose state turns non-finite is frozen at its last good state; ``diverged_time`` says
+    when (the end of the recording interval) and ``meta["failure_reasons"]`` why.
     """
-    key = jax.random.PRNGKey(key) if isinstance(key, (int, np.integer)) else key
+    # validate
+    inputs = parse_inputs(problem, noise, method, key=key, n_paths=n_paths, n_record=n_record, theta0=theta0,
+                          v0=v0, dtype=dtype, v0_modes=("equilibrium",))
     check_range("T", T, low=0.0, low_open=True)
     check_range("dt", dt, low=0.0, low_open=True)
-    if not isinstance(n_paths, (int, np.integer)) or n_paths < 1:
-        raise ConfigError("n_paths", f"must be an integer >= 1, got {n_paths!r}")
-    if not isinstance(n_record, (int, np.integer)) or n_record < 1:
-        raise ConfigError("n_record", f"must be an integer >= 1, got {n_record!r}")
-    if solver not in ("tsit5", "kvaerno5"):
-        raise ConfigError("solver", f"must be 'tsit5' or 'kvaerno5', got {solver!r}")
-    dtype = dtype or _precision.default_float()
-    check_compatible(problem, noise, method)
-    D = problem.dim
+    alpha = None if force_sde else noise.label_noise_alpha(problem)
+    solver = _solver(solver, "euler" if alpha is None else "tsit5")
+    if alpha is not None:
+        controller = stepsize_controller or diffrax.PIDController(rtol=rtol, atol=atol)
+    elif stepsize_controller is not None:
+        raise ConfigError("stepsize_controller", "the general slow SDE takes fixed steps dt (projected Euler-Maruyama)")
     if method.has_v:
         if method.c is None and eta is None:
             raise ConfigError("eta", "needed to convert the method's explicit beta2 into c = (1 - beta2)/eta^2")
         c = method.c_at(eta)
     else:
-        c = jnp.asarray(0.0, dtype)
-    v0_arr = None
-    if isinstance(v0, str):
-        if v0 != "equilibrium":
-            raise ConfigError("v0", f"the slow SDE starts v at 'equilibrium' or at a given positive array, got {v0!r}")
-        v0_mode = v0
-    else:
-        v0_mode, v0_arr = "given", jnp.asarray(v0, dtype)
-        if v0_arr.shape != (D,):
-            raise ConfigError("v0", f"must have shape ({D},), got {v0_arr.shape}")
-    if theta0 is not None:
-        theta0 = jnp.asarray(theta0, dtype)
-        if theta0.shape != (D,):
-            raise ConfigError("theta0", f"must have shape ({D},), got {theta0.shape}")
-    alpha = None if force_sde else noise.label_noise_alpha(problem)
+        c = jnp.asarray(0.0, inputs.dtype)
+    paths_per_call = inputs.n_paths if paths_per_call is None else check_count("paths_per_call", paths_per_call)
+    if records_per_call is None:
+        records_per_call = 1 if checkpoint is not None else inputs.n_record
+    records_per_call = min(check_count("records_per_call", records_per_call), inputs.n_record)
+    model = SlowSDEModel(problem, noise, method, c, alpha, rank)
 
-    k_init, k_run = jax.random.split(key)
-    y, status = _initial_state(problem, noise, method, theta0, v0_mode, v0_arr, jax.random.split(k_init, n_paths),
-                               rank, project_max_steps)
-    if np.any(np.asarray(status) != geo.PROJECTION_OK):
-        raise geo.ProjectionError("the initial point could not be projected onto Gamma: "
-                                  + geo.projection_failure_message(status, project_max_steps))
-    t_grid = np.linspace(0.0, float(T), n_record + 1)
+    # schedule
+    t_grid = np.linspace(0.0, float(T), inputs.n_record + 1)
     n_sub = max(1, int(np.ceil((t_grid[1] - t_grid[0]) / dt - 1e-9)))
-    records = {"zeta": [np.asarray(y[:, :D])], "v": [np.asarray(y[:, D:])]}
-    obs = [jax.tree_util.tree_map(np.asarray, observe_batch(problem, y[:, :D]))]
-    failed_at = np.full(n_paths, -1, np.int64)
-    reasons = [None] * n_paths
-    path_keys = jax.random.split(k_run, n_paths)
-    for j in range(n_record):
-        t0, t1 = jnp.asarray(t_grid[j], dtype), jnp.asarray(t_grid[j + 1], dtype)
-        if alpha is None:
-            keys = jax.vmap(lambda k: jax.random.fold_in(k, j))(path_keys)
-            y_new, ok = _sde_chunk(problem, noise, method, c, rank, y, keys, t0, t1, n_sub)
-        else:
-            y_new, ok = _ode_chunk(problem, noise, method, c, alpha, y, t0, t1, rtol, atol, solver, max_steps)
-        solver_ok = np.asarray(ok)
-        finite = np.all(np.isfinite(np.asarray(y_new)), axis=1)
-        newly = ~(solver_ok & finite) & (failed_at < 0)
-        failed_at[newly] = j + 1
-        for i in np.flatnonzero(newly):
-            reasons[i] = (f"solver failed between t = {t_grid[j]:.6g} and {t_grid[j + 1]:.6g} (step budget max_steps "
-                          "exhausted or step size collapsed: a stiff region; try a larger eps or solver='kvaerno5')"
-                          if not solver_ok[i] else
-                          f"non-finite state between t = {t_grid[j]:.6g} and {t_grid[j + 1]:.6g} (retraction onto Gamma failed)")
-        keep = jnp.asarray(failed_at < 0)[:, None]
-        y = jnp.where(keep, y_new, y)  # failed paths stay frozen at their last good state
-        records["zeta"].append(np.asarray(y[:, :D]))
-        records["v"].append(np.asarray(y[:, D:]))
-        obs.append(jax.tree_util.tree_map(np.asarray, observe_batch(problem, y[:, :D])))
-    observables = {k: np.stack([o[k] for o in obs], axis=1) for k in obs[0]}
-    meta = {"engine": "slow_sde" if alpha is None else "label_noise_ode", "method": method.name,
-            "noise": type(noise).__name__, "problem": type(problem).__name__, "T": float(T), "dt": float(dt),
-            "steps_per_record": n_sub if alpha is None else None, "c": float(c), "n_paths": int(n_paths),
-            "alpha": None if alpha is None else float(alpha), "failed_record": failed_at.tolist(),
-            "failure_reasons": reasons,
-            "eta": None if eta is None else float(eta)}
-    return Trajectory(t=t_grid, theta=np.stack(records["zeta"], axis=1) if record_state else None,
-                      v=np.stack(records["v"], axis=1) if (record_state and method.has_v) else None,
-                      observables=observables, diverged_step=failed_at, meta=meta)
+    t_steps = np.linspace(0.0, float(T), inputs.n_record * n_sub + 1)
+    t_steps[::n_sub] = t_grid  # records fall exactly on step times
+
+    # loop
+    k_init, k_run = jax.random.split(inputs.key)
+    run = _SDERun(t_grid=t_grid)
+    if checkpoint is not None and Path(checkpoint).exists():
+        run = _load_checkpoint(checkpoint, t_grid, inputs.n_paths, problem.dim)
+    else:
+        y, status = _initial_state(model, inputs.theta0, inputs.v0_mode, inputs.v0,
+                                   jax.random.split(k_init, inputs.n_paths), project_max_steps)
+        if np.any(np.asarray(status) != geo.PROJECTION_OK):
+            raise geo.ProjectionError("the initial point could not be projected onto Gamma: "
+                                      + geo.projection_failure_message(status, project_max_steps))
+        run.start(y, inputs.n_paths)
+    path_keys = jax.random.split(k_run, inputs.n_paths)
+    while run.done < inputs.n_record:
+        j0, j1 = run.done, min(run.done + records_per_call, inputs.n_record)
+        ys, ok = [], []
+        for p0 in range(0, inputs.n_paths, paths_per_call):
+            sl = slice(p0, min(p0 + paths_per_call, inputs.n_paths))
+            y = jax.tree_util.tree_map(lambda x: jnp.asarray(x[sl], inputs.dtype), run.y)
+            if alpha is None:
+                seg = _sde_segment(model, solver, y, path_keys[sl], jnp.asarray(t_steps[j0 * n_sub: j1 * n_sub + 1]),
+                                   jnp.asarray(t_grid[j0 + 1: j1 + 1]))
+            else:
+                seg = _ode_segment(model, solver, controller, y, jnp.asarray(t_grid[j0: j1 + 1]),
+                                   max_steps * (j1 - j0))
+            ys.append(jax.tree_util.tree_map(np.asarray, seg[0]))
+            ok.append(np.asarray(seg[1]))
+        run.extend(tuple(np.concatenate([y[i] for y in ys]) for i in range(2)), np.concatenate(ok),
+                   j0, alpha is None)
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, run)
+
+    # package
+    zeta, v = np.stack(run.zeta, axis=1), np.stack(run.v, axis=1)
+    obs = observe_batch(problem, jnp.asarray(zeta.reshape(-1, problem.dim)))
+    observables = {k: np.asarray(x).reshape(inputs.n_paths, -1) for k, x in obs.items()}
+    meta = run_meta("slow_sde" if alpha is None else "label_noise_ode", problem, noise, method,
+                    eta=None if eta is None else float(eta), T=float(T), n_paths=inputs.n_paths,
+                    v0=v0 if isinstance(v0, str) else "given", dt=float(dt) if alpha is None else None,
+                    steps_per_record=n_sub if alpha is None else None, c=float(c),
+                    alpha=None if alpha is None else float(alpha), solver=type(solver).__name__,
+                    failure_reasons=run.reasons)
+    return Trajectory(t=t_grid, theta=zeta if record_state else None,
+                      v=v if (record_state and method.has_v) else None, observables=observables,
+                      diverged_time=run.failed_time, meta=meta)
+
+
+class _SDERun:
+    """A slow-SDE run in progress: the current state per path, the records so far, failures."""
+
+    def __init__(self, t_grid):
+        self.t_grid = t_grid
+        self.zeta, self.v, self.reasons = [], [], []
+        self.failed_time = None
+        self.y = None
+
+    @property
+    def done(self) -> int:
+        """Recording intervals completed."""
+        return len(self.zeta) - 1
+
+    def start(self, y, n_paths):
+        self.y = tuple(np.asarray(x) for x in y)
+        self.zeta, self.v = [self.y[0]], [self.y[1]]
+        self.failed_time = np.full(n_paths, np.nan)
+        self.reasons = [None] * n_paths
+
+    def extend(self, ys, solver_ok, j0, sde: bool):
+        """Append the records ys = (zeta, v), each (n_paths, n_new, D), of intervals j0+1 ... A path whose
+        solver failed or whose state turned non-finite stays frozen at its last good record."""
+        zeta, v = ys
+        n_new = zeta.shape[1]
+        finite = np.all(np.isfinite(zeta), axis=2) & np.all(np.isfinite(v), axis=2)  # (n_paths, n_new)
+        bad = ~finite
+        bad[~solver_ok & finite.all(axis=1), -1] = True  # a failed solve with finite saves: flag its last record
+        first_bad = np.where(bad.any(axis=1), bad.argmax(axis=1), n_new)
+        alive = np.isnan(self.failed_time)
+        for i in np.flatnonzero(alive & (first_bad < n_new)):
+            j = j0 + first_bad[i]  # failed in (t_j, t_{j+1}]
+            self.failed_time[i] = self.t_grid[j + 1]
+            lo, hi = self.t_grid[j], self.t_grid[j + 1]
+            self.reasons[i] = (f"non-finite state between t = {lo:.6g} and {hi:.6g} (retraction onto Gamma failed)"
+                               if sde or solver_ok[i] else
+                               f"solver failed between t = {lo:.6g} and {hi:.6g} (step budget max_steps exhausted or "
+                               "step size collapsed: a stiff region; try a larger eps or solver='kvaerno5')")
+        for k in range(n_new):
+            frozen = ~np.isnan(self.failed_time) & (~alive | (first_bad <= k))
+            self.zeta.append(np.where(frozen[:, None], self.zeta[-1], zeta[:, k]))
+            self.v.append(np.where(frozen[:, None], self.v[-1], v[:, k]))
+        self.y = (self.zeta[-1], self.v[-1])
+
+
+def _save_checkpoint(path, run: _SDERun):
+    """The run's records, state and failures as an npz, written atomically."""
+    from .runs import atomic_write
+
+    arrays = dict(t_grid=run.t_grid, zeta=np.stack(run.zeta), v=np.stack(run.v), failed_time=run.failed_time,
+                  reasons=np.array(json.dumps(run.reasons)))
+    atomic_write(Path(path), lambda p: np.savez(p, **arrays))
+
+
+def _load_checkpoint(path, t_grid, n_paths, D) -> _SDERun:
+    try:
+        with np.load(path) as f:
+            arrays = dict(f)
+        run = _SDERun(t_grid)
+        zeta, v = arrays["zeta"], arrays["v"]
+        if not np.array_equal(arrays["t_grid"], t_grid) or zeta.shape[1:] != (n_paths, D):
+            raise ConfigError("checkpoint", f"{path} belongs to another run (T, n_record, n_paths or the problem differ)")
+        run.zeta, run.v = list(zeta), list(v)
+        run.failed_time, run.reasons = arrays["failed_time"], json.loads(str(arrays["reasons"]))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError("checkpoint", f"{path} is not a readable slow-SDE checkpoint ({type(e).__name__}: {e})") from None
+    run.y = (run.zeta[-1], run.v[-1])
+    return run

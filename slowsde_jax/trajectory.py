@@ -8,6 +8,18 @@ from typing import Any
 import numpy as np
 
 
+def mean_se(x: np.ndarray, deterministic: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over axis 0 (paths) and its standard error std(ddof=1)/sqrt(n). With a single path the standard
+    error is 0 for a deterministic run (an ODE) and NaN otherwise (unknown). The one place this is computed."""
+    x = np.asarray(x)
+    n = x.shape[0]
+    if n > 1:
+        se = np.std(x, axis=0, ddof=1) / np.sqrt(n)
+    else:
+        se = np.full(x.shape[1:], 0.0 if deterministic else np.nan)
+    return np.mean(x, axis=0), se
+
+
 @dataclasses.dataclass
 class Trajectory:
     """Recorded paths of one run (numpy arrays on the host).
@@ -16,51 +28,61 @@ class Trajectory:
     - ``theta``: parameters, shape (n_paths, n_t, D), or None when states were not recorded;
     - ``v``: the optimizer's second moment (flat), shape (n_paths, n_t, D); None for SGD or when not recorded;
     - ``observables``: name -> array of shape (n_paths, n_t);
-    - ``diverged_step``: shape (n_paths,), the step at which a path diverged and was frozen, -1 if never
-      (for the slow-SDE engines: the index of the recording interval in which it failed);
-    - ``meta``: JSON-serializable metadata (engine, method, eta, steps, hyperparameters, ...).
+    - ``diverged_time``: shape (n_paths,), the SDE time at which a path diverged (discrete engine) or failed
+      (slow-SDE engines) and was frozen at its last good state; NaN if never. For the discrete engine it is
+      derived from ``diverged_step`` when not given;
+    - ``diverged_step``: shape (n_paths,), the discrete step of that divergence, -1 if never; None for the
+      slow-SDE engines, which have no steps;
+    - ``meta``: JSON-serializable metadata with the keys of :data:`slowsde_jax.inputs.META_KEYS`.
     """
 
     t: np.ndarray
     theta: Any
     v: Any
     observables: dict
-    diverged_step: np.ndarray
+    diverged_step: Any = None
     meta: dict = dataclasses.field(default_factory=dict)
+    diverged_time: Any = None
+
+    def __post_init__(self):
+        if self.diverged_time is None:
+            n = next(iter(self.observables.values())).shape[0] if self.diverged_step is None else len(self.diverged_step)
+            out = np.full(n, np.nan)
+            if self.diverged_step is not None and self.meta.get("eta") is not None:
+                div = np.asarray(self.diverged_step) >= 0
+                out[div] = np.asarray(self.diverged_step)[div] * float(self.meta["eta"]) ** 2
+            self.diverged_time = out
+        self.diverged_time = np.asarray(self.diverged_time, dtype=float)
 
     @property
     def n_paths(self) -> int:
-        return int(self.diverged_step.shape[0])
+        return int(self.diverged_time.shape[0])
 
     @property
     def diverged(self) -> np.ndarray:
-        """Boolean mask of diverged paths, shape (n_paths,)."""
-        return self.diverged_step >= 0
+        """Boolean mask of diverged (or failed) paths, shape (n_paths,)."""
+        return ~np.isnan(self.diverged_time)
 
     @property
-    def diverged_time(self) -> np.ndarray:
-        """SDE time at which each path diverged (NaN if it did not), shape (n_paths,)."""
-        out = np.full(self.n_paths, np.nan)
-        if self.meta.get("engine") != "discrete":  # the SDE engines flag the recording index
-            out[self.diverged] = self.t[np.minimum(self.diverged_step[self.diverged], self.t.size - 1)]
-        elif self.meta.get("eta") is not None:
-            out[self.diverged] = self.diverged_step[self.diverged] * float(self.meta["eta"]) ** 2
-        return out
+    def deterministic(self) -> bool:
+        """True for the label-noise ODE (every path is the same deterministic solution)."""
+        return self.meta.get("engine") == "label_noise_ode"
 
     def mean(self, name: str) -> np.ndarray:
         """Mean of an observable over the paths that did not diverge, shape (n_t,)."""
-        return np.mean(self.observables[name][~self.diverged], axis=0)
+        return mean_se(self.observables[name][~self.diverged], self.deterministic)[0]
 
     def stderr(self, name: str) -> np.ndarray:
-        """Standard error of that mean, shape (n_t,)."""
-        x = self.observables[name][~self.diverged]
-        return np.std(x, axis=0, ddof=1) / np.sqrt(max(x.shape[0], 1)) if x.shape[0] > 1 else np.full(x.shape[1], np.nan)
+        """Standard error of that mean, shape (n_t,) (see :func:`mean_se`)."""
+        return mean_se(self.observables[name][~self.diverged], self.deterministic)[1]
 
     # ----- files --------------------------------------------------------------------------------------------
     def to_arrays(self, prefix: str = "") -> dict:
         """Flat dict of arrays for ``np.savez`` (meta as JSON text)."""
-        out = {f"{prefix}t": self.t, f"{prefix}diverged_step": self.diverged_step,
+        out = {f"{prefix}t": self.t, f"{prefix}diverged_time": self.diverged_time,
                f"{prefix}meta": np.array(json.dumps(self.meta, default=jsonable))}
+        if self.diverged_step is not None:
+            out[f"{prefix}diverged_step"] = self.diverged_step
         if self.theta is not None:
             out[f"{prefix}theta"] = self.theta
         if self.v is not None:
@@ -76,7 +98,8 @@ class Trajectory:
 
         obs = {k[len(prefix) + 4 :]: np.asarray(arrays[k]) for k in arrays if k.startswith(prefix + "obs.")}
         return cls(t=get("t"), theta=get("theta"), v=get("v"), observables=obs,
-                   diverged_step=get("diverged_step"), meta=json.loads(str(get("meta"))))
+                   diverged_step=get("diverged_step"), meta=json.loads(str(get("meta"))),
+                   diverged_time=get("diverged_time"))
 
     def save(self, path):
         np.savez(path, **self.to_arrays())

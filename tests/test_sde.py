@@ -56,11 +56,11 @@ def test_diffusion_matches_T_sigma_parallel():
 def test_gaussian_noise_sde_matches_discrete_adam_and_the_gap_shrinks_with_eta():
     """Drift, diffusion and Ito correction all matter: the mean and variance of v at T = 0.2."""
     m = S.adam(c=10.0, eps=0.0)
-    T, n = 0.2, 4000
-    sde_traj = sde.simulate_slow_sde(HYP, GAUSS, m, T=T, n_paths=n, n_record=2, dt=1e-3, key=1)
+    T, n, n_sde = 0.2, 4000, 8000  # E v(T) = 0.933: 10 standard errors need more than 4000 SDE paths
+    sde_traj = sde.simulate_slow_sde(HYP, GAUSS, m, T=T, n_paths=n_sde, n_record=2, dt=1e-3, key=1)
     v_sde = sde_traj.observables["v"][:, -1]
     # the drift and the Ito correction move the mean: without them E v(T) would stay at 1
-    assert 1.0 - v_sde.mean() > 10 * v_sde.std() / np.sqrt(n)
+    assert 1.0 - v_sde.mean() > 10 * v_sde.std() / np.sqrt(n_sde)
     gaps = []
     for eta in (0.04, 0.02):
         tr = comparison.project_trajectory(
@@ -68,7 +68,7 @@ def test_gaussian_noise_sde_matches_discrete_adam_and_the_gap_shrinks_with_eta()
         c = comparison.compare(tr, sde_traj, ["v"])
         assert c.weak_error["v"][-1] < 3 * c.se["v"][-1] + 0.02  # means agree (bias O(eta) below 0.02 here)
         v_d = tr.observables["v"][:, -1]
-        se_var = np.hypot(v_d.var() * np.sqrt(2 / n), v_sde.var() * np.sqrt(2 / n))
+        se_var = np.hypot(v_d.var() * np.sqrt(2 / n), v_sde.var() * np.sqrt(2 / n_sde))
         gaps.append((abs(v_d.var() - v_sde.var()), se_var))
     (g1, s1), (g2, s2) = gaps
     assert g2 < g1  # the variance gap shrinks with eta ...
@@ -96,3 +96,17 @@ def test_project_trajectory_on_a_problem_without_residuals():
     tr = discrete.simulate_discrete(prob, noise.gaussian([0.01, 0.01]), m, eta=0.1, steps=10, n_paths=2, n_record=1)
     z = comparison.project_trajectory(tr, prob, m).theta
     np.testing.assert_allclose(z[..., 0] ** 2 - z[..., 1] ** 2, 1.0, atol=1e-10)
+
+
+def test_many_paths_do_not_hang_on_the_cpu():
+    """6000 paths on the hyperbola: above jaxlib's split size for a batched 2 x 2 eigh, where XLA:CPU used
+    to deadlock (see slowsde_jax._batching). Grouped paths give the numbers of one vmapped call."""
+    from slowsde_jax import _batching
+
+    m = S.adam(c=10.0, eps=0.0)
+    assert _batching.safe_batch(2) < 6000
+    traj = sde.simulate_slow_sde(HYP, GAUSS, m, T=0.004, n_paths=6000, n_record=1, dt=1e-3, key=5)
+    assert not traj.diverged.any()
+    small = sde.simulate_slow_sde(HYP, GAUSS, m, T=0.004, n_paths=6000, n_record=1, dt=1e-3, key=5,
+                                  paths_per_call=3000)
+    np.testing.assert_allclose(traj.theta, small.theta, rtol=0, atol=1e-12)
