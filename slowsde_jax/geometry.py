@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .errors import ConfigError
+from .validation import ConfigError
 
 
 class ProjectionError(RuntimeError):
