@@ -25,37 +25,39 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _precision
+from . import methods as _methods, noise as _noise, problems as _problems
 from .errors import ConfigError, check_range, suggest
 from .methods import second_moment
 from .trajectory import Trajectory
 from .validation import check_compatible
 
-SWEEPABLE = ("eta", "lam", "c", "beta1", "beta2", "eps", "delta", "n_train")
+# What a sweep may vary, as the classes declare it (``sweepable``: sweep name -> field), and which of
+# (problem, noise, method) owns each name. ``eta`` is the engine's own.
+_SWEEP_OWNERS = {"method": _methods.Method, "noise": _noise.LabelNoise, "problem": _problems.AbstractRegression}
+_OWNER = {name: owner for owner, cls in _SWEEP_OWNERS.items() for name in cls.sweepable}
+SWEEPABLE = ("eta", *_OWNER)
 
 # Number of times the per-step kernel was traced (compiled); tests use it to show that sweeps compile once.
 TRACE_COUNT = {"advance": 0}
 
 
 def apply_hypers(problem, noise, method, hypers: dict):
-    """Return (problem, noise, method) with the hyperparameters in ``hypers`` (arrays) substituted."""
+    """Return (problem, noise, method) with the hyperparameters in ``hypers`` (arrays) substituted into the
+    fields their classes declare sweepable (``type(x).sweepable``: sweep name -> field name)."""
+    objs = {"problem": problem, "noise": noise, "method": method}
     for name, value in hypers.items():
         if name == "eta":
             continue
-        if name in ("lam", "c", "beta1", "beta2", "eps"):
-            if getattr(method, name) is None:
-                raise ConfigError(name, f"method {method.name} has no hyperparameter '{name}' to sweep")
-            method = eqx.tree_at(lambda m: getattr(m, name), method, value)
-        elif name == "delta":
-            if not hasattr(noise, "delta"):
-                raise ConfigError("delta", f"noise {type(noise).__name__} has no delta to sweep")
-            noise = eqx.tree_at(lambda n: n.delta, noise, value)
-        elif name == "n_train":
-            if not hasattr(problem, "n_active"):
-                raise ConfigError("n_train", f"problem {type(problem).__name__} has no samples to mask")
-            problem = eqx.tree_at(lambda p: p.n_active, problem, value)
-        else:
+        if name not in _OWNER:
             raise ConfigError("sweep", f"cannot sweep '{name}'; sweepable: {', '.join(SWEEPABLE)}")
-    return problem, noise, method
+        owner = _OWNER[name]
+        obj = objs[owner]
+        field = type(obj).sweepable.get(name)
+        if field is None or getattr(obj, field) is None:
+            what = method.name if owner == "method" else type(obj).__name__
+            raise ConfigError(name, f"{owner} {what} has no '{name}' to sweep")
+        objs[owner] = eqx.tree_at(lambda o: getattr(o, field), obj, value)
+    return objs["problem"], objs["noise"], objs["method"]
 
 
 class PathState(eqx.Module):

@@ -105,6 +105,19 @@ def test_grid_sweep_over_lam_delta_and_n_train():
     np.testing.assert_allclose(trajs[0].theta, small.theta, rtol=1e-12)
 
 
+def test_sweep_names_come_from_the_classes_that_declare_them():
+    assert discrete.SWEEPABLE == ("eta", "lam", "c", "beta1", "beta2", "eps", "delta", "n_train")
+    assert noise.LabelNoise.sweepable == {"delta": "delta"} and noise.Minibatch.sweepable == {}
+    assert problems.DiagonalNet.sweepable == {"n_train": "n_active"}
+    with pytest.raises(S.ConfigError, match="delta"):
+        discrete.simulate_discrete(HYP, noise.gaussian([0.1, 0.1]), S.adam(), eta=0.1, steps=2, sweep={"delta": [0.1]})
+    with pytest.raises(S.ConfigError, match="n_train"):
+        discrete.simulate_discrete(problems.from_loss(lambda t: 0.5 * jnp.mean(t**2), jnp.ones(2), residuals=lambda t: t),
+                                   LABEL, S.adam(), eta=0.1, steps=2, sweep={"n_train": [1]})
+    with pytest.raises(S.ConfigError, match="lam"):
+        discrete.simulate_discrete(HYP, LABEL, S.sgd(), eta=0.1, steps=2, sweep={"lam": [0.5]})
+
+
 def test_pathological_paths_are_frozen_and_flagged():
     """With a huge learning rate some paths blow up: they are frozen at their last finite state."""
     prob = problems.diagonal_net(d=4, n=3, k=1, key=0, n_test=10)
