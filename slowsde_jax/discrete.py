@@ -37,9 +37,6 @@ _SWEEP_OWNERS = {"method": _methods.Method, "noise": _noise.LabelNoise, "problem
 _OWNER = {name: owner for owner, cls in _SWEEP_OWNERS.items() for name in cls.sweepable}
 SWEEPABLE = ("eta", *_OWNER)
 
-# Number of times the per-step kernel was traced (compiled); tests use it to show that sweeps compile once.
-TRACE_COUNT = {"advance": 0}
-
 
 def apply_hypers(problem, noise, method, hypers: dict):
     """Return (problem, noise, method) with the hyperparameters in ``hypers`` (arrays) substituted into the
@@ -108,10 +105,10 @@ def _advance_one(problem, noise, method, eta, bound, state: PathState, target, n
 
 
 @eqx.filter_jit
+@eqx.debug.assert_max_traces(max_traces=None)  # counts compilations: eqx.debug.get_num_traces(_advance)
 def _advance(problem, noise, method, hypers, bound, state, target, n_steps):
     """All configurations (axis 0) x paths (axis 1) advanced towards ``target`` (shape (n_cfg,)) by at most
     ``n_steps`` (a traced scalar, so chunk lengths do not recompile)."""
-    TRACE_COUNT["advance"] += 1
 
     def per_cfg(h, st, tgt):
         p, n, m = apply_hypers(problem, noise, method, h)
