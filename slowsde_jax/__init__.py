@@ -3,7 +3,7 @@
 Importing the package turns on float64 (see ``slowsde_jax._precision``).
 """
 from . import _precision  # noqa: F401  (must run before any array is made)
-from .errors import ConfigError
+from .validation import ConfigError
 from .methods import Method, adalayer, adam, adam_mini, adame, make_method, rmsprop, sgd
 from .trajectory import Trajectory
 from .discrete import simulate_discrete

@@ -17,7 +17,7 @@ import sys
 import time
 
 
-from .errors import ConfigError
+from .validation import ConfigError
 
 
 def _table(summary_runs) -> str:

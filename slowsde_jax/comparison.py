@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import geometry as geo
-from .errors import ConfigError
+from .validation import ConfigError
 from .plotting import NOT_RESOLVED
 from .problems import observe_batch
 from .trajectory import Trajectory

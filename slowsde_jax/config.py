@@ -1,4 +1,7 @@
-"""YAML run configs: loading, ``--set`` overrides, validation, and building the objects they describe.
+"""YAML run configs: loading, ``--set`` overrides, structure checks, and building the objects they describe.
+
+The value checkers (:func:`~slowsde_jax.validation.check_int`, ``check_number``, ``check_choice``) live in
+:mod:`slowsde_jax.validation`; this module only knows the YAML layout.
 
 A config (see ``configs/default.yaml``)::
 
@@ -15,7 +18,7 @@ A config (see ``configs/default.yaml``)::
 
 Each run may override ``steps``/``T``, ``n_paths``, ``n_record``, ``v0``, ``record_state`` and give a ``sweep``
 (name -> list of values). Every problem has its own keyword arguments (those of the problem's factory).
-All checks happen before anything is compiled and raise :class:`~slowsde_jax.errors.ConfigError`.
+All checks happen before anything is compiled and raise :class:`~slowsde_jax.validation.ConfigError`.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ from pathlib import Path
 import yaml
 
 from . import methods, noise, problems
-from .errors import ConfigError, check_range, suggest
+from .validation import ConfigError, check_choice, check_int, check_number, suggest
 
 TOP_KEYS = {"name", "seed", "problem", "noise", "steps", "T", "n_paths", "n_record", "runs", "dtype",
             "record_state", "v0", "chunk_steps", "divergence_bound", "strict", "compare",
@@ -96,17 +99,6 @@ def _expect(cond, field, reason):
         raise ConfigError(field, reason)
 
 
-def _int(cfg, key, field, low=1):
-    val = cfg[key]
-    _expect(isinstance(val, int) and not isinstance(val, bool) and val >= low, field,
-            f"must be an integer >= {low}, got {val!r}")
-
-
-def _num(val, field, **kw):
-    _expect(isinstance(val, (int, float)) and not isinstance(val, bool), field, f"must be a number, got {val!r}")
-    check_range(field, val, **kw)
-
-
 def _check_kwargs(fn, kwargs, field, skip=()):
     allowed = set(inspect.signature(fn).parameters) - set(skip)
     for k in kwargs:
@@ -121,20 +113,20 @@ def validate(cfg) -> dict:
         _expect(k in TOP_KEYS, str(k), f"unknown key{suggest(k, TOP_KEYS)}")
     for k in ("problem", "noise", "runs"):
         _expect(k in cfg, k, "is required")
-    _expect("seed" not in cfg or isinstance(cfg["seed"], int) and not isinstance(cfg["seed"], bool), "seed",
-            f"must be an integer, got {cfg.get('seed')!r}")
+    if "seed" in cfg:
+        check_int("seed", cfg["seed"])
     _expect(isinstance(cfg.get("name", "run"), str), "name", "must be a string")
-    _expect(cfg.get("dtype", "float64") in ("float64", "float32"), "dtype", f"must be float64 or float32, got {cfg.get('dtype')!r}")
+    check_choice("dtype", cfg.get("dtype", "float64"), ("float64", "float32"))
     for k in ("n_paths", "n_record", "steps", "chunk_steps"):
         if k in cfg:
-            _int(cfg, k, k)
+            check_int(k, cfg[k], 1)
     if "T" in cfg:
-        _num(cfg["T"], "T", low=0.0, low_open=True)
+        check_number("T", cfg["T"], low=0.0, low_open=True)
     if "checkpoint_every_s" in cfg:
-        _num(cfg["checkpoint_every_s"], "checkpoint_every_s", low=0.0)
+        check_number("checkpoint_every_s", cfg["checkpoint_every_s"], low=0.0)
     _expect(isinstance(cfg.get("strict", False), bool), "strict", "must be true or false")
     if "divergence_bound" in cfg:
-        _num(cfg["divergence_bound"], "divergence_bound", low=0.0, low_open=True)
+        check_number("divergence_bound", cfg["divergence_bound"], low=0.0, low_open=True)
 
     prob = cfg["problem"]
     _expect(isinstance(prob, dict) and "kind" in prob, "problem", "must be a mapping with a 'kind'")
@@ -165,15 +157,15 @@ def validate(cfg) -> dict:
             if k == "bias_correction":
                 _expect(isinstance(v, bool), f"{f}.{k}", f"must be true or false, got {v!r}")
             elif k != "blocks" and v is not None:
-                _num(v, f"{f}.{k}")
+                check_number(f"{f}.{k}", v)
         _expect("eta" in run or "eta" in run.get("sweep", {}) or "compare" in cfg, f"{f}.eta", "is required")
         if "eta" in run:
-            _num(run["eta"], f"{f}.eta", low=0.0, low_open=True)
+            check_number(f"{f}.eta", run["eta"], low=0.0, low_open=True)
         for k in ("n_paths", "n_record", "steps"):
             if k in run:
-                _int(run, k, f"{f}.{k}")
+                check_int(f"{f}.{k}", run[k], 1)
         if "T" in run:
-            _num(run["T"], f"{f}.T", low=0.0, low_open=True)
+            check_number(f"{f}.T", run["T"], low=0.0, low_open=True)
         has_T = "T" in run or ("T" in cfg and "steps" not in run)
         has_steps = "steps" in run or ("steps" in cfg and "T" not in run)
         _expect(has_T != has_steps, f"{f}.steps", "give exactly one of steps and T (here or at the top level)")
@@ -199,10 +191,10 @@ def _validate_compare(cmp):
     _expect(isinstance(obs, list) and all(isinstance(o, str) for o in obs), "compare.observables", "must be a list of names")
     for k in ("dt", "rtol", "atol"):
         if k in cmp:
-            _num(cmp[k], f"compare.{k}", low=0.0, low_open=True)
+            check_number(f"compare.{k}", cmp[k], low=0.0, low_open=True)
     if "sde_paths" in cmp:
-        _int(cmp, "sde_paths", "compare.sde_paths")
-    _expect(cmp.get("solver", "tsit5") in ("tsit5", "kvaerno5"), "compare.solver", "must be tsit5 or kvaerno5")
+        check_int("compare.sde_paths", cmp["sde_paths"], 1)
+    check_choice("compare.solver", cmp.get("solver", "tsit5"), ("tsit5", "kvaerno5"))
 
 
 def build_problem(cfg):

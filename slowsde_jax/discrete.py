@@ -25,37 +25,36 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _precision
-from .errors import ConfigError, check_range, suggest
+from . import methods as _methods, noise as _noise, problems as _problems
+from .validation import ConfigError, check_int, check_range, suggest
 from .methods import second_moment
-from .inputs import check_count, initial_v, parse_inputs, run_meta
+from .inputs import initial_v, parse_inputs, run_meta
 from .trajectory import Trajectory
 
-SWEEPABLE = ("eta", "lam", "c", "beta1", "beta2", "eps", "delta", "n_train")
-
-# Number of times the per-step kernel was traced (compiled); tests use it to show that sweeps compile once.
-TRACE_COUNT = {"advance": 0}
+# What a sweep may vary, as the classes declare it (``sweepable``: sweep name -> field), and which of
+# (problem, noise, method) owns each name. ``eta`` is the engine's own.
+_SWEEP_OWNERS = {"method": _methods.Method, "noise": _noise.LabelNoise, "problem": _problems.AbstractRegression}
+_OWNER = {name: owner for owner, cls in _SWEEP_OWNERS.items() for name in cls.sweepable}
+SWEEPABLE = ("eta", *_OWNER)
 
 
 def apply_hypers(problem, noise, method, hypers: dict):
-    """Return (problem, noise, method) with the hyperparameters in ``hypers`` (arrays) substituted."""
+    """Return (problem, noise, method) with the hyperparameters in ``hypers`` (arrays) substituted into the
+    fields their classes declare sweepable (``type(x).sweepable``: sweep name -> field name)."""
+    objs = {"problem": problem, "noise": noise, "method": method}
     for name, value in hypers.items():
         if name == "eta":
             continue
-        if name in ("lam", "c", "beta1", "beta2", "eps"):
-            if getattr(method, name) is None:
-                raise ConfigError(name, f"method {method.name} has no hyperparameter '{name}' to sweep")
-            method = eqx.tree_at(lambda m: getattr(m, name), method, value)
-        elif name == "delta":
-            if not hasattr(noise, "delta"):
-                raise ConfigError("delta", f"noise {type(noise).__name__} has no delta to sweep")
-            noise = eqx.tree_at(lambda n: n.delta, noise, value)
-        elif name == "n_train":
-            if not hasattr(problem, "n_active"):
-                raise ConfigError("n_train", f"problem {type(problem).__name__} has no samples to mask")
-            problem = eqx.tree_at(lambda p: p.n_active, problem, value)
-        else:
+        if name not in _OWNER:
             raise ConfigError("sweep", f"cannot sweep '{name}'; sweepable: {', '.join(SWEEPABLE)}")
-    return problem, noise, method
+        owner = _OWNER[name]
+        obj = objs[owner]
+        field = type(obj).sweepable.get(name)
+        if field is None or getattr(obj, field) is None:
+            what = method.name if owner == "method" else type(obj).__name__
+            raise ConfigError(name, f"{owner} {what} has no '{name}' to sweep")
+        objs[owner] = eqx.tree_at(lambda o: getattr(o, field), obj, value)
+    return objs["problem"], objs["noise"], objs["method"]
 
 
 class PathState(eqx.Module):
@@ -102,10 +101,10 @@ def _advance_one(problem, noise, method, eta, bound, state: PathState, target, n
 
 
 @eqx.filter_jit
+@eqx.debug.assert_max_traces(max_traces=None)  # counts compilations: eqx.debug.get_num_traces(_advance)
 def _advance(problem, noise, method, hypers, bound, state, target, n_steps):
     """All configurations (axis 0) x paths (axis 1) advanced towards ``target`` (shape (n_cfg,)) by at most
     ``n_steps`` (a traced scalar, so chunk lengths do not recompile)."""
-    TRACE_COUNT["advance"] += 1
 
     def per_cfg(h, st, tgt):
         p, n, m = apply_hypers(problem, noise, method, h)
@@ -200,7 +199,7 @@ def simulate_discrete(problem, noise, method, eta=None, T=None, n_paths=1, key=0
     if T is not None:
         check_range("T", T, low=0.0, low_open=True)
     else:
-        check_count("steps", steps)
+        check_int("steps", steps, 1)
     grid, cfgs = _grid(eta, sweep, dtype)
     check_range("eta", grid["eta"], low=0.0, low_open=True)
     if dtype != _precision.default_float():

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._batching import map_paths
-from .errors import ConfigError
+from .validation import ConfigError
 
 
 class ProjectionError(RuntimeError):

@@ -16,10 +16,9 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from . import _precision
-from .errors import ConfigError
-from .validation import check_compatible
+from .validation import ConfigError, check_compatible, check_int
 
-__all__ = ["Inputs", "as_key", "check_count", "parse_inputs", "initial_v", "run_meta", "META_KEYS"]
+__all__ = ["Inputs", "as_key", "parse_inputs", "initial_v", "run_meta", "META_KEYS"]
 
 V0_MODES = ("zeros", "equilibrium")
 
@@ -36,13 +35,6 @@ def as_key(key) -> jax.Array:
                                        or (key.shape == (2,) and key.dtype == jnp.uint32)):
         return key
     raise ConfigError("key", f"must be an integer seed or a jax PRNG key (shape (2,), uint32), got {key!r}")
-
-
-def check_count(field: str, value, low: int = 1) -> int:
-    """``value`` as a Python int >= ``low``; ConfigError otherwise."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ConfigError(field, f"must be an integer >= {low}, got {value!r}")
-    return int(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,8 +61,8 @@ def parse_inputs(problem, noise, method, *, key, n_paths, n_record, theta0, v0, 
     ``v0_modes``: the string modes this engine accepts (the slow SDE cannot start at v = 0).
     """
     key = as_key(key)
-    n_paths = check_count("n_paths", n_paths)
-    n_record = check_count("n_record", n_record)
+    n_paths = check_int("n_paths", n_paths, 1)
+    n_record = check_int("n_record", n_record, 1)
     dtype = dtype or _precision.default_float()
     check_compatible(problem, noise, method)
     D = problem.dim

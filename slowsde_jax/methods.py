@@ -36,7 +36,7 @@ vectors over the raveled parameters (shape (D,)).
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, ClassVar, Mapping, NamedTuple, Optional, final
 
 import equinox as eqx
 import jax
@@ -47,7 +47,7 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, Int, PyTree
 
 from . import _precision  # noqa: F401  (float64 by default)
-from .errors import ConfigError, check_range, suggest
+from .validation import ConfigError, check_range, suggest
 
 __all__ = ["ScaleByAGMState", "scale_by_agm", "second_moment", "initial_second_moment", "precondition",
            "Method", "adam", "adam_mini", "adalayer", "adame", "rmsprop", "sgd",
@@ -136,6 +136,7 @@ def second_moment(opt_state, batch_ndim: int = 0) -> Optional[Float[Array, "*bat
 
 
 # ----- the method spec -------------------------------------------------------------------------------------
+@final
 class Method(eqx.Module):
     """An AGM spec. Build it with :func:`adam`, :func:`adam_mini`, :func:`adalayer`, :func:`adame`,
     :func:`rmsprop` or :func:`sgd` rather than directly.
@@ -143,7 +144,11 @@ class Method(eqx.Module):
     Fields: ``beta1``; ``c`` (1 - beta2 = c eta^2) or ``beta2``; ``eps``; ``lam`` (the power in S, None for
     SGD); static: ``name``, ``blocks`` (None, "leaf", or a tuple of block ids per raveled coordinate),
     ``bias_correction``.
+
+    ``sweepable`` maps the names a sweep may vary to the fields they set (``None`` fields cannot be swept).
     """
+
+    sweepable: ClassVar[Mapping[str, str]] = {"lam": "lam", "c": "c", "beta1": "beta1", "beta2": "beta2", "eps": "eps"}
 
     beta1: jax.Array
     c: Any
@@ -184,6 +189,11 @@ class Method(eqx.Module):
                 raise ConfigError("blocks", f"needs one block id per parameter ({sum(sizes)}), got shape {ids.shape}")
         uniq, ids = np.unique(ids, return_inverse=True)
         return ids.reshape(-1), len(uniq)
+
+    def check(self, problem) -> None:
+        """Raise ConfigError("blocks", ...) when explicit block ids do not cover the problem's D parameters."""
+        if self.blocks is not None:
+            self.block_ids(jnp.zeros(problem.dim))
 
     def V(self, diag: Float[Array, "D"], params=None) -> Float[Array, "D"]:
         """V(M) from diag(M) (shape (D,)): the identity for Adam, the block mean for Adam-mini/Adalayer.

@@ -9,18 +9,28 @@ object, so they cannot drift apart.
   (probabilities w_i; every draw gets its own noise). On Gamma, Sigma = alpha H with alpha = delta^2 / n (full batch) or delta^2 / B.
 - :func:`minibatch`: B samples drawn with replacement, Sigma = (1/B) (sum_i w_i g_i g_i^T - g g^T).
 - :func:`gaussian`: grad L + A z, A A^T = Sigma(theta), Sigma a constant matrix or a function of theta.
-"""
-from __future__ import annotations
 
-from typing import Any
+Every noise model is an :class:`AbstractNoise` (an equinox Module) and every concrete one is final: build
+them with the factories. Each checks its own fit with a problem (``noise.check(problem)``, raising
+:class:`~slowsde_jax.validation.ConfigError`) and declares the fields a sweep may vary (``sweepable``).
+"""
+
+import abc
+from typing import Any, Callable, ClassVar, Mapping, Optional, final
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 
 from . import _precision
-from .errors import ConfigError, check_range
+from ._pattern import forbid_subclassing_final
+from .problems import AbstractLeastSquares
+from .validation import ConfigError, check_choice, check_int, check_range
+
+__all__ = ["AbstractNoise", "LabelNoise", "Minibatch", "Gaussian", "Noise", "label_noise", "minibatch", "gaussian",
+           "psd_sqrt", "NOISES"]
 
 
 def _batch_weights(key, weights, batch_size):
@@ -29,37 +39,58 @@ def _batch_weights(key, weights, batch_size):
     return jnp.zeros_like(weights).at[idx].add(1.0 / batch_size)
 
 
-class Noise(eqx.Module):
-    """Protocol: ``grad(problem, theta, key)``, ``covariance(problem, theta)``, ``covariance_diag``."""
+class AbstractNoise(eqx.Module):
+    """A gradient noise model: samples a stochastic gradient and returns its exact covariance.
 
-    def grad(self, problem, theta, key):
-        raise NotImplementedError
+    ``sweepable`` (class-level) maps the names a sweep may vary to the fields they set.
+    """
 
-    def covariance(self, problem, theta):
-        raise NotImplementedError
+    sweepable: eqx.AbstractClassVar[Mapping[str, str]]
 
-    def covariance_diag(self, problem, theta):
-        return jnp.diag(self.covariance(problem, theta))
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        forbid_subclassing_final(cls)
 
-    def label_noise_alpha(self, problem):
-        """alpha with Sigma = alpha H on Gamma, or None when the noise is not of that form."""
-        return None
+    @abc.abstractmethod
+    def grad(self, problem, theta: Float[Array, "D"], key: PRNGKeyArray) -> Float[Array, "D"]:
+        """One stochastic gradient at theta, shape (D,); its mean is grad L(theta)."""
+
+    @abc.abstractmethod
+    def covariance(self, problem, theta: Float[Array, "D"]) -> Float[Array, "D D"]:
+        """Sigma(theta), the exact covariance of :meth:`grad`, shape (D, D)."""
+
+    @abc.abstractmethod
+    def covariance_diag(self, problem, theta: Float[Array, "D"]) -> Float[Array, "D"]:
+        """diag Sigma(theta), shape (D,)."""
+
+    @abc.abstractmethod
+    def label_noise_alpha(self, problem) -> Optional[Scalar]:
+        """alpha with Sigma = alpha H on Gamma (a scalar), or None when the noise is not of that form."""
+
+    @abc.abstractmethod
+    def check(self, problem) -> None:
+        """Raise :class:`ConfigError` naming the field when this noise cannot act on ``problem``."""
 
 
-class LabelNoise(Noise):
+@final
+class LabelNoise(AbstractNoise):
     """Label noise of size ``delta`` (an array: sweepable). ``distribution``: "rademacher" or "gaussian";
-    ``batch_size``: None for the full batch, else B samples drawn with replacement."""
+    ``batch_size``: None for the full batch, else B samples drawn with replacement. Needs a least-squares
+    problem (:class:`~slowsde_jax.problems.AbstractLeastSquares`)."""
 
-    delta: jax.Array
+    sweepable: ClassVar[Mapping[str, str]] = {"delta": "delta"}
+
+    delta: Float[Array, ""]
     distribution: str = eqx.field(static=True, default="rademacher")
-    batch_size: Any = eqx.field(static=True, default=None)
+    batch_size: Optional[int] = eqx.field(static=True, default=None)
 
     def _xi(self, key, shape, dtype):
         if self.distribution == "rademacher":
             return self.delta * jax.random.rademacher(key, shape, dtype)
         return self.delta * jax.random.normal(key, shape, dtype)
 
-    def grad(self, problem, theta, key):
+    def grad(self, problem: AbstractLeastSquares, theta: Float[Array, "D"], key: PRNGKeyArray) -> Float[Array, "D"]:
+        """grad of sum_i w_i (r_i - xi_i)^2 / 2 (full batch) or of the minibatch version, shape (D,)."""
         k_xi, k_b = jax.random.split(key)
         r, vjp = jax.vjp(problem.residuals, theta)
         w = problem.sample_weights()
@@ -75,85 +106,123 @@ class LabelNoise(Noise):
 
         return problem.residuals(theta), ls_jacobian(problem.residuals, theta), problem.sample_weights()
 
-    def covariance(self, problem, theta):
+    def covariance(self, problem: AbstractLeastSquares, theta: Float[Array, "D"]) -> Float[Array, "D D"]:
+        """delta^2 J^T diag(w^2) J (full batch), or the minibatch covariance; shape (D, D)."""
         r, J, w = self._parts(problem, theta)
         if self.batch_size is None:
             return self.delta**2 * (J.T * w**2) @ J
         g = (w * r) @ J
         return ((J.T * (w * (r**2 + self.delta**2))) @ J - jnp.outer(g, g)) / self.batch_size
 
-    def covariance_diag(self, problem, theta):
+    def covariance_diag(self, problem: AbstractLeastSquares, theta: Float[Array, "D"]) -> Float[Array, "D"]:
         r, J, w = self._parts(problem, theta)
         if self.batch_size is None:
             return self.delta**2 * (w**2 @ J**2)
         g = (w * r) @ J
         return ((w * (r**2 + self.delta**2)) @ J**2 - g**2) / self.batch_size
 
-    def label_noise_alpha(self, problem):
-        n = problem.n_active if hasattr(problem, "n_active") else problem.sample_weights().shape[0]
-        return self.delta**2 / (n if self.batch_size is None else self.batch_size)
+    def label_noise_alpha(self, problem: AbstractLeastSquares) -> Scalar:
+        """delta^2 / n for the full batch (n the number of active samples), delta^2 / B for a minibatch."""
+        return self.delta**2 / (problem.n_active if self.batch_size is None else self.batch_size)
+
+    def check(self, problem) -> None:
+        if not isinstance(problem, AbstractLeastSquares):
+            raise ConfigError("noise", f"label noise needs per-sample residuals; {type(problem).__name__} has none "
+                                       "(build it with from_loss(..., residuals=...))")
 
 
-class Minibatch(Noise):
-    """Sampling noise: B samples drawn with replacement with probabilities w_i (the problem's weights)."""
+@final
+class Minibatch(AbstractNoise):
+    """Sampling noise: B samples drawn with replacement with probabilities w_i (the problem's weights).
+    Needs a problem with per-sample losses."""
+
+    sweepable: ClassVar[Mapping[str, str]] = {}
 
     batch_size: int = eqx.field(static=True)
 
-    def grad(self, problem, theta, key):
+    def grad(self, problem, theta: Float[Array, "D"], key: PRNGKeyArray) -> Float[Array, "D"]:
         wb = _batch_weights(key, problem.sample_weights(), self.batch_size)
         return jax.grad(lambda th: jnp.sum(wb * problem.per_sample_losses(th)))(theta)
 
-    def covariance(self, problem, theta):
+    def covariance(self, problem, theta: Float[Array, "D"]) -> Float[Array, "D D"]:
+        """(1/B) (sum_i w_i g_i g_i^T - g g^T), shape (D, D)."""
         G = jax.jacrev(problem.per_sample_losses)(theta)  # (n, D)
         w = problem.sample_weights()
         g = w @ G
         return ((G.T * w) @ G - jnp.outer(g, g)) / self.batch_size
 
+    def covariance_diag(self, problem, theta: Float[Array, "D"]) -> Float[Array, "D"]:
+        return jnp.diag(self.covariance(problem, theta))
 
-class Gaussian(Noise):
+    def label_noise_alpha(self, problem) -> None:
+        return None
+
+    def check(self, problem) -> None:
+        try:
+            jax.eval_shape(problem.per_sample_losses, jnp.zeros(problem.dim))
+        except (NotImplementedError, AttributeError):
+            raise ConfigError("noise", f"minibatch noise needs per-sample losses; {type(problem).__name__} has none") from None
+
+
+@final
+class Gaussian(AbstractNoise):
     """grad L(theta) + A z with z ~ N(0, I) and A A^T = Sigma. ``cov``: a (D, D) matrix (its factor is
     precomputed) or a function theta -> (D, D)."""
 
-    cov: Any
-    factor: Any = None
-    cov_fn: Any = None
+    sweepable: ClassVar[Mapping[str, str]] = {}
+
+    cov: Optional[Float[Array, "D D"]]
+    factor: Optional[Float[Array, "D D"]] = None
+    cov_fn: Optional[Callable] = None
 
     def _factor(self, theta):
         if self.factor is not None:
             return self.factor
         return psd_sqrt(self.cov_fn(theta))
 
-    def grad(self, problem, theta, key):
+    def grad(self, problem, theta: Float[Array, "D"], key: PRNGKeyArray) -> Float[Array, "D"]:
         A = self._factor(theta)
         return jax.grad(problem.loss)(theta) + A @ jax.random.normal(key, (A.shape[1],), theta.dtype)
 
-    def covariance(self, problem, theta):
+    def covariance(self, problem, theta: Float[Array, "D"]) -> Float[Array, "D D"]:
         return self.cov if self.cov_fn is None else self.cov_fn(theta)
 
+    def covariance_diag(self, problem, theta: Float[Array, "D"]) -> Float[Array, "D"]:
+        return jnp.diag(self.covariance(problem, theta))
 
-def psd_sqrt(S):
+    def label_noise_alpha(self, problem) -> None:
+        return None
+
+    def check(self, problem) -> None:
+        D = problem.dim
+        shape = self.cov.shape if self.cov_fn is None else jax.eval_shape(self.cov_fn, jnp.zeros(D)).shape
+        if shape != (D, D):
+            raise ConfigError("cov", f"must be ({D}, {D}) for this problem (D = {D}), got {tuple(shape)}")
+
+
+Noise = AbstractNoise
+"""Older name of :class:`AbstractNoise` (for ``isinstance`` checks and annotations)."""
+
+
+def psd_sqrt(S: Float[Array, "D D"]) -> Float[Array, "D D"]:
     """A with A A^T = S for a symmetric positive semi-definite S (eigendecomposition; tiny negative
     eigenvalues from rounding are clipped to 0)."""
     lam, Q = jnp.linalg.eigh(S)
     return Q * jnp.sqrt(jnp.maximum(lam, 0.0))
 
 
-def label_noise(delta=0.5, distribution="rademacher", batch_size=None) -> LabelNoise:
+def label_noise(delta: float = 0.5, distribution: str = "rademacher", batch_size: Optional[int] = None) -> LabelNoise:
     """Label noise: +-delta (Rademacher) or N(0, delta^2) on every label, fresh each step (math §2)."""
     check_range("delta", delta, low=0.0)
-    if distribution not in ("rademacher", "gaussian"):
-        raise ConfigError("distribution", f"must be 'rademacher' or 'gaussian', got {distribution!r}")
-    if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
-        raise ConfigError("batch_size", f"must be a positive integer or None, got {batch_size!r}")
+    check_choice("distribution", distribution, ("rademacher", "gaussian"))
+    batch_size = None if batch_size is None else check_int("batch_size", batch_size, low=1)
     return LabelNoise(delta=jnp.asarray(delta, _precision.default_float()), distribution=distribution,
-                      batch_size=None if batch_size is None else int(batch_size))
+                      batch_size=batch_size)
 
 
-def minibatch(batch_size) -> Minibatch:
+def minibatch(batch_size: int) -> Minibatch:
     """Minibatch sampling noise with B = ``batch_size`` samples drawn with replacement."""
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ConfigError("batch_size", f"must be a positive integer, got {batch_size!r}")
-    return Minibatch(batch_size=int(batch_size))
+    return Minibatch(batch_size=check_int("batch_size", batch_size, low=1))
 
 
 def gaussian(cov: Any) -> Gaussian:

@@ -1,32 +1,46 @@
-"""Problems: what is optimized, behind one protocol.
+"""Problems: what is optimized, behind one abstract interface.
 
-A :class:`Problem` works on a flat parameter vector ``theta`` of shape (D,) and provides
+Every problem is an :class:`AbstractProblem` working on a flat parameter vector ``theta`` of shape (D,):
 
-- ``loss(theta)`` -> scalar, the training loss L;
-- ``init(key)`` -> (D,), the initializer;
+- ``dim`` -> D; ``loss(theta)`` -> scalar, the training loss L; ``init(key)`` -> (D,), the initializer;
+- ``hessian_diag(theta)`` -> (D,), the diagonal of the Hessian of L;
 - ``observables(theta)`` -> dict name -> scalar, what runs record;
-- ``hessian_diag(theta)`` -> (D,), the diagonal of the Hessian of L (dense autodiff unless overridden).
+- ``residual_parts()`` -> ``(residuals, weights)`` for least squares, else ``(None, None)``.
 
-Least-squares problems (:class:`LeastSquares`) also give per-sample ``residuals(theta)`` r_i = f_i(theta) - y_i
-(shape (n,)) and ``sample_weights()`` w (shape (n,), summing to 1), with L = sum_i w_i r_i^2 / 2. The weights
-mask samples beyond ``n_active``, so a sweep over the number of training samples is a sweep over an array
-and compiles once.
+Least-squares problems (:class:`AbstractLeastSquares`) also give per-sample ``residuals(theta)`` (shape (n,)),
+``sample_weights()`` w (shape (n,), summing to 1) and ``per_sample_losses(theta)`` = r^2 / 2 (shape (n,)),
+with L = sum_i w_i r_i^2 / 2. Being least squares is a type question: ``isinstance(p, AbstractLeastSquares)``,
+answered for the engines by :meth:`AbstractProblem.residual_parts`.
 
-Instances: :func:`hyperbola`, :func:`diagonal_net`, :func:`matrix_factorization`, :func:`from_loss`.
-All problems are equinox Modules (pytrees): pass them to jitted functions as arguments.
+Regressions (:class:`AbstractRegression`) fit predictions f_i(theta) to targets ``y`` with weights that mask
+the samples beyond ``n_active``, so a sweep over the number of training samples is a sweep over an array
+and compiles once (``sweepable = {"n_train": "n_active"}``).
+
+The hierarchy follows equinox's abstract/final pattern: abstract classes declare abstract methods and
+``eqx.AbstractVar`` fields; the concrete classes (:class:`Hyperbola`, :class:`DiagonalNet`,
+:class:`MatrixFactorization`, :class:`FromLoss`, :class:`FromResiduals`) are final. Build them with
+:func:`hyperbola`, :func:`diagonal_net`, :func:`matrix_factorization`, :func:`from_loss`. All problems are
+equinox Modules (pytrees): pass them to jitted functions as arguments.
 """
-from __future__ import annotations
 
-from typing import Any, Callable
+import abc
+from typing import Callable, ClassVar, Mapping, Optional, final
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
+from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree, Scalar
 
 from . import _precision
-from .errors import ConfigError, check_range
+from ._pattern import forbid_subclassing_final
+from .validation import ConfigError, check_choice, check_int, check_range
+
+__all__ = ["AbstractProblem", "AbstractLeastSquares", "AbstractRegression", "Hyperbola", "DiagonalNet",
+           "MatrixFactorization", "FromLoss", "FromResiduals", "Problem", "LeastSquares", "hyperbola",
+           "diagonal_net", "matrix_factorization", "from_loss", "observe_batch", "sharpness_observables",
+           "dense_hessian_diag", "PROBLEMS"]
 
 
 def _as_key(key_or_seed):
@@ -35,40 +49,50 @@ def _as_key(key_or_seed):
     return key_or_seed
 
 
-class Problem(eqx.Module):
-    """The protocol every problem follows; see the module docstring."""
+class AbstractProblem(eqx.Module):
+    """What is optimized; see the module docstring. ``sweepable`` (class-level) maps the names a sweep may
+    vary to the fields they set."""
+
+    sweepable: eqx.AbstractClassVar[Mapping[str, str]]
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        forbid_subclassing_final(cls)
 
     @property
+    @abc.abstractmethod
     def dim(self) -> int:
         """D, the number of parameters."""
-        raise NotImplementedError
 
-    def loss(self, theta):
-        raise NotImplementedError
+    @abc.abstractmethod
+    def loss(self, theta: Float[Array, "D"]) -> Scalar:
+        """The training loss L(theta)."""
 
-    def init(self, key):
-        raise NotImplementedError
+    @abc.abstractmethod
+    def init(self, key: Optional[PRNGKeyArray]) -> Float[Array, "D"]:
+        """The initial parameters, shape (D,)."""
 
-    def hessian_diag(self, theta):
-        """diag of the Hessian of L at theta, shape (D,). Dense autodiff: fine for D up to a few thousand."""
-        return jnp.diag(jax.hessian(self.loss)(theta))
+    @abc.abstractmethod
+    def hessian_diag(self, theta: Float[Array, "D"]) -> Float[Array, "D"]:
+        """diag of the Hessian of L at theta, shape (D,)."""
 
-    def observables(self, theta) -> dict:
-        return {"loss": self.loss(theta)}
+    @abc.abstractmethod
+    def observables(self, theta: Float[Array, "D"]) -> dict[str, Scalar]:
+        """The scalars a run records at theta (always includes the loss)."""
 
-    def per_sample_losses(self, theta):
-        """Per-sample losses l_i (shape (n,)) with L = sum_i w_i l_i; needed for minibatch noise."""
-        raise NotImplementedError(f"{type(self).__name__} has no per-sample structure")
-
-    def sample_weights(self):
-        raise NotImplementedError(f"{type(self).__name__} has no per-sample structure")
-
-    def residual_parts(self):
+    def residual_parts(self) -> tuple[Optional[Callable], Optional[Float[Array, "n"]]]:
         """``(residuals, weights)`` when L = sum_i w_i r_i^2 / 2 (least squares), else ``(None, None)``.
 
-        The geometry's structured paths and label noise use it; the one place that answers "is this a
-        least-squares problem?"."""
+        ``residuals``: theta (D,) -> (n,); ``weights``: (n,). The geometry's structured paths and label
+        noise use it; the one place that answers "is this a least-squares problem?"."""
+        if isinstance(self, AbstractLeastSquares):
+            return self.residuals, self.sample_weights()
         return None, None
+
+
+def dense_hessian_diag(loss: Callable, theta: Float[Array, "D"]) -> Float[Array, "D"]:
+    """diag of the Hessian of ``loss`` at theta, shape (D,), by dense autodiff: fine for D up to a few thousand."""
+    return jnp.diag(jax.hessian(loss)(theta))
 
 
 @eqx.filter_jit
@@ -83,65 +107,91 @@ def sharpness_observables(hdiag) -> dict:
     return {"trace_H": jnp.sum(hdiag), "trace_sqrt_diag_H": jnp.sum(jnp.sqrt(jnp.maximum(hdiag, 0.0)))}
 
 
-class LeastSquares(Problem):
-    """Base class for L(theta) = sum_i w_i (f_i(theta) - y_i)^2 / 2 with w_i = 1[i < n_active] / n_active.
+class AbstractLeastSquares(AbstractProblem):
+    """L(theta) = sum_i w_i r_i(theta)^2 / 2 over n samples, with weights w = ``sample_weights()`` summing to 1
+    and ``n_active`` (a scalar array) samples of nonzero weight."""
 
-    Subclasses define ``predict(theta)`` -> f (shape (n,)); ``y`` holds the (clean) targets.
+    n_active: eqx.AbstractVar[Float[Array, ""]]
+
+    @abc.abstractmethod
+    def residuals(self, theta: Float[Array, "D"]) -> Float[Array, "n"]:
+        """Per-sample residuals r_i(theta), shape (n,)."""
+
+    @abc.abstractmethod
+    def sample_weights(self) -> Float[Array, "n"]:
+        """Sample weights w_i, shape (n,), summing to 1."""
+
+    def per_sample_losses(self, theta: Float[Array, "D"]) -> Float[Array, "n"]:
+        """Per-sample losses l_i = r_i^2 / 2 (shape (n,)) with L = sum_i w_i l_i; used by minibatch noise."""
+        return 0.5 * self.residuals(theta) ** 2
+
+
+class AbstractRegression(AbstractLeastSquares):
+    """L(theta) = sum_i w_i (f_i(theta) - y_i)^2 / 2 with w_i = 1[i < n_active] / n_active.
+
+    Subclasses define ``predict(theta)`` -> f (shape (n,)) and the fields ``y`` (the clean targets, shape
+    (n,)) and ``n_active``. ``n_train`` sweeps set ``n_active``.
     """
 
-    y: jax.Array
-    n_active: jax.Array
+    sweepable: ClassVar[Mapping[str, str]] = {"n_train": "n_active"}
 
-    def predict(self, theta):
-        raise NotImplementedError
+    y: eqx.AbstractVar[Float[Array, "n"]]
+
+    @abc.abstractmethod
+    def predict(self, theta: Float[Array, "D"]) -> Float[Array, "n"]:
+        """The predictions f_i(theta), shape (n,)."""
 
     @property
     def n_samples(self) -> int:
+        """n, the number of samples (active or not)."""
         return int(self.y.shape[0])
 
-    def sample_weights(self):
+    def sample_weights(self) -> Float[Array, "n"]:
         active = (jnp.arange(self.n_samples) < self.n_active).astype(self.y.dtype)
         return active / self.n_active
 
-    def residuals(self, theta):
+    def residuals(self, theta: Float[Array, "D"]) -> Float[Array, "n"]:
         return self.predict(theta) - self.y
 
-    def residual_parts(self):
-        return self.residuals, self.sample_weights()
-
-    def per_sample_losses(self, theta):
-        return 0.5 * self.residuals(theta) ** 2
-
-    def loss(self, theta):
+    def loss(self, theta: Float[Array, "D"]) -> Scalar:
         return jnp.sum(self.sample_weights() * self.per_sample_losses(theta))
 
-    def with_n_train(self, n_train):
+    def with_n_train(self, n_train) -> "AbstractRegression":
         """The same problem using only the first ``n_train`` samples (an array, so sweeps compile once)."""
         check_range("n_train", n_train, low=1, high=self.n_samples)
         return eqx.tree_at(lambda p: p.n_active, self, jnp.asarray(n_train, self.y.dtype))
 
 
+Problem = AbstractProblem
+"""Older name of :class:`AbstractProblem` (for ``isinstance`` checks and annotations)."""
+LeastSquares = AbstractRegression
+"""Older name of :class:`AbstractRegression` (for ``isinstance`` checks and annotations)."""
+
+
 # ----- the toy hyperbola -----------------------------------------------------------------------------------
-class Hyperbola(LeastSquares):
+@final
+class Hyperbola(AbstractRegression):
     """theta = (u, v), one sample, L = (u^2 - v^2 - y)^2 / 2; Gamma = {u^2 - v^2 = y} (math §7)."""
 
-    theta0: jax.Array
+    y: Float[Array, "1"]
+    n_active: Float[Array, ""]
+    theta0: Float[Array, "2"]
 
     @property
     def dim(self) -> int:
         return 2
 
-    def predict(self, theta):
+    def predict(self, theta: Float[Array, "D"]) -> Float[Array, "n"]:
         return jnp.reshape(theta[0] ** 2 - theta[1] ** 2, (1,))
 
-    def init(self, key):
+    def init(self, key: Optional[PRNGKeyArray]) -> Float[Array, "D"]:
         return self.theta0
 
-    def hessian_diag(self, theta):
+    def hessian_diag(self, theta: Float[Array, "D"]) -> Float[Array, "D"]:
         r = self.residuals(theta)[0]
         return jnp.array([4 * theta[0] ** 2 + 2 * r, 4 * theta[1] ** 2 - 2 * r])
 
-    def observables(self, theta):
+    def observables(self, theta: Float[Array, "D"]) -> dict[str, Scalar]:
         return {"loss": self.loss(theta), "u": theta[0], "v": theta[1], **sharpness_observables(self.hessian_diag(theta))}
 
 
@@ -159,15 +209,18 @@ def hyperbola(y=1.0, theta0=None, key=None) -> Hyperbola:
 
 
 # ----- diagonal linear network (sparse regression, math §6 and §8) -------------------------------------------
-class DiagonalNet(LeastSquares):
+@final
+class DiagonalNet(AbstractRegression):
     """theta = x = [u; v] (D = 2d), w = u*u - v*v, f_i = <w, z_i>. Data: ``Z`` (n, d), ``w_star`` (d,),
     clean test set ``Z_test`` (n_test, d), ``y_test``. Initializer x0 = init_scale [g; g], g ~ N(0, I)."""
 
-    Z: jax.Array
-    w_star: jax.Array
-    Z_test: jax.Array
-    y_test: jax.Array
-    init_scale: jax.Array
+    y: Float[Array, "n"]
+    n_active: Float[Array, ""]
+    Z: Float[Array, "n d"]
+    w_star: Float[Array, "d"]
+    Z_test: Float[Array, "n_test d"]
+    y_test: Float[Array, "n_test"]
+    init_scale: Float[Array, ""]
 
     @property
     def d(self) -> int:
@@ -177,44 +230,43 @@ class DiagonalNet(LeastSquares):
     def dim(self) -> int:
         return 2 * self.d
 
-    def weights(self, theta):
+    def weights(self, theta: Float[Array, "D"]) -> Float[Array, "d"]:
         """The regression weights w = u*u - v*v, shape (d,)."""
         u, v = theta[: self.d], theta[self.d :]
         return u * u - v * v
 
-    def predict(self, theta):
+    def predict(self, theta: Float[Array, "D"]) -> Float[Array, "n"]:
         return self.Z @ self.weights(theta)
 
-    def init(self, key):
+    def init(self, key: Optional[PRNGKeyArray]) -> Float[Array, "D"]:
         g = jax.random.normal(key, (self.d,), self.Z.dtype)
         return self.init_scale * jnp.concatenate([g, g])
 
-    def feature_scales(self):
+    def feature_scales(self) -> Float[Array, "d"]:
         """s_j = sum_i w_i z_ij^2 (1 for +-1 features), shape (d,)."""
         return self.sample_weights() @ (self.Z**2)
 
-    def hessian_diag(self, theta):
+    def hessian_diag(self, theta: Float[Array, "D"]) -> Float[Array, "D"]:
         """Exact diag of the Hessian: 4 x^2 s_bar + 2 [Z^T w r; -Z^T w r] (the second part vanishes on Gamma)."""
         s = self.feature_scales()
         zr = (self.sample_weights() * self.residuals(theta)) @ self.Z
         return 4 * theta**2 * jnp.concatenate([s, s]) + 2 * jnp.concatenate([zr, -zr])
 
-    def test_loss(self, theta):
+    def test_loss(self, theta: Float[Array, "D"]) -> Scalar:
         """Clean test loss mean_i (<w, z_i> - y_i)^2 / 2 over the test set."""
         return 0.5 * jnp.mean((self.Z_test @ self.weights(theta) - self.y_test) ** 2)
 
-    def observables(self, theta):
+    def observables(self, theta: Float[Array, "D"]) -> dict[str, Scalar]:
         return {"train_loss": self.loss(theta), "test_loss": self.test_loss(theta),
                 "w_error": jnp.linalg.norm(self.weights(theta) - self.w_star),
                 **sharpness_observables(self.hessian_diag(theta))}
 
 
 def _features(key, shape, kind, dtype):
+    check_choice("features", kind, ("rademacher", "gaussian"))
     if kind == "rademacher":
         return jax.random.rademacher(key, shape, dtype)
-    if kind == "gaussian":
-        return jax.random.normal(key, shape, dtype)
-    raise ConfigError("features", f"must be 'rademacher' or 'gaussian', got {kind!r}")
+    return jax.random.normal(key, shape, dtype)
 
 
 def diagonal_net(d=100, n=40, k=3, key=0, features="rademacher", n_test=10_000, init_scale=0.1,
@@ -226,8 +278,7 @@ def diagonal_net(d=100, n=40, k=3, key=0, features="rademacher", n_test=10_000, 
     first n_train of them (default all).
     """
     for name, val, low in (("d", d, 1), ("n", n, 1), ("k", k, 0), ("n_test", n_test, 1)):
-        if not isinstance(val, (int, np.integer)) or val < low:
-            raise ConfigError(name, f"must be an integer >= {low}, got {val!r}")
+        check_int(name, val, low)
     if k > d:
         raise ConfigError("k", f"must be <= d = {d}, got {k}")
     check_range("init_scale", init_scale, low=0.0, low_open=True)
@@ -247,15 +298,18 @@ def diagonal_net(d=100, n=40, k=3, key=0, features="rademacher", n_test=10_000, 
 
 
 # ----- matrix factorization (depth 2) ------------------------------------------------------------------------
-class MatrixFactorization(LeastSquares):
+@final
+class MatrixFactorization(AbstractRegression):
     """theta = (U, V) raveled (D = (d1 + d2) r), W = U V^T. Observations are entries W[rows_i, cols_i]
     (``A`` None) or Gaussian measurements <A_i, W> (``A`` shape (n, d1, d2)). Ground truth ``W_star``."""
 
-    W_star: jax.Array
-    rows: jax.Array
-    cols: jax.Array
-    A: Any
-    init_scale: jax.Array
+    y: Float[Array, "n"]
+    n_active: Float[Array, ""]
+    W_star: Float[Array, "d1 d2"]
+    rows: Int[Array, "n"]
+    cols: Int[Array, "n"]
+    A: Optional[Float[Array, "n d1 d2"]]
+    init_scale: Float[Array, ""]
     shape: tuple = eqx.field(static=True)  # (d1, d2, r)
 
     @property
@@ -263,34 +317,34 @@ class MatrixFactorization(LeastSquares):
         d1, d2, r = self.shape
         return (d1 + d2) * r
 
-    def factors(self, theta):
+    def factors(self, theta: Float[Array, "D"]) -> tuple[Float[Array, "d1 r"], Float[Array, "d2 r"]]:
         d1, d2, r = self.shape
         return theta[: d1 * r].reshape(d1, r), theta[d1 * r :].reshape(d2, r)
 
-    def matrix(self, theta):
+    def matrix(self, theta: Float[Array, "D"]) -> Float[Array, "d1 d2"]:
         """W = U V^T, shape (d1, d2)."""
         U, V = self.factors(theta)
         return U @ V.T
 
-    def predict(self, theta):
+    def predict(self, theta: Float[Array, "D"]) -> Float[Array, "n"]:
         if self.A is None:
             U, V = self.factors(theta)
             return jnp.sum(U[self.rows] * V[self.cols], axis=-1)
         return jnp.einsum("nij,ij->n", self.A, self.matrix(theta))
 
-    def init(self, key):
+    def init(self, key: Optional[PRNGKeyArray]) -> Float[Array, "D"]:
         return self.init_scale * jax.random.normal(key, (self.dim,), self.y.dtype)
 
-    def hessian_diag(self, theta):
+    def hessian_diag(self, theta: Float[Array, "D"]) -> Float[Array, "D"]:
         """Exact: f is linear in each single coordinate, so diag H = sum_i w_i (d f_i / d theta_k)^2."""
         J = jax.jacfwd(self.predict)(theta)
         return self.sample_weights() @ (J**2)
 
-    def test_error(self, theta):
+    def test_error(self, theta: Float[Array, "D"]) -> Scalar:
         """Mean squared error over all entries, ||W - W*||_F^2 / (d1 d2)."""
         return jnp.mean((self.matrix(theta) - self.W_star) ** 2)
 
-    def observables(self, theta):
+    def observables(self, theta: Float[Array, "D"]) -> dict[str, Scalar]:
         return {"train_loss": self.loss(theta), "test_error": self.test_error(theta),
                 **sharpness_observables(self.hessian_diag(theta))}
 
@@ -303,8 +357,8 @@ def matrix_factorization(d1=10, d2=10, rank=2, n=60, key=0, measurement="entries
     min(d1, d2), overparametrized) and starts at init_scale * N(0, I)."""
     model_rank = min(d1, d2) if model_rank is None else model_rank
     for name, val in (("d1", d1), ("d2", d2), ("rank", rank), ("n", n), ("model_rank", model_rank)):
-        if not isinstance(val, (int, np.integer)) or val < 1:
-            raise ConfigError(name, f"must be an integer >= 1, got {val!r}")
+        check_int(name, val, 1)
+    check_choice("measurement", measurement, ("entries", "gaussian"))
     if measurement == "entries" and n > d1 * d2:
         raise ConfigError("n", f"at most d1*d2 = {d1 * d2} entries can be observed, got {n}")
     f = _precision.default_float()
@@ -314,80 +368,120 @@ def matrix_factorization(d1=10, d2=10, rank=2, n=60, key=0, measurement="entries
         idx = jax.random.permutation(ko, d1 * d2)[:n]
         rows, cols, A = idx // d2, idx % d2, None
         y = W_star[rows, cols]
-    elif measurement == "gaussian":
+    else:  # "gaussian"
         A = jax.random.normal(ko, (n, d1, d2), f)
         rows = cols = jnp.zeros(n, jnp.int32)
         y = jnp.einsum("nij,ij->n", A, W_star)
-    else:
-        raise ConfigError("measurement", f"must be 'entries' or 'gaussian', got {measurement!r}")
     prob = MatrixFactorization(y=y, n_active=jnp.asarray(float(n), f), W_star=W_star, rows=rows, cols=cols, A=A,
                                init_scale=jnp.asarray(init_scale, f), shape=(d1, d2, model_rank))
     return prob if n_train is None else prob.with_n_train(n_train)
 
 
 # ----- any user loss ---------------------------------------------------------------------------------------------
-class FromLoss(Problem):
+class _AbstractUserLoss(AbstractProblem):
     """A user loss over a pytree of parameters, seen through its raveled vector theta (shape (D,))."""
 
-    loss_fn: Callable
-    theta0: jax.Array
-    unravel: Callable
-    residuals_fn: Any = None
-    observables_fn: Any = None
-    per_sample_fn: Any = None
-    n: int = eqx.field(static=True, default=0)
+    loss_fn: eqx.AbstractVar[Callable]
+    theta0: eqx.AbstractVar[Float[Array, "D"]]
+    unravel: eqx.AbstractVar[Callable]
+    observables_fn: eqx.AbstractVar[Optional[Callable]]
 
     @property
     def dim(self) -> int:
         return int(self.theta0.shape[0])
 
-    def loss(self, theta):
+    def loss(self, theta: Float[Array, "D"]) -> Scalar:
         return self.loss_fn(self.unravel(theta))
 
-    def init(self, key):
+    def init(self, key: Optional[PRNGKeyArray]) -> Float[Array, "D"]:
         return self.theta0
 
-    def residuals(self, theta):
-        if self.residuals_fn is None:
-            raise NotImplementedError("this problem was built without residuals")
-        return self.residuals_fn(self.unravel(theta))
+    def hessian_diag(self, theta: Float[Array, "D"]) -> Float[Array, "D"]:
+        """Dense autodiff (:func:`dense_hessian_diag`)."""
+        return dense_hessian_diag(self.loss, theta)
 
-    def residual_parts(self):
-        return (None, None) if self.residuals_fn is None else (self.residuals, self.sample_weights())
-
-    def per_sample_losses(self, theta):
-        if self.per_sample_fn is not None:
-            return self.per_sample_fn(self.unravel(theta))
-        if self.residuals_fn is not None:
-            return 0.5 * self.residuals(theta) ** 2
-        return super().per_sample_losses(theta)
-
-    def sample_weights(self):
-        if self.n == 0:
-            return super().sample_weights()
-        return jnp.full((self.n,), 1.0 / self.n, self.theta0.dtype)
-
-    def observables(self, theta):
+    def observables(self, theta: Float[Array, "D"]) -> dict[str, Scalar]:
         obs = {"loss": self.loss(theta)}
         if self.observables_fn is not None:
             obs.update(self.observables_fn(self.unravel(theta)))
         return obs
 
 
-def from_loss(loss, params0, residuals=None, per_sample_losses=None, observables=None) -> FromLoss:
-    """Wrap a JAX loss ``loss(params) -> scalar`` over any pytree ``params0`` as a Problem.
+@final
+class FromLoss(_AbstractUserLoss):
+    """A user loss without residuals, optionally with per-sample losses (``per_sample_fn``, n of them,
+    with L their mean): those enable minibatch noise. Built by :func:`from_loss`."""
 
-    Optional: ``residuals(params) -> (n,)`` when ``loss`` is sum_i r_i^2 / (2n) (enables label noise),
-    ``per_sample_losses(params) -> (n,)`` when ``loss`` is their mean (enables minibatch noise),
-    ``observables(params) -> dict`` of extra scalars to record.
+    sweepable: ClassVar[Mapping[str, str]] = {}
+
+    loss_fn: Callable
+    theta0: Float[Array, "D"]
+    unravel: Callable
+    observables_fn: Optional[Callable]
+    per_sample_fn: Optional[Callable] = None
+    n: int = eqx.field(static=True, default=0)
+
+    def per_sample_losses(self, theta: Float[Array, "D"]) -> Float[Array, "n"]:
+        """Per-sample losses l_i (shape (n,)) with L = sum_i w_i l_i; needed for minibatch noise."""
+        if self.per_sample_fn is None:
+            raise NotImplementedError("this problem was built without per-sample losses")
+        return self.per_sample_fn(self.unravel(theta))
+
+    def sample_weights(self) -> Float[Array, "n"]:
+        """1/n each, shape (n,)."""
+        if self.n == 0:
+            raise NotImplementedError("this problem was built without per-sample losses")
+        return jnp.full((self.n,), 1.0 / self.n, self.theta0.dtype)
+
+
+@final
+class FromResiduals(_AbstractUserLoss, AbstractLeastSquares):
+    """A user loss that is sum_i r_i^2 / (2n) for user residuals r (shape (n,)): a least-squares problem, so
+    label noise, minibatch noise and the structured geometry apply. Built by :func:`from_loss`."""
+
+    sweepable: ClassVar[Mapping[str, str]] = {}
+
+    loss_fn: Callable
+    theta0: Float[Array, "D"]
+    unravel: Callable
+    observables_fn: Optional[Callable]
+    residuals_fn: Callable
+    n: int = eqx.field(static=True)
+
+    @property
+    def n_active(self) -> Float[Array, ""]:
+        """n, every sample is active."""
+        return jnp.asarray(float(self.n), self.theta0.dtype)
+
+    def residuals(self, theta: Float[Array, "D"]) -> Float[Array, "n"]:
+        return self.residuals_fn(self.unravel(theta))
+
+    def sample_weights(self) -> Float[Array, "n"]:
+        """1/n each, shape (n,)."""
+        return jnp.full((self.n,), 1.0 / self.n, self.theta0.dtype)
+
+
+def from_loss(loss: Callable[[PyTree], Scalar], params0: PyTree, residuals: Optional[Callable] = None,
+              per_sample_losses: Optional[Callable] = None,
+              observables: Optional[Callable] = None) -> FromLoss | FromResiduals:
+    """Wrap a JAX loss ``loss(params) -> scalar`` over any pytree ``params0`` as a problem.
+
+    Optional: ``residuals(params) -> (n,)`` when ``loss`` is sum_i r_i^2 / (2n): gives a
+    :class:`FromResiduals` (least squares: enables label noise and minibatch noise); otherwise
+    ``per_sample_losses(params) -> (n,)`` when ``loss`` is their mean (enables minibatch noise) gives a
+    :class:`FromLoss`, as does a plain loss. ``observables(params) -> dict`` of extra scalars to record.
     """
     flat, unravel = ravel_pytree(params0)
     flat = flat.astype(_precision.default_float()) if jnp.issubdtype(flat.dtype, jnp.floating) else flat
-    n = 0
-    for fn in (residuals, per_sample_losses):
-        if fn is not None:
-            n = int(jax.eval_shape(fn, params0).shape[0])
-    return FromLoss(loss_fn=loss, theta0=flat, unravel=unravel, residuals_fn=residuals, observables_fn=observables,
+    if residuals is not None:
+        if per_sample_losses is not None:
+            raise ConfigError("per_sample_losses", "give residuals or per_sample_losses, not both (with residuals "
+                                                   "the per-sample losses are r_i^2 / 2)")
+        n = int(jax.eval_shape(residuals, params0).shape[0])
+        return FromResiduals(loss_fn=loss, theta0=flat, unravel=unravel, residuals_fn=residuals, n=n,
+                             observables_fn=observables)
+    n = 0 if per_sample_losses is None else int(jax.eval_shape(per_sample_losses, params0).shape[0])
+    return FromLoss(loss_fn=loss, theta0=flat, unravel=unravel, observables_fn=observables,
                     per_sample_fn=per_sample_losses, n=n)
 
 

@@ -35,9 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import geometry as geo
-from .errors import ConfigError, check_range
+from .validation import ConfigError, check_int, check_range
 from ._batching import map_paths
-from .inputs import check_count, initial_v, parse_inputs, run_meta
+from .inputs import initial_v, parse_inputs, run_meta
 from .noise import psd_sqrt
 from .problems import observe_batch
 from .trajectory import Trajectory
@@ -288,10 +288,10 @@ def simulate_slow_sde(problem, noise, method, T, n_paths=1, key=0, *, eta=None, 
         c = method.c_at(eta)
     else:
         c = jnp.asarray(0.0, inputs.dtype)
-    paths_per_call = inputs.n_paths if paths_per_call is None else check_count("paths_per_call", paths_per_call)
+    paths_per_call = inputs.n_paths if paths_per_call is None else check_int("paths_per_call", paths_per_call, 1)
     if records_per_call is None:
         records_per_call = 1 if checkpoint is not None else inputs.n_record
-    records_per_call = min(check_count("records_per_call", records_per_call), inputs.n_record)
+    records_per_call = min(check_int("records_per_call", records_per_call, 1), inputs.n_record)
     model = SlowSDEModel(problem, noise, method, c, alpha, rank)
 
     # schedule

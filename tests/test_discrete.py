@@ -1,4 +1,5 @@
 """The discrete engine: the §7 discrete column, sweeps that compile once, clocks, initial states."""
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +11,11 @@ from slowsde_jax.methods import second_moment
 
 HYP = problems.hyperbola(y=1.0)
 LABEL = noise.label_noise(0.5)  # alpha = 0.25 on the one-sample hyperbola
+
+
+def n_traces():
+    """How many times the step kernel has been traced (compiled) so far."""
+    return eqx.debug.get_num_traces(discrete._advance)
 
 
 def projected_v(traj, method):
@@ -78,11 +84,11 @@ def test_eta_sweep_compiles_once_and_matches_single_runs():
     prob = problems.diagonal_net(d=4, n=3, k=1, key=0, n_test=10)
     m = S.adame(lam=0.3, c=5.0)
     kw = dict(T=0.05, n_paths=3, key=1, n_record=2)
-    before = discrete.TRACE_COUNT["advance"]
+    before = n_traces()
     sweep = discrete.simulate_discrete(prob, LABEL, m, sweep={"eta": [0.05, 0.1, 0.02]}, **kw)
-    assert discrete.TRACE_COUNT["advance"] - before == 1
+    assert n_traces() - before == 1
     discrete.simulate_discrete(prob, LABEL, m, sweep={"eta": [0.03, 0.07, 0.04]}, **kw)
-    assert discrete.TRACE_COUNT["advance"] - before == 1  # new values, same shapes: no retrace
+    assert n_traces() - before == 1  # new values, same shapes: no retrace
     assert [tr.meta["steps"] for tr in sweep] == [20, 5, 125]
     single = discrete.simulate_discrete(prob, LABEL, m, eta=0.02, **kw)
     np.testing.assert_allclose(sweep[2].theta, single.theta, rtol=1e-12)
@@ -103,6 +109,31 @@ def test_grid_sweep_over_lam_delta_and_n_train():
     small = discrete.simulate_discrete(prob.with_n_train(4), noise.label_noise(0.1), S.adame(lam=0.25, c=5.0), eta=0.05,
                                        steps=10, n_paths=2, key=2, n_record=1)
     np.testing.assert_allclose(trajs[0].theta, small.theta, rtol=1e-12)
+
+
+def test_sweep_over_every_declared_field_compiles_once():
+    """eta, lam, c (method), delta (noise) and n_train (problem) in one grid: one trace of the step kernel."""
+    prob = problems.diagonal_net(d=3, n=5, k=1, key=1, n_test=10)
+    kw = dict(steps=4, n_paths=1, key=0, n_record=1)
+    grid = {"eta": [0.05, 0.1], "lam": [0.3, 0.5], "c": [2.0, 5.0], "delta": [0.1, 0.4], "n_train": [3, 5]}
+    before = n_traces()
+    trajs = discrete.simulate_discrete(prob, LABEL, S.adame(lam=0.5, c=5.0), sweep=grid, **kw)
+    assert len(trajs) == 32 and n_traces() - before == 1
+    discrete.simulate_discrete(prob, LABEL, S.adame(lam=0.4, c=3.0), sweep={k: v[::-1] for k, v in grid.items()}, **kw)
+    assert n_traces() - before == 1
+
+
+def test_sweep_names_come_from_the_classes_that_declare_them():
+    assert discrete.SWEEPABLE == ("eta", "lam", "c", "beta1", "beta2", "eps", "delta", "n_train")
+    assert noise.LabelNoise.sweepable == {"delta": "delta"} and noise.Minibatch.sweepable == {}
+    assert problems.DiagonalNet.sweepable == {"n_train": "n_active"}
+    with pytest.raises(S.ConfigError, match="delta"):
+        discrete.simulate_discrete(HYP, noise.gaussian([0.1, 0.1]), S.adam(), eta=0.1, steps=2, sweep={"delta": [0.1]})
+    with pytest.raises(S.ConfigError, match="n_train"):
+        discrete.simulate_discrete(problems.from_loss(lambda t: 0.5 * jnp.mean(t**2), jnp.ones(2), residuals=lambda t: t),
+                                   LABEL, S.adam(), eta=0.1, steps=2, sweep={"n_train": [1]})
+    with pytest.raises(S.ConfigError, match="lam"):
+        discrete.simulate_discrete(HYP, LABEL, S.sgd(), eta=0.1, steps=2, sweep={"lam": [0.5]})
 
 
 def test_pathological_paths_are_frozen_and_flagged():

@@ -61,3 +61,23 @@ def test_gaussian_covariance_must_be_symmetric_psd():
         noise.gaussian([[1.0, 2.0], [2.0, 1.0]])
     with pytest.raises(slowsde_jax.ConfigError, match="delta"):
         noise.label_noise(-1.0)
+
+
+def test_each_noise_checks_its_problem():
+    from slowsde_jax.validation import check_compatible
+
+    plain = problems.from_loss(lambda t: jnp.sum(t**2), jnp.ones(2))
+    with pytest.raises(slowsde_jax.ConfigError, match="noise: label noise needs per-sample residuals"):
+        noise.label_noise(0.5).check(plain)
+    with pytest.raises(slowsde_jax.ConfigError, match="noise: minibatch noise needs per-sample losses"):
+        noise.minibatch(2).check(plain)
+    with pytest.raises(slowsde_jax.ConfigError, match="cov: must be \\(2, 2\\)"):
+        noise.gaussian([1.0, 1.0, 1.0]).check(plain)
+    noise.gaussian([1.0, 1.0]).check(plain)
+    with pytest.raises(slowsde_jax.ConfigError, match="blocks"):
+        check_compatible(plain, noise.gaussian([1.0, 1.0]), slowsde_jax.adam_mini(blocks=[0, 1, 2]))
+    with pytest.raises(TypeError, match="final"):
+        class _Sub(noise.LabelNoise):
+            pass
+    with pytest.raises(TypeError):
+        noise.AbstractNoise()

@@ -108,3 +108,27 @@ def test_from_loss_on_a_pytree():
     np.testing.assert_allclose(float(prob.loss(th)), 0.5 * np.mean((X @ th[1:] + th[0] - y) ** 2))
     np.testing.assert_allclose(prob.sample_weights(), np.full(5, 0.2))
     assert set(prob.observables(th)) == {"loss", "b"}
+
+
+def test_abstract_final_hierarchy():
+    """Abstract classes cannot be built, final classes cannot be subclassed, least squares is a type question."""
+    with pytest.raises(TypeError):
+        problems.AbstractProblem()
+    with pytest.raises(TypeError, match="final"):
+        class _Sub(problems.DiagonalNet):
+            pass
+    hyp = problems.hyperbola()
+    assert isinstance(hyp, problems.AbstractRegression) and isinstance(hyp, problems.AbstractLeastSquares)
+    plain = problems.from_loss(lambda t: jnp.sum(t**2), jnp.ones(2))
+    per_sample = problems.from_loss(lambda t: jnp.mean(t**2), jnp.ones(2), per_sample_losses=lambda t: t**2)
+    lsq = problems.from_loss(lambda t: 0.5 * jnp.mean(t**2), jnp.ones(2), residuals=lambda t: t)
+    assert type(plain) is type(per_sample) is problems.FromLoss and type(lsq) is problems.FromResiduals
+    assert not isinstance(plain, problems.AbstractLeastSquares) and isinstance(lsq, problems.AbstractLeastSquares)
+    assert plain.residual_parts() == (None, None)
+    r, w = lsq.residual_parts()
+    np.testing.assert_allclose(r(jnp.array([1.0, 2.0])), [1.0, 2.0])
+    np.testing.assert_allclose(w, [0.5, 0.5])
+    np.testing.assert_allclose(per_sample.per_sample_losses(jnp.array([1.0, 2.0])), [1.0, 4.0])
+    with pytest.raises(slowsde_jax.ConfigError, match="per_sample_losses"):
+        problems.from_loss(lambda t: 0.0, jnp.ones(2), residuals=lambda t: t, per_sample_losses=lambda t: t)
+    assert problems.Problem is problems.AbstractProblem  # older names stay for isinstance checks

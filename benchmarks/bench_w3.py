@@ -1,0 +1,63 @@
+"""W3: what the slow SDE saves. For each case, the wall time of the discrete run at step size eta (whose
+weak error against the slow limit is about C * eta) divided by the wall time of the slow SDE/ODE, both run
+in this process after compiling (times exclude compilation).
+
+    python benchmarks/bench_w3.py [--etas 0.02 0.01] [--paths 2000]
+
+Cases:
+- hyperbola, label noise delta = 0.5, Adam c = 10, eps = 0, T = 0.5 (the ODE, one path);
+- diagonal net d = 20, n = 10, k = 2, label noise 0.5, Adam c = 10, eps = 1e-3, T = 0.5 (the ODE);
+- hyperbola, Gaussian noise diag(0.49, 0.09), Adam, T = 0.2 (the SDE, --paths paths, dt = 1e-3).
+For each it prints the weak error of E v (or E test loss) at every eta, with its standard error, and the
+time ratio discrete / slow. The ratio at the eta that reaches a given weak error is W3 at that accuracy.
+"""
+import argparse
+import time
+
+import jax
+import numpy as np
+
+import slowsde_jax as sj
+from slowsde_jax import comparison, discrete, noise, problems, sde
+
+
+def timed(fn):
+    fn()  # compile
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def case(name, prob, nz, m, T, obs, etas, paths, slow_paths, dt=1e-3, theta0=None):
+    t_slow, slow = timed(lambda: sde.simulate_slow_sde(prob, nz, m, T=T, n_paths=slow_paths, n_record=1, dt=dt,
+                                                       theta0=theta0, key=1))
+    print(f"{name}: slow {slow.meta['engine']} {t_slow:.3f} s ({slow_paths} path(s))")
+    for eta in etas:
+        run = lambda: discrete.simulate_discrete(prob, nz, m, eta=eta, T=T, n_paths=paths, n_record=1,  # noqa: E731
+                                                 theta0=theta0, v0="equilibrium", key=2, progress=False)
+        t_d, tr = timed(run)
+        c = comparison.compare(comparison.project_trajectory(tr, prob, m), slow, [obs])
+        print(f"  eta={eta:g}: discrete {t_d:.3f} s ({paths} paths, {int(round(T / eta**2))} steps), weak error "
+              f"{c.weak_error[obs][-1]:.2e} +- {c.se[obs][-1]:.1e}; W3 = {t_d / t_slow:.1f}x", flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--etas", type=float, nargs="+", default=[0.02, 0.01])
+    ap.add_argument("--paths", type=int, default=2000)
+    a = ap.parse_args()
+    print(f"backend={jax.default_backend()} device={jax.devices()[0]}")
+    adam = sj.adam(c=10.0, eps=0.0)
+    hyp = problems.hyperbola(y=1.0)
+    case("hyperbola, label noise (ODE)", hyp, noise.label_noise(0.5), adam, 0.5, "v", a.etas, a.paths, 1)
+    net = problems.diagonal_net(d=20, n=10, k=2, key=0, n_test=100)
+    x0 = net.init(jax.random.PRNGKey(0))
+    x0 = sj.geometry.project(net.loss, x0, np.ones(net.dim), residuals=net.residuals)
+    case("diagonal net d=20, label noise (ODE)", net, noise.label_noise(0.5), sj.adam(c=10.0, eps=1e-3), 0.5,
+         "test_loss", a.etas, a.paths, 1, theta0=x0)
+    case("hyperbola, Gaussian noise (SDE)", hyp, noise.gaussian([0.49, 0.09]), adam, 0.2, "v", a.etas, a.paths,
+         a.paths)
+
+
+if __name__ == "__main__":
+    main()
