@@ -12,6 +12,8 @@ from .plotting import NOT_RESOLVED
 from .problems import observe_batch
 from .trajectory import Trajectory
 
+__all__ = ["Comparison", "compare", "describe_order", "eta_sweep", "fit_order", "project_trajectory", "weak_order"]
+
 
 def project_trajectory(traj: Trajectory, problem, method, tol=1e-10, max_steps=100_000, rank=None) -> Trajectory:
     """The discrete trajectory seen on Gamma: theta_k -> Phi_{S(v_k)}(theta_k) at every recorded time, with

@@ -31,6 +31,9 @@ from .methods import second_moment
 from .inputs import initial_v, parse_inputs, run_meta
 from .trajectory import Trajectory
 
+__all__ = ["simulate_discrete", "apply_hypers", "SWEEPABLE", "PathState", "DiscreteRun", "save_checkpoint",
+           "load_checkpoint"]
+
 # What a sweep may vary, as the classes declare it (``sweepable``: sweep name -> field), and which of
 # (problem, noise, method) owns each name. ``eta`` is the engine's own.
 _SWEEP_OWNERS = {"method": _methods.Method, "noise": _noise.LabelNoise, "problem": _problems.AbstractRegression}

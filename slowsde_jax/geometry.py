@@ -31,6 +31,11 @@ import numpy as np
 from ._batching import map_paths
 from .validation import ConfigError
 
+__all__ = ["ProjectionError", "PROJECTION_STATUS", "projection_jacobian", "sigma_parallel", "sigma_diamond",
+           "sharpness", "hessian", "third_derivative_contraction", "numerical_rank", "ls_jacobian",
+           "ls_apply_projection", "ls_projection_jacobian", "ls_third_derivative_tangent", "label_noise_drift",
+           "normal_frame", "newton_retraction_step", "project_flow", "project", "projection_failure_message"]
+
 
 class ProjectionError(RuntimeError):
     """A point could not be projected onto Gamma; the message says why (see :data:`PROJECTION_STATUS`)."""

@@ -42,6 +42,9 @@ from .noise import psd_sqrt
 from .problems import observe_batch
 from .trajectory import Trajectory
 
+__all__ = ["simulate_slow_sde", "slow_sde_coefficients", "label_noise_vector_field", "SlowSDEModel", "SlowSDETerm",
+           "RetractingSolver", "retract_onto_gamma", "sde_coefficients", "label_noise_ode_field", "SOLVERS"]
+
 
 # ----- the coefficients -----------------------------------------------------------------------------------------
 def slow_sde_coefficients(problem, noise, method, zeta, v, c, rank=None):

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+__all__ = ["Trajectory", "mean_se", "jsonable"]
+
 
 def mean_se(x: np.ndarray, deterministic: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Mean over axis 0 (paths) and its standard error std(ddof=1)/sqrt(n). With a single path the standard
