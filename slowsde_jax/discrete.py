@@ -17,17 +17,20 @@ import itertools
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional, Union
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import ArrayLike, Float
 
 from . import _precision
 from . import methods as _methods, noise as _noise, problems as _problems
 from .validation import ConfigError, check_int, check_range, suggest
-from .methods import second_moment
+from .methods import Method, second_moment
+from .noise import AbstractNoise
+from .problems import AbstractProblem
 from .inputs import initial_v, parse_inputs, run_meta
 from .trajectory import Trajectory
 
@@ -166,10 +169,14 @@ class DiscreteRun:
     done: int = 0
 
 
-def simulate_discrete(problem, noise, method, eta=None, T=None, n_paths=1, key=0, *, steps=None, n_record=100,
-                      theta0=None, v0="zeros", sweep=None, record_state=True, chunk_steps=1_000_000,
-                      progress=None, divergence_bound=1e10, dtype=None, on_chunk=None, checkpoint=None,
-                      checkpoint_every_s=30.0):
+def simulate_discrete(problem: AbstractProblem, noise: AbstractNoise, method: Method, eta: Optional[float] = None,
+                      T: Optional[float] = None, n_paths: int = 1, key: Union[int, jax.Array] = 0, *,
+                      steps: Optional[int] = None, n_record: int = 100, theta0: Optional[Float[ArrayLike, "D"]] = None,
+                      v0: Union[str, Float[ArrayLike, "D"]] = "zeros", sweep: Optional[dict] = None,
+                      record_state: bool = True, chunk_steps: int = 1_000_000, progress: Optional[bool] = None,
+                      divergence_bound: float = 1e10, dtype=None, on_chunk: Optional[Callable] = None,
+                      checkpoint: Union[None, str, Path] = None,
+                      checkpoint_every_s: float = 30.0) -> Union[Trajectory, list[Trajectory]]:
     """Run the discrete AGM ``method`` on ``problem`` with gradient noise ``noise``.
 
     Runs K = round(T / eta^2) steps (or ``steps`` steps for every configuration) for ``n_paths`` independent

@@ -26,20 +26,23 @@ from __future__ import annotations
 import json
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import ArrayLike, Float
 
 from . import geometry as geo
 from .validation import ConfigError, check_int, check_range
 from ._batching import map_paths
 from .inputs import initial_v, parse_inputs, run_meta
 from .noise import psd_sqrt
-from .problems import observe_batch
+from .methods import Method
+from .noise import AbstractNoise
+from .problems import AbstractProblem, observe_batch
 from .trajectory import Trajectory
 
 __all__ = ["simulate_slow_sde", "slow_sde_coefficients", "label_noise_vector_field", "SlowSDEModel", "SlowSDETerm",
@@ -248,10 +251,16 @@ def _solver(solver, default: str):
     return SOLVERS[name]()
 
 
-def simulate_slow_sde(problem, noise, method, T, n_paths=1, key=0, *, eta=None, dt=1e-3, n_record=100,
-                      theta0=None, v0="equilibrium", rank=None, solver=None, stepsize_controller=None, rtol=1e-8,
-                      atol=1e-10, max_steps=1_000_000, project_max_steps=100_000, force_sde=False,
-                      record_state=True, dtype=None, paths_per_call=None, records_per_call=None, checkpoint=None):
+def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Method, T: float, n_paths: int = 1,
+                      key: Union[int, jax.Array] = 0, *, eta: Optional[float] = None, dt: float = 1e-3,
+                      n_record: int = 100, theta0: Optional[Float[ArrayLike, "D"]] = None,
+                      v0: Union[str, Float[ArrayLike, "D"]] = "equilibrium", rank: Optional[int] = None,
+                      solver: Union[None, str, diffrax.AbstractSolver] = None,
+                      stepsize_controller: Optional[diffrax.AbstractStepSizeController] = None, rtol: float = 1e-8,
+                      atol: float = 1e-10, max_steps: int = 1_000_000, project_max_steps: int = 100_000,
+                      force_sde: bool = False, record_state: bool = True, dtype=None,
+                      paths_per_call: Optional[int] = None, records_per_call: Optional[int] = None,
+                      checkpoint: Union[None, str, Path] = None) -> Trajectory:
     """Integrate the slow SDE of ``method`` under ``noise`` on ``problem`` up to SDE time ``T``.
 
     - ``eta``: only needed to turn an explicit beta2 into c = (1 - beta2)/eta^2;
