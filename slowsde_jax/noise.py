@@ -2,7 +2,8 @@
 
 The discrete engine calls ``noise.grad(problem, theta, key)`` (shape (D,)); the slow-SDE side calls
 ``noise.covariance(problem, theta)`` (shape (D, D)) or ``covariance_diag`` (shape (D,)). Both come from one
-object, so they cannot drift apart.
+object, so they cannot drift apart. ``covariance_factor(problem, theta)`` gives G (D, K) with G G^T = Sigma
+without forming Sigma (K = n or 2n for the per-sample noises): the structured slow-SDE path uses it.
 
 - :func:`label_noise`: l_i = (f_i - y_i - xi_i)^2 / 2 with xi_i = +-delta (Rademacher) or N(0, delta^2), fresh
   each step, on every label of the full batch, or on a minibatch of B samples drawn with replacement
@@ -89,6 +90,16 @@ class LabelNoise(Noise):
         g = (w * r) @ J
         return ((w * (r**2 + self.delta**2)) @ J**2 - g**2) / self.batch_size
 
+    def covariance_factor(self, problem, theta):
+        """G with G G^T = covariance: delta J^T W (D, n) for the full batch; for B draws with replacement,
+        [sqrt(w_i/B) (r_i grad r_i - g), delta sqrt(w_i/B) grad r_i] (D, 2n), g = J^T (w r) (weights sum to 1)."""
+        r, J, w = self._parts(problem, theta)
+        if self.batch_size is None:
+            return self.delta * (J.T * w)
+        g = (w * r) @ J
+        c = jnp.sqrt(w / self.batch_size)
+        return jnp.concatenate([((J.T * r) - g[:, None]) * c, self.delta * (J.T * c)], axis=1)
+
     def label_noise_alpha(self, problem):
         n = problem.n_active if hasattr(problem, "n_active") else problem.sample_weights().shape[0]
         return self.delta**2 / (n if self.batch_size is None else self.batch_size)
@@ -108,6 +119,12 @@ class Minibatch(Noise):
         w = problem.sample_weights()
         g = w @ G
         return ((G.T * w) @ G - jnp.outer(g, g)) / self.batch_size
+
+    def covariance_factor(self, problem, theta):
+        """G (D, n) with G G^T = covariance: column i is sqrt(w_i / B) (grad l_i - g) (weights sum to 1)."""
+        Gs = jax.jacrev(problem.per_sample_losses)(theta)  # (n, D)
+        w = problem.sample_weights()
+        return (Gs - w @ Gs).T * jnp.sqrt(w / self.batch_size)
 
 
 class Gaussian(Noise):
@@ -129,6 +146,10 @@ class Gaussian(Noise):
 
     def covariance(self, problem, theta):
         return self.cov if self.cov_fn is None else self.cov_fn(theta)
+
+    def covariance_factor(self, problem, theta):
+        """The factor A (D, D) with A A^T = covariance (precomputed for a constant cov)."""
+        return self._factor(theta)
 
 
 def psd_sqrt(S):
