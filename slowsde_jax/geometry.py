@@ -228,6 +228,83 @@ def ls_third_derivative_tangent(residuals, w, theta, MJt):
     return 2.0 * jax.grad(directional)(theta)
 
 
+def _ls_sample_eig(Jw, S, rank=None, rtol=DEFAULT_RTOL):
+    """The sample-space Gram matrix K = J_w S J_w^T (n, n) = B B^T with B = J_w S^{1/2}, whose nonzero
+    eigenvalues are those of H' = B^T B. Returns (S J_w^T (D, n), eigenvalues (n,) with the tangent/masked
+    ones set to 0, eigenvectors Q (n, n), normal mask (n,), pseudo-inverse eigenvalues (n,)). The rank rule
+    is the module's (top ``rank``, else above rtol times the largest), applied to the same nonzero spectrum
+    as the dense path."""
+    SJt = _apply_S(S, Jw.T)
+    K = Jw @ SJt
+    lam, Q = jnp.linalg.eigh(0.5 * (K + K.T))
+    normal = _normal_mask(lam, rank, rtol)
+    lam = jnp.where(normal, lam, 0.0)
+    inv = jnp.where(normal, 1.0 / jnp.where(normal, lam, 1.0), 0.0)
+    return SJt, lam, Q, normal, inv
+
+
+def ls_sigma_diamond_jt(J, w, S, noise_factor, rank=None, rtol=DEFAULT_RTOL):
+    """Sigma_diamond J_w^T (D, n) and the tangent noise factor dPhi_S S G (D, K) for least squares on Gamma,
+    in sample space: never a (D, D) matrix unless the noise factor itself is (D, D).
+
+    ``J`` (n, D) residual Jacobian, ``w`` (n,) weights (0 masks a sample), J_w = Diag(sqrt w) J, ``S`` (D,)
+    or (D, D), ``noise_factor`` G (D, K) with Sigma = G G^T (or its diagonal (D,): G = Diag(g)).
+
+    With K = J_w S J_w^T = Q Diag(lam) Q^T (n x n; H' = B^T B, B = J_w S^{1/2}, has the same nonzero
+    spectrum, eigenvectors u_i = B^T q_i / sqrt(lam_i)) and F = J_w S G (n, K):
+
+        dPhi_S S G          = S G - S J_w^T K^+ F                                      (= A, the tangent factor)
+        Sigma_diamond J_w^T = S J_w^T Q [C_ij / (lam_i (lam_i + lam_j))] Q^T  +  A F^T K^+,   C = Q^T F F^T Q
+
+    The first term is the normal-normal block sum <Sigma', u_i u_j^T>/(lam_i + lam_j) u_i u_j^T applied to B^T;
+    the second is the normal-tangent block P_T Sigma' H'^+ B^T = (dPhi_S S Sigma S J_w^T) K^+ in
+    original coordinates (the tangent-normal block dies on B^T, the tangent-tangent block is 0).
+    Cost O(n D K + n^3).
+    """
+    Jw = jnp.sqrt(w)[:, None] * J
+    return _ls_diamond(Jw, S, noise_factor, _ls_sample_eig(Jw, S, rank, rtol))
+
+
+def _ls_diamond(Jw, S, noise_factor, eig):
+    SJt, lam, Q, normal, inv = eig
+    Gm = jnp.diag(noise_factor) if noise_factor.ndim == 1 else noise_factor
+    SG = _apply_S(S, Gm)
+    F = Jw @ SG  # (n, K)
+    QF = Q.T @ F
+    A = SG - SJt @ (Q @ (inv[:, None] * QF))
+    both = normal[:, None] & normal[None, :]
+    denom = lam[:, None] * (lam[:, None] + lam[None, :])
+    Zt = jnp.where(both, (QF @ QF.T) / jnp.where(both, denom, 1.0), 0.0)
+    Kplus = (Q * inv) @ Q.T
+    MJt = SJt @ (Q @ Zt @ Q.T) + A @ (F.T @ Kplus)
+    return MJt, A
+
+
+def ls_slow_sde_coefficients(residuals, weights, theta, S, noise_factor, rank=None, rtol=DEFAULT_RTOL):
+    """Slow-SDE coefficients of zeta at a point theta of Gamma for L = sum_i w_i r_i^2 / 2 (math §4), in
+    sample space (never a (D, D) matrix unless the noise factor is one).
+
+    ``residuals`` r(theta) -> (n,), ``weights`` w (n,) (0 masks a sample), ``S`` (D,) or SPD (D, D),
+    ``noise_factor`` G (D, K) with Sigma(theta) = G G^T (or a diagonal (D,), G = Diag(g)); ``rank`` the
+    codimension (default: the rank rule on the nonzero spectrum of H').
+
+    Returns ``(drift (D,), tangent_factor (D, K))``: drift = -1/2 dPhi_S S grad^3 L[Sigma_diamond] and
+    tangent_factor = dPhi_S S G, so that tangent_factor tangent_factor^T = Sigma_par. Cost: n reverse passes
+    for J, O(n) passes of r for the third derivative (:func:`ls_third_derivative_tangent`), O(n D K + n^3).
+    """
+    S = jnp.asarray(S, theta.dtype)
+    J = ls_jacobian(residuals, theta)
+    sw = jnp.sqrt(weights)
+    Jw = sw[:, None] * J
+    eig = _ls_sample_eig(Jw, S, rank, rtol)
+    MJt, A = _ls_diamond(Jw, S, noise_factor, eig)
+    # sum_n w_n Hess r_n (M grad r_n) = sum_n sqrt(w_n) Hess r_n (M sqrt(w_n) grad r_n)
+    St3 = _apply_S(S, ls_third_derivative_tangent(residuals, sw, theta, MJt))
+    SJt, _, Q, _, inv = eig
+    drift = -0.5 * (St3 - SJt @ (Q @ (inv * (Q.T @ (Jw @ St3)))))
+    return drift, A
+
+
 def label_noise_drift(loss, theta, S, alpha, residuals=None, weights=None):
     """The label-noise slow drift -(alpha/4) dPhi_S S grad^3 L[S] at theta on Gamma (math §5), shape (D,).
 

@@ -2,7 +2,8 @@
 
 The discrete engine calls ``noise.grad(problem, theta, key)`` (shape (D,)); the slow-SDE side calls
 ``noise.covariance(problem, theta)`` (shape (D, D)) or ``covariance_diag`` (shape (D,)). Both come from one
-object, so they cannot drift apart.
+object, so they cannot drift apart. ``covariance_factor(problem, theta)`` gives G (D, K) with G G^T = Sigma
+without forming Sigma (K = n or 2n for the per-sample noises): the structured slow-SDE path uses it.
 
 - :func:`label_noise`: l_i = (f_i - y_i - xi_i)^2 / 2 with xi_i = +-delta (Rademacher) or N(0, delta^2), fresh
   each step, on every label of the full batch, or on a minibatch of B samples drawn with replacement
@@ -64,6 +65,10 @@ class AbstractNoise(eqx.Module):
         """diag Sigma(theta), shape (D,)."""
 
     @abc.abstractmethod
+    def covariance_factor(self, problem, theta: Float[Array, "D"]) -> Float[Array, "D K"]:
+        """G with G G^T = Sigma(theta), shape (D, K), without forming Sigma where the noise allows."""
+
+    @abc.abstractmethod
     def label_noise_alpha(self, problem) -> Optional[Scalar]:
         """alpha with Sigma = alpha H on Gamma (a scalar), or None when the noise is not of that form."""
 
@@ -121,6 +126,16 @@ class LabelNoise(AbstractNoise):
         g = (w * r) @ J
         return ((w * (r**2 + self.delta**2)) @ J**2 - g**2) / self.batch_size
 
+    def covariance_factor(self, problem, theta):
+        """G with G G^T = covariance: delta J^T W (D, n) for the full batch; for B draws with replacement,
+        [sqrt(w_i/B) (r_i grad r_i - g), delta sqrt(w_i/B) grad r_i] (D, 2n), g = J^T (w r) (weights sum to 1)."""
+        r, J, w = self._parts(problem, theta)
+        if self.batch_size is None:
+            return self.delta * (J.T * w)
+        g = (w * r) @ J
+        c = jnp.sqrt(w / self.batch_size)
+        return jnp.concatenate([((J.T * r) - g[:, None]) * c, self.delta * (J.T * c)], axis=1)
+
     def label_noise_alpha(self, problem: AbstractLeastSquares) -> Scalar:
         """delta^2 / n for the full batch (n the number of active samples), delta^2 / B for a minibatch."""
         return self.delta**2 / (problem.n_active if self.batch_size is None else self.batch_size)
@@ -153,6 +168,13 @@ class Minibatch(AbstractNoise):
 
     def covariance_diag(self, problem, theta: Float[Array, "D"]) -> Float[Array, "D"]:
         return jnp.diag(self.covariance(problem, theta))
+
+    def covariance_factor(self, problem, theta):
+        """G (D, n) with G G^T = covariance: column i is sqrt(w_i / B) (grad l_i - g) (weights sum to 1)."""
+        Gs = jax.jacrev(problem.per_sample_losses)(theta)  # (n, D)
+        w = problem.sample_weights()
+        return (Gs - w @ Gs).T * jnp.sqrt(w / self.batch_size)
+
 
     def label_noise_alpha(self, problem) -> None:
         return None
@@ -189,6 +211,11 @@ class Gaussian(AbstractNoise):
 
     def covariance_diag(self, problem, theta: Float[Array, "D"]) -> Float[Array, "D"]:
         return jnp.diag(self.covariance(problem, theta))
+
+    def covariance_factor(self, problem, theta):
+        """The factor A (D, D) with A A^T = covariance (precomputed for a constant cov)."""
+        return self._factor(theta)
+
 
     def label_noise_alpha(self, problem) -> None:
         return None
