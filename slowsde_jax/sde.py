@@ -39,7 +39,6 @@ from . import geometry as geo
 from .validation import ConfigError, check_int, check_range
 from ._batching import map_paths
 from .inputs import initial_v, parse_inputs, run_meta
-from .noise import psd_sqrt
 from .methods import Method
 from .noise import AbstractNoise
 from .problems import AbstractProblem, observe_batch
@@ -51,20 +50,25 @@ __all__ = ["simulate_slow_sde", "slow_sde_coefficients", "label_noise_vector_fie
 
 # ----- the coefficients -----------------------------------------------------------------------------------------
 def slow_sde_coefficients(problem, noise, method, zeta, v, c, rank=None):
-    """Drift of (zeta, v) (each (D,)) and the diffusion of zeta (D, D) at a point zeta of Gamma.
+    """Drift of (zeta, v) (each (D,)) and the tangent diffusion factor A (D, K) at a point zeta of Gamma, with
+    A A^T = Sigma_par and K the width of the noise's covariance factor G (G G^T = Sigma).
 
-    Dense geometry (Hessian, eigendecompositions): for D up to a few hundred per path.
+    Least squares (the problem has residuals, r = 0 on Gamma): in sample space, with n x n solves and
+    Jacobian-vector products (:func:`slowsde_jax.geometry.ls_slow_sde_coefficients`), no D x D matrix unless
+    G is one. Any other loss: dense geometry (Hessian, eigendecompositions), for D up to a few hundred.
     """
     S = method.S(v)
-    loss = problem.loss
-    H = geo.hessian(loss, zeta)
-    Sigma = noise.covariance(problem, zeta)
-    P = geo.projection_jacobian(H, S, rank)
-    X = geo.sigma_diamond(H, Sigma, S, rank)
-    t3 = geo.third_derivative_contraction(loss, zeta, X)
-    drift = -0.5 * P @ (S * t3)
-    A = P @ (S[:, None] * psd_sqrt(Sigma))
-    dv = c * (method.V(jnp.diag(Sigma)) - v) if method.has_v else jnp.zeros_like(v)
+    G = noise.covariance_factor(problem, zeta)
+    residuals, weights = problem.residual_parts()
+    if residuals is not None:
+        drift, A = geo.ls_slow_sde_coefficients(residuals, weights, zeta, S, G, rank)
+    else:
+        H = geo.hessian(problem.loss, zeta)
+        P = geo.projection_jacobian(H, S, rank)
+        X = geo.sigma_diamond(H, G @ G.T, S, rank)
+        drift = -0.5 * P @ (S * geo.third_derivative_contraction(problem.loss, zeta, X))
+        A = P @ (S[:, None] * G)
+    dv = c * (method.V(noise.covariance_diag(problem, zeta)) - v) if method.has_v else jnp.zeros_like(v)
     return drift, dv, A
 
 
@@ -93,7 +97,7 @@ class SlowSDEModel(eqx.Module):
 
 def sde_coefficients(t, y, model: SlowSDEModel):
     """((d zeta/dt, dv/dt), A) at y = (zeta, v), zeta on Gamma: the drift pytree and the tangent diffusion A
-    (D, D) with A A^T = Sigma_par."""
+    (D, K) with A A^T = Sigma_par."""
     zeta, v = y
     b, dv, A = slow_sde_coefficients(model.problem, model.noise, model.method, zeta, v, model.c, model.rank)
     return (b, dv), A
@@ -182,10 +186,11 @@ def _sde_segment(model, solver, y, keys, t_steps, t_save):
     states at ``t_save`` (step times). Increments depend only on the path's key and the step's times, so a
     run cut into segments (for checkpoints) draws the same Brownian path as one in a single call."""
 
+    K = jax.eval_shape(model.noise.covariance_factor, model.problem, y[0][0]).shape[1]  # Brownian dimension
+
     def one(y0, key):
-        D = y0[0].shape[0]
         sol = diffrax.diffeqsolve(
-            SlowSDETerm(diffrax.UnsafeBrownianPath(shape=(D,), key=key)), RetractingSolver(solver),
+            SlowSDETerm(diffrax.UnsafeBrownianPath(shape=(K,), key=key)), RetractingSolver(solver),
             t0=t_steps[0], t1=t_steps[-1], dt0=None, y0=y0, args=model,
             stepsize_controller=diffrax.StepTo(ts=t_steps), saveat=diffrax.SaveAt(ts=t_save),
             adjoint=diffrax.ForwardMode(), max_steps=t_steps.shape[0] - 1, throw=False)
