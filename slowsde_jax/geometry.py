@@ -430,10 +430,10 @@ def project_flow(loss, theta, S, tol=1e-10, max_steps=100_000, *, residuals=None
 def _project_batch(loss, theta, S, tol, max_steps, residuals, weights, rank):
     """project_flow over a batch (N, D). Compiled once per loss: methods of problems (equinox Modules) are
     pytrees, so a new problem with the same structure reuses the compiled function."""
-    D = theta.shape[-1]
-    n = 0 if residuals is None else jax.eval_shape(residuals, theta[0]).shape[0]
+    # the largest matrix factorized per point: the n x n Gram matrix for least squares, else the D x D Hessian
+    m = theta.shape[-1] if residuals is None else jax.eval_shape(residuals, theta[0]).shape[0]
     return map_paths(lambda a: project_flow(loss, a[0], a[1], tol, max_steps, residuals=residuals, weights=weights,
-                                            rank=rank), (theta, S), max(D, n))
+                                            rank=rank), (theta, S), m)
 
 
 def projection_failure_message(status, max_steps) -> str:

@@ -236,10 +236,14 @@ def _initial_state(model, theta0, v0_mode, v0, keys, max_steps):
 
 
 def _matrix_size(model) -> int:
-    """The largest matrix the geometry factorizes per path: D (dense Hessians) or the number of samples."""
+    """The largest matrix factorized per path and step: n x n Gram matrices for least squares (the structured
+    geometry and the Gauss-Newton retraction), D x D Hessians otherwise or when the noise factor is
+    recomputed from a covariance function."""
     residuals, _ = model.problem.residual_parts()
-    n = 0 if residuals is None else jax.eval_shape(residuals, jnp.zeros(model.problem.dim)).shape[0]
-    return max(model.problem.dim, n)
+    D = model.problem.dim
+    if residuals is None or getattr(model.noise, "cov_fn", None) is not None:
+        return D
+    return jax.eval_shape(residuals, jnp.zeros(D)).shape[0]
 
 
 # ----- the front end: validate, schedule, loop, package ------------------------------------------------------------
