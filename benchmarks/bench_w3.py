@@ -51,7 +51,8 @@ def main():
     hyp = problems.hyperbola(y=1.0)
     case("hyperbola, label noise (ODE)", hyp, noise.label_noise(0.5), adam, 0.5, "v", a.etas, a.paths, 1)
     net = problems.diagonal_net(d=20, n=10, k=2, key=0, n_test=100)
-    x0 = net.init(jax.random.PRNGKey(0))
+    w = np.asarray(net.w_star)  # a start with every coordinate away from 0, projected onto Gamma
+    x0 = np.concatenate([np.sqrt(np.maximum(w, 0) + 0.3), np.sqrt(np.maximum(-w, 0) + 0.3)])
     x0 = sj.geometry.project(net.loss, x0, np.ones(net.dim), residuals=net.residuals)
     case("diagonal net d=20, label noise (ODE)", net, noise.label_noise(0.5), sj.adam(c=10.0, eps=1e-3), 0.5,
          "test_loss", a.etas, a.paths, 1, theta0=x0)
