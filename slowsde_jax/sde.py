@@ -49,18 +49,19 @@ __all__ = ["simulate_slow_sde", "slow_sde_coefficients", "label_noise_vector_fie
 
 
 # ----- the coefficients -----------------------------------------------------------------------------------------
-def slow_sde_coefficients(problem, noise, method, zeta, v, c, rank=None):
+def slow_sde_coefficients(problem, noise, method, zeta, v, c, rank=None, structured=None):
     """Drift of (zeta, v) (each (D,)) and the tangent diffusion factor A (D, K) at a point zeta of Gamma, with
     A A^T = Sigma_par and K the width of the noise's covariance factor G (G G^T = Sigma).
 
     Least squares (the problem has residuals, r = 0 on Gamma): in sample space, with n x n solves and
     Jacobian-vector products (:func:`slowsde_jax.geometry.ls_slow_sde_coefficients`), no D x D matrix unless
-    G is one. Any other loss: dense geometry (Hessian, eigendecompositions), for D up to a few hundred.
+    G is one. Any other loss, or ``structured=False``: dense geometry (Hessian, eigendecompositions), for D
+    up to a few hundred. The two agree to rounding (tests/test_structured_geometry.py).
     """
     S = method.S(v)
     G = noise.covariance_factor(problem, zeta)
     residuals, weights = problem.residual_parts()
-    if residuals is not None:
+    if residuals is not None and structured is not False:
         drift, A = geo.ls_slow_sde_coefficients(residuals, weights, zeta, S, G, rank)
     else:
         H = geo.hessian(problem.loss, zeta)
