@@ -12,7 +12,9 @@ matrix (D, D). With H' = S^{1/2} H S^{1/2}:
 - ``project(loss, theta, S)``: Phi_S(theta);
 - ``sharpness(H, kind)``: tr H, tr(Diag H^{1/2}), tr(Diag H^{1-lam}), sum_B sqrt(|B| tr H_BB);
 - least squares on Gamma (``ls_*``): H = J^T W J from the residual Jacobian J (n, D) and weights W = Diag(w),
-  so that dPhi_S = I - S J^T (J S J^T)^{-1} J costs O(n^2 D + n^3) instead of O(D^3).
+  so that dPhi_S = I - S J^T (J S J^T)^{-1} J costs O(n^2 D + n^3) instead of O(D^3);
+  ``ls_slow_sde_coefficients`` gives the slow SDE's drift and tangent noise factor the same way, from a noise
+  factor G (Sigma = G G^T, see ``Noise.covariance_factor``) and one n x n eigendecomposition.
 
 **Rank rule.** Gamma has codimension m = rank H. Matrix-level functions take ``rank`` (the known codimension,
 e.g. the number of active samples of an interpolating least-squares problem) or, when it is None, count the
@@ -291,6 +293,7 @@ def ls_slow_sde_coefficients(residuals, weights, theta, S, noise_factor, rank=No
     Returns ``(drift (D,), tangent_factor (D, K))``: drift = -1/2 dPhi_S S grad^3 L[Sigma_diamond] and
     tangent_factor = dPhi_S S G, so that tangent_factor tangent_factor^T = Sigma_par. Cost: n reverse passes
     for J, O(n) passes of r for the third derivative (:func:`ls_third_derivative_tangent`), O(n D K + n^3).
+    Valid on Gamma of an interpolating problem (active residuals r_i = 0), like the dense path it replaces.
     """
     S = jnp.asarray(S, theta.dtype)
     J = ls_jacobian(residuals, theta)
