@@ -5,7 +5,7 @@
 Both paths give (drift of zeta, drift of v, tangent noise) for Adam (c = 10, v at equilibrium) under full-batch
 label noise (delta = 0.5) at points of Gamma, jitted and vmapped over ``--points`` points:
 
-- dense: ``sde.slow_sde_coefficients`` (Hessian (D, D), Sigma (D, D), two eigendecompositions of D x D,
+- dense: ``sde.slow_sde_coefficients(..., structured=False)`` (Hessian (D, D), Sigma (D, D), two eigendecompositions of D x D,
   dense grad^3 L[Sigma_diamond] = gradient of a Hessian, dPhi_S S Sigma^{1/2} (D, D));
 - structured: ``noise.covariance_factor`` (G = delta J^T W, (D, n)) and ``geometry.ls_slow_sde_coefficients``
   (n x n eigendecomposition, O(n) Jacobian-vector products; tangent factor (D, n)).
@@ -82,7 +82,7 @@ def main():
         t_sm = best_time(structured_map, xs, vs) / a.points
         if D <= a.dense_max:
             dense = jax.jit(lambda xs, vs: jax.lax.map(
-                lambda xv: sde.slow_sde_coefficients(prob, nz, method, xv[0], xv[1], c), (xs, vs)))
+                lambda xv: sde.slow_sde_coefficients(prob, nz, method, xv[0], xv[1], c, structured=False), (xs, vs)))
             t_d = best_time(dense, xs, vs) / a.points
             (bd, _, Ad), (bs, _, As) = dense(xs, vs), structured(xs, vs)
             diff = float(jnp.max(jnp.abs(bd - bs)) / jnp.max(jnp.abs(bd)))  # label noise: Sigma_par = 0 in both
