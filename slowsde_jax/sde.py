@@ -187,7 +187,7 @@ def _sde_segment(model, solver, y, keys, t_steps, t_save):
     states at ``t_save`` (step times). Increments depend only on the path's key and the step's times, so a
     run cut into segments (for checkpoints) draws the same Brownian path as one in a single call."""
 
-    K = jax.eval_shape(model.noise.covariance_factor, model.problem, y[0][0]).shape[1]  # Brownian dimension
+    K = jax.eval_shape(lambda z: model.noise.covariance_factor(model.problem, z), y[0][0]).shape[1]  # dim of W
 
     def one(y0, key):
         sol = diffrax.diffeqsolve(
