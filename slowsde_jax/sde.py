@@ -160,22 +160,92 @@ def _sde_chunk(problem, noise, method, c, rank, y, keys, t0, t1, n_steps):
     return jax.vmap(one)(y, keys)
 
 
+class _ErrorInX(diffrax.AbstractWrappedSolver):
+    """Wraps the solver of the label-noise ODE in log coordinates z = log|x| (and log v): reports the step's
+    error as the error of x = exp(z), rescaled so that the controller's test
+    |err| <= atol + rtol |z| becomes |x| |dz| <= atol + rtol |x|. A coordinate that has decayed to 1e-40
+    then no longer limits the step through the rounding noise of its rate."""
+
+    solver: diffrax.AbstractSolver
+    rtol: float
+    atol: float
+
+    @property
+    def term_structure(self):
+        return self.solver.term_structure
+
+    @property
+    def interpolation_cls(self):
+        return self.solver.interpolation_cls
+
+    def order(self, terms):
+        return self.solver.order(terms)
+
+    def init(self, terms, t0, t1, y0, args):
+        return self.solver.init(terms, t0, t1, y0, args)
+
+    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        y1, err, dense, state, result = self.solver.step(terms, t0, t1, y0, args, solver_state, made_jump)
+        z = jnp.maximum(y0, y1)
+        m = jnp.exp(jnp.minimum(z, 700.0))
+        scale = m * (self.atol + self.rtol * jnp.maximum(jnp.abs(y0), jnp.abs(y1))) / (self.atol + self.rtol * m)
+        err = err * scale
+        # a stage that left the domain (v = exp(z) overflowing): a large finite error makes the controller
+        # shrink the step; a NaN would poison its step-size factor and stall it
+        err = jnp.where(jnp.isfinite(err) & jnp.all(jnp.isfinite(y1)), err, 1e10)
+        return y1, err, dense, state, result
+
+    def func(self, terms, t0, y0, args):
+        return self.solver.func(terms, t0, y0, args)
+
+
+def _ode_in_log_coordinates(problem, method):
+    """The label-noise ODE is integrated in z = (log|x|, log v) with the signs of x fixed when the residuals
+    are r(x) = B (x * x) - y (diagonal nets; ``problem.quadratic_residuals()``) and v > 0 evolves (AGMs).
+
+    Why: there every term of the drift carries a factor x_k, dx/dt = x * h(x, v), so x_k never changes sign
+    and log|x_k| moves at the rate h_k. Near u_j v_j = 0, S_k ~ 1/eps and x_k decays at a rate up to
+    ~ 1/eps^2: a stiff mode in x (explicit solvers stall, implicit ones need Jacobians of the whole drift),
+    a straight line in log|x_k|; v_k decays at the rate c. The error is controlled in x (see _ErrorInX)."""
+    residuals, _ = problem.residual_parts()
+    return method.has_v and residuals is not None and geo.quadratic_structure(residuals) is not None
+
+
+_LOG_FLOOR, _TINY = -230.0, 1e-300  # log|x| is evaluated at >= log(1e-100): x_k^2 then drops out of the rest
+
+
 @eqx.filter_jit
 def _ode_chunk(problem, noise, method, c, alpha, y, t0, t1, rtol, atol, solver_name, max_steps):
     D = problem.dim
     retract = _retraction(problem, method, D)
-
-    def f(t, y, args):
-        dz, dv = label_noise_vector_field(problem, noise, method, y[:D], y[D:], c, alpha)
-        return jnp.concatenate([dz, dv])
-
     solver = {"tsit5": diffrax.Tsit5(), "kvaerno5": diffrax.Kvaerno5()}[solver_name]
+    log = _ode_in_log_coordinates(problem, method)
+    if log:
+        B, y_lab = geo.quadratic_structure(problem.residual_parts()[0])
+        w = problem.residual_parts()[1]
+        solver = _ErrorInX(solver, rtol, atol)
 
     def one(y0):
-        sol = diffrax.diffeqsolve(diffrax.ODETerm(f), solver, t0=t0, t1=t1, dt0=None, y0=y0,
+        if not log:
+            def f(t, y, args):
+                dz, dv = label_noise_vector_field(problem, noise, method, y[:D], y[D:], c, alpha)
+                return jnp.concatenate([dz, dv])
+            z0 = y0
+        else:
+            sign = jnp.where(y0[:D] < 0, -1.0, 1.0).astype(y0.dtype)
+
+            def f(t, z, args):
+                x, v = sign * jnp.exp(jnp.maximum(z[:D], _LOG_FLOOR)), jnp.exp(z[D:])
+                h = geo.quadratic_label_noise_rate(B, y_lab, w, x, method.S(v), alpha)
+                return jnp.concatenate([h, c * (method.V(noise.covariance_diag(problem, x)) / v - 1.0)])
+
+            z0 = jnp.log(jnp.maximum(jnp.abs(y0), _TINY))
+            z0 = z0.at[:D].set(jnp.maximum(z0[:D], _LOG_FLOOR))
+        sol = diffrax.diffeqsolve(diffrax.ODETerm(f), solver, t0=t0, t1=t1, dt0=None, y0=z0,
                                   stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
                                   saveat=diffrax.SaveAt(t1=True), max_steps=max_steps, throw=False)
-        return retract(y0, sol.ys[-1]), sol.result == diffrax.RESULTS.successful
+        y1 = sol.ys[-1] if not log else jnp.concatenate([sign * jnp.exp(sol.ys[-1][:D]), jnp.exp(sol.ys[-1][D:])])
+        return retract(y0, y1), sol.result == diffrax.RESULTS.successful
 
     return jax.vmap(one)(y)
 
