@@ -197,8 +197,21 @@ def _ls_gram_solve(Jw, w, S, y):
     """(S J_w^T, z) with (J_w S J_w^T) z = y for J_w = Diag(sqrt w) J; masked samples (w = 0) get a unit
     diagonal so that their (zero) rows drop out."""
     SJt = _apply_S(S, Jw.T)
-    Gram = Jw @ SJt + jnp.diag((w == 0).astype(Jw.dtype))
-    return SJt, jnp.linalg.solve(Gram, y)
+    Gram = Jw @ SJt
+    return SJt, jnp.linalg.solve(Gram + _gram_shift(Gram, w), y)
+
+
+GRAM_RIDGE = 1e-13
+
+
+def _gram_shift(Gram, w):
+    """Added to a Gram matrix J S J^T before solving: a unit diagonal for masked samples (w = 0; their rows
+    drop out), and a ridge of GRAM_RIDGE times its largest diagonal entry. Near a point where Gamma loses
+    rank (the diagonal net's sparse corner: fewer than n coordinates with S_k x_k^2 above rounding) the Gram
+    matrix is singular to rounding and a plain solve returns rounding noise amplified by 1e16 or more; the
+    ridge sets those unseen directions to zero and leaves the others unchanged to ~1e-13."""
+    d = jnp.diagonal(Gram)
+    return jnp.diag(jnp.where(w == 0, 1.0, GRAM_RIDGE * jnp.max(jnp.abs(d))).astype(Gram.dtype))
 
 
 def ls_apply_projection(J, w, S, x):
@@ -325,6 +338,23 @@ def label_noise_drift(loss, theta, S, alpha, residuals=None, weights=None):
     return -(alpha / 4.0) * P @ _apply_S(S, t3)
 
 
+def quadratic_label_noise_rate(B, y, w, x, S, alpha):
+    """h with x * h = the label-noise drift -(alpha/4) dPhi_S S grad^3 L[S] for residuals r(x) = B (x * x) - y
+    (:func:`quadratic_structure`), S diagonal (D,); shape (D,).
+
+    With J_w = 2 Diag(sqrt w) B Diag(x): S grad^3 L[S] = 8 x S u with u = S * (w @ B^2), and
+        h = -2 alpha S (u - B_w^T c),   c = argmin_c sum_k m_k (u_k - (B_w^T c)_k)^2,   m = S x^2,
+    i.e. the weighted least-squares fit of u by the rows of B_w. Factoring x out keeps h exact where x_k is
+    tiny (the drift itself is x_k h_k: its relative accuracy is lost there)."""
+    sw = jnp.sqrt(w)
+    Bw = sw[:, None] * B
+    u = S * (w @ (B * B))
+    m = S * x * x
+    G = (Bw * m) @ Bw.T
+    c = jnp.linalg.solve(G + _gram_shift(G, w), Bw @ (m * u))
+    return -2.0 * alpha * S * (u - Bw.T @ c)
+
+
 def normal_frame(H, S, rank=None, rtol=DEFAULT_RTOL, *, gap=False):
     """Normal directions of Gamma (D, D) from the Hessian H (D, D) at (or near) a point of Gamma.
 
@@ -386,12 +416,93 @@ PROJECTION_STATUS = {
 }
 
 
+def quadratic_structure(residuals):
+    """``(B, y)`` when the residuals are r(x) = B (x * x) - y (diagonal nets, the hyperbola), else None.
+
+    A problem declares it with a method ``quadratic_residuals()`` returning (B, y); ``residuals`` is its bound
+    method ``problem.residuals`` (as :meth:`Problem.residual_parts` returns it)."""
+    owner = getattr(residuals, "__self__", None)
+    get = getattr(owner, "quadratic_residuals", None)
+    return None if get is None else get()
+
+
+def _dual_flow_limit(x0, S, B, y, w, tol=1e-10, max_iter=200):
+    """The limit of dx/ds = -S grad L for L = sum_i w_i r_i^2 / 2, r(x) = B (x * x) - y, S diagonal (D,).
+
+    Along the flow x(s) = x0 * exp(-2 S * B^T q(s)) with q(s) = int_0^s W r (each coordinate is rescaled,
+    never moved across 0), and q(s) is a gradient flow of the strictly convex
+        F(q) = sum_k x0_k^2 / (4 S_k) exp(-4 S_k (B^T q)_k) + y^T q      (grad F = -r(x(q))),
+    so the limit is x(q*) with q* = argmin F over the active samples (w > 0). Damped Newton on F: its Hessian
+    B Diag(4 S x^2) B^T = J S J^T is the Gram matrix of the Gauss-Newton step, whose conditioning does not
+    depend on how large S is, so S ~ 1/eps does not make this stiff (about ten Newton steps from a point
+    O(1) off Gamma). Converged when a Newton step moves x by at most tol * max(1, |x|) or the residuals are
+    at rounding level (1e-13 |y|); at most ``max_iter`` steps. Returns (x, converged)."""
+    active = w > 0
+    log_c = 2.0 * jnp.log(jnp.abs(x0)) - jnp.log(4.0 * S)  # -inf where x0_k = 0: that coordinate stays 0
+    r_floor = 1e-13 * jnp.maximum(1.0, jnp.max(jnp.abs(y)))
+
+    def parts(q):
+        e = jnp.exp(log_c - 4.0 * S * (B.T @ q))  # x_k(q)^2 / (4 S_k)
+        r = jnp.where(active, B @ (4.0 * S * e) - y, 0.0)  # -grad F
+        return jnp.sum(e) + jnp.dot(y, q), r, e
+
+    def body(state):
+        q, _, it = state
+        F, r, e = parts(q)
+        Hm = jnp.where(active[:, None] & active[None, :], (B * (16.0 * S * S * e)) @ B.T, 0.0)  # B Diag(4 S x^2) B^T
+        p = jnp.linalg.solve(Hm + _gram_shift(Hm, w), r)  # Newton direction (grad F = -r)
+        dec = jnp.dot(r, p)  # Newton decrement squared
+        x = jnp.sqrt(4.0 * S * e)
+        done = (jnp.linalg.norm(2.0 * S * x * (B.T @ p)) <= tol * jnp.maximum(1.0, jnp.linalg.norm(x))) \
+            | (jnp.max(jnp.abs(r)) <= r_floor)
+
+        def bad(t):  # backtracking: accept a finite F that decreases (Armijo) or, once F's decrease is below
+            Fn, rn, _ = parts(q + t * p)  # its rounding, a smaller residual
+            good = (Fn <= F - 1e-4 * t * dec) | (jnp.linalg.norm(rn) < jnp.linalg.norm(r))
+            return (~jnp.isfinite(Fn) | ~good) & (t > 1e-12)
+
+        t = jax.lax.while_loop(bad, lambda t: 0.5 * t, jnp.asarray(1.0, q.dtype))
+        return jnp.where(done, q + p, q + t * p), done, it + 1  # the last (tiny) step in full, then stop
+
+    q, done, _ = jax.lax.while_loop(lambda st: ~st[1] & (st[2] < max_iter), body,
+                                    (jnp.zeros_like(y), jnp.asarray(False), 0))
+    return x0 * jnp.exp(-2.0 * S * (B.T @ q)), done
+
+
+def _flow_end(loss, theta, S, max_steps, residuals, weights, flow_tol):
+    """End of the flow dx/ds = -S grad L (Tsit5), stopped once the point is within flow_tol of Gamma as the
+    Newton finish measures it: the Gauss-Newton step's length for least squares, |S grad L| otherwise.
+    (Stopping on |grad L| alone left points whose Newton step, S times larger, failed the finish's check.)"""
+    grad = jax.grad(loss)
+    if residuals is not None:
+        w = jnp.ones(jax.eval_shape(residuals, theta).shape, theta.dtype) if weights is None else weights
+        sw = jnp.sqrt(w)
+
+        def gap(x):
+            SJt, z = _ls_gram_solve(sw[:, None] * ls_jacobian(residuals, x), w, S, sw * residuals(x))
+            return jnp.linalg.norm(SJt @ z)
+    else:
+        def gap(x):
+            return jnp.linalg.norm(_apply_S(S, grad(x)))
+    term = diffrax.ODETerm(lambda s, x, args: -_apply_S(S, grad(x)))
+    sol = diffrax.diffeqsolve(
+        term, diffrax.Tsit5(), t0=0.0, t1=jnp.inf, dt0=None, y0=theta,
+        stepsize_controller=diffrax.PIDController(rtol=1e-9, atol=1e-12),
+        event=diffrax.Event(lambda s, x, args, **kw: gap(x) < flow_tol),
+        saveat=diffrax.SaveAt(t1=True), max_steps=max_steps, throw=False)
+    return sol.ys[-1]
+
+
 def project_flow(loss, theta, S, tol=1e-10, max_steps=100_000, *, residuals=None, weights=None, rank=None,
                  flow_tol=1e-7, newton_steps=3):
     """Phi_S(theta): the limit of the preconditioned gradient flow dx/ds = -S grad L(x), x(0) = theta.
 
-    ``S``: diagonal (shape (D,)) or a symmetric positive-definite matrix (D, D). The flow is integrated with
-    an adaptive Tsit5 solver until |grad L| < flow_tol or ``max_steps`` run out, then finished with Newton
+    ``S``: diagonal (shape (D,)) or a symmetric positive-definite matrix (D, D). Residuals of the form
+    r(x) = B (x * x) - y (diagonal nets, the hyperbola: :func:`quadratic_structure`) with S diagonal: the
+    flow's limit is computed exactly by damped Newton on its convex dual (:func:`_dual_flow_limit`; S ~ 1/eps
+    makes the flow itself stiff, not the dual). Otherwise the flow is integrated with an adaptive Tsit5
+    solver until the point is within flow_tol of Gamma (the Gauss-Newton step's length for least squares,
+    |S grad L| for other losses) or ``max_steps`` run out. Either way it is finished with Newton
     steps along S * normal directions (:func:`newton_retraction_step`; for a loss without residuals the
     normals come from the Hessian at the current point, cut at ``rank``, else at the largest spectral gap
     for the first step and by the rank rule after it).
@@ -402,14 +513,14 @@ def project_flow(loss, theta, S, tol=1e-10, max_steps=100_000, *, residuals=None
     |grad L| <= tol * max(1, |x|) * |H|_2 at the end. Returns ``(x, status)``: status 0
     when converged, else a key of :data:`PROJECTION_STATUS` saying why not. jit/vmap-able.
     """
-    grad = jax.grad(loss)
-    term = diffrax.ODETerm(lambda s, x, args: -_apply_S(S, grad(x)))
-    sol = diffrax.diffeqsolve(
-        term, diffrax.Tsit5(), t0=0.0, t1=jnp.inf, dt0=None, y0=theta,
-        stepsize_controller=diffrax.PIDController(rtol=1e-9, atol=1e-12),
-        event=diffrax.Event(lambda s, x, args, **kw: jnp.linalg.norm(grad(x)) < flow_tol),
-        saveat=diffrax.SaveAt(t1=True), max_steps=max_steps, throw=False)
-    x = sol.ys[-1]
+    quad = quadratic_structure(residuals) if residuals is not None and jnp.ndim(S) == 1 else None
+    if quad is not None:  # the exact limit; no Newton finish (near the sparse corner it would add rounding noise)
+        w = jnp.ones_like(quad[1]) if weights is None else weights
+        x, done = _dual_flow_limit(theta, jnp.asarray(S, theta.dtype), quad[0], quad[1], w, tol, max_steps)
+        status = jnp.where(~jnp.all(jnp.isfinite(jnp.asarray(S))), 1,
+                           jnp.where(~jnp.all(jnp.isfinite(x)), 2, jnp.where(~done, 3, PROJECTION_OK)))
+        return x, status
+    x = _flow_end(loss, theta, S, max_steps, residuals, weights, flow_tol)
     steps = []
     for i in range(newton_steps):
         # without residuals: normals at the current point, by the spectral gap at the flow's end (tangent

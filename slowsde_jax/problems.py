@@ -191,6 +191,10 @@ class Hyperbola(AbstractRegression):
         r = self.residuals(theta)[0]
         return jnp.array([4 * theta[0] ** 2 + 2 * r, 4 * theta[1] ** 2 - 2 * r])
 
+    def quadratic_residuals(self):
+        """(B, y) with r(x) = B (x * x) - y, B = [1, -1]."""
+        return jnp.array([[1.0, -1.0]], self.y.dtype), self.y
+
     def observables(self, theta: Float[Array, "D"]) -> dict[str, Scalar]:
         return {"loss": self.loss(theta), "u": theta[0], "v": theta[1], **sharpness_observables(self.hessian_diag(theta))}
 
@@ -251,6 +255,10 @@ class DiagonalNet(AbstractRegression):
         s = self.feature_scales()
         zr = (self.sample_weights() * self.residuals(theta)) @ self.Z
         return 4 * theta**2 * jnp.concatenate([s, s]) + 2 * jnp.concatenate([zr, -zr])
+
+    def quadratic_residuals(self):
+        """(B, y) with r(x) = B (x * x) - y, B = [Z, -Z]: the projection onto Gamma has a closed form."""
+        return jnp.concatenate([self.Z, -self.Z], axis=1), self.y
 
     def test_loss(self, theta: Float[Array, "D"]) -> Scalar:
         """Clean test loss mean_i (<w, z_i> - y_i)^2 / 2 over the test set."""

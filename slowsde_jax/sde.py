@@ -200,17 +200,96 @@ def _sde_segment(model, solver, y, keys, t_steps, t_save):
     return map_paths(lambda a: one(*a), (y, keys), _matrix_size(model))
 
 
+class _ErrorInX(diffrax.AbstractWrappedSolver):
+    """Wraps the solver of the label-noise ODE in log coordinates z = log|x| (and log v): reports the step's
+    error as the error of x = exp(z), rescaled so that the controller's test
+    |err| <= atol + rtol |z| becomes |x| |dz| <= atol + rtol |x|. A coordinate that has decayed to 1e-40
+    then no longer limits the step through the rounding noise of its rate."""
+
+    solver: diffrax.AbstractSolver
+    rtol: float
+    atol: float
+
+    @property
+    def term_structure(self):
+        return self.solver.term_structure
+
+    @property
+    def interpolation_cls(self):
+        return self.solver.interpolation_cls
+
+    def order(self, terms):
+        return self.solver.order(terms)
+
+    def init(self, terms, t0, t1, y0, args):
+        return self.solver.init(terms, t0, t1, y0, args)
+
+    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        y1, err, dense, state, result = self.solver.step(terms, t0, t1, y0, args, solver_state, made_jump)
+        z = jnp.maximum(y0, y1)
+        m = jnp.exp(jnp.minimum(z, 700.0))
+        scale = m * (self.atol + self.rtol * jnp.maximum(jnp.abs(y0), jnp.abs(y1))) / (self.atol + self.rtol * m)
+        err = err * scale
+        # a stage that left the domain (v = exp(z) overflowing): a large finite error makes the controller
+        # shrink the step; a NaN would poison its step-size factor and stall it
+        err = jnp.where(jnp.isfinite(err) & jnp.all(jnp.isfinite(y1)), err, 1e10)
+        return y1, err, dense, state, result
+
+    def func(self, terms, t0, y0, args):
+        return self.solver.func(terms, t0, y0, args)
+
+
+def _ode_in_log_coordinates(problem, method):
+    """The label-noise ODE is integrated in z = (log|x|, log v) with the signs of x fixed when the residuals
+    are r(x) = B (x * x) - y (diagonal nets; ``problem.quadratic_residuals()``) and v > 0 evolves (AGMs).
+
+    Why: there every term of the drift carries a factor x_k, dx/dt = x * h(x, v), so x_k never changes sign
+    and log|x_k| moves at the rate h_k. Near u_j v_j = 0, S_k ~ 1/eps and x_k decays at a rate up to
+    ~ 1/eps^2: a stiff mode in x (explicit solvers stall, implicit ones need Jacobians of the whole drift),
+    a straight line in log|x_k|; v_k decays at the rate c. The error is controlled in x (see _ErrorInX)."""
+    residuals, _ = problem.residual_parts()
+    return method.has_v and residuals is not None and geo.quadratic_structure(residuals) is not None
+
+
+_LOG_FLOOR, _TINY = -230.0, 1e-300  # log|x| is evaluated at >= log(1e-100): x_k^2 then drops out of the rest
+
+
+def _label_noise_log_field(t, z, args):
+    """The label-noise ODE in z = [log|x|; log v] (2D,) for residuals r = B (x * x) - y: d log|x|/dt = h with
+    x * h the drift (:func:`slowsde_jax.geometry.quadratic_label_noise_rate`), d log v/dt = c (V/v - 1).
+    ``args`` = (model, sign of x)."""
+    model, sign = args
+    problem, method, D = model.problem, model.method, model.problem.dim
+    B, y_lab = geo.quadratic_structure(problem.residual_parts()[0])
+    w = problem.residual_parts()[1]
+    x, v = sign * jnp.exp(jnp.maximum(z[:D], _LOG_FLOOR)), jnp.exp(z[D:])
+    h = geo.quadratic_label_noise_rate(B, y_lab, w, x, method.S(v), model.alpha)
+    return jnp.concatenate([h, model.c * (method.V(model.noise.covariance_diag(problem, x)) / v - 1.0)])
+
+
 @eqx.filter_jit
 def _ode_segment(model, solver, controller, y, t_save, max_steps):
     """The label-noise ODE from t_save[0] through t_save[1:] for every path, one adaptive solve; each saved
-    state retracted onto Gamma (the exact flow keeps Gamma invariant, so this only removes solver error)."""
+    state retracted onto Gamma (the exact flow keeps Gamma invariant, so this only removes solver error).
+    On diagonal nets with an AGM the solve runs in (log|x|, log v) (:func:`_ode_in_log_coordinates`)."""
+    problem, D = model.problem, model.problem.dim
+    log = _ode_in_log_coordinates(problem, model.method)
+    if log:
+        solver = _ErrorInX(solver, getattr(controller, "rtol", 1e-8), getattr(controller, "atol", 1e-10))
 
     def one(y0):
-        sol = diffrax.diffeqsolve(
-            diffrax.ODETerm(label_noise_ode_field), solver, t0=t_save[0], t1=t_save[-1], dt0=None, y0=y0,
-            args=model, stepsize_controller=controller, saveat=diffrax.SaveAt(ts=t_save[1:]),
-            max_steps=max_steps, throw=False)
-        ys = jax.vmap(lambda y1: retract_onto_gamma(y1, y1, model))(sol.ys)
+        if log:
+            sign = jnp.where(y0[0] < 0, -1.0, 1.0).astype(y0[0].dtype)
+            z0 = jnp.log(jnp.maximum(jnp.abs(jnp.concatenate(y0)), _TINY))
+            z0 = z0.at[:D].set(jnp.maximum(z0[:D], _LOG_FLOOR))
+            term, start, args = diffrax.ODETerm(_label_noise_log_field), z0, (model, sign)
+        else:
+            term, start, args = diffrax.ODETerm(label_noise_ode_field), y0, model
+        sol = diffrax.diffeqsolve(term, solver, t0=t_save[0], t1=t_save[-1], dt0=None, y0=start, args=args,
+                                  stepsize_controller=controller, saveat=diffrax.SaveAt(ts=t_save[1:]),
+                                  max_steps=max_steps, throw=False)
+        ys = (sign * jnp.exp(sol.ys[:, :D]), jnp.exp(sol.ys[:, D:])) if log else sol.ys
+        ys = jax.vmap(lambda y1: retract_onto_gamma(y1, y1, model))(ys)
         return ys, sol.result == diffrax.RESULTS.successful
 
     return map_paths(one, y, _matrix_size(model))

@@ -53,18 +53,14 @@ def test_block_methods_descend_their_block_sharpness_like_the_ode(name, blocks):
     assert np.all(np.abs(s_disc - s_ode) < 0.05 * (s_ode[0] - s_ode[-1])), (s_disc, s_ode)
 
 
-def test_stiff_ode_near_the_sparse_corner_is_flagged_not_nan():
-    """Adam's flow drives u_j v_j -> 0, where S ~ 1/eps makes the ODE stiff: with eps = 1e-6 the explicit
-    solver runs out of steps; the path is frozen at its last good record and flagged, with no NaN. A larger
-    eps integrates through and reaches the sparse corner."""
-    stiff = sde.simulate_slow_sde(PROB, LABEL, S.adam(c=10.0, eps=1e-6), T=3.0, theta0=X0, n_record=6, max_steps=3000)
-    assert stiff.diverged[0] and np.all(np.isfinite(stiff.theta)) and np.all(np.isfinite(stiff.v))
-    assert 0 < stiff.diverged_time[0] <= 3.0
-    assert "solver failed" in stiff.meta["failure_reasons"][0]
-    soft = sde.simulate_slow_sde(PROB, LABEL, S.adam(c=10.0, eps=1e-3), T=3.0, theta0=X0, n_record=6)
-    assert not soft.diverged[0]
-    u, v = soft.theta[0, -1, :5], soft.theta[0, -1, 5:]
-    assert np.all(np.abs(u * v) < 1e-3)  # every coordinate pair has reached u_j v_j = 0
+@pytest.mark.parametrize("eps", [1e-6, 1e-3])
+def test_ode_integrates_into_the_sparse_corner(eps):
+    """Adam's flow drives u_j v_j -> 0, where S ~ 1/eps: integrated in log|x| (see sde._ode_chunk) the ODE
+    runs through at the paper's eps = 1e-6 as at 1e-3, on a small step budget, and reaches the corner."""
+    run = sde.simulate_slow_sde(PROB, LABEL, S.adam(c=10.0, eps=eps), T=3.0, theta0=X0, n_record=6, max_steps=3000)
+    assert not run.diverged[0] and np.all(np.isfinite(run.theta)) and np.all(np.isfinite(run.v))
+    u, v = run.theta[0, -1, :5], run.theta[0, -1, 5:]
+    assert np.all(np.abs(u * v) < 1e-6)  # every coordinate pair has reached u_j v_j = 0
 
 
 def test_masked_samples_drop_out_of_the_geometry():
