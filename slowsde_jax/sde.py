@@ -14,8 +14,8 @@ The problem, noise and method reach the vector fields through diffrax's ``args``
   supplies the Ito correction. Brownian increments come from ``UnsafeBrownianPath`` (forward mode only),
   one key per path, keyed by the step's times.
 - Label noise (Sigma = alpha H on Gamma): no diffusion; the ODE d zeta/dt = -(alpha/4) dPhi_S S grad^3 L[S]
-  is integrated with an adaptive solver (Tsit5, or Kvaerno5 for the stiff regime near u_j v_j = 0 where eps
-  takes over); the saved states are retracted onto Gamma.
+  is integrated with an adaptive solver (Tsit5 by default); on diagonal nets with an AGM in (log|x|, log v),
+  where the stiffness near u_j v_j = 0 (S ~ 1/eps) disappears; the saved states are retracted onto Gamma.
 
 :func:`simulate_slow_sde` validates, schedules the recording grid, runs one ``diffeqsolve`` with
 ``SaveAt(ts=...)`` per group of paths and segment of records (all records at once unless checkpointing),
@@ -485,7 +485,7 @@ class _SDERun:
             self.reasons[i] = (f"non-finite state between t = {lo:.6g} and {hi:.6g} (retraction onto Gamma failed)"
                                if sde or solver_ok[i] else
                                f"solver failed between t = {lo:.6g} and {hi:.6g} (step budget max_steps exhausted or "
-                               "step size collapsed: a stiff region; try a larger eps or solver='kvaerno5')")
+                               "step size collapsed: a stiff region; raise max_steps or try solver='kvaerno5')")
         for k in range(n_new):
             frozen = ~np.isnan(self.failed_time) & (~alive | (first_bad <= k))
             self.zeta.append(np.where(frozen[:, None], self.zeta[-1], zeta[:, k]))
