@@ -1,7 +1,6 @@
 """The engines' one front end: the same argument checks, meta keys, standard-error rule and failure clock;
 the slow-SDE engine's diffrax-native options and checkpoint/resume."""
 import diffrax
-import jax
 import numpy as np
 import pytest
 

@@ -52,7 +52,6 @@ def test_discrete_runs_end_at_the_odes_corner_with_a_gap_shrinking_in_eta(ode_fr
 def test_projection_runs_through_the_corner_at_both_eps():
     """Phi_S of discrete states with S up to ~1e5 (v decayed on the dead coordinates): every point converges,
     and the exact (dual) projection agrees with integrating the flow itself where that is feasible."""
-    import jax
     import jax.numpy as jnp
 
     from slowsde_jax import geometry as geo
