@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._batching import map_paths
+from ._batching import factorized_size, map_paths
 from .validation import ConfigError
 
 __all__ = ["ProjectionError", "PROJECTION_STATUS", "projection_jacobian", "sigma_parallel", "sigma_diamond",
@@ -544,10 +544,8 @@ def project_flow(loss, theta, S, tol=1e-10, max_steps=100_000, *, residuals=None
 def _project_batch(loss, theta, S, tol, max_steps, residuals, weights, rank):
     """project_flow over a batch (N, D). Compiled once per loss: methods of problems (equinox Modules) are
     pytrees, so a new problem with the same structure reuses the compiled function."""
-    # the largest matrix factorized per point: the n x n Gram matrix for least squares, else the D x D Hessian
-    m = theta.shape[-1] if residuals is None else jax.eval_shape(residuals, theta[0]).shape[0]
     return map_paths(lambda a: project_flow(loss, a[0], a[1], tol, max_steps, residuals=residuals, weights=weights,
-                                            rank=rank), (theta, S), m)
+                                            rank=rank), (theta, S), factorized_size(theta[0], residuals))
 
 
 def projection_failure_message(status, max_steps) -> str:

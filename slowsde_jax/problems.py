@@ -35,18 +35,13 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree, Scalar
 
 from . import _precision
 from ._pattern import forbid_subclassing_final
+from .inputs import as_key
 from .validation import ConfigError, check_choice, check_int, check_range
 
 __all__ = ["AbstractProblem", "AbstractLeastSquares", "AbstractRegression", "Hyperbola", "DiagonalNet",
            "MatrixFactorization", "FromLoss", "FromResiduals", "Problem", "LeastSquares", "hyperbola",
            "diagonal_net", "matrix_factorization", "from_loss", "observe_batch", "sharpness_observables",
            "dense_hessian_diag", "PROBLEMS"]
-
-
-def _as_key(key_or_seed):
-    if isinstance(key_or_seed, (int, np.integer)):
-        return jax.random.PRNGKey(int(key_or_seed))
-    return key_or_seed
 
 
 class AbstractProblem(eqx.Module):
@@ -291,7 +286,7 @@ def diagonal_net(d=100, n=40, k=3, key=0, features="rademacher", n_test=10_000, 
         raise ConfigError("k", f"must be <= d = {d}, got {k}")
     check_range("init_scale", init_scale, low=0.0, low_open=True)
     f = _precision.default_float()
-    k_supp, k_val, k_z, k_test = jax.random.split(_as_key(key), 4)
+    k_supp, k_val, k_z, k_test = jax.random.split(as_key(key), 4)
     support = jax.random.permutation(k_supp, d)[:k]
     vals = jax.random.uniform(k_val, (k,), f, -1.0, 1.0)
     while k and bool(jnp.any(jnp.abs(vals) < 0.01)):
@@ -370,7 +365,7 @@ def matrix_factorization(d1=10, d2=10, rank=2, n=60, key=0, measurement="entries
     if measurement == "entries" and n > d1 * d2:
         raise ConfigError("n", f"at most d1*d2 = {d1 * d2} entries can be observed, got {n}")
     f = _precision.default_float()
-    ku, kv, ko, ki = jax.random.split(_as_key(key), 4)
+    ku, kv, ko, ki = jax.random.split(as_key(key), 4)
     W_star = (jax.random.normal(ku, (d1, rank), f) @ jax.random.normal(kv, (d2, rank), f).T) / np.sqrt(rank)
     if measurement == "entries":
         idx = jax.random.permutation(ko, d1 * d2)[:n]

@@ -37,7 +37,7 @@ from jaxtyping import ArrayLike, Float
 
 from . import geometry as geo
 from .validation import ConfigError, check_int, check_range
-from ._batching import map_paths
+from ._batching import factorized_size, map_paths
 from .inputs import initial_v, parse_inputs, run_meta
 from .methods import Method
 from .noise import AbstractNoise
@@ -143,12 +143,11 @@ def retract_onto_gamma(y0, y1, model: SlowSDEModel):
     return zeta, v
 
 
-class RetractingSolver(diffrax.AbstractWrappedSolver):
-    """Wraps a diffrax solver (Euler for the Ito SDE) and retracts the state onto Gamma after every step with
-    ``retract(y0, y1, args)``, where y0 (on Gamma) is the step's start and y1 its end."""
+class _AbstractPostStepSolver(diffrax.AbstractWrappedSolver):
+    """A solver that runs ``solver``'s step and then post-processes it (``step`` in subclasses); everything
+    else is forwarded to ``solver``."""
 
     solver: diffrax.AbstractSolver
-    retract: Callable = retract_onto_gamma
 
     @property
     def term_structure(self):
@@ -156,7 +155,7 @@ class RetractingSolver(diffrax.AbstractWrappedSolver):
 
     @property
     def interpolation_cls(self):
-        return diffrax.LocalLinearInterpolation
+        return self.solver.interpolation_cls
 
     @property
     def term_compatible_contr_kwargs(self):
@@ -171,13 +170,25 @@ class RetractingSolver(diffrax.AbstractWrappedSolver):
     def init(self, terms, t0, t1, y0, args):
         return self.solver.init(terms, t0, t1, y0, args)
 
+    def func(self, terms, t0, y0, args):
+        return self.solver.func(terms, t0, y0, args)
+
+
+class RetractingSolver(_AbstractPostStepSolver):
+    """Wraps a diffrax solver (Euler for the Ito SDE) and retracts the state onto Gamma after every step with
+    ``retract(y0, y1, args)``, where y0 (on Gamma) is the step's start and y1 its end. Dense output is linear
+    between the retracted points."""
+
+    retract: Callable = retract_onto_gamma
+
+    @property
+    def interpolation_cls(self):
+        return diffrax.LocalLinearInterpolation
+
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         y1, err, _, state, result = self.solver.step(terms, t0, t1, y0, args, solver_state, made_jump)
         y1 = self.retract(y0, y1, args)
         return y1, err, dict(y0=y0, y1=y1), state, result
-
-    def func(self, terms, t0, y0, args):
-        return self.solver.func(terms, t0, y0, args)
 
 
 # ----- one segment of records (jitted, vmapped over paths) ----------------------------------------------------------
@@ -200,29 +211,14 @@ def _sde_segment(model, solver, y, keys, t_steps, t_save):
     return map_paths(lambda a: one(*a), (y, keys), _matrix_size(model))
 
 
-class _ErrorInX(diffrax.AbstractWrappedSolver):
+class _ErrorInX(_AbstractPostStepSolver):
     """Wraps the solver of the label-noise ODE in log coordinates z = log|x| (and log v): reports the step's
     error as the error of x = exp(z), rescaled so that the controller's test
     |err| <= atol + rtol |z| becomes |x| |dz| <= atol + rtol |x|. A coordinate that has decayed to 1e-40
     then no longer limits the step through the rounding noise of its rate."""
 
-    solver: diffrax.AbstractSolver
     rtol: float
     atol: float
-
-    @property
-    def term_structure(self):
-        return self.solver.term_structure
-
-    @property
-    def interpolation_cls(self):
-        return self.solver.interpolation_cls
-
-    def order(self, terms):
-        return self.solver.order(terms)
-
-    def init(self, terms, t0, t1, y0, args):
-        return self.solver.init(terms, t0, t1, y0, args)
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         y1, err, dense, state, result = self.solver.step(terms, t0, t1, y0, args, solver_state, made_jump)
@@ -234,9 +230,6 @@ class _ErrorInX(diffrax.AbstractWrappedSolver):
         # shrink the step; a NaN would poison its step-size factor and stall it
         err = jnp.where(jnp.isfinite(err) & jnp.all(jnp.isfinite(y1)), err, 1e10)
         return y1, err, dense, state, result
-
-    def func(self, terms, t0, y0, args):
-        return self.solver.func(terms, t0, y0, args)
 
 
 def _ode_in_log_coordinates(problem, method):
@@ -316,14 +309,12 @@ def _initial_state(model, theta0, v0_mode, v0, keys, max_steps):
 
 
 def _matrix_size(model) -> int:
-    """The largest matrix factorized per path and step: n x n Gram matrices for least squares (the structured
-    geometry and the Gauss-Newton retraction), D x D Hessians otherwise or when the noise factor is
-    recomputed from a covariance function."""
-    residuals, _ = model.problem.residual_parts()
-    D = model.problem.dim
-    if residuals is None or getattr(model.noise, "cov_fn", None) is not None:
-        return D
-    return jax.eval_shape(residuals, jnp.zeros(D)).shape[0]
+    """The largest matrix factorized per path and step (:func:`slowsde_jax._batching.factorized_size`); D x D
+    when the noise factor is recomputed from a covariance function."""
+    theta = jnp.zeros(model.problem.dim)
+    if getattr(model.noise, "cov_fn", None) is not None:
+        return model.problem.dim
+    return factorized_size(theta, model.problem.residual_parts()[0])
 
 
 # ----- the front end: validate, schedule, loop, package ------------------------------------------------------------
