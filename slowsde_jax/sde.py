@@ -342,7 +342,8 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
                       solver: Union[None, str, diffrax.AbstractSolver] = None,
                       stepsize_controller: Optional[diffrax.AbstractStepSizeController] = None, rtol: float = 1e-8,
                       atol: float = 1e-10, max_steps: int = 1_000_000, project_max_steps: int = 100_000,
-                      force_sde: bool = False, richardson: bool = False, record_state: bool = True, dtype=None,
+                      force_sde: bool = False, richardson: bool = False, brownian_dt: Optional[float] = None,
+                      record_state: bool = True, dtype=None,
                       paths_per_call: Optional[int] = None, records_per_call: Optional[int] = None,
                       checkpoint: Union[None, str, Path] = None) -> Trajectory:
     """Integrate the slow SDE of ``method`` under ``noise`` on ``problem`` up to SDE time ``T``.
@@ -363,6 +364,9 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
       extrapolation) instead of O(dt). Costs 1.5 times the plain run. Means and standard errors of these
       observables estimate E f(zeta_t); their spread across paths is not the law of f(zeta_t). ``theta``
       and ``v`` hold the step-dt run, and a path counts as failed when either run fails;
+    - ``brownian_dt``: the grid of the Brownian path (default: the step). Runs with the same key and
+      ``brownian_dt`` whose steps are multiples of it follow the same Brownian path, so the difference of
+      their answers (a step-size study) has a small variance; the steps must be multiples of it;
     - ``paths_per_call``: at most this many paths per compiled call (bounds memory); default all;
     - ``records_per_call``: recording intervals per compiled call (default: all in one ``diffeqsolve``, or 1
       with a ``checkpoint``); ``checkpoint``: an .npz path written after every call; if it exists when the
@@ -403,8 +407,16 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
     n_sub = max(1, int(np.ceil((t_grid[1] - t_grid[0]) / dt - 1e-9)))
     if richardson and n_sub % 2:
         n_sub += 1  # the coarse level takes two fine steps at a time
-    h = (t_grid[1] - t_grid[0]) / n_sub  # the fine step, and the Brownian grid
-    levels = [(n_sub, 1)] + ([(n_sub // 2, 2)] if richardson else [])  # (steps per record, grid steps per step)
+    h = (t_grid[1] - t_grid[0]) / n_sub  # the fine step
+    if brownian_dt is not None:
+        check_range("brownian_dt", brownian_dt, low=0.0, low_open=True)
+    grid = h if brownian_dt is None else float(brownian_dt)
+    per_step = int(round(h / grid))
+    if per_step < 1 or abs(per_step * grid - h) > 1e-9 * h:
+        raise ConfigError("brownian_dt", f"the step {h:.6g} (T / n_record / {n_sub}) must be a multiple of it, "
+                          f"got {brownian_dt}")
+    # (steps per record, Brownian grid intervals per step)
+    levels = [(n_sub, per_step)] + ([(n_sub // 2, 2 * per_step)] if richardson else [])
     level_steps = []
     for per_record, _ in levels:
         t_steps = np.linspace(0.0, float(T), inputs.n_record * per_record + 1)
@@ -435,7 +447,8 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
                 if alpha is None:
                     seg = _sde_segment(model, solver, y, path_keys[sl],
                                        jnp.asarray(t_steps[j0 * per_record: j1 * per_record + 1]),
-                                       jnp.asarray(t_grid[j0 + 1: j1 + 1]), jnp.asarray(h, inputs.dtype), substeps)
+                                       jnp.asarray(t_grid[j0 + 1: j1 + 1]), jnp.asarray(grid, inputs.dtype),
+                                       substeps)
                 else:
                     seg = _ode_segment(model, solver, controller, y, jnp.asarray(t_grid[j0: j1 + 1]),
                                        max_steps * (j1 - j0))

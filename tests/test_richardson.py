@@ -84,3 +84,17 @@ def test_richardson_resumes_from_a_checkpoint(tmp_path):
 def test_richardson_is_for_the_sde_only():
     with pytest.raises(ConfigError, match="richardson"):
         sde.simulate_slow_sde(sj.problems.hyperbola(), noise.label_noise(0.5), sj.sgd(), T=0.1, richardson=True)
+
+
+def test_brownian_dt_couples_runs_at_different_steps():
+    """Runs at dt and 4 dt on one Brownian grid end close together (strong coupling); without it, they
+    are independent."""
+    prob, nz = _circle(), noise.gaussian([SIGMA2, SIGMA2])
+    kw = dict(T=0.2, n_paths=200, n_record=1, key=4)
+    fine = sde.simulate_slow_sde(prob, nz, sj.sgd(), dt=0.01, brownian_dt=0.01, **kw)
+    coarse = sde.simulate_slow_sde(prob, nz, sj.sgd(), dt=0.04, brownian_dt=0.01, **kw)
+    alone = sde.simulate_slow_sde(prob, nz, sj.sgd(), dt=0.04, **kw)
+    x = lambda tr: tr.observables["x1"][:, -1]  # noqa: E731
+    assert np.std(x(fine) - x(coarse)) < 0.2 * np.std(x(fine) - x(alone))
+    with pytest.raises(ConfigError, match="^brownian_dt:.*multiple"):
+        sde.simulate_slow_sde(prob, nz, sj.sgd(), dt=0.04, brownian_dt=0.03, **kw)
