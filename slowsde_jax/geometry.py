@@ -188,7 +188,11 @@ def third_derivative_contraction(loss, theta, M=None, *, G=None, weights=None, d
 
 # ----- least squares on Gamma -------------------------------------------------------------------------------------------
 def ls_jacobian(residuals, theta):
-    """J = d r / d theta, (n, D): reverse mode when n <= D (n passes), forward mode otherwise."""
+    """J = d r / d theta, (n, D). Quadratic residuals r = B (x * x) - y (:func:`quadratic_structure`):
+    J = 2 B Diag(x), O(n D). Otherwise autodiff: reverse mode when n <= D (n passes), forward mode else."""
+    quad = quadratic_structure(residuals)
+    if quad is not None:
+        return 2.0 * quad[0] * theta[None, :]
     n = jax.eval_shape(residuals, theta).shape[0]
     return (jax.jacrev if n <= theta.shape[0] else jax.jacfwd)(residuals)(theta)
 
@@ -233,8 +237,12 @@ def ls_third_derivative_tangent(residuals, w, theta, MJt):
     2 sum_n w_n Hess r_n (M grad r_n), shape (D,). ``MJt`` = M J^T, (D, n) (column n is M grad r_n).
 
     (The full contraction adds J^T(...), which dPhi_S S annihilates; r = 0 on Gamma removes the rest.)
-    Cost: n Jacobian-vector products of r, then one gradient: O(n) passes of r.
+    Cost: n Jacobian-vector products of r, then one gradient: O(n) passes of r. Quadratic residuals
+    r = B (x * x) - y (Hess r_n = 2 Diag(B_n)): 4 sum_n w_n B_n * (M grad r_n), O(n D).
     """
+    quad = quadratic_structure(residuals)
+    if quad is not None:
+        return 4.0 * jnp.sum(quad[0] * (w[:, None] * MJt.T), axis=0)
 
     def directional(t):  # sum_n w_n <grad r_n(t), a_n> with a_n = MJt[:, n] fixed
         jvps = jax.vmap(lambda a: jax.jvp(residuals, (t,), (a,))[1], in_axes=1)(MJt)  # (n, n): row k = J(t) a_k
