@@ -85,11 +85,32 @@ def cmd_run(args) -> int:
             trajs[name] = out if isinstance(out, list) else [out]
             runs.save_trajectories(done, {name: trajs[name]})
             (ckpts / f"{name}.npz").unlink(missing_ok=True)
-        runs.save_trajectories(folder / "trajectories.npz", trajs)
+        view = {}
+        if cfg.get("slow_flow"):  # each run on Gamma and its slow flow (see slowsde_jax.observables)
+            from .observables import theory_summary, theory_view
+            from .plotting import plot_slow_flow
+
+            methods = {name: method for name, method, _ in planned}
+            view = theory_view(trajs, methods, problem, noise, progress=None if not args.quiet else False)
+            summary["slow_flow"] = theory_summary(view, methods)
+            plot_slow_flow(view, summary["slow_flow"], folder / "slow_flow.png")
+        saved = dict(trajs)
+        for name, entry in view.items():
+            saved.update({f"{name}.at_phi": [entry["projected"]], f"{name}.slow_ode": [entry["slow_ode"]]})
+        runs.save_trajectories(folder / "trajectories.npz", saved)
+        for name, _, _ in planned:  # the finished-run checkpoints are now in trajectories.npz
+            (ckpts / f"{name}.done.npz").unlink(missing_ok=True)
+        if not any(ckpts.iterdir()):
+            ckpts.rmdir()
         summary.update(status="completed", runs=runs.summarize(trajs), elapsed_s=time.time() - t0)
         plot_observables(trajs, folder / "observables.png", log_y=LOSS_NAMES)
         runs.write_json(folder / "summary.json", summary)
     print(_table(summary["runs"]))
+    if "slow_flow" in summary:
+        from .observables import theory_table
+
+        print()
+        print(theory_table(summary["slow_flow"]))
     n_div = sum(e["n_diverged"] for entries in summary["runs"].values() for e in entries)
     if n_div:
         first = min(t for entries in summary["runs"].values() for e in entries for t in e["diverged_times"])
@@ -98,7 +119,8 @@ def cmd_run(args) -> int:
         if cfg.get("strict") or args.strict:
             print("slowsde: error: diverged paths in a strict run", file=sys.stderr)
             return 1
-    print(f"wrote {folder}/summary.json, trajectories.npz, observables.png ({time.time() - t0:.1f} s)")
+    figs = "observables.png" + (", slow_flow.png" if "slow_flow" in summary else "")
+    print(f"wrote {folder}/summary.json, trajectories.npz, {figs} ({time.time() - t0:.1f} s)")
     return 0
 
 

@@ -34,7 +34,7 @@ from .validation import ConfigError, check_choice, check_int, check_number, sugg
 
 TOP_KEYS = {"name", "seed", "problem", "noise", "steps", "T", "n_paths", "n_record", "runs", "dtype",
             "record_state", "v0", "chunk_steps", "divergence_bound", "strict", "compare",
-            "checkpoint_every_s"}
+            "checkpoint_every_s", "slow_flow"}
 COMPARE_KEYS = {"etas", "observables", "dt", "sde_paths", "project", "solver", "rtol", "atol"}
 RUN_KEYS = {"method", "eta", "steps", "T", "n_paths", "n_record", "v0", "record_state", "sweep"}
 INHERITED = ("steps", "T", "n_paths", "n_record", "v0", "record_state")
@@ -125,6 +125,7 @@ def validate(cfg) -> dict:
     if "checkpoint_every_s" in cfg:
         check_number("checkpoint_every_s", cfg["checkpoint_every_s"], low=0.0)
     _expect(isinstance(cfg.get("strict", False), bool), "strict", "must be true or false")
+    _expect(isinstance(cfg.get("slow_flow", False), bool), "slow_flow", "must be true or false")
     if "divergence_bound" in cfg:
         check_number("divergence_bound", cfg["divergence_bound"], low=0.0, low_open=True)
 

@@ -122,8 +122,8 @@ def sigma_diamond(H, Sigma, S, rank=None, rtol=DEFAULT_RTOL):
     return Sh @ U @ Xp @ U.T @ Sh
 
 
-def sharpness(H, kind="trace", lam=None, blocks=None):
-    """Sharpness of a Hessian H ((D, D), or its diagonal (D,)):
+def sharpness(H, kind="trace", lam=None, blocks=None, *, diagonal=None):
+    """Sharpness of a Hessian H ((D, D), or its diagonal (D,)), or of a batch of them:
 
     - ``"trace"``: tr H (SGD's);
     - ``"trace_sqrt_diag"``: tr(Diag(H)^{1/2}) (Adam's);
@@ -131,25 +131,29 @@ def sharpness(H, kind="trace", lam=None, blocks=None):
     - ``"block"``: sum_B sqrt(|B| tr H_BB) (Adam-mini's / Adalayer's), needs ``blocks`` (block id per coordinate).
 
     Negative diagonal entries (off Gamma) count as 0 under fractional powers.
+
+    ``diagonal``: None reads a 1-d H as a diagonal and a 2-d H as a matrix; True reads H as diagonals of
+    shape (..., D) (e.g. (n_paths, n_t, D)), False as matrices (..., D, D). Returns shape (...).
     """
     H = jnp.asarray(H)
-    d = jnp.diag(H) if H.ndim == 2 else H
+    if diagonal is None:
+        diagonal = H.ndim == 1
+    d = H if diagonal else jnp.diagonal(H, axis1=-2, axis2=-1)
     if kind == "trace":
-        return jnp.sum(d)
+        return jnp.sum(d, axis=-1)
     if kind == "trace_sqrt_diag":
-        return jnp.sum(jnp.sqrt(jnp.maximum(d, 0.0)))
+        return jnp.sum(jnp.sqrt(jnp.maximum(d, 0.0)), axis=-1)
     if kind == "trace_diag_pow":
         if lam is None:
             raise ConfigError("lam", "sharpness 'trace_diag_pow' needs lam")
-        return jnp.sum(jnp.maximum(d, 0.0) ** (1.0 - lam))
+        return jnp.sum(jnp.maximum(d, 0.0) ** (1.0 - lam), axis=-1)
     if kind == "block":
         if blocks is None:
             raise ConfigError("blocks", "sharpness 'block' needs a block id per coordinate")
         ids, inv = np.unique(np.asarray(blocks), return_inverse=True)
-        inv = jnp.asarray(inv.reshape(-1))
-        tr = jax.ops.segment_sum(d, inv, num_segments=len(ids))
-        size = jax.ops.segment_sum(jnp.ones_like(d), inv, num_segments=len(ids))
-        return jnp.sum(jnp.sqrt(jnp.maximum(size * tr, 0.0)))
+        onehot = jnp.asarray(inv.reshape(-1)[:, None] == np.arange(len(ids)), d.dtype)  # (D, n_blocks)
+        tr, size = d @ onehot, jnp.sum(onehot, axis=0)
+        return jnp.sum(jnp.sqrt(jnp.maximum(size * tr, 0.0)), axis=-1)
     raise ConfigError("kind", f"unknown sharpness '{kind}'; choose from trace, trace_sqrt_diag, trace_diag_pow, block")
 
 

@@ -14,8 +14,8 @@ import re
 
 import numpy as np
 
-__all__ = ["plot_observables", "plot_cloud", "plot_weak_error", "plot_sweep", "label", "LOSS_NAMES",
-           "BAND_LABEL", "T_LABEL"]
+__all__ = ["plot_observables", "plot_cloud", "plot_weak_error", "plot_sweep", "plot_slow_flow", "label",
+           "LOSS_NAMES", "BAND_LABEL", "T_LABEL"]
 
 T_LABEL = "SDE time t = kη²"
 BAND_LABEL = "10–90 % of paths"
@@ -24,7 +24,8 @@ NOT_RESOLVED = "order: not resolved (errors within noise)"
 LOSS_NAMES = ("loss", "train_loss", "test_loss", "test_error")
 
 _LABELS = {"trace_sqrt_diag_H": "tr(Diag H^{1/2})", "trace_H": "tr H", "test_loss": "test loss",
-           "train_loss": "train loss", "test_error": "test error", "loss": "loss"}
+           "train_loss": "train loss", "test_error": "test error", "loss": "loss", "w_error": "‖w − w*‖",
+           "trace_diag_H_pow": "tr(Diag H^{1-λ})", "block_sharpness": "Σ_B √(|B| tr H_BB)"}
 _NOISES = {"LabelNoise": "label noise", "Minibatch": "minibatch noise", "Gaussian": "Gaussian noise"}
 
 
@@ -215,3 +216,61 @@ def plot_sweep(result: dict, observable=None, path=None):
     r = result["observables"][observable]
     return plot_weak_error(result["etas"], r["weak_error"], r["se"], r["order"], r["constant"], observable, path,
                            method=result.get("method"), T=result.get("T"), resolved=r.get("resolved"))
+
+
+def plot_slow_flow(view: dict, summary: dict, path=None):
+    """The showcase figure of ``slowsde run``: every run seen on the minimizer manifold (its iterates mapped
+    to Phi_S(theta); solid: mean over paths, shaded: 10-90 % of paths) against its slow flow started from
+    the same states (dashed), on the one clock t = kη². One panel for the loss and one per sharpness measure
+    that a run's slow flow reduces (titled with the methods it belongs to).
+
+    ``view``: run name -> {"projected": Trajectory, "slow_ode": Trajectory or absent}, as returned by
+    :func:`slowsde_jax.observables.theory_view`; ``summary``: its :func:`~slowsde_jax.observables.theory_summary`
+    (which measure belongs to which run). Returns the Figure."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    first = next(iter(view.values()))["projected"]
+    loss = next((k for k in ("test_loss", "test_error", "loss", "train_loss") if k in first.observables), None)
+    measures = []
+    for r in summary.values():
+        if (r["measure"], r["label"]) not in measures:
+            measures.append((r["measure"], r["label"]))
+    panels = ([(loss, label(loss) + " at Φ_S(θ)", True)] if loss else []) + [
+        (m, f"{lab} at Φ_S(θ): reduced by " + ", ".join(n for n, r in summary.items() if r["measure"] == m), False)
+        for m, lab in measures]
+    fig, axes = _figure(1, len(panels), figsize=(4.8 * len(panels), 3.9))
+    handles = []
+    for i, (name, entry) in enumerate(view.items()):
+        color = f"C{i % 10}"
+        proj, ode = entry["projected"], entry.get("slow_ode")
+        eta = proj.meta.get("eta")
+        method = proj.meta.get("method")
+        tag = name + (f" ({method})" if method and method != name else "")
+        handles.append(Line2D([], [], color=color, label=f"{tag}, η = {float(eta):g}: discrete at Φ_S(θ)"))
+        if ode is not None:
+            handles.append(Line2D([], [], color=color, ls="--", lw=2, label=f"{tag}: slow ODE from the same states"))
+        for ax, (obs, _, _) in zip(axes.flat, panels):
+            if obs not in proj.observables:
+                continue
+            y = proj.observables[obs][~proj.diverged]
+            ax.plot(proj.t, y.mean(0), color=color, lw=1.5)
+            _band(ax, proj.t, y, color, alpha=0.15)
+            if ode is not None and obs in ode.observables:
+                z = ode.observables[obs][~ode.diverged]
+                if z.shape[0]:
+                    ax.plot(ode.t, z.mean(0), "--", color=color, lw=2)
+    for ax, (obs, title, log) in zip(axes.flat, panels):
+        if log:
+            ax.set_yscale("log")
+            lo, hi = ax.get_ylim()
+            ax.set_ylim(bottom=max(lo, hi * 1e-12))  # a flow that reaches zero to rounding would squash the rest
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(T_LABEL)
+        ax.grid(alpha=0.3)
+    handles.append(Patch(color="0.5", alpha=0.3, label=f"shaded: {BAND_LABEL} (discrete)"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(3, len(handles)), fontsize=8)
+    every = [e["projected"] for e in view.values()]
+    head = _title(every)
+    fig.suptitle((head + ": " if head else "") + "each method on the manifold against its slow flow", fontsize=11)
+    return _finish(fig, path)

@@ -340,7 +340,7 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
                       atol: float = 1e-10, max_steps: int = 1_000_000, project_max_steps: int = 100_000,
                       force_sde: bool = False, record_state: bool = True, dtype=None,
                       paths_per_call: Optional[int] = None, records_per_call: Optional[int] = None,
-                      checkpoint: Union[None, str, Path] = None) -> Trajectory:
+                      checkpoint: Union[None, str, Path] = None, progress: Optional[bool] = None) -> Trajectory:
     """Integrate the slow SDE of ``method`` under ``noise`` on ``problem`` up to SDE time ``T``.
 
     - ``eta``: only needed to turn an explicit beta2 into c = (1 - beta2)/eta^2;
@@ -357,7 +357,9 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
     - ``paths_per_call``: at most this many paths per compiled call (bounds memory); default all;
     - ``records_per_call``: recording intervals per compiled call (default: all in one ``diffeqsolve``, or 1
       with a ``checkpoint``); ``checkpoint``: an .npz path written after every call; if it exists when the
-      run starts, the run continues from it, and gives the same numbers as an uninterrupted run.
+      run starts, the run continues from it, and gives the same numbers as an uninterrupted run;
+    - ``progress``: a bar over SDE time, advanced after every compiled call (True, False, or None: shown in a
+      terminal or notebook; see :mod:`slowsde_jax.progress`).
 
     Returns a Trajectory on the recording grid t_j = j T / n_record (``theta`` holds zeta). A path whose
     solver fails or whose state turns non-finite is frozen at its last good state; ``diverged_time`` says
@@ -405,6 +407,10 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
                                       + geo.projection_failure_message(status, project_max_steps))
         run.start(y, inputs.n_paths)
     path_keys = jax.random.split(k_run, inputs.n_paths)
+    from .progress import progress_bar
+
+    bar = progress_bar(float(T) * inputs.n_paths, f"slow {'SDE' if alpha is None else 'ODE'} ({method.name})",
+                       progress=progress, unit="path·t", initial=float(t_grid[run.done]) * inputs.n_paths)
     while run.done < inputs.n_record:
         j0, j1 = run.done, min(run.done + records_per_call, inputs.n_record)
         ys, ok = [], []
@@ -419,10 +425,12 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
                                    max_steps * (j1 - j0))
             ys.append(jax.tree_util.tree_map(np.asarray, seg[0]))
             ok.append(np.asarray(seg[1]))
+            bar.update(float(t_grid[j1] - t_grid[j0]) * (sl.stop - sl.start))
         run.extend(tuple(np.concatenate([y[i] for y in ys]) for i in range(2)), np.concatenate(ok),
                    j0, alpha is None)
         if checkpoint is not None:
             _save_checkpoint(checkpoint, run)
+    bar.close()
 
     # package
     zeta, v = np.stack(run.zeta, axis=1), np.stack(run.v, axis=1)
@@ -433,7 +441,7 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
                     v0=v0 if isinstance(v0, str) else "given", dt=float(dt) if alpha is None else None,
                     steps_per_record=n_sub if alpha is None else None, c=float(c),
                     alpha=None if alpha is None else float(alpha), solver=type(solver).__name__,
-                    failure_reasons=run.reasons)
+                    failure_reasons=[f"path {i}: {r}" for i, r in enumerate(run.reasons) if r])
     return Trajectory(t=t_grid, theta=zeta if record_state else None,
                       v=v if (record_state and method.has_v) else None, observables=observables,
                       diverged_time=run.failed_time, meta=meta)
