@@ -187,7 +187,8 @@ def theory_summary(view: dict, methods: dict) -> dict:
         proj, ode = entry["projected"], entry.get("slow_ode")
         measure, lab = own_sharpness(methods[name])
         loss = next((k for k in ("test_loss", "test_error", "loss", "train_loss") if k in proj.observables), None)
-        row = {"method": methods[name].name, "measure": measure, "label": lab, "t_start": float(proj.t[0]),
+        row = {"method": methods[name].name, "eta": proj.meta.get("eta"), "measure": measure, "label": lab,
+               "t_start": float(proj.t[0]),
                "t_end": float(proj.t[-1]), "start": _value(proj, measure, 0), "end": _value(proj, measure, -1)}
         if loss is not None:
             row.update(loss=loss, loss_end=_value(proj, loss, -1))
@@ -224,4 +225,13 @@ def theory_table(summary: dict) -> str:
     lines = [fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
     lines.append("(each method's own sharpness, the one its slow flow reduces, evaluated at the projection "
                  "Φ_S(θ) onto the minimizer manifold, where the theory speaks; mean over paths ± s.e.)")
+    for name, r in summary.items():
+        if "ode_end" not in r:
+            continue
+        (m, se), (o, _) = r["end"], r["ode_end"]
+        if np.isfinite(m) and np.isfinite(o) and abs(m - o) > max(3 * (se if np.isfinite(se) else 0), 0.01 * abs(o)):
+            lines.append(f"note: {name} at η = {r['eta']:g} ends {abs(m - o) / abs(o):.0%} "
+                         f"{'above' if m > o else 'below'} its slow ODE ({r['label']}). The slow flow is the η → 0 "
+                         "limit of the discrete method; the gap is the discretization's, and shrinks as η does "
+                         "(see docs/howto/showcase.md).")
     return "\n".join(lines)

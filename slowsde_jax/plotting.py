@@ -110,7 +110,7 @@ def plot_observables(trajs: dict, path=None, names=None, log_y=False):
     for run, items in trajs.items():
         for i, tr in enumerate(items):
             hyp = {k: v for k, v in (tr.meta.get("hypers") or {}).items() if k != "eta" and len(items) > 1}
-            lab = run
+            lab = run + (f" ({tr.meta['method']})" if tr.meta.get("method") not in (None, run) else "")
             if tr.meta.get("eta") is not None and not one_eta:
                 lab += f", η = {float(tr.meta['eta']):g}"
             if hyp:
@@ -170,12 +170,14 @@ def plot_cloud(discrete, continuous, observable, path=None, n_lines=40, log_y=Fa
     return _finish(fig, path, dpi=120)
 
 
-def plot_weak_error(etas, err, se, order, const, observable, path=None, *, method=None, T=None, resolved=None):
+def plot_weak_error(etas, err, se, order, const, observable, path=None, *, method=None, T=None, resolved=None,
+                    order_se=None):
     """Log-log weak error at time T against η with ±2 s.e. bars, a slope-1 reference line and, when the order
     is resolved, the fitted line through the resolved points only (those whose error exceeds 2 s.e.).
 
     ``order``/``const``: the fit (None when not resolved: the plot then says so). ``resolved``: per-η
-    booleans (default: error > 2 s.e.). ``method``, ``T``: shown in the title. Returns the Figure."""
+    booleans (default: error > 2 s.e.). ``method``, ``T``: shown in the title. ``order_se``: the fit's
+    standard error, shown with the order. Returns the Figure."""
     etas, err, se = np.asarray(etas, float), np.asarray(err, float), np.asarray(se, float)
     resolved = err > 2 * se if resolved is None else np.asarray(resolved, bool)
     fig, ax = _figure(figsize=(5.2, 3.9))
@@ -193,7 +195,8 @@ def plot_weak_error(etas, err, se, order, const, observable, path=None, *, metho
         ax.plot(grid, c1 * grid, ":", color="0.4", label="slope 1 (reference)")
     if order is not None and const is not None and resolved.sum() >= 2:
         g = np.geomspace(etas[resolved].min(), etas[resolved].max(), 50)
-        ax.plot(g, const * g**order, "--", color="C1", label=f"fit: order {order:.2f}")
+        pm = f" ± {order_se:.2f}" if order_se is not None else ""
+        ax.plot(g, const * g**order, "--", color="C1", label=f"fit: order {order:.2f}{pm} (resolved points)")
     else:
         ax.text(0.03, 0.95, NOT_RESOLVED, transform=ax.transAxes, va="top", fontsize=8)
     ax.set_xscale("log")
@@ -215,7 +218,8 @@ def plot_sweep(result: dict, observable=None, path=None):
     observable = observable or next(iter(result["observables"]))
     r = result["observables"][observable]
     return plot_weak_error(result["etas"], r["weak_error"], r["se"], r["order"], r["constant"], observable, path,
-                           method=result.get("method"), T=result.get("T"), resolved=r.get("resolved"))
+                           method=result.get("method"), T=result.get("T"), resolved=r.get("resolved"),
+                           order_se=r.get("order_se"))
 
 
 def plot_slow_flow(view: dict, summary: dict, path=None):
@@ -240,7 +244,7 @@ def plot_slow_flow(view: dict, summary: dict, path=None):
         (m, f"{lab} at Φ_S(θ): reduced by " + ", ".join(n for n, r in summary.items() if r["measure"] == m), False)
         for m, lab in measures]
     fig, axes = _figure(1, len(panels), figsize=(4.8 * len(panels), 3.9))
-    handles = []
+    handles, floor = [], {}
     for i, (name, entry) in enumerate(view.items()):
         color = f"C{i % 10}"
         proj, ode = entry["projected"], entry.get("slow_ode")
@@ -255,6 +259,9 @@ def plot_slow_flow(view: dict, summary: dict, path=None):
                 continue
             y = proj.observables[obs][~proj.diverged]
             ax.plot(proj.t, y.mean(0), color=color, lw=1.5)
+            pos = y.mean(0)[y.mean(0) > 0]
+            if pos.size:
+                floor[obs] = min(floor.get(obs, np.inf), float(pos.min()))
             _band(ax, proj.t, y, color, alpha=0.15)
             if ode is not None and obs in ode.observables:
                 z = ode.observables[obs][~ode.diverged]
@@ -263,8 +270,9 @@ def plot_slow_flow(view: dict, summary: dict, path=None):
     for ax, (obs, title, log) in zip(axes.flat, panels):
         if log:
             ax.set_yscale("log")
-            lo, hi = ax.get_ylim()
-            ax.set_ylim(bottom=max(lo, hi * 1e-12))  # a flow that reaches zero to rounding would squash the rest
+            # the discrete runs set the lower limit: an ODE that reaches zero to rounding would squash the rest
+            if obs in floor:
+                ax.set_ylim(bottom=max(ax.get_ylim()[0], 0.3 * floor[obs]))
         ax.set_title(title, fontsize=9)
         ax.set_xlabel(T_LABEL)
         ax.grid(alpha=0.3)
