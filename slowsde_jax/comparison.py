@@ -17,7 +17,7 @@ __all__ = ["Comparison", "compare", "describe_order", "eta_sweep", "fit_order", 
 
 def project_trajectory(traj: Trajectory, problem, method, tol=1e-10, max_steps=100_000, rank=None) -> Trajectory:
     """The discrete trajectory seen on Gamma: theta_k -> Phi_{S(v_k)}(theta_k) at every recorded time, with
-    the problem's observables recomputed there (math §4: (theta_k, v_k) corresponds to (zeta(k eta^2), v)).
+    the problem's observables recomputed there (docs/math.md#the-slow-sde: (theta_k, v_k) corresponds to (zeta(k eta^2), v)).
     Needs a trajectory recorded with ``record_state=True``. Diverged paths are left as they are.
     ``max_steps`` and ``rank``: see :func:`slowsde_jax.geometry.project`."""
     if traj.theta is None:

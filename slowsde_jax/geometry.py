@@ -1,4 +1,4 @@
-"""Geometry of the minimizer manifold Gamma (math §3-§6).
+"""Geometry of the minimizer manifold Gamma (docs/math.md#geometry to #diagonal-net).
 
 Conventions: theta has shape (D,); H is the Hessian (D, D) at a point zeta of Gamma; Sigma is the noise
 covariance (D, D); the preconditioner S is either its diagonal (shape (D,)) or a symmetric positive-definite
@@ -109,7 +109,7 @@ def sigma_parallel(H, Sigma, S, rank=None, rtol=DEFAULT_RTOL):
 
 
 def sigma_diamond(H, Sigma, S, rank=None, rtol=DEFAULT_RTOL):
-    """Sigma_diamond (D, D) by the eigen formula in S^{1/2} coordinates (math §3):
+    """Sigma_diamond (D, D) by the eigen formula in S^{1/2} coordinates (docs/math.md#geometry):
     Sigma'_dia = sum_{i,j not both tangent} <Sigma', u_i u_j^T> / (lam_i + lam_j) u_i u_j^T, then
     Sigma_dia = S^{1/2} Sigma'_dia S^{1/2}. Tangent eigenvalues are treated as exactly 0."""
     lam, U, Sh, Shi = _eig_Hprime(H, S)
@@ -300,7 +300,7 @@ def _ls_diamond(Jw, S, noise_factor, eig):
 
 
 def ls_slow_sde_coefficients(residuals, weights, theta, S, noise_factor, rank=None, rtol=DEFAULT_RTOL):
-    """Slow-SDE coefficients of zeta at a point theta of Gamma for L = sum_i w_i r_i^2 / 2 (math §4), in
+    """Slow-SDE coefficients of zeta at a point theta of Gamma for L = sum_i w_i r_i^2 / 2 (docs/math.md#the-slow-sde), in
     sample space (never a (D, D) matrix unless the noise factor is one).
 
     ``residuals`` r(theta) -> (n,), ``weights`` w (n,) (0 masks a sample), ``S`` (D,) or SPD (D, D),
@@ -326,7 +326,7 @@ def ls_slow_sde_coefficients(residuals, weights, theta, S, noise_factor, rank=No
 
 
 def label_noise_drift(loss, theta, S, alpha, residuals=None, weights=None):
-    """The label-noise slow drift -(alpha/4) dPhi_S S grad^3 L[S] at theta on Gamma (math §5), shape (D,).
+    """The label-noise slow drift -(alpha/4) dPhi_S S grad^3 L[S] at theta on Gamma (docs/math.md#label-noise-ode), shape (D,).
 
     With ``residuals`` and ``weights`` (least squares) the structured path is used (O(n^2 D + n^3));
     otherwise dense Hessians (small D). ``S`` is the preconditioner's diagonal (D,) or an SPD matrix.

@@ -1,6 +1,6 @@
 """Adaptive gradient methods (AGMs) exactly as in Li, Wen, Lyu (2025), as composable optax blocks.
 
-One step, with g the stochastic gradient (math §1)::
+One step, with g the stochastic gradient (docs/math.md#discrete-methods)::
 
     m <- beta1 m + (1 - beta1) g
     v <- beta2 v + (1 - beta2) V(g g^T)

@@ -5,12 +5,15 @@ user can see it, i.e. when stderr is a terminal or the code runs in a Jupyter ke
 ``slowsde compare`` show bars unless ``--quiet``. The environment variable ``SLOWSDE_PROGRESS=0`` turns
 every bar off, ``=1`` turns them on.
 
-Bars are ``tqdm`` bars (``tqdm.auto``: a widget in a notebook with ipywidgets, text otherwise) written to
-stderr, or to ``file`` when given. :func:`progress_bar` returns a bar whose ``update``/``close`` do nothing
+Bars are ``tqdm`` bars (``tqdm.auto`` in a notebook: a widget with ipywidgets, text otherwise; ``tqdm.std``
+elsewhere) written to stderr, or to ``file`` when given. A terminal that reports a size of 0 x 0 (a
+pseudo-terminal without a size, as in some CI runners and containers) gets a fixed 80 x 24: tqdm would
+otherwise show nothing there. :func:`progress_bar` returns a bar whose ``update``/``close`` do nothing
 when it is off, so callers never test for None.
 """
 from __future__ import annotations
 
+import io
 import os
 import sys
 from typing import IO, Optional
@@ -72,6 +75,19 @@ def progress_bar(total: float, desc: str, *, progress: Optional[bool] = None, un
         from tqdm.auto import tqdm
     else:
         from tqdm.std import tqdm
-    # mininterval 0.5 s: a few redraws per second at most; dynamic width follows the terminal.
-    return tqdm(total=total, desc=desc, unit=unit, initial=initial, file=file, mininterval=0.5,
-                dynamic_ncols=True, leave=True)
+    # A terminal that reports a size of 0 x 0 (a pseudo-terminal opened without a size, as some CI runners
+    # and containers do) makes tqdm (4.67-4.70 at least) hide the bar: it reads 0 rows as "no room" and
+    # trims lines to -1 columns. Such a terminal gets a fixed 80 x 24.
+    sized = _terminal_sized(sys.stderr if file is None else file)
+    fixed = {} if sized else {"ncols": 80, "nrows": 24}
+    return tqdm(total=total, desc=desc, unit=unit, initial=initial, file=file, mininterval=0.5, leave=True,
+                dynamic_ncols=sized, **fixed)
+
+
+def _terminal_sized(stream) -> bool:
+    """Whether the stream is a terminal that reports a usable size (>= 20 columns, >= 2 rows)."""
+    try:
+        size = os.get_terminal_size(stream.fileno())
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return False
+    return size.columns >= 20 and size.lines >= 2

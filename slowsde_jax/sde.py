@@ -74,7 +74,7 @@ def slow_sde_coefficients(problem, noise, method, zeta, v, c, rank=None, structu
 
 
 def label_noise_vector_field(problem, noise, method, zeta, v, c, alpha):
-    """(d zeta/dt, dv/dt) of the label-noise ODE (math §5), structured for least squares."""
+    """(d zeta/dt, dv/dt) of the label-noise ODE (docs/math.md#label-noise-ode), structured for least squares."""
     S = method.S(v)
     residuals, weights = problem.residual_parts()
     dz = geo.label_noise_drift(problem.loss, zeta, S, alpha, residuals=residuals, weights=weights)
