@@ -22,14 +22,17 @@ Public: :func:`own_sharpness`, :func:`sharpness_values` (a batch of parameters, 
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import geometry as geo
 from .methods import Method
+from .noise import AbstractNoise
+from .problems import AbstractProblem
 from .trajectory import Trajectory
 from .validation import ConfigError
 
@@ -56,7 +59,7 @@ def own_sharpness(method: Method) -> tuple[str, str]:
     return "trace_diag_H_pow", f"tr(Diag H^{{{1.0 - lam:g}}})"
 
 
-def sharpness_values(problem, theta, method: Optional[Method] = None) -> dict[str, np.ndarray]:
+def sharpness_values(problem: AbstractProblem, theta: ArrayLike, method: Optional[Method] = None) -> dict[str, np.ndarray]:
     """tr H and tr(Diag H^{1/2}) at every point of ``theta`` (shape (..., D)), plus ``method``'s own measure
     when it is another one (tr(Diag H^{1-lam}) for AdamE-lam, the block sharpness for Adam-mini/Adalayer).
 
@@ -78,7 +81,7 @@ def sharpness_values(problem, theta, method: Optional[Method] = None) -> dict[st
     return {k: np.asarray(x).reshape(theta.shape[:-1]) for k, x in out.items()}
 
 
-def at_projection(traj: Trajectory, problem, method: Method, **project_kw) -> Trajectory:
+def at_projection(traj: Trajectory, problem: AbstractProblem, method: Method, **project_kw: Any) -> Trajectory:
     """``traj`` seen on Gamma: every recorded theta_k replaced by Phi_{S(v_k)}(theta_k)
     (:func:`slowsde_jax.comparison.project_trajectory`), its observables recomputed there, and the sharpness
     measures of :func:`sharpness_values` (with ``method``'s own) added. Needs ``record_state=True``.
@@ -95,8 +98,8 @@ def _with_sharpness(traj: Trajectory, problem, method) -> Trajectory:
     return dataclasses.replace(traj, observables=obs)
 
 
-def slow_ode_from_records(traj: Trajectory, problem, noise, method: Method, start: int = 0,
-                          **sde_kw) -> Trajectory:
+def slow_ode_from_records(traj: Trajectory, problem: AbstractProblem, noise: AbstractNoise, method: Method,
+                          start: int = 0, **sde_kw: Any) -> Trajectory:
     """The slow flow started from each path of a discrete run: path i starts at (theta_i, v_i) recorded at
     ``traj.t[start]`` (projected onto Gamma by the engine) and is integrated up to ``traj.t[-1]``, recorded
     on the discrete run's times from ``start`` on. Returns one Trajectory with ``traj``'s paths (diverged
@@ -145,7 +148,7 @@ def slow_ode_from_records(traj: Trajectory, problem, noise, method: Method, star
     return _with_sharpness(out, problem, method)
 
 
-def theory_view(trajs: dict, methods: dict, problem, noise, *, slow_ode: bool = True,
+def theory_view(trajs: dict, methods: dict, problem: AbstractProblem, noise: AbstractNoise, *, slow_ode: bool = True,
                 progress: Optional[bool] = None) -> dict:
     """For every run: its trajectory on Gamma (:func:`at_projection`) and, when ``slow_ode``, the slow flow
     started from its recorded states (:func:`slow_ode_from_records`: from t = 0, or from the first record

@@ -10,9 +10,20 @@ Public: :func:`plot_observables`, :func:`plot_cloud`, :func:`plot_weak_error`, :
 from __future__ import annotations
 
 import math
+import os
 import re
+from typing import TYPE_CHECKING, Collection, Optional, Sequence, Union
 
 import numpy as np
+from numpy.typing import ArrayLike
+
+from .trajectory import Trajectory
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+#: A file path to write a figure to (None: do not write).
+PathLike = Union[None, str, os.PathLike]
 
 __all__ = ["plot_observables", "plot_cloud", "plot_weak_error", "plot_sweep", "plot_slow_flow", "label",
            "LOSS_NAMES", "BAND_LABEL", "T_LABEL"]
@@ -89,7 +100,8 @@ def _use_log(log_y, name) -> bool:
     return bool(log_y) if isinstance(log_y, bool) else name in set(log_y)
 
 
-def plot_observables(trajs: dict, path=None, names=None, log_y=False):
+def plot_observables(trajs: dict, path: PathLike = None, names: Optional[Sequence[str]] = None,
+                     log_y: Union[bool, Collection[str]] = False) -> "Figure":
     """One panel per observable over SDE time t = kη²: the mean over surviving paths and, when paths differ,
     their 10-90% quantile band; one line per run (and per grid point of a sweep), labelled with η.
 
@@ -143,7 +155,8 @@ def plot_observables(trajs: dict, path=None, names=None, log_y=False):
     return _finish(fig, path)
 
 
-def plot_cloud(discrete, continuous, observable, path=None, n_lines=40, log_y=False):
+def plot_cloud(discrete: Trajectory, continuous: Trajectory, observable: str, path: PathLike = None,
+               n_lines: int = 40, log_y: bool = False) -> "Figure":
     """Up to ``n_lines`` discrete paths, their mean, and the slow SDE's mean and 10-90% band (no band for an
     ODE or a single path), on the SDE clock. ``log_y``: logarithmic y axis (default False). Returns the Figure."""
     fig, ax = _figure(figsize=(6.4, 4.0))
@@ -170,8 +183,9 @@ def plot_cloud(discrete, continuous, observable, path=None, n_lines=40, log_y=Fa
     return _finish(fig, path, dpi=120)
 
 
-def plot_weak_error(etas, err, se, order, const, observable, path=None, *, method=None, T=None, resolved=None,
-                    order_se=None):
+def plot_weak_error(etas: ArrayLike, err: ArrayLike, se: ArrayLike, order: Optional[float], const: Optional[float],
+                    observable: str, path: PathLike = None, *, method: Optional[str] = None, T: Optional[float] = None,
+                    resolved: Optional[ArrayLike] = None, order_se: Optional[float] = None) -> "Figure":
     """Log-log weak error at time T against η with ±2 s.e. bars, a slope-1 reference line and, when the order
     is resolved, the fitted line through the resolved points only (those whose error exceeds 2 s.e.).
 
@@ -213,7 +227,7 @@ def plot_weak_error(etas, err, se, order, const, observable, path=None, *, metho
     return _finish(fig, path)
 
 
-def plot_sweep(result: dict, observable=None, path=None):
+def plot_sweep(result: dict, observable: Optional[str] = None, path: PathLike = None) -> "Figure":
     """The weak-error plot of an :func:`slowsde_jax.eta_sweep` result for one observable (default: the first)."""
     observable = observable or next(iter(result["observables"]))
     r = result["observables"][observable]
@@ -222,7 +236,7 @@ def plot_sweep(result: dict, observable=None, path=None):
                            order_se=r.get("order_se"))
 
 
-def plot_slow_flow(view: dict, summary: dict, path=None):
+def plot_slow_flow(view: dict, summary: dict, path: PathLike = None) -> "Figure":
     """The showcase figure of ``slowsde run``: every run seen on the minimizer manifold (its iterates mapped
     to Phi_S(theta); solid: mean over paths, shaded: 10-90 % of paths) against its slow flow started from
     the same states (dashed), on the one clock t = kη². One panel for the loss and one per sharpness measure

@@ -473,6 +473,12 @@ def from_loss(loss: Callable[[PyTree], Scalar], params0: PyTree, residuals: Opti
     :class:`FromResiduals` (least squares: enables label noise and minibatch noise); otherwise
     ``per_sample_losses(params) -> (n,)`` when ``loss`` is their mean (enables minibatch noise) gives a
     :class:`FromLoss`, as does a plain loss. ``observables(params) -> dict`` of extra scalars to record.
+
+    **Ravel order.** The engines work on the flat vector theta = ``jax.flatten_util.ravel_pytree(params0)[0]``
+    (length D): the leaves in ``jax.tree_util.tree_leaves`` order (dict keys sorted), each leaf raveled in
+    row-major (C) order. Everything flat follows it: ``theta0`` and ``v0`` arrays, ``Trajectory.theta`` and
+    ``.v``, the (D, D) covariance of ``noise.gaussian(cov)`` and explicit Adam-mini block ids. For
+    ``params0 = {"b": (2,), "w": (2, 3)}``, theta = [b0, b1, w00, w01, w02, w10, w11, w12].
     """
     flat, unravel = ravel_pytree(params0)
     flat = flat.astype(_precision.default_float()) if jnp.issubdtype(flat.dtype, jnp.floating) else flat

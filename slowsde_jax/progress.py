@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import os
 import sys
-from typing import IO, Optional
+from typing import IO, Any, Optional
 
 __all__ = ["progress_bar", "enabled", "NullBar"]
 
@@ -66,7 +66,7 @@ def enabled(progress: Optional[bool], file: Optional[IO] = None) -> bool:
 
 
 def progress_bar(total: float, desc: str, *, progress: Optional[bool] = None, unit: str = "step",
-                 initial: float = 0, file: Optional[IO] = None):
+                 initial: float = 0, file: Optional[IO] = None) -> Any:
     """A tqdm bar over ``total`` units (steps, SDE time, ...), or a :class:`NullBar` when ``progress`` says
     no (see :func:`enabled`). ``file``: where a text bar writes (default stderr)."""
     if not enabled(progress, file):

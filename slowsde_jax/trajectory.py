@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
+import os
+from typing import Any, Mapping, Union
 
 import numpy as np
 
@@ -110,7 +111,7 @@ class Trajectory:
         return out
 
     @classmethod
-    def from_arrays(cls, arrays, prefix: str = "") -> "Trajectory":
+    def from_arrays(cls, arrays: Mapping[str, Any], prefix: str = "") -> "Trajectory":
         def get(k):
             return np.asarray(arrays[prefix + k]) if prefix + k in arrays else None
 
@@ -119,16 +120,16 @@ class Trajectory:
                    diverged_step=get("diverged_step"), meta=json.loads(str(get("meta"))),
                    diverged_time=get("diverged_time"))
 
-    def save(self, path):
+    def save(self, path: Union[str, os.PathLike]) -> None:
         np.savez(path, **self.to_arrays())
 
     @classmethod
-    def load(cls, path) -> "Trajectory":
+    def load(cls, path: Union[str, os.PathLike]) -> "Trajectory":
         with np.load(path) as f:
             return cls.from_arrays(dict(f))
 
 
-def jsonable(x):
+def jsonable(x: Any) -> Any:
     """JSON fallback for numpy scalars and arrays (and anything else, as text)."""
     if isinstance(x, np.generic):
         return x.item()
