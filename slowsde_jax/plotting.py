@@ -258,7 +258,7 @@ def plot_slow_flow(view: dict, summary: dict, path: PathLike = None) -> "Figure"
         (m, f"{lab} at Φ_S(θ): reduced by " + ", ".join(n for n, r in summary.items() if r["measure"] == m), False)
         for m, lab in measures]
     fig, axes = _figure(1, len(panels), figsize=(4.8 * len(panels), 3.9))
-    handles, floor = [], {}
+    handles = []
     for i, (name, entry) in enumerate(view.items()):
         color = f"C{i % 10}"
         proj, ode = entry["projected"], entry.get("slow_ode")
@@ -273,9 +273,6 @@ def plot_slow_flow(view: dict, summary: dict, path: PathLike = None) -> "Figure"
                 continue
             y = proj.observables[obs][~proj.diverged]
             ax.plot(proj.t, y.mean(0), color=color, lw=1.5)
-            pos = y.mean(0)[y.mean(0) > 0]
-            if pos.size:
-                floor[obs] = min(floor.get(obs, np.inf), float(pos.min()))
             _band(ax, proj.t, y, color, alpha=0.15)
             if ode is not None and obs in ode.observables:
                 z = ode.observables[obs][~ode.diverged]
@@ -284,9 +281,11 @@ def plot_slow_flow(view: dict, summary: dict, path: PathLike = None) -> "Figure"
     for ax, (obs, title, log) in zip(axes.flat, panels):
         if log:
             ax.set_yscale("log")
-            # the discrete runs set the lower limit: an ODE that reaches zero to rounding would squash the rest
-            if obs in floor:
-                ax.set_ylim(bottom=max(ax.get_ylim()[0], 0.3 * floor[obs]))
+            # at most 12 decades: a flow that reaches zero to rounding would squash the rest
+            lo, hi = ax.get_ylim()
+            if lo < 1e-12 * hi:
+                ax.set_ylim(bottom=1e-12 * hi)
+                title += " (cut at 10⁻¹² × top)"
         ax.set_title(title, fontsize=9)
         ax.set_xlabel(T_LABEL)
         ax.grid(alpha=0.3)
