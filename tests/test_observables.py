@@ -43,23 +43,24 @@ def test_own_sharpness_per_method():
     assert observables.own_sharpness(S.adam_mini([0, 0, 1, 1]))[0] == "block_sharpness"
 
 
-def test_sharpness_values_on_the_diagonal_net_closed_form():
-    """On Gamma of a diagonal net with +-1 features (s_j = 1): tr H = 4 sum x^2, tr(Diag H^{1/2}) = 2 sum |x|,
-    tr(Diag H^{1-lam}) = 4^{1-lam} sum |x|^{2-2 lam}; the residual part of the Hessian diagonal vanishes."""
-    prob = problems.diagonal_net(d=5, n=3, k=1, key=1, n_test=10)
-    w = np.asarray(prob.w_star)  # Z w* = y: any x with u^2 - v^2 = w* lies on Gamma
-    a = np.random.default_rng(2).uniform(0.1, 1.0, size=(2, 5))
-    zeta = np.concatenate([np.sqrt(w + a + np.abs(w)), np.sqrt(a + np.abs(w))], axis=-1)  # (2, D)
-    assert np.allclose(np.asarray(prob.residuals(zeta[0])), 0.0, atol=1e-12)
+def test_sharpness_values_on_gamma_closed_form():
+    """On the hyperbola's Gamma {u^2 - v^2 = 1} the Hessian diagonal is (4u^2, 4v^2): tr H = 4(u^2 + v^2),
+    tr(Diag H^{1/2}) = 2(|u| + |v|), tr(Diag H^{1-lam}) = 4^{1-lam}(|u|^{2-2lam} + |v|^{2-2lam}), and one block
+    over both coordinates gives sqrt(2 tr H)."""
+    s_ = np.linspace(-1.0, 1.5, 6).reshape(2, 3)
+    zeta = np.stack([np.cosh(s_), np.sinh(s_)], axis=-1)  # (2, 3, D): any batch shape
+    u, v = np.abs(zeta[..., 0]), np.abs(zeta[..., 1])
     lam = 0.25
-    vals = observables.sharpness_values(prob, zeta[None], S.adame(lam=lam))  # batch shape (1, 2)
-    assert vals["trace_H"].shape == (1, 2)
-    np.testing.assert_allclose(vals["trace_H"][0], 4 * np.sum(zeta**2, axis=-1), rtol=1e-12)
-    np.testing.assert_allclose(vals["trace_sqrt_diag_H"][0], 2 * np.sum(np.abs(zeta), axis=-1), rtol=1e-12)
-    np.testing.assert_allclose(vals["trace_diag_H_pow"][0],
-                               4 ** (1 - lam) * np.sum(np.abs(zeta) ** (2 - 2 * lam), axis=-1), rtol=1e-12)
+    vals = observables.sharpness_values(HYP, zeta, S.adame(lam=lam))
+    assert vals["trace_H"].shape == (2, 3)
+    np.testing.assert_allclose(vals["trace_H"], 4 * (u**2 + v**2), rtol=1e-12)
+    np.testing.assert_allclose(vals["trace_sqrt_diag_H"], 2 * (u + v), rtol=1e-12)
+    np.testing.assert_allclose(vals["trace_diag_H_pow"], 4 ** (1 - lam) * (u ** (2 - 2 * lam) + v ** (2 - 2 * lam)),
+                               rtol=1e-12)
+    blocks = observables.sharpness_values(HYP, zeta, S.adam_mini([0, 0]))
+    np.testing.assert_allclose(blocks["block_sharpness"], np.sqrt(2 * 4 * (u**2 + v**2)), rtol=1e-12)
     with pytest.raises(S.ConfigError, match="theta"):
-        observables.sharpness_values(prob, np.zeros(3))
+        observables.sharpness_values(HYP, np.zeros(3))
 
 
 def test_tail_mean_is_the_cli_number():
