@@ -1,7 +1,9 @@
 """Each method's own sharpness, on batches, at Phi_S(theta), and the slow flow started from a run's records:
 closed forms on the diagonal net, identities with the single-point functions and engines."""
 import contextlib
+import dataclasses
 import io
+import os
 
 import numpy as np
 import pytest
@@ -82,44 +84,72 @@ def test_tail_mean_is_the_cli_number():
         tr.tail_mean("x", 0.0)
 
 
+SHOWCASE = {"name": "show", "seed": 0, "problem": {"kind": "hyperbola"}, "noise": {"kind": "label_noise", "delta": 0.5},
+            "T": 0.2, "n_paths": 2, "n_record": 4, "v0": "equilibrium", "slow_flow": True,
+            "runs": {"adam": {"method": "adam", "eta": 0.02, "c": 10.0, "eps": 0.0, "beta1": 0.9},
+                     "sgd": {"method": "sgd", "eta": 0.02}}}
+
+
 @pytest.fixture(scope="module")
-def hyperbola_run():
-    """A two-point eta sweep of Adam on the hyperbola (its progress bar captured) and the eta = 0.02 run."""
-    adam = S.adam(beta1=0.9, c=10.0, eps=0.0)
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        trajs = S.simulate_discrete(HYP, LABEL, adam, sweep={"eta": [0.04, 0.02]}, T=0.2, n_paths=2, key=3,
-                                    n_record=4, v0="equilibrium", progress=True)
-    return adam, trajs[1], err.getvalue()
+def showcase(tmp_path_factory):
+    """The showcase pipeline of `slowsde run` (slow_flow: true) on the hyperbola, bars forced on."""
+    import yaml
+
+    from slowsde_jax import cli
+
+    root = tmp_path_factory.mktemp("showcase")
+    (root / "c.yaml").write_text(yaml.safe_dump(SHOWCASE))
+    out, err = io.StringIO(), io.StringIO()
+    old = os.environ.get("SLOWSDE_PROGRESS")
+    os.environ["SLOWSDE_PROGRESS"] = "1"
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli.main(["run", str(root / "c.yaml"), "--out", str(root / "runs")])
+    finally:
+        os.environ.pop("SLOWSDE_PROGRESS") if old is None else os.environ.__setitem__("SLOWSDE_PROGRESS", old)
+    assert code == 0, err.getvalue()[-2000:]
+    (folder,) = list((root / "runs").iterdir())
+    trajs, summary = runs.load_run(folder)
+    return S.adam(beta1=0.9, c=10.0, eps=0.0), trajs, summary, folder, out.getvalue(), err.getvalue()
 
 
-def test_the_sweep_drives_its_progress_bar(hyperbola_run):
-    bar = hyperbola_run[2]
-    assert "adam (2 configs)" in bar and "500/500" in bar and "100%" in bar  # 0.2 / 0.02^2 steps at the end
+def test_showcase_run_writes_the_slow_flow_and_tells_the_story(showcase):
+    adam, trajs, summary, folder, out, err = showcase
+    assert {"slow_flow.png", "observables.png", "trajectories.npz"} <= {p.name for p in folder.iterdir()}
+    assert not (folder / "checkpoints").exists()  # finished checkpoints are gone once trajectories.npz is written
+    assert set(trajs) == {"adam", "sgd", "adam.at_phi", "adam.slow_ode", "sgd.at_phi", "sgd.slow_ode"}
+    flow = summary["slow_flow"]
+    assert flow["adam"]["measure"] == "trace_sqrt_diag_H" and flow["sgd"]["measure"] == "trace_H"
+    for name in ("adam", "sgd"):  # each flow reduces its own measure from the same start
+        assert flow[name]["ode_end"][0] < flow[name]["start"][0]
+        assert flow[name]["ode_failed"] == 0
+    assert "own sharpness" in out and "tr(Diag H^{1/2})" in out and "slow_flow.png" in out
+    assert "adam: 100%" in err and "sgd: 100%" in err and "slow ODE (adam)" in err and "slow ODE (sgd)" in err
 
 
-def test_at_projection_lies_on_gamma_with_every_measure(hyperbola_run):
-    adam, tr, _ = hyperbola_run
-    proj = observables.at_projection(tr, HYP, adam)
+def test_at_projection_lies_on_gamma_with_every_measure(showcase):
+    adam, trajs = showcase[:2]
+    proj = trajs["adam.at_phi"]
     u, v = proj.theta[..., 0], proj.theta[..., 1]
     np.testing.assert_allclose(u**2 - v**2, 1.0, atol=1e-9)  # on Gamma = {u^2 - v^2 = 1}
     np.testing.assert_allclose(proj.observables["trace_sqrt_diag_H"], 2 * (np.abs(u) + np.abs(v)), rtol=1e-8)
     assert proj.meta["projected"] and proj.observables["loss"].max() < 1e-16
 
 
-def test_slow_ode_from_records_is_the_engine_started_at_each_record(hyperbola_run):
-    adam, tr, _ = hyperbola_run
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        ode = observables.slow_ode_from_records(tr, HYP, LABEL, adam, start=1, progress=True)
-    assert "slow ODE (adam)" in err.getvalue() and "100%" in err.getvalue()
-    np.testing.assert_allclose(ode.t, tr.t[1:], atol=1e-12)  # on the discrete clock from the start record on
+def test_slow_ode_from_records_is_the_engine_started_at_each_record(showcase):
+    adam, trajs = showcase[:2]
+    tr = trajs["adam"]
+    ode = observables.slow_ode_from_records(tr, HYP, LABEL, adam, start=0)
+    np.testing.assert_allclose(ode.t, tr.t, atol=1e-12)  # on the discrete clock
+    np.testing.assert_allclose(ode.theta, trajs["adam.slow_ode"].theta, rtol=1e-12)  # what the run saved
     assert ode.n_paths == 2 and ode.meta["failure_reasons"] == [] and ode.deterministic
     for i in range(2):
-        one = S.simulate_slow_sde(HYP, LABEL, adam, T=float(tr.t[-1] - tr.t[1]), theta0=tr.theta[i, 1],
-                                  v0=tr.v[i, 1], n_record=3)
+        one = S.simulate_slow_sde(HYP, LABEL, adam, T=float(tr.t[-1]), theta0=tr.theta[i, 0], v0=tr.v[i, 0],
+                                  n_record=4, key=i)
         np.testing.assert_allclose(ode.theta[i], one.theta[0], rtol=1e-12, atol=1e-14)
     # the ODE reduces Adam's own measure: tr(Diag H^{1/2}) is non-increasing along each path
     assert np.all(np.diff(ode.observables["trace_sqrt_diag_H"], axis=1) < 1e-9)
     with pytest.raises(S.ConfigError, match="start"):
         observables.slow_ode_from_records(tr, HYP, LABEL, adam, start=4)
+    with pytest.raises(S.ConfigError, match="record_state"):
+        observables.slow_ode_from_records(dataclasses.replace(tr, theta=None), HYP, LABEL, adam)
