@@ -5,10 +5,10 @@ user can see it, i.e. when stderr is a terminal or the code runs in a Jupyter ke
 ``slowsde compare`` show bars unless ``--quiet``. The environment variable ``SLOWSDE_PROGRESS=0`` turns
 every bar off, ``=1`` turns them on.
 
-Bars are ``tqdm`` bars (``tqdm.auto`` in a notebook: a widget with ipywidgets, text otherwise; ``tqdm.std``
-elsewhere) written to stderr, or to ``file`` when given. A terminal that reports a size of 0 x 0 (a
-pseudo-terminal without a size, as in some CI runners and containers) gets a fixed 80 x 24: tqdm would
-otherwise show nothing there. :func:`progress_bar` returns a bar whose ``update``/``close`` do nothing
+Bars are ``tqdm`` bars written to stderr, or to ``file`` when given: in a notebook with ipywidgets a widget
+from ``tqdm.auto``; elsewhere, and in a notebook without ipywidgets (where ``tqdm.auto`` would raise), a
+text bar from ``tqdm.std``. A terminal that reports a size of 0 x 0 (a pseudo-terminal without a size, as
+in some CI runners and containers) gets a fixed 80 x 24: tqdm would otherwise show nothing there. :func:`progress_bar` returns a bar whose ``update``/``close`` do nothing
 when it is off, so callers never test for None.
 """
 from __future__ import annotations
@@ -54,6 +54,13 @@ def _in_notebook() -> bool:
     return ip is not None and "IPKernelApp" in getattr(ip, "config", {})
 
 
+def _has_widgets() -> bool:
+    """tqdm's notebook bar needs ipywidgets; without it, it raises instead of drawing."""
+    import importlib.util
+
+    return importlib.util.find_spec("ipywidgets") is not None
+
+
 def enabled(progress: Optional[bool], file: Optional[IO] = None) -> bool:
     """Whether a bar is shown for the engines' ``progress`` argument (see the module docstring)."""
     env = os.environ.get("SLOWSDE_PROGRESS")
@@ -71,10 +78,10 @@ def progress_bar(total: float, desc: str, *, progress: Optional[bool] = None, un
     no (see :func:`enabled`). ``file``: where a text bar writes (default stderr)."""
     if not enabled(progress, file):
         return NullBar()
-    if file is None and _in_notebook():
-        from tqdm.auto import tqdm
+    if file is None and _in_notebook() and _has_widgets():
+        from tqdm.auto import tqdm  # a widget bar
     else:
-        from tqdm.std import tqdm
+        from tqdm.std import tqdm  # text (in a notebook without ipywidgets: the cell's stderr)
     # A terminal that reports a size of 0 x 0 (a pseudo-terminal opened without a size, as some CI runners
     # and containers do) makes tqdm (4.67-4.70 at least) hide the bar: it reads 0 rows as "no room" and
     # trims lines to -1 columns. Such a terminal gets a fixed 80 x 24.

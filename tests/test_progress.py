@@ -77,3 +77,15 @@ def test_auto_bar_shows_under_a_terminal(size):
     text = _read_all(master)
     assert proc.wait(timeout=60) == 0
     assert "steps-under-tty" in text and "5/5" in text and "100%" in text
+
+
+def test_notebook_without_ipywidgets_gets_a_text_bar(monkeypatch, capsys):
+    """In a Jupyter kernel tqdm.auto needs ipywidgets (it raises without them): fall back to a text bar."""
+    monkeypatch.setattr(progress, "_in_notebook", lambda: True)
+    monkeypatch.setattr(progress, "_has_widgets", lambda: False)
+    assert progress.enabled(None)  # a notebook shows bars by default
+    bar = progress.progress_bar(3, "nb")
+    for _ in range(3):
+        bar.update(1)
+    bar.close()
+    assert type(bar).__module__ == "tqdm.std" and "3/3" in capsys.readouterr().err
