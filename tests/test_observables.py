@@ -153,3 +153,14 @@ def test_slow_ode_from_records_is_the_engine_started_at_each_record(showcase):
         observables.slow_ode_from_records(tr, HYP, LABEL, adam, start=4)
     with pytest.raises(S.ConfigError, match="record_state"):
         observables.slow_ode_from_records(dataclasses.replace(tr, theta=None), HYP, LABEL, adam)
+
+
+def test_slow_flow_config_needs_recorded_states():
+    from slowsde_jax import config
+
+    cfg = {**SHOWCASE, "record_state": False}
+    with pytest.raises(S.ConfigError, match="slow_flow: needs record_state"):
+        config.validate(cfg)
+    with pytest.raises(S.ConfigError, match="slow_flow: must be true or false"):
+        config.validate({**SHOWCASE, "slow_flow": "yes"})
+    config.validate({**SHOWCASE, "record_state": False, "slow_flow": False})
