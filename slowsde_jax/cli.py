@@ -1,10 +1,13 @@
 """The ``slowsde`` command line.
 
-    slowsde run [CONFIG.yaml] [--set key=value ...] [--out DIR]
-    slowsde compare CONFIG.yaml [--set key=value ...] [--out DIR]
+    slowsde run [CONFIG.yaml] [--set key=value ...] [--out DIR] [--quiet]
+    slowsde compare CONFIG.yaml [--set key=value ...] [--out DIR] [--quiet]
+    slowsde --version
 
 ``run`` runs a YAML config (the built-in default without CONFIG) and writes a run folder under DIR (default
 ``runs/``): config.yaml, summary.json, trajectories.npz and observables.png; then prints a short table.
+With ``slow_flow: true`` (the default config) each run is also seen at Phi_S(theta) and against its slow ODE:
+slow_flow.png and a second table.
 ``compare`` integrates the slow SDE of every run's method, runs the discrete method at each learning rate
 of the config's ``compare.etas`` on the same clock, and writes comparison.json (weak errors per eta and
 their fitted order, or "not resolved" when the errors are within noise), weak-error and cloud plots.
@@ -20,6 +23,11 @@ import time
 from .validation import ConfigError
 
 
+def _pm(mean, se) -> str:
+    """"1.234±0.05", or "1.234" when the standard error is unknown (one stochastic path) or zero."""
+    return f"{mean:.4g}" if not se == se or se == 0 else f"{mean:.4g}±{se:.2g}"
+
+
 def _table(summary_runs) -> str:
     names = sorted({n for entries in summary_runs.values() for e in entries for n in e["observables"]})
     head = ["run", "eta", "steps", "t_end", "diverged"] + names
@@ -28,13 +36,16 @@ def _table(summary_runs) -> str:
         for e in entries:
             hyp = {k: v for k, v in (e["hypers"] or {}).items() if k != "eta" and len(entries) > 1}
             label = run + ("" if not hyp else "[" + ",".join(f"{k}={v:g}" for k, v in hyp.items()) + "]")
+            if e.get("method") and e["method"] != run:  # e.g. a run named adam switched to adame by --set
+                label += f" ({e['method']})"
             obs = e["observables"]
             rows.append([label, f"{e['eta']:g}", str(e["steps"]), f"{e['t_end']:.4g}", f"{e['n_diverged']}/{e['n_paths']}"]
-                        + [f"{obs[n]['tail_mean']:.4g}±{obs[n]['tail_se']:.2g}" if n in obs else "-" for n in names])
+                        + [_pm(obs[n]["tail_mean"], obs[n]["tail_se"]) if n in obs else "-" for n in names])
     widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
     fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths))
     lines = [fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
-    return "\n".join(lines) + "\n(observables: mean over paths of the average over the last 10% of recorded times ± s.e.)"
+    return "\n".join(lines) + ("\n(observables at the raw iterates: mean over paths of the average over the last 10% of "
+                               "recorded times ± s.e.; no ± with one path)")
 
 
 def cmd_run(args) -> int:
@@ -85,11 +96,32 @@ def cmd_run(args) -> int:
             trajs[name] = out if isinstance(out, list) else [out]
             runs.save_trajectories(done, {name: trajs[name]})
             (ckpts / f"{name}.npz").unlink(missing_ok=True)
-        runs.save_trajectories(folder / "trajectories.npz", trajs)
+        view = {}
+        if cfg.get("slow_flow"):  # each run on Gamma and its slow flow (see slowsde_jax.observables)
+            from .observables import theory_summary, theory_view
+            from .plotting import plot_slow_flow
+
+            methods = {name: method for name, method, _ in planned}
+            view = theory_view(trajs, methods, problem, noise, progress=None if not args.quiet else False)
+            summary["slow_flow"] = theory_summary(view, methods)
+            plot_slow_flow(view, summary["slow_flow"], folder / "slow_flow.png")
+        saved = dict(trajs)
+        for name, entry in view.items():
+            saved.update({f"{name}.at_phi": [entry["projected"]], f"{name}.slow_ode": [entry["slow_ode"]]})
+        runs.save_trajectories(folder / "trajectories.npz", saved)
+        for name, _, _ in planned:  # the finished-run checkpoints are now in trajectories.npz
+            (ckpts / f"{name}.done.npz").unlink(missing_ok=True)
+        if not any(ckpts.iterdir()):
+            ckpts.rmdir()
         summary.update(status="completed", runs=runs.summarize(trajs), elapsed_s=time.time() - t0)
         plot_observables(trajs, folder / "observables.png", log_y=LOSS_NAMES)
         runs.write_json(folder / "summary.json", summary)
     print(_table(summary["runs"]))
+    if "slow_flow" in summary:
+        from .observables import theory_table
+
+        print()
+        print(theory_table(summary["slow_flow"]))
     n_div = sum(e["n_diverged"] for entries in summary["runs"].values() for e in entries)
     if n_div:
         first = min(t for entries in summary["runs"].values() for e in entries for t in e["diverged_times"])
@@ -98,7 +130,8 @@ def cmd_run(args) -> int:
         if cfg.get("strict") or args.strict:
             print("slowsde: error: diverged paths in a strict run", file=sys.stderr)
             return 1
-    print(f"wrote {folder}/summary.json, trajectories.npz, observables.png ({time.time() - t0:.1f} s)")
+    figs = "observables.png" + (", slow_flow.png" if "slow_flow" in summary else "")
+    print(f"wrote {folder}/summary.json, trajectories.npz, {figs} ({time.time() - t0:.1f} s)")
     return 0
 
 
@@ -127,11 +160,12 @@ def cmd_compare(args) -> int:
         for name, method, kw in cfgmod.build_runs(cfg):
             sde_traj = simulate_slow_sde(problem, noise, method, T=T, n_paths=cmp.get("sde_paths", cfg.get("n_paths", 1)),
                                          key=seed + 1, eta=min(cmp["etas"]), dt=cmp.get("dt", 1e-3), n_record=n_record,
-                                         solver=cmp.get("solver", "tsit5"), rtol=cmp.get("rtol", 1e-8), atol=cmp.get("atol", 1e-10))
+                                         solver=cmp.get("solver", "tsit5"), rtol=cmp.get("rtol", 1e-8), atol=cmp.get("atol", 1e-10),
+                                         progress=None if not args.quiet else False)
             names = cmp.get("observables") or sorted(sde_traj.observables)
             res = eta_sweep(problem, noise, method, cmp["etas"], T, cfg.get("n_paths", 1), seed, sde_traj, names,
                             project=cmp.get("project", True), plot_path=str(folder / f"weak_error_{name}_{{name}}.png"),
-                            v0=cfg.get("v0", "equilibrium"), progress=False)
+                            v0=cfg.get("v0", "equilibrium"), progress=None if not args.quiet else False)
             for obs in names:
                 plot_cloud(res["trajectories"][-1], sde_traj, obs, folder / f"cloud_{name}_{obs}.png")
             result[name] = {"sde_engine": sde_traj.meta["engine"], "etas": res["etas"], "observables": res["observables"],
@@ -151,8 +185,24 @@ def cmd_compare(args) -> int:
     return 0
 
 
+EXAMPLES = """examples:
+  slowsde run                                   the built-in showcase: Adam vs SGD on a diagonal net, with
+                                                their slow ODEs (about a minute on a laptop CPU)
+  slowsde default-config > my.yaml              start a config of your own from the default
+  slowsde run my.yaml --set runs.adam.eta=0.01 --set n_paths=16
+  slowsde run configs/sparse_regression_n_sweep.yaml --out runs/
+  slowsde run --resume runs/diagnet_adam_vs_sgd-20260101-120000
+  slowsde compare configs/hyperbola_compare.yaml   weak error of the discrete runs against the slow SDE
+
+documentation: docs/index.md (build the site with `mkdocs serve`)"""
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="slowsde", description=__doc__.split("\n\n")[0])
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="slowsde", description=__doc__.split("\n\n")[0], epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="run a YAML config (default: the built-in one) and write a run folder")
     p_run.add_argument("config", nargs="?", default=None, help="YAML config file (default: built-in)")
@@ -167,6 +217,7 @@ def main(argv=None) -> int:
     p_cmp.add_argument("config", help="YAML config with a 'compare:' section")
     p_cmp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config entry")
     p_cmp.add_argument("--out", default="runs", help="parent folder of the run folder (default: runs/)")
+    p_cmp.add_argument("--quiet", action="store_true", help="no progress bars")
     p_cmp.set_defaults(func=cmd_compare)
     sub.add_parser("default-config", help="print the built-in default config").set_defaults(
         func=lambda a: print(__import__("slowsde_jax.config", fromlist=["x"]).default_config_text(), end="") or 0)

@@ -16,6 +16,8 @@ A config (see ``configs/default.yaml``)::
       adam: {method: adam, eta: 0.1, beta2: 0.95, eps: 1.0e-6}
       sgd: {method: sgd, eta: 0.005}
 
+``slow_flow: true`` also maps every run onto the manifold and integrates its slow ODE from the recorded
+states (needs ``record_state``; sweeps are left out), see :mod:`slowsde_jax.observables`.
 Each run may override ``steps``/``T``, ``n_paths``, ``n_record``, ``v0``, ``record_state`` and give a ``sweep``
 (name -> list of values). Every problem has its own keyword arguments (those of the problem's factory).
 All checks happen before anything is compiled and raise :class:`~slowsde_jax.validation.ConfigError`.
@@ -34,7 +36,7 @@ from .validation import ConfigError, check_choice, check_int, check_number, sugg
 
 TOP_KEYS = {"name", "seed", "problem", "noise", "steps", "T", "n_paths", "n_record", "runs", "dtype",
             "record_state", "v0", "chunk_steps", "divergence_bound", "strict", "compare",
-            "checkpoint_every_s"}
+            "checkpoint_every_s", "slow_flow"}
 COMPARE_KEYS = {"etas", "observables", "dt", "sde_paths", "project", "solver", "rtol", "atol"}
 RUN_KEYS = {"method", "eta", "steps", "T", "n_paths", "n_record", "v0", "record_state", "sweep"}
 INHERITED = ("steps", "T", "n_paths", "n_record", "v0", "record_state")
@@ -125,6 +127,10 @@ def validate(cfg) -> dict:
     if "checkpoint_every_s" in cfg:
         check_number("checkpoint_every_s", cfg["checkpoint_every_s"], low=0.0)
     _expect(isinstance(cfg.get("strict", False), bool), "strict", "must be true or false")
+    _expect(isinstance(cfg.get("slow_flow", False), bool), "slow_flow", "must be true or false")
+    _expect(not cfg.get("slow_flow") or all(r.get("record_state", cfg.get("record_state", True)) is not False
+                                            for r in (cfg.get("runs") or {}).values() if isinstance(r, dict)),
+            "slow_flow", "needs record_state: true (the recorded states are projected and start the slow ODE)")
     if "divergence_bound" in cfg:
         check_number("divergence_bound", cfg["divergence_bound"], low=0.0, low_open=True)
 

@@ -190,6 +190,8 @@ def simulate_discrete(problem: AbstractProblem, noise: AbstractNoise, method: Me
       ``delta``, ``n_train``; the run covers their Cartesian grid in one compiled function.
     - ``record_state``: also record theta and v, shape (n_paths, n_t, D) each.
     - ``chunk_steps``: at most this many steps per jitted call (progress, checkpoints between calls).
+    - ``progress``: a step bar (True, False, or None: shown in a terminal or notebook; see
+      :mod:`slowsde_jax.progress`).
     - ``on_chunk(run)``: called after every recorded point with the :class:`DiscreteRun`.
     - ``checkpoint``: a file path (.npz). The run's state and records are written there (atomically) after a
       recorded point whenever ``checkpoint_every_s`` seconds have passed since the last write (0: after every
@@ -264,11 +266,10 @@ def _continue(run, problem, noise, method, grid, record_state, chunk_steps, prog
     """Advance ``run`` through its remaining record points, chunk by chunk."""
     targets = run.targets
     total = int(targets[:, -1].max())
-    bar = None
-    if progress or (progress is None and total * targets.shape[0] >= 2_000_000):
-        from tqdm.auto import tqdm
+    from .progress import progress_bar
 
-        bar = tqdm(total=total, initial=int(targets[:, run.done - 1].max()), unit="step", desc=method.name)
+    bar = progress_bar(total, method.name + (f" ({targets.shape[0]} configs)" if targets.shape[0] > 1 else ""),
+                       progress=progress, initial=int(targets[:, run.done - 1].max()))
     bound = jnp.asarray(bound, run.state.theta.dtype)
     while run.done < targets.shape[1]:
         j = run.done
@@ -280,13 +281,11 @@ def _continue(run, problem, noise, method, grid, record_state, chunk_steps, prog
             n_steps = jnp.asarray(int((tgt - prev).max()), jnp.int64)
             run.state = _advance(problem, noise, method, grid, bound, run.state, jnp.asarray(tgt), n_steps)
             prev = tgt
-            if bar is not None:
-                bar.update(int(tgt.max()) - bar.n)
+            bar.update(int(tgt.max()) - bar.n)
         _record(run, problem, noise, method, grid, record_state)
         if on_chunk is not None:
             on_chunk(run)
-    if bar is not None:
-        bar.close()
+    bar.close()
     return run
 
 

@@ -1,4 +1,4 @@
-"""Geometry of the minimizer manifold Gamma (math §3-§6).
+"""Geometry of the minimizer manifold Gamma (docs/math.md#geometry to #diagonal-net).
 
 Conventions: theta has shape (D,); H is the Hessian (D, D) at a point zeta of Gamma; Sigma is the noise
 covariance (D, D); the preconditioner S is either its diagonal (shape (D,)) or a symmetric positive-definite
@@ -109,7 +109,7 @@ def sigma_parallel(H, Sigma, S, rank=None, rtol=DEFAULT_RTOL):
 
 
 def sigma_diamond(H, Sigma, S, rank=None, rtol=DEFAULT_RTOL):
-    """Sigma_diamond (D, D) by the eigen formula in S^{1/2} coordinates (math §3):
+    """Sigma_diamond (D, D) by the eigen formula in S^{1/2} coordinates (docs/math.md#geometry):
     Sigma'_dia = sum_{i,j not both tangent} <Sigma', u_i u_j^T> / (lam_i + lam_j) u_i u_j^T, then
     Sigma_dia = S^{1/2} Sigma'_dia S^{1/2}. Tangent eigenvalues are treated as exactly 0."""
     lam, U, Sh, Shi = _eig_Hprime(H, S)
@@ -122,8 +122,8 @@ def sigma_diamond(H, Sigma, S, rank=None, rtol=DEFAULT_RTOL):
     return Sh @ U @ Xp @ U.T @ Sh
 
 
-def sharpness(H, kind="trace", lam=None, blocks=None):
-    """Sharpness of a Hessian H ((D, D), or its diagonal (D,)):
+def sharpness(H, kind="trace", lam=None, blocks=None, *, diagonal=None):
+    """Sharpness of a Hessian H ((D, D), or its diagonal (D,)), or of a batch of them:
 
     - ``"trace"``: tr H (SGD's);
     - ``"trace_sqrt_diag"``: tr(Diag(H)^{1/2}) (Adam's);
@@ -131,25 +131,29 @@ def sharpness(H, kind="trace", lam=None, blocks=None):
     - ``"block"``: sum_B sqrt(|B| tr H_BB) (Adam-mini's / Adalayer's), needs ``blocks`` (block id per coordinate).
 
     Negative diagonal entries (off Gamma) count as 0 under fractional powers.
+
+    ``diagonal``: None reads a 1-d H as a diagonal and a 2-d H as a matrix; True reads H as diagonals of
+    shape (..., D) (e.g. (n_paths, n_t, D)), False as matrices (..., D, D). Returns shape (...).
     """
     H = jnp.asarray(H)
-    d = jnp.diag(H) if H.ndim == 2 else H
+    if diagonal is None:
+        diagonal = H.ndim == 1
+    d = H if diagonal else jnp.diagonal(H, axis1=-2, axis2=-1)
     if kind == "trace":
-        return jnp.sum(d)
+        return jnp.sum(d, axis=-1)
     if kind == "trace_sqrt_diag":
-        return jnp.sum(jnp.sqrt(jnp.maximum(d, 0.0)))
+        return jnp.sum(jnp.sqrt(jnp.maximum(d, 0.0)), axis=-1)
     if kind == "trace_diag_pow":
         if lam is None:
             raise ConfigError("lam", "sharpness 'trace_diag_pow' needs lam")
-        return jnp.sum(jnp.maximum(d, 0.0) ** (1.0 - lam))
+        return jnp.sum(jnp.maximum(d, 0.0) ** (1.0 - lam), axis=-1)
     if kind == "block":
         if blocks is None:
             raise ConfigError("blocks", "sharpness 'block' needs a block id per coordinate")
         ids, inv = np.unique(np.asarray(blocks), return_inverse=True)
-        inv = jnp.asarray(inv.reshape(-1))
-        tr = jax.ops.segment_sum(d, inv, num_segments=len(ids))
-        size = jax.ops.segment_sum(jnp.ones_like(d), inv, num_segments=len(ids))
-        return jnp.sum(jnp.sqrt(jnp.maximum(size * tr, 0.0)))
+        onehot = jnp.asarray(inv.reshape(-1)[:, None] == np.arange(len(ids)), d.dtype)  # (D, n_blocks)
+        tr, size = d @ onehot, jnp.sum(onehot, axis=0)
+        return jnp.sum(jnp.sqrt(jnp.maximum(size * tr, 0.0)), axis=-1)
     raise ConfigError("kind", f"unknown sharpness '{kind}'; choose from trace, trace_sqrt_diag, trace_diag_pow, block")
 
 
@@ -304,7 +308,7 @@ def _ls_diamond(Jw, S, noise_factor, eig):
 
 
 def ls_slow_sde_coefficients(residuals, weights, theta, S, noise_factor, rank=None, rtol=DEFAULT_RTOL):
-    """Slow-SDE coefficients of zeta at a point theta of Gamma for L = sum_i w_i r_i^2 / 2 (math §4), in
+    """Slow-SDE coefficients of zeta at a point theta of Gamma for L = sum_i w_i r_i^2 / 2 (docs/math.md#the-slow-sde), in
     sample space (never a (D, D) matrix unless the noise factor is one).
 
     ``residuals`` r(theta) -> (n,), ``weights`` w (n,) (0 masks a sample), ``S`` (D,) or SPD (D, D),
@@ -330,7 +334,7 @@ def ls_slow_sde_coefficients(residuals, weights, theta, S, noise_factor, rank=No
 
 
 def label_noise_drift(loss, theta, S, alpha, residuals=None, weights=None):
-    """The label-noise slow drift -(alpha/4) dPhi_S S grad^3 L[S] at theta on Gamma (math §5), shape (D,).
+    """The label-noise slow drift -(alpha/4) dPhi_S S grad^3 L[S] at theta on Gamma (docs/math.md#label-noise-ode), shape (D,).
 
     With ``residuals`` and ``weights`` (least squares) the structured path is used (O(n^2 D + n^3));
     otherwise dense Hessians (small D). ``S`` is the preconditioner's diagonal (D,) or an SPD matrix.

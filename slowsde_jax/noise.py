@@ -239,7 +239,7 @@ def psd_sqrt(S: Float[Array, "D D"]) -> Float[Array, "D D"]:
 
 
 def label_noise(delta: float = 0.5, distribution: str = "rademacher", batch_size: Optional[int] = None) -> LabelNoise:
-    """Label noise: +-delta (Rademacher) or N(0, delta^2) on every label, fresh each step (math §2)."""
+    """Label noise: +-delta (Rademacher) or N(0, delta^2) on every label, fresh each step (docs/math.md#noise)."""
     check_range("delta", delta, low=0.0)
     check_choice("distribution", distribution, ("rademacher", "gaussian"))
     batch_size = None if batch_size is None else check_int("batch_size", batch_size, low=1)

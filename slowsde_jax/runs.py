@@ -90,7 +90,7 @@ def summarize(trajs: dict) -> dict:
         out[name] = []
         for tr in items:
             div = tr.diverged
-            out[name].append({"hypers": tr.meta.get("hypers"), "eta": tr.meta.get("eta"), "steps": tr.meta.get("steps"),
+            out[name].append({"method": tr.meta.get("method"), "hypers": tr.meta.get("hypers"), "eta": tr.meta.get("eta"), "steps": tr.meta.get("steps"),
                               "t_end": float(tr.t[-1]), "n_paths": tr.n_paths, "n_diverged": int(div.sum()),
                               "diverged_steps": [] if tr.diverged_step is None else tr.diverged_step[div].tolist(),
                               "diverged_times": tr.diverged_time[div].tolist(),

@@ -77,7 +77,7 @@ def slow_sde_coefficients(problem, noise, method, zeta, v, c, rank=None, structu
 
 
 def label_noise_vector_field(problem, noise, method, zeta, v, c, alpha):
-    """(d zeta/dt, dv/dt) of the label-noise ODE (math §5), structured for least squares."""
+    """(d zeta/dt, dv/dt) of the label-noise ODE (docs/math.md#label-noise-ode), structured for least squares."""
     S = method.S(v)
     residuals, weights = problem.residual_parts()
     dz = geo.label_noise_drift(problem.loss, zeta, S, alpha, residuals=residuals, weights=weights)
@@ -345,7 +345,7 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
                       force_sde: bool = False, richardson: bool = False, brownian_dt: Optional[float] = None,
                       record_state: bool = True, dtype=None,
                       paths_per_call: Optional[int] = None, records_per_call: Optional[int] = None,
-                      checkpoint: Union[None, str, Path] = None) -> Trajectory:
+                      checkpoint: Union[None, str, Path] = None, progress: Optional[bool] = None) -> Trajectory:
     """Integrate the slow SDE of ``method`` under ``noise`` on ``problem`` up to SDE time ``T``.
 
     - ``eta``: only needed to turn an explicit beta2 into c = (1 - beta2)/eta^2;
@@ -370,7 +370,9 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
     - ``paths_per_call``: at most this many paths per compiled call (bounds memory); default all;
     - ``records_per_call``: recording intervals per compiled call (default: all in one ``diffeqsolve``, or 1
       with a ``checkpoint``); ``checkpoint``: an .npz path written after every call; if it exists when the
-      run starts, the run continues from it, and gives the same numbers as an uninterrupted run.
+      run starts, the run continues from it, and gives the same numbers as an uninterrupted run;
+    - ``progress``: a bar over SDE time, advanced after every compiled call (True, False, or None: shown in a
+      terminal or notebook; see :mod:`slowsde_jax.progress`).
 
     Returns a Trajectory on the recording grid t_j = j T / n_record (``theta`` holds zeta). A path whose
     solver fails or whose state turns non-finite is frozen at its last good state; ``diverged_time`` says
@@ -437,6 +439,11 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
         for run in runs:
             run.start(y, inputs.n_paths)
     path_keys = jax.random.split(k_run, inputs.n_paths)
+    from .progress import progress_bar
+
+    work = inputs.n_paths * len(levels)  # path-time units per unit of SDE time (x2 with Richardson)
+    bar = progress_bar(float(T) * work, f"slow {'SDE' if alpha is None else 'ODE'} ({method.name})",
+                       progress=progress, unit="path·t", initial=float(t_grid[runs[0].done]) * work)
     while runs[0].done < inputs.n_record:
         j0, j1 = runs[0].done, min(runs[0].done + records_per_call, inputs.n_record)
         for run, (per_record, substeps), t_steps in zip(runs, levels, level_steps):
@@ -454,10 +461,12 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
                                        max_steps * (j1 - j0))
                 ys.append(jax.tree_util.tree_map(np.asarray, seg[0]))
                 ok.append(np.asarray(seg[1]))
+                bar.update(float(t_grid[j1] - t_grid[j0]) * (sl.stop - sl.start))
             run.extend(tuple(np.concatenate([y[i] for y in ys]) for i in range(2)), np.concatenate(ok),
                        j0, alpha is None)
         if checkpoint is not None:
             _save_checkpoint(checkpoint, runs)
+    bar.close()
 
     # package
     run = runs[0]
@@ -474,7 +483,8 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
                     v0=v0 if isinstance(v0, str) else "given", dt=float(h) if alpha is None else None,
                     steps_per_record=n_sub if alpha is None else None, c=float(c),
                     alpha=None if alpha is None else float(alpha), solver=type(solver).__name__,
-                    richardson=bool(richardson), failure_reasons=reasons)
+                    richardson=bool(richardson),
+                    failure_reasons=[f"path {i}: {r}" for i, r in enumerate(reasons) if r])
     return Trajectory(t=t_grid, theta=zeta if record_state else None,
                       v=v if (record_state and method.has_v) else None, observables=observables,
                       diverged_time=failed_time, meta=meta)

@@ -10,7 +10,9 @@ import yaml
 
 from slowsde_jax import cli, config, load_run
 
-SMALL = ["problem.d=6", "problem.n=4", "problem.n_test=50", "steps=400", "n_paths=2", "n_record=4"]
+# the default config's showcase (T, slow_flow, Adam at eta 0.01) swapped for a small, fast discrete run
+SMALL = ["problem.d=6", "problem.n=4", "problem.n_test=50", "T=null", "steps=400", "slow_flow=false", "runs.adam.eta=0.1",
+         "n_paths=2", "n_record=4"]
 
 
 def _run(tmp_path, *args):

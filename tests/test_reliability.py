@@ -87,7 +87,7 @@ def test_some_paths_diverge_and_the_others_are_untouched():
 
 def test_cli_reports_divergence_and_strict_exits_nonzero(tmp_path, capsys):
     sets = ["problem.kind=diagonal_net", "problem.d=3", "problem.n=2", "problem.k=1", "problem.n_test=10",
-            "problem.init_scale=0.7", "noise.delta=0.1", "steps=60", "n_paths=16", "n_record=3", "divergence_bound=50.0",
+            "problem.init_scale=0.7", "noise.delta=0.1", "T=null", "steps=60", "slow_flow=false", "n_paths=16", "n_record=3", "divergence_bound=50.0",
             "runs.sgd.eta=0.6", "runs.adam.eta=0.01"]
     args = sum((["--set", s] for s in sets), [])
     assert cli.main(["run", *args, "--out", str(tmp_path / "a"), "--quiet"]) == 0
@@ -111,7 +111,8 @@ def test_cli_reports_divergence_and_strict_exits_nonzero(tmp_path, capsys):
     (["seed=abc"], "seed"), (["strict=maybe"], "strict"),
 ])
 def test_each_kind_of_bad_input_exits_2_naming_the_field(tmp_path, capsys, sets, field):
-    base = ["problem.d=6", "problem.n=4", "problem.n_test=20", "steps=10", "n_paths=2", "n_record=2"]
+    base = ["problem.d=6", "problem.n=4", "problem.n_test=20", "T=null", "steps=10", "slow_flow=false", "n_paths=2",
+            "n_record=2", "runs.adam.eta=0.1"]
     args = sum((["--set", s] for s in base + sets), [])
     assert cli.main(["run", *args, "--out", str(tmp_path), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
