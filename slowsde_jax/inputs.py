@@ -20,7 +20,7 @@ from jaxtyping import Array, Float
 from . import _precision
 from .validation import ConfigError, check_compatible, check_int, show
 
-__all__ = ["Inputs", "as_key", "parse_inputs", "initial_v", "run_meta", "META_KEYS", "memory_estimate",
+__all__ = ["Inputs", "as_key", "as_float_params", "parse_inputs", "initial_v", "run_meta", "META_KEYS", "memory_estimate",
            "available_memory", "check_memory", "explain_start_failure"]
 
 V0_MODES = ("zeros", "equilibrium")
@@ -48,6 +48,28 @@ def as_key(key) -> jax.Array:
                                  f"and dtype {key.dtype}")
     raise ConfigError("key", f"must be an integer seed or a jax PRNG key (jax.random.key or PRNGKey), got "
                              f"{type(key).__name__} {show(key)}")
+
+
+def as_float_params(params0, field: str = "params0"):
+    """``params0`` (any pytree of arrays) with every leaf a finite float array of the default precision:
+    integer and bool leaves are converted (gradients need floats); strings, objects, complex and non-finite
+    entries raise ConfigError naming the leaf."""
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params0)
+    if not leaves:
+        raise ConfigError(field, "has no array leaves (nothing to optimize)")
+    out = []
+    for path, x in leaves:
+        name = field + jax.tree_util.keystr(path)
+        try:
+            a = np.asarray(x)
+        except (ValueError, TypeError):
+            raise ConfigError(name, f"must be an array of numbers, got {show(x)}") from None
+        if a.dtype.kind not in "biuf":
+            raise ConfigError(name, f"must be an array of real numbers, got dtype {a.dtype}")
+        if not np.all(np.isfinite(a)):
+            raise ConfigError(name, "must be finite")
+        out.append(jnp.asarray(a, _precision.default_float() if a.dtype.kind in "biu" else a.dtype))
+    return jax.tree_util.tree_unflatten(treedef, out)
 
 
 @dataclasses.dataclass(frozen=True)
