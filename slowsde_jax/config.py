@@ -41,6 +41,7 @@ import numpy as np
 import yaml
 
 from . import methods, noise, problems
+from .inputs import MAX_STEPS
 from .validation import (ConfigError, check_bool, check_choice, check_file_name, check_int, check_number, show,
                          suggest, within)
 
@@ -54,7 +55,6 @@ INHERITED = ("steps", "T", "n_paths", "n_record", "v0", "record_state")
 ALIASES = {"lr": "eta", "learning_rate": "eta", "step_size": "eta", "stepsize": "eta", "beta_1": "beta1",
            "beta_2": "beta2", "epsilon": "eps", "lambda": "lam", "optimizer": "method", "seeds": "seed",
            "paths": "n_paths", "num_paths": "n_paths", "n_steps": "steps", "num_steps": "steps"}
-MAX_STEPS = 2**62  # the engines count steps in int64; a schedule past this would overflow
 
 
 class _Loader(yaml.SafeLoader):
@@ -339,54 +339,16 @@ def _source(f, run, k):
     return f"{f}.{k}" if k in run else k
 
 
-def _check_sweep_value(problem, nz, method, k, v, field):
-    """One swept value through the checks of the factory that owns it."""
-    from .discrete import _OWNER
-
-    owner = _OWNER.get(k)
-    if owner == "method":
-        fields = {n: (None if getattr(method, n) is None else float(getattr(method, n)))
-                  for n in ("beta1", "beta2", "c", "eps", "lam")}
-        if fields[k] is None:
-            raise ConfigError(field, f"method {method.name} has no '{k}' to sweep")
-        fields[k] = v
-        try:
-            methods._make(method.name, fields["beta1"], fields["beta2"], fields["c"], fields["eps"], fields["lam"],
-                          blocks=method.blocks, bias_correction=method.bias_correction)
-        except ConfigError as e:
-            raise ConfigError(field if e.field == k else f"{field} ({e.field})", e.reason) from None
-    elif owner == "noise":
-        if not isinstance(nz, noise.LabelNoise):
-            raise ConfigError(field, f"noise {type(nz).__name__} has no '{k}' to sweep")
-        try:
-            noise.label_noise(v, nz.distribution, nz.batch_size)
-        except ConfigError as e:
-            raise ConfigError(field, e.reason) from None
-    elif owner == "problem":
-        if not isinstance(problem, problems.AbstractRegression):
-            raise ConfigError(field, f"problem {type(problem).__name__} has no '{k}' to sweep")
-        n = problem.n_samples
-        if float(v) != round(float(v)) or not 1 <= v <= n:
-            raise ConfigError(field, f"must be a whole number of samples in [1, {n}] (n = {n}), got {show(v)}")
-
-
-def _steps_fit(T, eta, field, T_field):
-    steps = float(T) / float(eta) ** 2
-    if not steps <= MAX_STEPS:
-        raise ConfigError(field, f"T / eta^2 = {steps:.3g} steps overflows the 64-bit step counter (at most 2**62 "
-                                 f"= {MAX_STEPS:.3g}); raise eta or lower {T_field}")
-
-
 def _check_run(cfg, name, run, problem, nz, method, etas):
     """Every grid point of one run: swept values, c*eta^2 < 1 at every eta, the step count, the memory."""
-    from .inputs import check_memory, parse_inputs
+    from .inputs import check_memory, check_step_count, check_sweep_value, parse_inputs
 
     f = f"runs.{name}"
     sweep = run.get("sweep") or {}
     for k, vals in sweep.items():
         if k != "eta":
             for i, v in enumerate(vals):
-                _check_sweep_value(problem, nz, method, k, v, f"{f}.sweep.{k}[{i}]")
+                check_sweep_value(problem, nz, method, k, v, f"{f}.sweep.{k}[{i}]")
     if method.has_v and method.c is not None:
         cs = ([(v, f"{f}.sweep.c[{i}]") for i, v in enumerate(sweep["c"])] if "c" in sweep
               else [(float(method.c), f"{f}.c" if "c" in run else None)])
@@ -399,7 +361,7 @@ def _check_run(cfg, name, run, problem, nz, method, etas):
     T = run.get("T", cfg.get("T")) if "steps" not in run else None
     if T is not None:
         for eta, ef in etas:
-            _steps_fit(T, eta, ef, _source(f, run, "T"))
+            check_step_count(T, eta, ef, _source(f, run, "T"))
     n_paths, n_record = run.get("n_paths", cfg.get("n_paths", 1)), run.get("n_record", cfg.get("n_record", 100))
     v0 = run.get("v0", cfg.get("v0", "zeros" if "compare" not in cfg else "equilibrium"))
     dtype = "float32" if cfg.get("dtype") == "float32" else None
@@ -408,12 +370,13 @@ def _check_run(cfg, name, run, problem, nz, method, etas):
 
         parse_inputs(problem, nz, method, key=cfg.get("seed", 0), n_paths=n_paths, n_record=n_record, theta0=None,
                      v0=v0, dtype=None if dtype is None else jnp.float32)
-    except ConfigError as e:
-        raise ConfigError("seed" if e.field == "key" else _source(f, run, e.field), e.reason) from None
-    n_cfg = int(np.prod([len(v) for k, v in sweep.items() if k != "eta"] or [1])) * len(etas)
-    check_memory(_source(f, run, "n_paths"), dim=problem.dim, n_cfg=n_cfg, n_paths=n_paths, n_record=n_record,
-                 record_state=run.get("record_state", cfg.get("record_state", True)), has_v=method.has_v,
-                 itemsize=4 if dtype else 8)
+        n_cfg = int(np.prod([len(v) for k, v in sweep.items() if k != "eta"] or [1])) * len(etas)
+        check_memory("n_paths", dim=problem.dim, n_cfg=n_cfg, n_paths=n_paths, n_record=n_record,
+                     record_state=run.get("record_state", cfg.get("record_state", True)), has_v=method.has_v,
+                     itemsize=4 if dtype else 8)
+    except ConfigError as e:  # name the setting where the config gives it, and the run when it is inherited
+        field = "seed" if e.field == "key" else _source(f, run, e.field)
+        raise ConfigError(field, e.reason if field.startswith(f) else f"in run '{name}': {e.reason}") from None
 
 
 def prepare(cfg, command: str = "run") -> Prepared:

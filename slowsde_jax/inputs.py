@@ -21,7 +21,8 @@ from . import _precision
 from .validation import ConfigError, check_compatible, check_int, show
 
 __all__ = ["Inputs", "as_key", "as_float_params", "parse_inputs", "initial_v", "run_meta", "META_KEYS", "memory_estimate",
-           "available_memory", "check_memory", "explain_start_failure"]
+           "available_memory", "check_memory", "explain_start_failure", "check_sweep_value",
+           "check_step_count", "MAX_STEPS"]
 
 V0_MODES = ("zeros", "equilibrium")
 
@@ -224,6 +225,55 @@ def explain_start_failure(problem, noise, method, theta0, v0_mode, v0, keys, sta
                                    f"before the start of {n} came near Gamma; raise project_max_steps")
     return geo.ProjectionError("the initial point could not be projected onto Gamma: "
                                + geo.projection_failure_message(status, max_steps))
+
+
+MAX_STEPS = 2**62  # the engines count steps in int64; a schedule past this would overflow
+
+
+def check_step_count(T, eta, field: str = "eta", T_field: str = "T") -> None:
+    """ConfigError naming ``field`` when T / eta^2 steps would overflow the engines' 64-bit step counter."""
+    steps = float(T) / float(eta) ** 2
+    if not steps <= MAX_STEPS:
+        raise ConfigError(field, f"T / eta^2 = {steps:.3g} steps overflows the 64-bit step counter (at most 2**62 "
+                                 f"= {MAX_STEPS:.3g}); raise eta or lower {T_field}")
+
+
+def check_sweep_value(problem, nz, method, k, v, field: str = None) -> None:
+    """ConfigError naming ``field`` (default ``sweep.<k>``) unless the value ``v`` of sweep ``k`` passes the
+    checks of the factory that owns ``k`` (:func:`slowsde_jax.methods.adam` and co. for ``beta1``, ``beta2``,
+    ``c``, ``eps``, ``lam``; :func:`~slowsde_jax.noise.label_noise` for ``delta``; a whole number of samples in
+    [1, n] for ``n_train``), and the object it sets has that field. ``eta`` is checked by the caller (> 0 and
+    c*eta^2 in (0, 1) with the method's c)."""
+    from . import methods, noise, problems
+    from .discrete import _OWNER
+
+    field = field or f"sweep.{k}"
+
+    owner = _OWNER.get(k)
+    if owner == "method":
+        fields = {n: (None if getattr(method, n) is None else float(getattr(method, n)))
+                  for n in ("beta1", "beta2", "c", "eps", "lam")}
+        if fields[k] is None:
+            raise ConfigError(field, f"method {method.name} has no '{k}' to sweep")
+        fields[k] = v
+        try:
+            methods._make(method.name, fields["beta1"], fields["beta2"], fields["c"], fields["eps"], fields["lam"],
+                          blocks=method.blocks, bias_correction=method.bias_correction)
+        except ConfigError as e:
+            raise ConfigError(field if e.field == k else f"{field} ({e.field})", e.reason) from None
+    elif owner == "noise":
+        if not isinstance(nz, noise.LabelNoise):
+            raise ConfigError(field, f"noise {type(nz).__name__} has no '{k}' to sweep")
+        try:
+            noise.label_noise(v, nz.distribution, nz.batch_size)
+        except ConfigError as e:
+            raise ConfigError(field, e.reason) from None
+    elif owner == "problem":
+        if not isinstance(problem, problems.AbstractRegression):
+            raise ConfigError(field, f"problem {type(problem).__name__} has no '{k}' to sweep")
+        n = problem.n_samples
+        if float(v) != round(float(v)) or not 1 <= v <= n:
+            raise ConfigError(field, f"must be a whole number of samples in [1, {n}] (n = {n}), got {show(v)}")
 
 
 def initial_v(problem, noise, method, theta: Float[Array, "D"], v0_mode: str, v0=None) -> Optional[Float[Array, "D"]]:

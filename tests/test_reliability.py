@@ -328,6 +328,23 @@ def test_full_disk_fails_cleanly_and_the_last_checkpoint_stays_valid(tmp_path, c
     assert summary["status"] == "completed" and summary["runs"]["adam"][0]["steps"] == 40
 
 
+@pytest.mark.parametrize("exc,text", [
+    (RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 8.00GiB."), "ran out of memory"),
+    (MemoryError(), "out of host memory"),
+])
+def test_running_out_of_memory_is_one_line_and_the_folder_says_failed(tmp_path, capsys, monkeypatch, exc, text):
+    def oom(*a, **k):
+        raise exc
+
+    monkeypatch.setattr(discrete, "simulate_discrete", oom)
+    sets = sum((["--set", s] for s in SMALL), [])
+    assert cli.main(["run", *sets, "--out", str(tmp_path), "--quiet"]) == 3
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and text in err and "Traceback" not in err, err
+    (folder,) = list(tmp_path.iterdir())
+    assert json.loads((folder / "summary.json").read_text())["status"] == "failed"
+
+
 # ----- the API raises ConfigError for bad argument types and shapes -------------------------------------------------
 @pytest.fixture(scope="module")
 def hyp():
