@@ -71,8 +71,23 @@ _Loader.add_implicit_resolver(
     list("-+0123456789."))
 
 
+class _Dumper(yaml.SafeDumper):
+    """PyYAML's safe dumper that quotes strings :class:`_Loader` would read as floats (a run named "1e5")."""
+
+
+for _first, _resolvers in _Loader.yaml_implicit_resolvers.items():
+    for _tag, _regexp in _resolvers:
+        if _tag == "tag:yaml.org,2002:float":
+            _Dumper.add_implicit_resolver(_tag, _regexp, [_first])
+
+
 def _yaml(text):
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+def dump_config_text(cfg: dict) -> str:
+    """``cfg`` as YAML that :func:`load_config` reads back to the same dict."""
+    return yaml.dump(cfg, Dumper=_Dumper, sort_keys=False)
 
 
 def _suggest(name, allowed) -> str:
@@ -415,6 +430,13 @@ def prepare(cfg, command: str = "run") -> Prepared:
 def _check_compare(cfg, problem):
     import jax
     import jax.numpy as jnp
+
+    from .inputs import check_memory
+
+    _expect(cfg.get("seed", 0) + 1 < 2**64, "seed", "compare seeds the slow SDE with seed + 1: must be < 2**64 - 1")
+    cmp = cfg["compare"]
+    check_memory("compare.sde_paths", dim=problem.dim, n_cfg=1, n_paths=cmp.get("sde_paths", cfg.get("n_paths", 1)),
+                 n_record=cfg.get("n_record", 10), record_state=True, has_v=True)
 
     known = sorted(jax.eval_shape(problem.observables, jnp.zeros(problem.dim)))
     for i, o in enumerate(cfg["compare"].get("observables") or []):

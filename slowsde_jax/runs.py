@@ -57,9 +57,10 @@ def write_json(path, obj):
 
 def write_config(folder: Path, cfg: dict):
     """The resolved config as ``config.yaml`` (what ``--resume`` reads back)."""
-    import yaml
+    from .config import dump_config_text
 
-    atomic_write(Path(folder) / "config.yaml", lambda p: Path(p).write_text(yaml.safe_dump(cfg, sort_keys=False)))
+    text = dump_config_text(cfg)
+    atomic_write(Path(folder) / "config.yaml", lambda p: Path(p).write_text(text))
 
 
 @contextlib.contextmanager
