@@ -290,7 +290,7 @@ def initial_v(problem, noise, method, theta: Float[Array, "D"], v0_mode: str, v0
 
 # The keys of Trajectory.meta, the same for every engine (None where a key does not apply).
 META_KEYS = ("engine", "method", "noise", "problem", "eta", "T", "n_paths", "v0", "hypers", "steps", "record_steps",
-             "dt", "steps_per_record", "c", "alpha", "solver", "failure_reasons")
+             "dt", "steps_per_record", "c", "alpha", "solver", "richardson", "failure_reasons")
 
 
 def run_meta(engine: str, problem, noise, method, **fields) -> dict:
