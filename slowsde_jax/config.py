@@ -419,6 +419,7 @@ def prepare(cfg, command: str = "run") -> Prepared:
             for e, ef in etas:
                 check_number(ef, e, low=0.0, low_open=True)
         else:
+            _expect("eta" in run, f"{f}.eta", "is required by 'slowsde run' (only 'slowsde compare' takes compare.etas)")
             etas = [(run["eta"], f"{f}.eta")]
         _check_run(cfg, name, run, problem, nz, method, etas)
         planned.append((name, method, _run_kwargs(cfg, run)))

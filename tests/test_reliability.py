@@ -284,6 +284,7 @@ def test_compare_validates_everything_before_any_work(tmp_path, capsys):
     err = _cli_rejects(tmp_path, capsys, [str(path), "--set", "compare.etas=[0.1, 0.5]"], "compare.etas[1]:",
                        command="compare")
     assert "c*eta^2" in err
+    _cli_rejects(tmp_path, capsys, [str(path)], "runs.adam.eta: is required by 'slowsde run'")  # no etas there
 
 
 def test_full_disk_fails_cleanly_and_the_last_checkpoint_stays_valid(tmp_path, capsys, monkeypatch):
