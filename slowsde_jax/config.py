@@ -187,9 +187,13 @@ def _check_v0(field, v0):
 def validate(cfg) -> dict:
     """Check a config dict's structure and values; return it (unchanged)."""
     _expect(isinstance(cfg, dict), "config", f"must be a mapping of keys to values, got {type(cfg).__name__}")
+    per_run = (RUN_KEYS - TOP_KEYS) | {p for f in methods.FACTORIES.values() for p in inspect.signature(f).parameters}
     for k in cfg:
-        _expect(isinstance(k, str) and k in TOP_KEYS, str(k),
-                f"unknown key{_suggest(k, TOP_KEYS)}; allowed: {', '.join(sorted(TOP_KEYS))}")
+        if not (isinstance(k, str) and k in TOP_KEYS):
+            target = k if k in per_run else ALIASES.get(str(k).lower())
+            hint = (f" ('{target}' is set per run: runs.<name>.{target})" if target in per_run
+                    else _suggest(k, TOP_KEYS))
+            raise ConfigError(str(k), f"unknown key{hint}; allowed: {', '.join(sorted(TOP_KEYS))}")
     for k in ("problem", "noise", "runs"):
         _expect(k in cfg, k, "is required")
     if "seed" in cfg:

@@ -571,7 +571,8 @@ def _check_project_args(loss, theta, S, residuals, weights):
     if theta.ndim == 0 or theta.shape[-1] == 0:
         raise ConfigError("theta", f"must be a vector (D,) or a batch (..., D), got shape {tuple(theta.shape)}")
     D = theta.shape[-1]
-    dim = getattr(getattr(loss, "__self__", None), "dim", None)  # a problem's bound loss knows its D
+    owners = (getattr(loss, "__self__", None), getattr(residuals, "__self__", None))  # a problem's bound
+    dim = next((o.dim for o in owners if isinstance(getattr(o, "dim", None), int)), None)  # methods know D
     if isinstance(dim, int) and dim != D:
         raise ConfigError("theta", f"the last axis must have the problem's dimension D = {dim}, got shape "
                                    f"{tuple(theta.shape)}")

@@ -215,7 +215,7 @@ def _cli_rejects(tmp_path, capsys, argv, field, command="run"):
     (["steps=9223372036854775807"], "steps:", "2**62"),
     (["record_state='no'"], "record_state:", "true or false"),
     (["runs.adam.record_state='no'"], "runs.adam.record_state:", "true or false"),
-    (["runs.adam.lr=0.1"], "runs.adam.lr:", "did you mean 'eta'?"),
+    (["runs.adam.lr=0.1"], "runs.adam.lr:", "did you mean 'eta'?"), (["lr=0.1"], "lr:", "runs.<name>.eta"),
     (["=5"], "--set:", "empty key"), ([".eta=5"], "--set:", "empty key"), (["seed.x=1"], "--set seed.x:", "not a mapping"),
     (["runs.adam.v0=[nan, 1]"], "runs.adam.v0:", ""),
     (["runs.adam.v0=[1, 2, 3]"], "runs.adam.v0:", "shape"),
