@@ -261,7 +261,9 @@ def validate(cfg) -> dict:
             check_bool(f"{f}.record_state", run["record_state"])
         if "v0" in run:
             _check_v0(f"{f}.v0", run["v0"])
-        _expect("eta" in run or "eta" in run.get("sweep", {}) or "compare" in cfg, f"{f}.eta", "is required")
+        sweep = {} if run.get("sweep") is None else run["sweep"]  # "sweep:" with nothing after it: no sweep
+        _expect(isinstance(sweep, dict), f"{f}.sweep", f"must be a mapping of names to lists of values, got {show(sweep)}")
+        _expect("eta" in run or "eta" in sweep or "compare" in cfg, f"{f}.eta", "is required")
         if "eta" in run:
             check_number(f"{f}.eta", run["eta"], low=0.0, low_open=True)
         for k in ("n_paths", "n_record", "steps"):
@@ -274,8 +276,6 @@ def validate(cfg) -> dict:
         has_T = "T" in run or ("T" in cfg and "steps" not in run)
         has_steps = "steps" in run or ("steps" in cfg and "T" not in run)
         _expect(has_T != has_steps, f"{f}.steps", "give exactly one of steps and T (here or at the top level)")
-        sweep = run.get("sweep", {})
-        _expect(isinstance(sweep, dict), f"{f}.sweep", "must be a mapping of names to lists of values")
         from .discrete import SWEEPABLE
 
         for k, vals in sweep.items():
