@@ -231,8 +231,12 @@ MAX_STEPS = 2**62  # the engines count steps in int64; a schedule past this woul
 
 
 def check_step_count(T, eta, field: str = "eta", T_field: str = "T") -> None:
-    """ConfigError naming ``field`` when T / eta^2 steps would overflow the engines' 64-bit step counter."""
+    """ConfigError naming ``field`` when T / eta^2 steps would overflow the engines' 64-bit step counter, or
+    round to no step at all."""
     steps = float(T) / float(eta) ** 2
+    if steps < 0.5:
+        raise ConfigError(field, f"T / eta^2 = {steps:.3g} rounds to 0 steps at eta = {show(eta)}; lower eta or raise "
+                                 f"{T_field}")
     if not steps <= MAX_STEPS:
         raise ConfigError(field, f"T / eta^2 = {steps:.3g} steps overflows the 64-bit step counter (at most 2**62 "
                                  f"= {MAX_STEPS:.3g}); raise eta or lower {T_field}")
