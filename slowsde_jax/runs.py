@@ -25,6 +25,9 @@ class RunIOError(OSError):
     """A file of a run could not be written or read (disk full, permissions, I/O error); the message names
     the file and the cause. An environment fault, not a mistake in the config."""
 
+    def __str__(self):
+        return str(self.strerror)
+
 
 def describe_os_error(e: OSError, path=None) -> str:
     """One line for an OSError: the file, the cause, and what to do for a full disk."""
@@ -74,7 +77,7 @@ def status_guard(folder: Path, summary: dict):
         yield
     except BaseException as e:
         summary.update(status="failed", error=f"{type(e).__name__}: {e}", elapsed_s=time.time() - t0)
-        try:  # a full disk may refuse this too: then the folder keeps saying "running", and the error says why
+        try:  # a full disk may refuse this too: then rewrite the status in place
             write_json(Path(folder) / "summary.json", summary)
         except OSError:
             _mark_failed_in_place(Path(folder) / "summary.json")
