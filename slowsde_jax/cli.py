@@ -11,7 +11,10 @@ slow_flow.png and a second table.
 ``compare`` integrates the slow SDE of every run's method, runs the discrete method at each learning rate
 of the config's ``compare.etas`` on the same clock, and writes comparison.json (weak errors per eta and
 their fitted order, or "not resolved" when the errors are within noise), weak-error and cloud plots.
-A mistake in the config prints one line naming the field and exits with status 2.
+Exit status: 0 done; 1 diverged paths in a ``--strict`` run, or a start that could not be projected; 2 a
+mistake in the input (config, ``--set``, ``--out``, a corrupt checkpoint), printed as one line naming the
+field, found before a run folder is made or anything is compiled; 3 a fault of the environment (disk full,
+out of memory, I/O error), printed as one line saying what failed; 130 interrupted.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import sys
 import time
 
 
-from .validation import ConfigError
+from .validation import ConfigError, within
 
 
 def _pm(mean, se) -> str:
@@ -62,11 +65,14 @@ def cmd_run(args) -> int:
             raise ConfigError("--resume", "continues a run folder with its own config.yaml: give no CONFIG and no --set")
         if not (folder / "config.yaml").is_file():
             raise ConfigError("--resume", f"'{folder}' is not a run folder (no config.yaml)")
-        cfg = cfgmod.load_config(folder / "config.yaml")
+        with within(f"{folder / 'config.yaml'}: "):
+            cfg = cfgmod.load_config(folder / "config.yaml")
+        for ck in sorted((folder / "checkpoints").glob("*.npz")):
+            _check_npz(ck)
     else:
         cfg = cfgmod.apply_overrides(cfgmod.load_config(args.config), args.set)
-    problem, noise = cfgmod.build_problem(cfg), cfgmod.build_noise(cfg)
-    planned = cfgmod.build_runs(cfg)
+    plan = cfgmod.prepare(cfg)  # every check, before a folder is made or anything compiles
+    problem, noise, planned = plan.problem, plan.noise, plan.runs
     import jax.numpy as jnp
 
     dtype = jnp.float32 if cfg.get("dtype") == "float32" else None
@@ -74,7 +80,10 @@ def cmd_run(args) -> int:
         folder = runs.new_folder(args.out, cfg.get("name", "run"))
         runs.write_config(folder, cfg)
     ckpts = folder / "checkpoints"
-    ckpts.mkdir(exist_ok=True)
+    try:
+        ckpts.mkdir(exist_ok=True)
+    except OSError as e:
+        raise runs.RunIOError(e.errno, runs.describe_os_error(e, ckpts)) from None
     summary = {"name": cfg.get("name", "run"), "seed": cfg.get("seed", 0), "config": cfg,
                "environment": runs.environment(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                "resumed": bool(args.resume)}
@@ -85,7 +94,7 @@ def cmd_run(args) -> int:
         for name, method, kw in planned:
             done = ckpts / f"{name}.done.npz"
             if done.exists():  # finished before an interruption
-                trajs[name] = runs.read_trajectories(done)[name]
+                trajs[name] = _read_done(done, name)
                 continue
             out = simulate_discrete(problem, noise, method, n_paths=kw.pop("n_paths", 1), key=cfg.get("seed", 0),
                                     dtype=dtype, progress=None if not args.quiet else False,
@@ -135,6 +144,35 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _check_npz(path):
+    """ConfigError naming ``path`` and how to restart when a checkpoint is not a readable npz."""
+    import zipfile
+
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            for k in f.files:
+                f[k]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        why = "empty file" if path.stat().st_size == 0 else type(e).__name__
+        raise ConfigError("checkpoint", f"'{path}' is corrupt or truncated ({why}); delete it to restart that run "
+                                        f"from its beginning (rm '{path}'), then resume again") from None
+
+
+def _read_done(path, name):
+    """The trajectories of a run that finished before an interruption; ConfigError if the file is damaged."""
+    import zipfile
+
+    from . import runs
+
+    try:
+        return runs.read_trajectories(path)[name]
+    except (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile) as e:
+        raise ConfigError("checkpoint", f"'{path}' is corrupt or truncated ({type(e).__name__}); delete it to run "
+                                        f"'{name}' again from its beginning (rm '{path}')") from None
+
+
 def cmd_compare(args) -> int:
     from . import config as cfgmod
     from . import runs
@@ -148,7 +186,8 @@ def cmd_compare(args) -> int:
     if "T" not in cfg:
         raise ConfigError("T", "a compare config gives the SDE time T at the top level")
     cmp = cfg["compare"]
-    problem, noise = cfgmod.build_problem(cfg), cfgmod.build_noise(cfg)
+    plan = cfgmod.prepare(cfg, command="compare")  # every check, before a folder is made or anything compiles
+    problem, noise = plan.problem, plan.noise
     folder = runs.new_folder(args.out, cfg.get("name", "compare"))
     runs.write_config(folder, cfg)
     summary = {"kind": "compare", "seed": cfg.get("seed", 0), "config": cfg, "environment": runs.environment()}
@@ -157,7 +196,7 @@ def cmd_compare(args) -> int:
     seed, T, n_record = cfg.get("seed", 0), cfg["T"], cfg.get("n_record", 10)
     with runs.status_guard(folder, summary):
         result, trajs = {}, {}
-        for name, method, kw in cfgmod.build_runs(cfg):
+        for name, method, kw in plan.runs:
             sde_traj = simulate_slow_sde(problem, noise, method, T=T, n_paths=cmp.get("sde_paths", cfg.get("n_paths", 1)),
                                          key=seed + 1, eta=min(cmp["etas"]), dt=cmp.get("dt", 1e-3), n_record=n_record,
                                          solver=cmp.get("solver", "tsit5"), rtol=cmp.get("rtol", 1e-8), atol=cmp.get("atol", 1e-10),
@@ -230,6 +269,39 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("slowsde: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - environment faults get one line; anything else keeps its traceback
+        fault = _environment_fault(e)
+        if fault is None:
+            raise
+        print(f"slowsde: error: {fault}", file=sys.stderr)
+        return fault.status
+
+
+class _Fault(str):
+    status = 3
+
+
+def _environment_fault(e: BaseException):
+    """One line for a fault of the machine rather than of the input (disk, memory, I/O), else None.
+    A start that cannot be projected onto Gamma gets status 1."""
+    from .geometry import ProjectionError
+    from .runs import RunIOError, describe_os_error
+
+    if isinstance(e, ProjectionError):
+        f = _Fault(f"slow SDE: {e}")
+        f.status = 1
+        return f
+    if isinstance(e, RunIOError):
+        return _Fault(str(e))
+    if isinstance(e, OSError):
+        return _Fault(describe_os_error(e))
+    if isinstance(e, MemoryError):
+        return _Fault("out of host memory; lower n_paths, n_record or the sweep, or set record_state: false")
+    text = str(e)
+    if "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "out of memory" in text:
+        first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+        return _Fault(f"the device ran out of memory ({first[:200]}); lower n_paths or the sweep")
+    return None
 
 
 if __name__ == "__main__":

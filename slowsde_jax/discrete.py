@@ -301,18 +301,33 @@ def save_checkpoint(path, run: DiscreteRun):
 
 
 def load_checkpoint(path, fresh: DiscreteRun) -> DiscreteRun:
-    """Restore a run saved by :func:`save_checkpoint` into the structure of a freshly initialized run."""
-    with np.load(path) as f:
-        arrays = dict(f)
-    if not np.array_equal(arrays["targets"], fresh.targets):
-        raise ConfigError("checkpoint", f"{path} belongs to a run with another schedule (steps, eta or n_record differ)")
-    leaves, treedef = jax.tree_util.tree_flatten(fresh.state)
-    restored = [jnp.asarray(arrays[f"state.{i}"], dtype=x.dtype) for i, x in enumerate(leaves)]
-    if any(a.shape != x.shape for a, x in zip(restored, leaves)):
-        raise ConfigError("checkpoint", f"{path} belongs to a run with other shapes (n_paths or the problem differ)")
-    records = {k[4:]: list(v) for k, v in arrays.items() if k.startswith("rec.")}
+    """Restore a run saved by :func:`save_checkpoint` into the structure of a freshly initialized run.
+
+    A file that is empty, truncated, not an npz or missing entries raises ConfigError("checkpoint", ...)
+    naming it and how to restart (delete it: the run then starts over from step 0), as does a checkpoint
+    of another run (other schedule or shapes)."""
+    import zipfile
+
+    restart = f"delete it to restart this run from its beginning (rm '{path}')"
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = dict(f)
+        targets, done = np.asarray(arrays["targets"]), int(arrays["done"])
+        leaves, treedef = jax.tree_util.tree_flatten(fresh.state)
+        saved = [np.asarray(arrays[f"state.{i}"]) for i in range(len(leaves))]
+        records = {k[4:]: list(v) for k, v in arrays.items() if k.startswith("rec.")}
+    except (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile) as e:
+        why = "it is empty" if Path(path).is_file() and Path(path).stat().st_size == 0 else f"{type(e).__name__}: {e}"
+        raise ConfigError("checkpoint", f"'{path}' is corrupt or truncated ({why}); {restart}") from None
+    if not np.array_equal(targets, fresh.targets):
+        raise ConfigError("checkpoint", f"{path} belongs to a run with another schedule (steps, eta or n_record differ); {restart}")
+    if any(a.shape != x.shape for a, x in zip(saved, leaves)):
+        raise ConfigError("checkpoint", f"{path} belongs to a run with other shapes (n_paths or the problem differ); {restart}")
+    if not 1 <= done <= fresh.targets.shape[1] or any(len(v) != done for v in records.values()):
+        raise ConfigError("checkpoint", f"'{path}' is inconsistent ({done} points done, records of other lengths); {restart}")
+    restored = [jnp.asarray(a, dtype=x.dtype) for a, x in zip(saved, leaves)]
     return DiscreteRun(state=jax.tree_util.tree_unflatten(treedef, restored), targets=fresh.targets,
-                       records=records, done=int(arrays["done"]))
+                       records=records, done=done)
 
 
 def _checkpointing(path, every_s, inner):

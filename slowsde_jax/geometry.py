@@ -571,6 +571,36 @@ def projection_failure_message(status, max_steps) -> str:
     return "; ".join(parts)
 
 
+def _check_project_args(loss, theta, S, residuals, weights):
+    """theta and S as float arrays, checked against the loss: ConfigError for non-numbers, a scalar theta, a
+    last axis that is not the dimension of the problem owning ``loss``, or a loss that is not a scalar."""
+    from .inputs import _numeric
+    from . import _precision
+
+    theta = _numeric("theta", theta, None)
+    theta = theta.astype(_precision.default_float()) if not jnp.issubdtype(theta.dtype, jnp.floating) else theta
+    S = _numeric("S", S, theta.dtype)
+    if theta.ndim == 0 or theta.shape[-1] == 0:
+        raise ConfigError("theta", f"must be a vector (D,) or a batch (..., D), got shape {tuple(theta.shape)}")
+    D = theta.shape[-1]
+    owners = (getattr(loss, "__self__", None), getattr(residuals, "__self__", None))  # a problem's bound
+    dim = next((o.dim for o in owners if isinstance(getattr(o, "dim", None), int)), None)  # methods know D
+    if isinstance(dim, int) and dim != D:
+        raise ConfigError("theta", f"the last axis must have the problem's dimension D = {dim}, got shape "
+                                   f"{tuple(theta.shape)}")
+    try:
+        out = jax.eval_shape(loss, jax.ShapeDtypeStruct((D,), theta.dtype))
+    except (TypeError, ValueError, IndexError) as e:
+        raise ConfigError("theta", f"the loss cannot be evaluated at a point of shape ({D},): {e}") from None
+    if getattr(out, "shape", None) != ():
+        raise ConfigError("loss", f"must return a scalar, got {getattr(out, 'shape', type(out).__name__)}")
+    if residuals is not None and weights is not None:
+        n = jax.eval_shape(residuals, jax.ShapeDtypeStruct((D,), theta.dtype)).shape
+        if jnp.shape(weights) != n:
+            raise ConfigError("weights", f"must have the residuals' shape {n}, got {jnp.shape(weights)}")
+    return theta, S
+
+
 def project(loss, theta, S, tol=1e-10, max_steps=100_000, residuals=None, weights=None, rank=None):
     """Phi_S(theta) (see :func:`project_flow`); raises :class:`ProjectionError` naming the cause when a point
     does not converge.
@@ -580,10 +610,7 @@ def project(loss, theta, S, tol=1e-10, max_steps=100_000, residuals=None, weight
     :meth:`Problem.residual_parts`); ``rank``: the codimension of Gamma for a loss without residuals;
     ``max_steps``: the flow's step budget per point.
     """
-    theta = jnp.asarray(theta)
-    S = jnp.asarray(S, theta.dtype)
-    if theta.ndim == 0:
-        raise ConfigError("theta", "must be a vector (D,) or a batch (..., D)")
+    theta, S = _check_project_args(loss, theta, S, residuals, weights)
     batch, D = theta.shape[:-1], theta.shape[-1]
     th = theta.reshape(-1, D)
     if S.shape in (theta.shape, theta.shape + (D,)):  # one S per point (diagonal or matrix)

@@ -35,7 +35,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree, Scalar
 
 from . import _precision
 from ._pattern import forbid_subclassing_final
-from .inputs import as_key
+from .inputs import as_float_params, as_key
 from .validation import ConfigError, check_choice, check_int, check_range
 
 __all__ = ["AbstractProblem", "AbstractLeastSquares", "AbstractRegression", "Hyperbola", "DiagonalNet",
@@ -201,6 +201,7 @@ def hyperbola(y=1.0, theta0=None, key=None) -> Hyperbola:
     check_range("y", y, low=-1e300)
     if theta0 is None:
         theta0 = [np.sqrt(y + 1.0), 1.0] if y + 1.0 >= 0 else [0.0, np.sqrt(-y)]
+    check_range("theta0", theta0)  # numbers, finite
     theta0 = jnp.asarray(theta0, f)
     if theta0.shape != (2,):
         raise ConfigError("theta0", f"must have shape (2,) for the hyperbola, got {theta0.shape}")
@@ -480,8 +481,9 @@ def from_loss(loss: Callable[[PyTree], Scalar], params0: PyTree, residuals: Opti
     ``.v``, the (D, D) covariance of ``noise.gaussian(cov)`` and explicit Adam-mini block ids. For
     ``params0 = {"b": (2,), "w": (2, 3)}``, theta = [b0, b1, w00, w01, w02, w10, w11, w12].
     """
+    params0 = as_float_params(params0)
     flat, unravel = ravel_pytree(params0)
-    flat = flat.astype(_precision.default_float()) if jnp.issubdtype(flat.dtype, jnp.floating) else flat
+    flat = flat.astype(_precision.default_float())
     if residuals is not None:
         if per_sample_losses is not None:
             raise ConfigError("per_sample_losses", "give residuals or per_sample_losses, not both (with residuals "

@@ -41,7 +41,7 @@ from . import geometry as geo
 from .brownian import GridBrownianPath
 from .validation import ConfigError, check_int, check_range
 from ._batching import factorized_size, map_paths
-from .inputs import initial_v, parse_inputs, run_meta
+from .inputs import explain_start_failure, initial_v, parse_inputs, run_meta
 from .methods import Method
 from .noise import AbstractNoise
 from .problems import AbstractProblem, observe_batch
@@ -383,6 +383,8 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
                           v0=v0, dtype=dtype, v0_modes=("equilibrium",))
     check_range("T", T, low=0.0, low_open=True)
     check_range("dt", dt, low=0.0, low_open=True)
+    check_int("project_max_steps", project_max_steps, 1)
+    check_int("max_steps", max_steps, 1)
     alpha = None if force_sde else noise.label_noise_alpha(problem)
     solver = _solver(solver, "euler" if alpha is None else "tsit5")
     if alpha is not None:
@@ -430,11 +432,11 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
     if checkpoint is not None and Path(checkpoint).exists():
         runs = _load_checkpoint(checkpoint, t_grid, inputs.n_paths, problem.dim, len(levels))
     else:
-        y, status = _initial_state(model, inputs.theta0, inputs.v0_mode, inputs.v0,
-                                   jax.random.split(k_init, inputs.n_paths), project_max_steps)
-        if np.any(np.asarray(status) != geo.PROJECTION_OK):
-            raise geo.ProjectionError("the initial point could not be projected onto Gamma: "
-                                      + geo.projection_failure_message(status, project_max_steps))
+        init_keys = jax.random.split(k_init, inputs.n_paths)
+        y, status = _initial_state(model, inputs.theta0, inputs.v0_mode, inputs.v0, init_keys, project_max_steps)
+        if np.any(np.asarray(status) != geo.PROJECTION_OK):  # say why: non-finite start, NaN loss, S = inf, budget
+            raise explain_start_failure(problem, noise, method, inputs.theta0, inputs.v0_mode, inputs.v0, init_keys,
+                                        status, project_max_steps)
         runs = [_SDERun(t_grid) for _ in levels]
         for run in runs:
             run.start(y, inputs.n_paths)
