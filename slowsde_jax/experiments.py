@@ -11,7 +11,8 @@ independent quasi-norm interpolator for the diagonal net's fixed points.
   along the method's preconditioner, instead of at the jittering iterate.
 - :func:`min_quasi_norm_interpolator`: argmin sum_j |w_j|^q subject to Z w = y (0 < q <= 1) by iteratively
   reweighted least squares with a decreasing smoothing (Chartrand and Yin's scheme): the point the
-  AdamE-lam ODE should reach on a diagonal net, with q = 1 - lam, found without the ODE.
+  AdamE-lam ODE should reach on a diagonal net, with q = 1 - lam, found without the ODE (a local minimizer);
+  :func:`min_quasi_norm_by_supports`: the global minimizer for small d, by enumerating basic solutions.
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ import numpy as np
 from .validation import ConfigError, check_range
 
 __all__ = ["SeedGrid", "run_seed_grid", "threshold_n", "threshold_summary",
-           "sharpness_at_projection", "min_quasi_norm_interpolator", "diagonal_net_weights"]
+           "sharpness_at_projection", "min_quasi_norm_interpolator", "min_quasi_norm_by_supports",
+           "diagonal_net_weights"]
 
 
 @dataclasses.dataclass
@@ -185,3 +187,35 @@ def min_quasi_norm_interpolator(Z, y, q: float, *, iters: int = 60, eps0: float 
         w = dw * (Z.T @ np.linalg.solve(G, y))
         eps = max(eps * shrink, eps_min)
     return w
+
+
+def min_quasi_norm_by_supports(Z, y, q: float, max_supports: int = 200_000) -> np.ndarray:
+    """The global argmin_w sum_j |w_j|^q subject to Z w = y for 0 < q < 1, for small problems.
+
+    sum_j |w_j|^q is concave on each orthant, so its minimum over the polyhedron {Z w = y} within an orthant
+    sits at a vertex: a basic solution, supported on n columns of Z that are linearly independent (or fewer).
+    Every support of size rank(Z) is tried (``Z``: (n, d), C(d, n) of them, at most ``max_supports``)."""
+    import itertools
+    import math
+
+    check_range("q", q, low=0.0, high=1.0, low_open=True, high_open=True)
+    Z, y = np.asarray(Z, float), np.asarray(y, float)
+    n, d = Z.shape
+    r = np.linalg.matrix_rank(Z)
+    if math.comb(d, r) > max_supports:
+        raise ConfigError("Z", f"C({d}, {r}) supports exceed max_supports = {max_supports}; use min_quasi_norm_interpolator")
+    best, best_val = None, np.inf
+    for S in itertools.combinations(range(d), r):
+        A = Z[:, S]
+        if np.linalg.matrix_rank(A) < r:
+            continue
+        wS = np.linalg.lstsq(A, y, rcond=None)[0]
+        if np.abs(A @ wS - y).max() > 1e-9 * max(1.0, np.abs(y).max()):
+            continue
+        val = np.sum(np.abs(wS) ** q)
+        if val < best_val - 1e-12:
+            best_val, best = val, np.zeros(d)
+            best[list(S)] = wS
+    if best is None:
+        raise ConfigError("y", "no interpolator exists (Z w = y has no solution)")
+    return best

@@ -72,6 +72,20 @@ def test_irls_with_q_half_recovers_where_l1_does_not():
         X.min_quasi_norm_interpolator(Z, y, q=1.5)
 
 
+def test_support_enumeration_is_the_global_minimizer():
+    """The basic-solution enumeration beats IRLS's local minimizer and every sampled interpolator."""
+    Z, y, w_star = _sensing(d=14, n=6, k=3, seed=2)
+    q = 0.5
+    qn = lambda w: np.sum(np.abs(w) ** q, axis=-1)
+    w_g = X.min_quasi_norm_by_supports(Z, y, q)
+    np.testing.assert_allclose(Z @ w_g, y, atol=1e-9)
+    assert qn(w_g) <= qn(X.min_quasi_norm_interpolator(Z, y, q)) + 1e-9 and qn(w_g) <= qn(w_star) + 1e-12
+    null = np.linalg.svd(Z)[2][np.linalg.matrix_rank(Z):]  # basis of ker Z
+    rng = np.random.default_rng(0)
+    samples = w_g + (rng.standard_normal((20_000, null.shape[0])) * rng.uniform(1e-3, 1, (20_000, 1))) @ null
+    assert qn(samples).min() > qn(w_g)
+
+
 # ----- sharpness at Phi_S -------------------------------------------------------------------------------------
 def test_sharpness_at_a_point_of_gamma_is_the_quasi_norm():
     """At x = [sqrt(w+); sqrt(w-)] with Z w = y (on Gamma, u_j v_j = 0), diag H = 4 x^2 s with s = 1 for +-1
