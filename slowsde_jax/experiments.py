@@ -194,7 +194,8 @@ def min_quasi_norm_by_supports(Z, y, q: float, max_supports: int = 200_000) -> n
 
     sum_j |w_j|^q is concave on each orthant, so its minimum over the polyhedron {Z w = y} within an orthant
     sits at a vertex: a basic solution, supported on n columns of Z that are linearly independent (or fewer).
-    Every support of size rank(Z) is tried (``Z``: (n, d), C(d, n) of them, at most ``max_supports``)."""
+    Every support of size rank(Z) is tried (``Z``: (n, d), C(d, n) of them, at most ``max_supports``); entries
+    below 1e-12 of the largest are rounding and set to 0."""
     import itertools
     import math
 
@@ -212,6 +213,7 @@ def min_quasi_norm_by_supports(Z, y, q: float, max_supports: int = 200_000) -> n
         wS = np.linalg.lstsq(A, y, rcond=None)[0]
         if np.abs(A @ wS - y).max() > 1e-9 * max(1.0, np.abs(y).max()):
             continue
+        wS[np.abs(wS) < 1e-12 * max(1.0, np.abs(wS).max())] = 0.0  # rounding, not support: |1e-16|^q is not small
         val = np.sum(np.abs(wS) ** q)
         if val < best_val - 1e-12:
             best_val, best = val, np.zeros(d)
