@@ -10,7 +10,7 @@ independent quasi-norm interpolator for the diagonal net's fixed points.
 - :func:`sharpness_at_projection`: tr H and tr(Diag H^{1-lam}) at Phi_S(theta), the projection onto Gamma
   along the method's preconditioner, instead of at the jittering iterate.
 - :func:`min_quasi_norm_interpolator`: argmin sum_j |w_j|^q subject to Z w = y (0 < q <= 1) by iteratively
-  reweighted least squares with a decreasing smoothing (Chartrand and Yin's scheme): the point the
+  reweighted least squares with a geometrically decreasing smoothing eps (as in Chartrand and Yin): the point the
   AdamE-lam ODE should reach on a diagonal net, with q = 1 - lam, found without the ODE (a local minimizer);
   :func:`min_quasi_norm_by_supports`: the global minimizer for small d, by enumerating basic solutions.
 """
@@ -35,13 +35,15 @@ __all__ = ["SeedGrid", "run_seed_grid", "threshold_n", "threshold_summary",
 class SeedGrid:
     """Tail-averaged observables of one method over seeds x grid points.
 
+    - ``seeds``: the seeds (each one the problem's data seed and the paths' key);
     - ``hypers``: the grid points, in ``simulate_discrete``'s sweep order (list of dicts, length n_cfg);
     - ``tail``: name -> array (n_seeds, n_cfg), each path's mean over the last ``tail_fraction`` of the
       recorded times, then averaged over paths;
     - ``final_theta``: (n_seeds, n_cfg, n_paths, D) the last recorded state (None unless states were recorded);
     - ``final_v``: the same for the second moment (None for SGD or without states);
     - ``half_theta``, ``half_v``: the same at the recorded point half way through the run (for plateau checks);
-    - ``t_end``: slow time k eta^2 at the end, per grid point (n_cfg,); ``seconds``: wall time per seed.
+    - ``t_end``: slow time k eta^2 at the end, per grid point (n_cfg,); ``seconds``: wall time per seed;
+    - ``trajectories``: per seed, the list of Trajectories (only with ``keep_trajectories=True``).
     """
 
     seeds: list
