@@ -116,36 +116,45 @@ def test_sharpness_at_projection_projects_off_gamma_points():
     np.testing.assert_allclose(out["zeta"][0], zeta, atol=1e-9)
 
 
-# ----- seed grids ---------------------------------------------------------------------------------------------
-def test_seed_grid_is_the_per_seed_sweep():
-    make = lambda s: problems.diagonal_net(d=10, n=8, k=2, key=s, n_test=100)
-    m, L = S.adam(beta2=0.95, eps=1e-6), noise.label_noise(0.5)
-    g = X.run_seed_grid(make, L, m, [3, 4], eta=0.1, steps=300, sweep={"n_train": [4, 8]}, n_record=4,
-                        record_state=True, tail_fraction=0.5)
-    assert g.tail["test_loss"].shape == (2, 2) and g.final_theta.shape == (2, 2, 1, 20)
-    assert g.hypers[1]["n_train"] == 8 and g.select(n_train=8).tolist() == [1]
-    ref = discrete.simulate_discrete(make(4), L, m, eta=0.1, steps=300, key=4, sweep={"n_train": [4, 8]}, n_record=4)
-    np.testing.assert_array_equal(g.final_theta[1, 1], ref[1].theta[:, -1])
-    np.testing.assert_allclose(g.tail["test_loss"][1, 1], ref[1].observables["test_loss"][0, -2:].mean())
-    assert g.tail["test_loss"][0, 0] != g.tail["test_loss"][1, 0]  # another seed, other data
+# ----- seed grids, and experiment 1's ordering at CPU scale ---------------------------------------------------
+N_GRID = [8, 10, 12, 14, 16, 18, 20, 22, 24, 28, 32]
+SEEDS = [0, 1, 2, 3]
 
 
-# ----- experiment 1's ordering at CPU scale -------------------------------------------------------------------
-def test_adam_needs_fewer_samples_than_sgd():
+def _make(seed):
+    return problems.diagonal_net(d=100, n=32, k=5, key=seed, n_test=1000)
+
+
+@pytest.fixture(scope="module")
+def grids():
     """d = 100, k = 5, fresh +-0.5 label noise, four seeds (each redraws w*, data and paths); both methods run
-    to their plateau in slow time (Adam lr 0.1, t = 200; SGD lr 0.1, t = 300: docs/experiments.md). The
-    threshold is the n_train from which the tail-averaged clean test loss stays below 0.1 (the null loss
-    |w*|^2 / 2 is ~0.8). On every seed Adam's threshold is lower, and the mean gap exceeds the seed spread
-    (sd) of the paired gaps."""
-    n_grid = [8, 10, 12, 14, 16, 18, 20, 22, 24, 28, 32]
-    seeds = [0, 1, 2, 3]
-    make = lambda s: problems.diagonal_net(d=100, n=32, k=5, key=s, n_test=1000)
+    to their plateau in slow time (Adam lr 0.1, t = 200; SGD lr 0.1, t = 300: docs/experiments.md)."""
     L = noise.label_noise(0.5)
-    thr = {}
+    out = {}
     for name, m, eta, steps in (("adam", S.adam(beta2=0.95, eps=1e-6), 0.1, 20_000), ("sgd", S.sgd(), 0.1, 30_000)):
-        g = X.run_seed_grid(make, L, m, seeds, eta=eta, steps=steps, sweep={"n_train": n_grid}, n_record=8,
-                            tail_fraction=0.25)
-        thr[name] = np.array(X.threshold_summary(n_grid, g.tail["test_loss"], level=0.1)["per_seed"])
+        out[name] = (m, eta, steps, X.run_seed_grid(_make, L, m, SEEDS, eta=eta, steps=steps, sweep={"n_train": N_GRID},
+                                                    n_record=8, tail_fraction=0.25, record_state=True))
+    return out
+
+
+def test_seed_grid_is_the_per_seed_sweep(grids):
+    m, eta, steps, g = grids["adam"]
+    assert g.tail["test_loss"].shape == (4, len(N_GRID)) and g.final_theta.shape == (4, len(N_GRID), 1, 200)
+    assert g.hypers[2]["n_train"] == 12 and g.select(n_train=12).tolist() == [2]
+    assert np.allclose(g.t_end, 200.0)
+    ref = discrete.simulate_discrete(_make(1), noise.label_noise(0.5), m, eta=eta, steps=steps, key=1,
+                                     sweep={"n_train": N_GRID}, n_record=8)
+    np.testing.assert_array_equal(g.final_theta[1, 5], ref[5].theta[:, -1])
+    np.testing.assert_allclose(g.tail["test_loss"][1, 5], ref[5].observables["test_loss"][0, -2:].mean())
+    assert len(set(g.tail["test_loss"][:, 0].round(12))) == 4  # every seed its own data
+
+
+def test_adam_needs_fewer_samples_than_sgd(grids):
+    """The threshold is the n_train from which the tail-averaged clean test loss stays below 0.1 (the null
+    loss |w*|^2 / 2 is ~0.8). On every seed Adam's threshold is lower, and the mean gap exceeds the seed
+    spread (sd) of the paired gaps."""
+    thr = {name: np.array(X.threshold_summary(N_GRID, g.tail["test_loss"], level=0.1)["per_seed"])
+           for name, (_, _, _, g) in grids.items()}
     gap = thr["sgd"] - thr["adam"]
     assert np.all(np.isfinite(thr["adam"])) and np.all(gap > 0), thr
     assert gap.mean() > gap.std(ddof=1), (thr, gap)
