@@ -18,7 +18,6 @@ import argparse
 import json
 import time
 
-import jax
 import numpy as np
 
 import slowsde_jax as S
