@@ -27,7 +27,8 @@ class GridBrownianPath(diffrax.AbstractBrownianPath):
     - ``substeps``: the most grid intervals one ``evaluate(t0, t1)`` may cover (2 for the coarse solve of a
       Richardson pair, else 1).
 
-    ``evaluate(t0, t1)`` needs t0 and t1 on the grid, up to rounding, with t1 - t0 at most ``substeps * h``.
+    ``evaluate(t0, t1)`` needs t0 and t1 on the grid, up to rounding, with t1 - t0 at most ``substeps * h``
+    (more raises an error); grid indices are int32, so t1 / h must stay below 2**31.
     For fixed-step solvers in forward mode only (like diffrax's ``UnsafeBrownianPath``), without Levy area.
     """
 
@@ -56,6 +57,8 @@ class GridBrownianPath(diffrax.AbstractBrownianPath):
         h = jnp.asarray(self.h, dtype)
         first = jnp.round(jnp.asarray(t0, dtype) / h).astype(jnp.int32)
         count = jnp.round((jnp.asarray(t1, dtype) - jnp.asarray(t0, dtype)) / h).astype(jnp.int32)
+        count = eqx.error_if(count, count > self.substeps,
+                             "GridBrownianPath: a step covers more grid intervals than `substeps`")
         j = jnp.arange(self.substeps, dtype=jnp.int32)
         draws = jax.vmap(lambda i: jr.normal(jr.fold_in(self.key, i), self.shape, dtype))(first + j)
         mask = (j < count).reshape((-1,) + (1,) * len(self.shape))

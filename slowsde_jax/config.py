@@ -26,8 +26,8 @@ through their factories and checks every swept value, step count and the memory 
 naming the config path (``runs.adam.sweep.beta1[1]: must be < 1, got 1.5``). The CLI calls :func:`prepare`
 before it makes a run folder.
 
-Numbers are read as YAML 1.2 reads them: ``1e-8`` is a float (YAML 1.1, PyYAML's default, reads it as a
-string).
+Numbers in exponent form are read as YAML 1.2 reads them: ``1e-8`` is a float (YAML 1.1, PyYAML's default,
+reads it as a string). Everything else follows PyYAML's YAML 1.1 (``yes``/``no`` are booleans).
 """
 from __future__ import annotations
 

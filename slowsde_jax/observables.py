@@ -233,7 +233,8 @@ def theory_table(summary: dict) -> str:
             continue
         (m, se), (o, _) = r["end"], r["ode_end"]
         if np.isfinite(m) and np.isfinite(o) and abs(m - o) > max(3 * (se if np.isfinite(se) else 0), 0.01 * abs(o)):
-            lines.append(f"note: {name} at η = {r['eta']:g} ends {abs(m - o) / abs(o):.0%} "
+            gap = f"{abs(m - o) / abs(o):.0%}" if o != 0 else f"{abs(m - o):.3g}"
+            lines.append(f"note: {name} at η = {r['eta']:g} ends {gap} "
                          f"{'above' if m > o else 'below'} its slow ODE ({r['label']}). The slow flow is the η → 0 "
                          "limit of the discrete method; the gap is the discretization's, and shrinks as η does "
                          "(see docs/howto/showcase.md).")

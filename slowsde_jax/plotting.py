@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Collection, Optional, Sequence, Union
 import numpy as np
 from numpy.typing import ArrayLike
 
+from .observables import MEASURE_LABELS
 from .trajectory import Trajectory
 
 if TYPE_CHECKING:
@@ -34,9 +35,8 @@ NOT_RESOLVED = "order: not resolved (errors within noise)"
 #: Observables that the CLI draws on a log scale (losses and errors span decades).
 LOSS_NAMES = ("loss", "train_loss", "test_loss", "test_error")
 
-_LABELS = {"trace_sqrt_diag_H": "tr(Diag H^{1/2})", "trace_H": "tr H", "test_loss": "test loss",
-           "train_loss": "train loss", "test_error": "test error", "loss": "loss", "w_error": "‖w − w*‖",
-           "trace_diag_H_pow": "tr(Diag H^{1-λ})", "block_sharpness": "Σ_B √(|B| tr H_BB)"}
+_LABELS = {**MEASURE_LABELS, "test_loss": "test loss", "train_loss": "train loss", "test_error": "test error",
+           "loss": "loss", "w_error": "‖w − w*‖"}
 _NOISES = {"LabelNoise": "label noise", "Minibatch": "minibatch noise", "Gaussian": "Gaussian noise"}
 
 

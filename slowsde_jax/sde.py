@@ -13,8 +13,9 @@ The problem, noise and method reach the vector fields through diffrax's ``args``
   steps along S * normal directions, :func:`retract_onto_gamma`); the retraction's second-order part
   supplies the Ito correction. Brownian increments come from a
   :class:`~slowsde_jax.brownian.GridBrownianPath`, one key per path. With ``richardson=True`` the SDE is
-  solved at steps dt and dt/2 on the same Brownian path and the observables are extrapolated per path,
-  2 f(zeta^{dt/2}) - f(zeta^{dt}): weak error O(dt^2) instead of O(dt).
+  solved at steps h and 2 h on the same Brownian path (h <= dt: the step that divides the recording
+  interval into an even number of steps) and the observables are extrapolated per path,
+  2 f(zeta^{h}) - f(zeta^{2h}): weak error O(h^2) instead of O(h).
 - Label noise (Sigma = alpha H on Gamma): no diffusion; the ODE d zeta/dt = -(alpha/4) dPhi_S S grad^3 L[S]
   is integrated with an adaptive solver (Tsit5 by default); on diagonal nets with an AGM in (log|x|, log v),
   where the stiffness near u_j v_j = 0 (S ~ 1/eps) disappears; the saved states are retracted onto Gamma.
@@ -359,8 +360,9 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
     - ``max_steps``: the ODE solver's step budget per recording interval; ``project_max_steps``: the step
       budget of the gradient flow that projects the start onto Gamma;
     - ``force_sde``: use the SDE integrator even for label noise (a check of the ODE reduction);
-    - ``richardson``: (general SDE) also solve with step 2 dt on the same Brownian path and return, per path,
-      the observables 2 f(zeta^{dt}) - f(zeta^{2 dt}), whose mean has weak error O(dt^2) (Talay-Tubaro
+    - ``richardson``: (general SDE) also solve with step 2 h on the same Brownian path and return, per path,
+      the observables 2 f(zeta^{h}) - f(zeta^{2 h}), where h <= dt is the actual step (the recording
+      interval cut into an even number of steps; ``meta["dt"]`` holds it), whose mean has weak error O(dt^2) (Talay-Tubaro
       extrapolation) instead of O(dt). Costs 1.5 times the plain run. Means and standard errors of these
       observables estimate E f(zeta_t); their spread across paths is not the law of f(zeta_t). ``theta``
       and ``v`` hold the step-dt run, and a path counts as failed when either run fails;
@@ -419,6 +421,9 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
     if per_step < 1 or abs(per_step * grid - h) > 1e-9 * h:
         raise ConfigError("brownian_dt", f"the step {h:.6g} (T / n_record / {n_sub}) must be a multiple of it, "
                           f"got {brownian_dt}")
+    if T / grid >= 2**31:
+        raise ConfigError("brownian_dt" if brownian_dt is not None else "dt",
+                          f"T / step = {T / grid:.3g} grid intervals: must be < 2**31 (the Brownian grid's index)")
     # (steps per record, Brownian grid intervals per step)
     levels = [(n_sub, per_step)] + ([(n_sub // 2, 2 * per_step)] if richardson else [])
     level_steps = []
