@@ -1,14 +1,30 @@
 """The discrete engine: AGM runs on the SDE clock t = k eta^2, jitted, vmapped over paths and hyperparameters.
 
-The state of every (configuration, path) pair advances inside one jitted function (``_advance``) that runs
-a ``lax.fori_loop`` with one trip count for all lanes (the host knows it from the schedule); each lane stops
-at its own configuration's target step by masking. A Python loop calls it chunk by chunk. Between
-chunks the host records observables on the time grid, updates the progress bar, and may write a checkpoint:
-that loop is the one place where checkpoints, divergence reports and the like hook in.
+The state of every (configuration, path) pair, a lane, advances inside one jitted function (``_advance``)
+with one trip count for all lanes (the host knows it from the schedule); each lane stops at its own
+configuration's target step. A Python loop calls it chunk by chunk. Between chunks the host records
+observables on the time grid, updates the progress bar, and may write a checkpoint: that loop is the one
+place where checkpoints, divergence reports and the like hook in.
 
 Hyperparameters that vary in a sweep (``eta``, ``lam``, ``c``, ``beta1``, ``beta2``, ``eps``, ``delta``,
 ``n_train``) are arrays, so a sweep compiles once. A path whose state becomes non-finite or exceeds
 ``divergence_bound`` is frozen at its last good state and flagged with its step.
+
+Where the time goes, and what the engine does about it (``benchmarks/bench_discrete.py --ablate``):
+
+- Adam's S(v) = 1/(v^lam + eps) with lam a traced array is a power, exp(lam log v), several times the cost
+  of a square root; it made the old engine 2.4x slower than a hand-written loop on the CPU. With lam = 1/2
+  fixed (every Adam-type method unless lam is swept) lam is passed as a constant and S(v) is a square root.
+- The per-step target mask and the select between new and old state run once per block of ``block_steps``
+  steps (:func:`_block_one`); inside a block each lane only carries a running "stayed finite and bounded"
+  flag. A block in which an active lane left the bound, or which would overrun a lane's target, runs step
+  by step instead (the plain path, :func:`_advance_one`), so divergence steps, frozen states and stopping
+  points are exactly those of the plain path.
+- The parameters here are flat vectors, so the optax transform does not ravel or unravel (only Adam-mini's
+  and Adalayer's block means ravel pytrees).
+
+Lanes are spread over devices with :mod:`slowsde_jax.sharding`; records can be streamed to disk with
+:class:`slowsde_jax.streaming.RecordStream` (``record_to``).
 """
 from __future__ import annotations
 
@@ -149,49 +165,47 @@ def _advance(problem, noise, method, hypers, bound, state, target, n_steps, bloc
     """All configurations (axis 0) x paths (axis 1) advanced towards ``target`` (shape (n_cfg,)) by at most
     ``n_steps`` (a traced scalar, so chunk lengths do not recompile).
 
-    ``block`` (static) <= 1: the plain path, a masked and checked step at a time. ``block`` > 1: blocks of
-    ``block`` unmasked steps (:func:`_block_one`); a lane takes a block only when it fits before its target
-    and the lane has not diverged, and its state is selected once per block. When a lane that took the block
-    left the bound inside it, the whole block is replayed on the plain path from the block's start (a
-    ``lax.cond`` on one flag for all lanes), so the step at which it diverged and the state it is frozen in
-    are those of the plain path. The steps left before each lane's target (fewer than ``block``) run on the
-    plain path.
+    ``block`` (static) <= 1: the plain path, a masked and checked step at a time. ``block`` > 1: the steps go
+    in blocks of ``block``. A block runs unmasked (:func:`_block_one`) on every lane, and a lane keeps its
+    result when the block fits before its target and the lane has not diverged: the state is selected once
+    per block. The block runs on the plain path instead, from the block's start (a ``lax.cond`` on one flag
+    for all lanes), when a lane that kept it left the bound inside it, or when a live lane has fewer than
+    ``block`` steps left to its target. So divergence steps, frozen states and stopping points are those of
+    the plain path, and every lane advances by min(block, steps left) per block: ceil(n_steps / block)
+    blocks reach every target.
 
     ``sharding`` (static): the lanes' :class:`jax.sharding.NamedSharding`, kept on the returned state.
     """
-    plain = lambda st, tgt, k: _per_cfg(lambda p, n, m, e, s, t: _advance_one(p, n, m, e, bound, s, t, k),
-                                        problem, noise, method, hypers, st, tgt)
     target = jnp.broadcast_to(target[:, None], state.step.shape)  # per lane (n_cfg, n_paths)
+    plain = lambda st, k: _per_cfg(lambda p, n, m, e, s, t: _advance_one(p, n, m, e, bound, s, t, k),
+                                   problem, noise, method, hypers, st, target)
     if block <= 1:
-        return _constrain(plain(state, target, n_steps), sharding)
+        return _constrain(plain(state, n_steps), sharding)
 
     def one_block(_, st):
-        go = (st.step + block <= target) & (st.diverged_step < 0)  # (n_cfg, n_paths)
+        live = (st.step < target) & (st.diverged_step < 0)  # (n_cfg, n_paths)
+        fits = live & (st.step + block <= target)
         new, ok = _per_cfg(lambda p, n, m, e, s: _block_one(p, n, m, e, bound, s, block), problem, noise, method,
                            hypers, st)
 
         def accept(_):
-            return jax.tree_util.tree_map(lambda a, b: jnp.where(_lanes(go, a), a, b), new, st)
+            return jax.tree_util.tree_map(lambda a, b: jnp.where(_lanes(fits, a), a, b), new, st)
 
-        def replay(_):  # lanes that do not take this block get their current step as target
-            return plain(st, jnp.where(go, st.step + block, st.step), jnp.asarray(block, n_steps.dtype))
+        step_by_step = jnp.any(fits & ~ok) | jnp.any(live & ~fits)
+        return jax.lax.cond(step_by_step, lambda _: plain(st, jnp.asarray(block, n_steps.dtype)), accept, None)
 
-        return jax.lax.cond(jnp.any(go & ~ok), replay, accept, None)
+    return _constrain(jax.lax.fori_loop(0, (n_steps + block - 1) // block, one_block, state), sharding)
 
-    state = jax.lax.fori_loop(0, n_steps // block, one_block, state)
-    left = jnp.where(state.diverged_step < 0, target - state.step, 0)
-    return _constrain(plain(state, target, jnp.clip(jnp.max(left), 0, n_steps).astype(n_steps.dtype)), sharding)
+
+def _lanes(mask, x):
+    """Broadcast a (n_cfg, n_paths) lane mask against a leaf x (n_cfg, n_paths, ...)."""
+    return jnp.reshape(mask, mask.shape + (1,) * (x.ndim - mask.ndim))
 
 
 def _constrain(tree, sharding):
     if sharding is None:
         return tree
     return jax.lax.with_sharding_constraint(tree, sharding)
-
-
-def _lanes(mask, x):
-    """Broadcast a (n_cfg, n_paths) lane mask against a leaf x (n_cfg, n_paths, ...)."""
-    return jnp.reshape(mask, mask.shape + (1,) * (x.ndim - mask.ndim))
 
 
 @eqx.filter_jit
