@@ -1,14 +1,20 @@
 """The ``slowsde`` command line.
 
-    slowsde run [CONFIG.yaml] [--set key=value ...] [--out DIR]
-    slowsde compare CONFIG.yaml [--set key=value ...] [--out DIR]
+    slowsde run [CONFIG.yaml] [--set key=value ...] [--out DIR] [--quiet]
+    slowsde compare CONFIG.yaml [--set key=value ...] [--out DIR] [--quiet]
+    slowsde --version
 
 ``run`` runs a YAML config (the built-in default without CONFIG) and writes a run folder under DIR (default
 ``runs/``): config.yaml, summary.json, trajectories.npz and observables.png; then prints a short table.
+With ``slow_flow: true`` (the default config) each run is also seen at Phi_S(theta) and against its slow ODE:
+slow_flow.png and a second table.
 ``compare`` integrates the slow SDE of every run's method, runs the discrete method at each learning rate
 of the config's ``compare.etas`` on the same clock, and writes comparison.json (weak errors per eta and
 their fitted order, or "not resolved" when the errors are within noise), weak-error and cloud plots.
-A mistake in the config prints one line naming the field and exits with status 2.
+Exit status: 0 done; 1 diverged paths in a ``--strict`` run, or a start that could not be projected; 2 a
+mistake in the input (config, ``--set``, ``--out``, a corrupt checkpoint), printed as one line naming the
+field, found before a run folder is made or anything is compiled; 3 a fault of the environment (disk full,
+out of memory, I/O error), printed as one line saying what failed; 130 interrupted.
 """
 from __future__ import annotations
 
@@ -17,7 +23,12 @@ import sys
 import time
 
 
-from .validation import ConfigError
+from .validation import ConfigError, within
+
+
+def _pm(mean, se) -> str:
+    """"1.234±0.05", or "1.234" when the standard error is unknown (one stochastic path) or zero."""
+    return f"{mean:.4g}" if not se == se or se == 0 else f"{mean:.4g}±{se:.2g}"
 
 
 def _table(summary_runs) -> str:
@@ -28,13 +39,16 @@ def _table(summary_runs) -> str:
         for e in entries:
             hyp = {k: v for k, v in (e["hypers"] or {}).items() if k != "eta" and len(entries) > 1}
             label = run + ("" if not hyp else "[" + ",".join(f"{k}={v:g}" for k, v in hyp.items()) + "]")
+            if e.get("method") and e["method"] != run:  # e.g. a run named adam switched to adame by --set
+                label += f" ({e['method']})"
             obs = e["observables"]
             rows.append([label, f"{e['eta']:g}", str(e["steps"]), f"{e['t_end']:.4g}", f"{e['n_diverged']}/{e['n_paths']}"]
-                        + [f"{obs[n]['tail_mean']:.4g}±{obs[n]['tail_se']:.2g}" if n in obs else "-" for n in names])
+                        + [_pm(obs[n]["tail_mean"], obs[n]["tail_se"]) if n in obs else "-" for n in names])
     widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
     fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths))
     lines = [fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
-    return "\n".join(lines) + "\n(observables: mean over paths of the average over the last 10% of recorded times ± s.e.)"
+    return "\n".join(lines) + ("\n(observables at the raw iterates: mean over paths of the average over the last 10% of "
+                               "recorded times ± s.e.; no ± with one path)")
 
 
 def cmd_run(args) -> int:
@@ -51,11 +65,14 @@ def cmd_run(args) -> int:
             raise ConfigError("--resume", "continues a run folder with its own config.yaml: give no CONFIG and no --set")
         if not (folder / "config.yaml").is_file():
             raise ConfigError("--resume", f"'{folder}' is not a run folder (no config.yaml)")
-        cfg = cfgmod.load_config(folder / "config.yaml")
+        with within(f"{folder / 'config.yaml'}: "):
+            cfg = cfgmod.load_config(folder / "config.yaml")
+        for ck in sorted((folder / "checkpoints").glob("*.npz")):
+            _check_npz(ck)
     else:
         cfg = cfgmod.apply_overrides(cfgmod.load_config(args.config), args.set)
-    problem, noise = cfgmod.build_problem(cfg), cfgmod.build_noise(cfg)
-    planned = cfgmod.build_runs(cfg)
+    plan = cfgmod.prepare(cfg)  # every check, before a folder is made or anything compiles
+    problem, noise, planned = plan.problem, plan.noise, plan.runs
     import jax.numpy as jnp
 
     dtype = jnp.float32 if cfg.get("dtype") == "float32" else None
@@ -63,7 +80,10 @@ def cmd_run(args) -> int:
         folder = runs.new_folder(args.out, cfg.get("name", "run"))
         runs.write_config(folder, cfg)
     ckpts = folder / "checkpoints"
-    ckpts.mkdir(exist_ok=True)
+    try:
+        ckpts.mkdir(exist_ok=True)
+    except OSError as e:
+        raise runs.RunIOError(e.errno, runs.describe_os_error(e, ckpts)) from None
     summary = {"name": cfg.get("name", "run"), "seed": cfg.get("seed", 0), "config": cfg,
                "environment": runs.environment(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                "resumed": bool(args.resume)}
@@ -74,7 +94,7 @@ def cmd_run(args) -> int:
         for name, method, kw in planned:
             done = ckpts / f"{name}.done.npz"
             if done.exists():  # finished before an interruption
-                trajs[name] = runs.read_trajectories(done)[name]
+                trajs[name] = _read_done(done, name)
                 continue
             out = simulate_discrete(problem, noise, method, n_paths=kw.pop("n_paths", 1), key=cfg.get("seed", 0),
                                     dtype=dtype, progress=None if not args.quiet else False,
@@ -85,11 +105,32 @@ def cmd_run(args) -> int:
             trajs[name] = out if isinstance(out, list) else [out]
             runs.save_trajectories(done, {name: trajs[name]})
             (ckpts / f"{name}.npz").unlink(missing_ok=True)
-        runs.save_trajectories(folder / "trajectories.npz", trajs)
+        view = {}
+        if cfg.get("slow_flow"):  # each run on Gamma and its slow flow (see slowsde_jax.observables)
+            from .observables import theory_summary, theory_view
+            from .plotting import plot_slow_flow
+
+            methods = {name: method for name, method, _ in planned}
+            view = theory_view(trajs, methods, problem, noise, progress=None if not args.quiet else False)
+            summary["slow_flow"] = theory_summary(view, methods)
+            plot_slow_flow(view, summary["slow_flow"], folder / "slow_flow.png")
+        saved = dict(trajs)
+        for name, entry in view.items():
+            saved.update({f"{name}.at_phi": [entry["projected"]], f"{name}.slow_ode": [entry["slow_ode"]]})
+        runs.save_trajectories(folder / "trajectories.npz", saved)
+        for name, _, _ in planned:  # the finished-run checkpoints are now in trajectories.npz
+            (ckpts / f"{name}.done.npz").unlink(missing_ok=True)
+        if not any(ckpts.iterdir()):
+            ckpts.rmdir()
         summary.update(status="completed", runs=runs.summarize(trajs), elapsed_s=time.time() - t0)
         plot_observables(trajs, folder / "observables.png", log_y=LOSS_NAMES)
         runs.write_json(folder / "summary.json", summary)
     print(_table(summary["runs"]))
+    if "slow_flow" in summary:
+        from .observables import theory_table
+
+        print()
+        print(theory_table(summary["slow_flow"]))
     n_div = sum(e["n_diverged"] for entries in summary["runs"].values() for e in entries)
     if n_div:
         first = min(t for entries in summary["runs"].values() for e in entries for t in e["diverged_times"])
@@ -98,8 +139,38 @@ def cmd_run(args) -> int:
         if cfg.get("strict") or args.strict:
             print("slowsde: error: diverged paths in a strict run", file=sys.stderr)
             return 1
-    print(f"wrote {folder}/summary.json, trajectories.npz, observables.png ({time.time() - t0:.1f} s)")
+    figs = "observables.png" + (", slow_flow.png" if "slow_flow" in summary else "")
+    print(f"wrote {folder}/summary.json, trajectories.npz, {figs} ({time.time() - t0:.1f} s)")
     return 0
+
+
+def _check_npz(path):
+    """ConfigError naming ``path`` and how to restart when a checkpoint is not a readable npz."""
+    import zipfile
+
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            for k in f.files:
+                f[k]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        why = "empty file" if path.stat().st_size == 0 else type(e).__name__
+        raise ConfigError("checkpoint", f"'{path}' is corrupt or truncated ({why}); delete it to restart that run "
+                                        f"from its beginning (rm '{path}'), then resume again") from None
+
+
+def _read_done(path, name):
+    """The trajectories of a run that finished before an interruption; ConfigError if the file is damaged."""
+    import zipfile
+
+    from . import runs
+
+    try:
+        return runs.read_trajectories(path)[name]
+    except (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile) as e:
+        raise ConfigError("checkpoint", f"'{path}' is corrupt or truncated ({type(e).__name__}); delete it to run "
+                                        f"'{name}' again from its beginning (rm '{path}')") from None
 
 
 def cmd_compare(args) -> int:
@@ -115,7 +186,8 @@ def cmd_compare(args) -> int:
     if "T" not in cfg:
         raise ConfigError("T", "a compare config gives the SDE time T at the top level")
     cmp = cfg["compare"]
-    problem, noise = cfgmod.build_problem(cfg), cfgmod.build_noise(cfg)
+    plan = cfgmod.prepare(cfg, command="compare")  # every check, before a folder is made or anything compiles
+    problem, noise = plan.problem, plan.noise
     folder = runs.new_folder(args.out, cfg.get("name", "compare"))
     runs.write_config(folder, cfg)
     summary = {"kind": "compare", "seed": cfg.get("seed", 0), "config": cfg, "environment": runs.environment()}
@@ -124,14 +196,15 @@ def cmd_compare(args) -> int:
     seed, T, n_record = cfg.get("seed", 0), cfg["T"], cfg.get("n_record", 10)
     with runs.status_guard(folder, summary):
         result, trajs = {}, {}
-        for name, method, kw in cfgmod.build_runs(cfg):
+        for name, method, kw in plan.runs:
             sde_traj = simulate_slow_sde(problem, noise, method, T=T, n_paths=cmp.get("sde_paths", cfg.get("n_paths", 1)),
                                          key=seed + 1, eta=min(cmp["etas"]), dt=cmp.get("dt", 1e-3), n_record=n_record,
-                                         solver=cmp.get("solver", "tsit5"), rtol=cmp.get("rtol", 1e-8), atol=cmp.get("atol", 1e-10))
+                                         solver=cmp.get("solver", "tsit5"), rtol=cmp.get("rtol", 1e-8), atol=cmp.get("atol", 1e-10),
+                                         progress=None if not args.quiet else False)
             names = cmp.get("observables") or sorted(sde_traj.observables)
             res = eta_sweep(problem, noise, method, cmp["etas"], T, cfg.get("n_paths", 1), seed, sde_traj, names,
                             project=cmp.get("project", True), plot_path=str(folder / f"weak_error_{name}_{{name}}.png"),
-                            v0=cfg.get("v0", "equilibrium"), progress=False)
+                            v0=cfg.get("v0", "equilibrium"), progress=None if not args.quiet else False)
             for obs in names:
                 plot_cloud(res["trajectories"][-1], sde_traj, obs, folder / f"cloud_{name}_{obs}.png")
             result[name] = {"sde_engine": sde_traj.meta["engine"], "etas": res["etas"], "observables": res["observables"],
@@ -151,8 +224,24 @@ def cmd_compare(args) -> int:
     return 0
 
 
+EXAMPLES = """examples:
+  slowsde run                                   the built-in showcase: Adam vs SGD on a diagonal net, with
+                                                their slow ODEs (about a minute on a laptop CPU)
+  slowsde default-config > my.yaml              start a config of your own from the default
+  slowsde run my.yaml --set runs.adam.eta=0.01 --set n_paths=16
+  slowsde run configs/sparse_regression_n_sweep.yaml --out runs/
+  slowsde run --resume runs/diagnet_adam_vs_sgd-20260101-120000
+  slowsde compare configs/hyperbola_compare.yaml   weak error of the discrete runs against the slow SDE
+
+documentation: docs/index.md (build the site with `mkdocs serve`)"""
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="slowsde", description=__doc__.split("\n\n")[0])
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="slowsde", description=__doc__.split("\n\n")[0], epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="run a YAML config (default: the built-in one) and write a run folder")
     p_run.add_argument("config", nargs="?", default=None, help="YAML config file (default: built-in)")
@@ -167,6 +256,7 @@ def main(argv=None) -> int:
     p_cmp.add_argument("config", help="YAML config with a 'compare:' section")
     p_cmp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config entry")
     p_cmp.add_argument("--out", default="runs", help="parent folder of the run folder (default: runs/)")
+    p_cmp.add_argument("--quiet", action="store_true", help="no progress bars")
     p_cmp.set_defaults(func=cmd_compare)
     sub.add_parser("default-config", help="print the built-in default config").set_defaults(
         func=lambda a: print(__import__("slowsde_jax.config", fromlist=["x"]).default_config_text(), end="") or 0)
@@ -179,6 +269,39 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("slowsde: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - environment faults get one line; anything else keeps its traceback
+        fault = _environment_fault(e)
+        if fault is None:
+            raise
+        print(f"slowsde: error: {fault}", file=sys.stderr)
+        return fault.status
+
+
+class _Fault(str):
+    status = 3
+
+
+def _environment_fault(e: BaseException):
+    """One line for a fault of the machine rather than of the input (disk, memory, I/O), else None.
+    A start that cannot be projected onto Gamma gets status 1."""
+    from .geometry import ProjectionError
+    from .runs import RunIOError, describe_os_error
+
+    if isinstance(e, ProjectionError):
+        f = _Fault(f"slow SDE: {e}")
+        f.status = 1
+        return f
+    if isinstance(e, RunIOError):
+        return _Fault(str(e))
+    if isinstance(e, OSError):
+        return _Fault(describe_os_error(e))
+    if isinstance(e, MemoryError):
+        return _Fault("out of host memory; lower n_paths, n_record or the sweep, or set record_state: false")
+    text = str(e)
+    if "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "out of memory" in text:
+        first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+        return _Fault(f"the device ran out of memory ({first[:200]}); lower n_paths or the sweep")
+    return None
 
 
 if __name__ == "__main__":

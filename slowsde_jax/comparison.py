@@ -17,7 +17,7 @@ __all__ = ["Comparison", "compare", "describe_order", "eta_sweep", "fit_order", 
 
 def project_trajectory(traj: Trajectory, problem, method, tol=1e-10, max_steps=100_000, rank=None) -> Trajectory:
     """The discrete trajectory seen on Gamma: theta_k -> Phi_{S(v_k)}(theta_k) at every recorded time, with
-    the problem's observables recomputed there (math §4: (theta_k, v_k) corresponds to (zeta(k eta^2), v)).
+    the problem's observables recomputed there (docs/math.md#the-slow-sde: (theta_k, v_k) corresponds to (zeta(k eta^2), v)).
     Needs a trajectory recorded with ``record_state=True``. Diverged paths are left as they are.
     ``max_steps`` and ``rank``: see :func:`slowsde_jax.geometry.project`."""
     if traj.theta is None:
@@ -93,19 +93,28 @@ def fit_order(etas, errors):
 def weak_order(etas, errors, se) -> dict:
     """The order of the weak error in eta, fitted only where it is resolved (error > 2 standard errors).
 
-    Returns ``order`` and ``constant`` (None when fewer than two etas are resolved), ``order_resolved`` and
-    ``resolved`` (per eta). With every |error| < 2 s.e. the data say nothing about the order."""
+    Returns ``order`` and ``constant`` (None when fewer than two etas are resolved), ``order_se`` (the
+    standard error of the order from the errors' standard errors, s.e.(log error) ~ se/error, propagated
+    through the fit), ``order_resolved`` and ``resolved`` (per eta). With every |error| < 2 s.e. the data
+    say nothing about the order."""
     etas, errors, se = (np.asarray(a, float) for a in (etas, errors, se))
     resolved = errors > 2 * se
     if resolved.sum() < 2:
-        return {"order": None, "constant": None, "order_resolved": False, "resolved": resolved.tolist()}
+        return {"order": None, "constant": None, "order_se": None, "order_resolved": False,
+                "resolved": resolved.tolist()}
     order, const = fit_order(etas[resolved], errors[resolved])
-    return {"order": order, "constant": const, "order_resolved": True, "resolved": resolved.tolist()}
+    x = np.log(etas[resolved]) - np.log(etas[resolved]).mean()
+    order_se = float(np.sqrt(np.sum(x**2 * (se[resolved] / errors[resolved]) ** 2)) / np.sum(x**2))
+    return {"order": order, "constant": const, "order_se": order_se, "order_resolved": True,
+            "resolved": resolved.tolist()}
 
 
 def describe_order(entry: dict) -> str:
     """"order 1.02" or "order: not resolved (errors within noise)" for an ``eta_sweep`` observable entry."""
-    return f"order {entry['order']:.2f}" if entry.get("order_resolved") else NOT_RESOLVED
+    if not entry.get("order_resolved"):
+        return NOT_RESOLVED
+    se = entry.get("order_se")
+    return f"order {entry['order']:.2f}" + (f" ± {se:.2f}" if se is not None else "")
 
 
 def eta_sweep(problem, noise, method, etas, T, n_paths, key, sde_traj, observables, project=True, plot_path=None,

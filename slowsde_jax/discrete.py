@@ -281,6 +281,8 @@ def simulate_discrete(problem: AbstractProblem, noise: AbstractNoise, method: Me
       ``delta``, ``n_train``; the run covers their Cartesian grid in one compiled function.
     - ``record_state``: also record theta and v, shape (n_paths, n_t, D) each.
     - ``chunk_steps``: at most this many steps per jitted call (progress, checkpoints between calls).
+    - ``progress``: a step bar (True, False, or None: shown in a terminal or notebook; see
+      :mod:`slowsde_jax.progress`).
     - ``on_chunk(run)``: called after every recorded point with the :class:`DiscreteRun`.
     - ``checkpoint``: a file path (.npz). The run's state and records are written there (atomically) after a
       recorded point whenever ``checkpoint_every_s`` seconds have passed since the last write (0: after every
@@ -396,11 +398,10 @@ def _continue(run, problem, noise, method, grid, record_state, chunk_steps, prog
     """Advance ``run`` through its remaining record points, chunk by chunk."""
     targets = run.targets
     total = int(targets[:, -1].max())
-    bar = None
-    if progress or (progress is None and total * targets.shape[0] >= 2_000_000):
-        from tqdm.auto import tqdm
+    from .progress import progress_bar
 
-        bar = tqdm(total=total, initial=int(targets[:, run.done - 1].max()), unit="step", desc=method.name)
+    bar = progress_bar(total, method.name + (f" ({targets.shape[0]} configs)" if targets.shape[0] > 1 else ""),
+                       progress=progress, initial=int(targets[:, run.done - 1].max()))
     bound = np.asarray(bound, run.state.theta.dtype)
     while run.done < targets.shape[1]:
         j = run.done
@@ -413,13 +414,11 @@ def _continue(run, problem, noise, method, grid, record_state, chunk_steps, prog
             run.state = _advance(problem, noise, method, grid, bound, run.state, np.asarray(tgt, np.int64), n_steps,
                                  block=block, sharding=sharding)
             prev = tgt
-            if bar is not None:
-                bar.update(int(tgt.max()) - bar.n)
+            bar.update(int(tgt.max()) - bar.n)
         _record(run, problem, noise, method, grid, record_state)
         if on_chunk is not None:
             on_chunk(run)
-    if bar is not None:
-        bar.close()
+    bar.close()
     return run
 
 
@@ -435,18 +434,33 @@ def save_checkpoint(path, run: DiscreteRun):
 
 
 def load_checkpoint(path, fresh: DiscreteRun) -> DiscreteRun:
-    """Restore a run saved by :func:`save_checkpoint` into the structure of a freshly initialized run."""
-    with np.load(path) as f:
-        arrays = dict(f)
-    if not np.array_equal(arrays["targets"], fresh.targets):
-        raise ConfigError("checkpoint", f"{path} belongs to a run with another schedule (steps, eta or n_record differ)")
-    leaves, treedef = jax.tree_util.tree_flatten(fresh.state)
-    restored = [jnp.asarray(arrays[f"state.{i}"], dtype=x.dtype) for i, x in enumerate(leaves)]
-    if any(a.shape != x.shape for a, x in zip(restored, leaves)):
-        raise ConfigError("checkpoint", f"{path} belongs to a run with other shapes (n_paths or the problem differ)")
-    records = {k[4:]: list(v) for k, v in arrays.items() if k.startswith("rec.")}
+    """Restore a run saved by :func:`save_checkpoint` into the structure of a freshly initialized run.
+
+    A file that is empty, truncated, not an npz or missing entries raises ConfigError("checkpoint", ...)
+    naming it and how to restart (delete it: the run then starts over from step 0), as does a checkpoint
+    of another run (other schedule or shapes)."""
+    import zipfile
+
+    restart = f"delete it to restart this run from its beginning (rm '{path}')"
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = dict(f)
+        targets, done = np.asarray(arrays["targets"]), int(arrays["done"])
+        leaves, treedef = jax.tree_util.tree_flatten(fresh.state)
+        saved = [np.asarray(arrays[f"state.{i}"]) for i in range(len(leaves))]
+        records = {k[4:]: list(v) for k, v in arrays.items() if k.startswith("rec.")}
+    except (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile) as e:
+        why = "it is empty" if Path(path).is_file() and Path(path).stat().st_size == 0 else f"{type(e).__name__}: {e}"
+        raise ConfigError("checkpoint", f"'{path}' is corrupt or truncated ({why}); {restart}") from None
+    if not np.array_equal(targets, fresh.targets):
+        raise ConfigError("checkpoint", f"{path} belongs to a run with another schedule (steps, eta or n_record differ); {restart}")
+    if any(a.shape != x.shape for a, x in zip(saved, leaves)):
+        raise ConfigError("checkpoint", f"{path} belongs to a run with other shapes (n_paths or the problem differ); {restart}")
+    if not 1 <= done <= fresh.targets.shape[1] or any(len(v) != done for v in records.values()):
+        raise ConfigError("checkpoint", f"'{path}' is inconsistent ({done} points done, records of other lengths); {restart}")
+    restored = [jnp.asarray(a, dtype=x.dtype) for a, x in zip(saved, leaves)]
     return DiscreteRun(state=jax.tree_util.tree_unflatten(treedef, restored), targets=fresh.targets,
-                       records=records, done=int(arrays["done"]))
+                       records=records, done=done)
 
 
 def _checkpointing(path, every_s, inner):

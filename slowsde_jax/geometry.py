@@ -1,4 +1,4 @@
-"""Geometry of the minimizer manifold Gamma (math §3-§6).
+"""Geometry of the minimizer manifold Gamma (docs/math.md#geometry to #diagonal-net).
 
 Conventions: theta has shape (D,); H is the Hessian (D, D) at a point zeta of Gamma; Sigma is the noise
 covariance (D, D); the preconditioner S is either its diagonal (shape (D,)) or a symmetric positive-definite
@@ -109,7 +109,7 @@ def sigma_parallel(H, Sigma, S, rank=None, rtol=DEFAULT_RTOL):
 
 
 def sigma_diamond(H, Sigma, S, rank=None, rtol=DEFAULT_RTOL):
-    """Sigma_diamond (D, D) by the eigen formula in S^{1/2} coordinates (math §3):
+    """Sigma_diamond (D, D) by the eigen formula in S^{1/2} coordinates (docs/math.md#geometry):
     Sigma'_dia = sum_{i,j not both tangent} <Sigma', u_i u_j^T> / (lam_i + lam_j) u_i u_j^T, then
     Sigma_dia = S^{1/2} Sigma'_dia S^{1/2}. Tangent eigenvalues are treated as exactly 0."""
     lam, U, Sh, Shi = _eig_Hprime(H, S)
@@ -122,8 +122,8 @@ def sigma_diamond(H, Sigma, S, rank=None, rtol=DEFAULT_RTOL):
     return Sh @ U @ Xp @ U.T @ Sh
 
 
-def sharpness(H, kind="trace", lam=None, blocks=None):
-    """Sharpness of a Hessian H ((D, D), or its diagonal (D,)):
+def sharpness(H, kind="trace", lam=None, blocks=None, *, diagonal=None):
+    """Sharpness of a Hessian H ((D, D), or its diagonal (D,)), or of a batch of them:
 
     - ``"trace"``: tr H (SGD's);
     - ``"trace_sqrt_diag"``: tr(Diag(H)^{1/2}) (Adam's);
@@ -131,25 +131,29 @@ def sharpness(H, kind="trace", lam=None, blocks=None):
     - ``"block"``: sum_B sqrt(|B| tr H_BB) (Adam-mini's / Adalayer's), needs ``blocks`` (block id per coordinate).
 
     Negative diagonal entries (off Gamma) count as 0 under fractional powers.
+
+    ``diagonal``: None reads a 1-d H as a diagonal and a 2-d H as a matrix; True reads H as diagonals of
+    shape (..., D) (e.g. (n_paths, n_t, D)), False as matrices (..., D, D). Returns shape (...).
     """
     H = jnp.asarray(H)
-    d = jnp.diag(H) if H.ndim == 2 else H
+    if diagonal is None:
+        diagonal = H.ndim == 1
+    d = H if diagonal else jnp.diagonal(H, axis1=-2, axis2=-1)
     if kind == "trace":
-        return jnp.sum(d)
+        return jnp.sum(d, axis=-1)
     if kind == "trace_sqrt_diag":
-        return jnp.sum(jnp.sqrt(jnp.maximum(d, 0.0)))
+        return jnp.sum(jnp.sqrt(jnp.maximum(d, 0.0)), axis=-1)
     if kind == "trace_diag_pow":
         if lam is None:
             raise ConfigError("lam", "sharpness 'trace_diag_pow' needs lam")
-        return jnp.sum(jnp.maximum(d, 0.0) ** (1.0 - lam))
+        return jnp.sum(jnp.maximum(d, 0.0) ** (1.0 - lam), axis=-1)
     if kind == "block":
         if blocks is None:
             raise ConfigError("blocks", "sharpness 'block' needs a block id per coordinate")
         ids, inv = np.unique(np.asarray(blocks), return_inverse=True)
-        inv = jnp.asarray(inv.reshape(-1))
-        tr = jax.ops.segment_sum(d, inv, num_segments=len(ids))
-        size = jax.ops.segment_sum(jnp.ones_like(d), inv, num_segments=len(ids))
-        return jnp.sum(jnp.sqrt(jnp.maximum(size * tr, 0.0)))
+        onehot = jnp.asarray(inv.reshape(-1)[:, None] == np.arange(len(ids)), d.dtype)  # (D, n_blocks)
+        tr, size = d @ onehot, jnp.sum(onehot, axis=0)
+        return jnp.sum(jnp.sqrt(jnp.maximum(size * tr, 0.0)), axis=-1)
     raise ConfigError("kind", f"unknown sharpness '{kind}'; choose from trace, trace_sqrt_diag, trace_diag_pow, block")
 
 
@@ -188,7 +192,11 @@ def third_derivative_contraction(loss, theta, M=None, *, G=None, weights=None, d
 
 # ----- least squares on Gamma -------------------------------------------------------------------------------------------
 def ls_jacobian(residuals, theta):
-    """J = d r / d theta, (n, D): reverse mode when n <= D (n passes), forward mode otherwise."""
+    """J = d r / d theta, (n, D). Quadratic residuals r = B (x * x) - y (:func:`quadratic_structure`):
+    J = 2 B Diag(x), O(n D). Otherwise autodiff: reverse mode when n <= D (n passes), forward mode else."""
+    quad = quadratic_structure(residuals)
+    if quad is not None:
+        return 2.0 * quad[0] * theta[None, :]
     n = jax.eval_shape(residuals, theta).shape[0]
     return (jax.jacrev if n <= theta.shape[0] else jax.jacfwd)(residuals)(theta)
 
@@ -233,8 +241,12 @@ def ls_third_derivative_tangent(residuals, w, theta, MJt):
     2 sum_n w_n Hess r_n (M grad r_n), shape (D,). ``MJt`` = M J^T, (D, n) (column n is M grad r_n).
 
     (The full contraction adds J^T(...), which dPhi_S S annihilates; r = 0 on Gamma removes the rest.)
-    Cost: n Jacobian-vector products of r, then one gradient: O(n) passes of r.
+    Cost: n Jacobian-vector products of r, then one gradient: O(n) passes of r. Quadratic residuals
+    r = B (x * x) - y (Hess r_n = 2 Diag(B_n)): 4 sum_n w_n B_n * (M grad r_n), O(n D).
     """
+    quad = quadratic_structure(residuals)
+    if quad is not None:
+        return 4.0 * jnp.sum(quad[0] * (w[:, None] * MJt.T), axis=0)
 
     def directional(t):  # sum_n w_n <grad r_n(t), a_n> with a_n = MJt[:, n] fixed
         jvps = jax.vmap(lambda a: jax.jvp(residuals, (t,), (a,))[1], in_axes=1)(MJt)  # (n, n): row k = J(t) a_k
@@ -296,7 +308,7 @@ def _ls_diamond(Jw, S, noise_factor, eig):
 
 
 def ls_slow_sde_coefficients(residuals, weights, theta, S, noise_factor, rank=None, rtol=DEFAULT_RTOL):
-    """Slow-SDE coefficients of zeta at a point theta of Gamma for L = sum_i w_i r_i^2 / 2 (math §4), in
+    """Slow-SDE coefficients of zeta at a point theta of Gamma for L = sum_i w_i r_i^2 / 2 (docs/math.md#the-slow-sde), in
     sample space (never a (D, D) matrix unless the noise factor is one).
 
     ``residuals`` r(theta) -> (n,), ``weights`` w (n,) (0 masks a sample), ``S`` (D,) or SPD (D, D),
@@ -322,7 +334,7 @@ def ls_slow_sde_coefficients(residuals, weights, theta, S, noise_factor, rank=No
 
 
 def label_noise_drift(loss, theta, S, alpha, residuals=None, weights=None):
-    """The label-noise slow drift -(alpha/4) dPhi_S S grad^3 L[S] at theta on Gamma (math §5), shape (D,).
+    """The label-noise slow drift -(alpha/4) dPhi_S S grad^3 L[S] at theta on Gamma (docs/math.md#label-noise-ode), shape (D,).
 
     With ``residuals`` and ``weights`` (least squares) the structured path is used (O(n^2 D + n^3));
     otherwise dense Hessians (small D). ``S`` is the preconditioner's diagonal (D,) or an SPD matrix.
@@ -559,6 +571,36 @@ def projection_failure_message(status, max_steps) -> str:
     return "; ".join(parts)
 
 
+def _check_project_args(loss, theta, S, residuals, weights):
+    """theta and S as float arrays, checked against the loss: ConfigError for non-numbers, a scalar theta, a
+    last axis that is not the dimension of the problem owning ``loss``, or a loss that is not a scalar."""
+    from .inputs import _numeric
+    from . import _precision
+
+    theta = _numeric("theta", theta, None)
+    theta = theta.astype(_precision.default_float()) if not jnp.issubdtype(theta.dtype, jnp.floating) else theta
+    S = _numeric("S", S, theta.dtype)
+    if theta.ndim == 0 or theta.shape[-1] == 0:
+        raise ConfigError("theta", f"must be a vector (D,) or a batch (..., D), got shape {tuple(theta.shape)}")
+    D = theta.shape[-1]
+    owners = (getattr(loss, "__self__", None), getattr(residuals, "__self__", None))  # a problem's bound
+    dim = next((o.dim for o in owners if isinstance(getattr(o, "dim", None), int)), None)  # methods know D
+    if isinstance(dim, int) and dim != D:
+        raise ConfigError("theta", f"the last axis must have the problem's dimension D = {dim}, got shape "
+                                   f"{tuple(theta.shape)}")
+    try:
+        out = jax.eval_shape(loss, jax.ShapeDtypeStruct((D,), theta.dtype))
+    except (TypeError, ValueError, IndexError) as e:
+        raise ConfigError("theta", f"the loss cannot be evaluated at a point of shape ({D},): {e}") from None
+    if getattr(out, "shape", None) != ():
+        raise ConfigError("loss", f"must return a scalar, got {getattr(out, 'shape', type(out).__name__)}")
+    if residuals is not None and weights is not None:
+        n = jax.eval_shape(residuals, jax.ShapeDtypeStruct((D,), theta.dtype)).shape
+        if jnp.shape(weights) != n:
+            raise ConfigError("weights", f"must have the residuals' shape {n}, got {jnp.shape(weights)}")
+    return theta, S
+
+
 def project(loss, theta, S, tol=1e-10, max_steps=100_000, residuals=None, weights=None, rank=None):
     """Phi_S(theta) (see :func:`project_flow`); raises :class:`ProjectionError` naming the cause when a point
     does not converge.
@@ -568,10 +610,7 @@ def project(loss, theta, S, tol=1e-10, max_steps=100_000, residuals=None, weight
     :meth:`Problem.residual_parts`); ``rank``: the codimension of Gamma for a loss without residuals;
     ``max_steps``: the flow's step budget per point.
     """
-    theta = jnp.asarray(theta)
-    S = jnp.asarray(S, theta.dtype)
-    if theta.ndim == 0:
-        raise ConfigError("theta", "must be a vector (D,) or a batch (..., D)")
+    theta, S = _check_project_args(loss, theta, S, residuals, weights)
     batch, D = theta.shape[:-1], theta.shape[-1]
     th = theta.reshape(-1, D)
     if S.shape in (theta.shape, theta.shape + (D,)):  # one S per point (diagonal or matrix)

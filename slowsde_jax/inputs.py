@@ -4,6 +4,8 @@
 number of paths and records, start, initial second moment, dtype, compatibility of problem, noise and
 method) before any work is done, and :func:`initial_v` is the single rule for the optimizer's second moment
 at the start. :func:`run_meta` builds the ``Trajectory.meta`` dict with the same keys for every engine.
+:func:`check_memory` refuses a run whose arrays would not fit, with the estimate, before anything is
+allocated; :func:`explain_start_failure` says why a slow-SDE start could not be projected onto Gamma.
 """
 from __future__ import annotations
 
@@ -16,9 +18,11 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from . import _precision
-from .validation import ConfigError, check_compatible, check_int
+from .validation import ConfigError, check_compatible, check_int, show
 
-__all__ = ["Inputs", "as_key", "parse_inputs", "initial_v", "run_meta", "META_KEYS"]
+__all__ = ["Inputs", "as_key", "as_float_params", "parse_inputs", "initial_v", "run_meta", "META_KEYS", "memory_estimate",
+           "available_memory", "check_memory", "explain_start_failure", "check_sweep_value",
+           "check_step_count", "MAX_STEPS"]
 
 V0_MODES = ("zeros", "equilibrium")
 
@@ -31,10 +35,42 @@ def as_key(key) -> jax.Array:
         if not 0 <= int(key) < 2**64:
             raise ConfigError("key", f"an integer seed must lie in [0, 2**64), got {key}")
         return jax.random.PRNGKey(int(key) if int(key) < 2**63 else int(key) - 2**64)
-    if isinstance(key, jax.Array) and (jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
-                                       or (key.shape == (2,) and key.dtype == jnp.uint32)):
-        return key
-    raise ConfigError("key", f"must be an integer seed or a jax PRNG key (shape (2,), uint32), got {key!r}")
+    if isinstance(key, jax.core.Tracer):  # inside jit/vmap: the caller's key, checked by shape only
+        if key.shape == (2,) or (jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ()):
+            return key
+    elif isinstance(key, (jax.Array, np.ndarray)):
+        if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+            if key.shape == ():
+                return key
+            raise ConfigError("key", f"must be a single PRNG key, got a batch of keys of shape {key.shape}")
+        if key.shape == (2,) and key.dtype == np.uint32:
+            return jnp.asarray(key)
+        raise ConfigError("key", f"a raw PRNG key must have shape (2,) and dtype uint32, got shape {key.shape} "
+                                 f"and dtype {key.dtype}")
+    raise ConfigError("key", f"must be an integer seed or a jax PRNG key (jax.random.key or PRNGKey), got "
+                             f"{type(key).__name__} {show(key)}")
+
+
+def as_float_params(params0, field: str = "params0"):
+    """``params0`` (any pytree of arrays) with every leaf a finite float array of the default precision:
+    integer and bool leaves are converted (gradients need floats); strings, objects, complex and non-finite
+    entries raise ConfigError naming the leaf."""
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params0)
+    if not leaves:
+        raise ConfigError(field, "has no array leaves (nothing to optimize)")
+    out = []
+    for path, x in leaves:
+        name = field + jax.tree_util.keystr(path)
+        try:
+            a = np.asarray(x)
+        except (ValueError, TypeError):
+            raise ConfigError(name, f"must be an array of numbers, got {show(x)}") from None
+        if a.dtype.kind not in "biuf":
+            raise ConfigError(name, f"must be an array of real numbers, got dtype {a.dtype}")
+        if not np.all(np.isfinite(a)):
+            raise ConfigError(name, "must be finite")
+        out.append(jnp.asarray(a, _precision.default_float() if a.dtype.kind in "biu" else a.dtype))
+    return jax.tree_util.tree_unflatten(treedef, out)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,8 +102,10 @@ def parse_inputs(problem, noise, method, *, key, n_paths, n_record, theta0, v0, 
     dtype = dtype or _precision.default_float()
     check_compatible(problem, noise, method)
     D = problem.dim
+    check_memory("n_paths", dim=D, n_cfg=1, n_paths=n_paths, n_record=0, record_state=False, has_v=method.has_v,
+                 itemsize=np.dtype(dtype).itemsize)
     if theta0 is not None:
-        theta0 = jnp.asarray(theta0, dtype)
+        theta0 = _numeric("theta0", theta0, dtype)
         if theta0.shape != (D,):
             raise ConfigError("theta0", f"must have shape ({D},), got {theta0.shape}")
         if not bool(jnp.all(jnp.isfinite(theta0))):
@@ -78,14 +116,168 @@ def parse_inputs(problem, noise, method, *, key, n_paths, n_record, theta0, v0, 
             raise ConfigError("v0", f"must be {' or '.join(repr(m) for m in v0_modes)} or an array, got {v0!r}")
         v0_mode = v0
     else:
-        v0_mode, v0_arr = "given", jnp.asarray(v0, dtype)
+        v0_mode, v0_arr = "given", _numeric("v0", v0, dtype)
         if v0_arr.shape not in ((D,), ()):
             raise ConfigError("v0", f"must have shape ({D},), got {v0_arr.shape}")
+        if not bool(jnp.all(jnp.isfinite(v0_arr))):
+            raise ConfigError("v0", f"must be finite, got {show(v0)}")
         lowest = "zeros" in v0_modes
-        if not bool(jnp.all(v0_arr >= 0 if lowest else v0_arr > 0)) or not bool(jnp.all(jnp.isfinite(v0_arr))):
-            raise ConfigError("v0", "must be finite and " + ("non-negative" if lowest else "positive"))
+        if not bool(jnp.all(v0_arr >= 0 if lowest else v0_arr > 0)):
+            raise ConfigError("v0", ("must be non-negative" if lowest else
+                                     "must be positive (the slow SDE cannot start at v = 0)") + f", got {show(v0)}")
     return Inputs(key=key, n_paths=n_paths, n_record=n_record, theta0=theta0, v0_mode=v0_mode, v0=v0_arr,
                   dtype=dtype)
+
+
+def _numeric(field, x, dtype):
+    """``x`` as a float array of ``dtype``; ConfigError for strings, objects and other non-numbers."""
+    try:
+        a = np.asarray(x)
+    except (ValueError, TypeError):
+        raise ConfigError(field, f"must be an array of numbers, got {show(x)}") from None
+    if a.dtype.kind not in "biuf":
+        raise ConfigError(field, f"must be an array of numbers, got {show(x)}")
+    return jnp.asarray(a, dtype)
+
+
+# ----- memory ------------------------------------------------------------------------------------------------
+def memory_estimate(*, dim: int, n_cfg: int, n_paths: int, n_record: int, record_state: bool, has_v: bool,
+                    itemsize: int = 8, n_observables: int = 8) -> dict:
+    """Bytes a discrete run holds: ``device``, the path states (theta, m, v per configuration and path, with
+    room for the loop's copies), and ``host``, the records (theta and v at n_record + 1 times when
+    ``record_state``, and the observables), held twice while they are stacked."""
+    lanes = float(n_cfg) * float(n_paths)
+    state = lanes * dim * itemsize * (2 + bool(has_v))
+    per_record = lanes * ((dim * (1 + bool(has_v)) if record_state else 0) * itemsize + n_observables * 8)
+    return {"device": 4.0 * state, "host": 2.0 * per_record * (n_record + 1) + state}
+
+
+def available_memory() -> dict:
+    """Bytes free now: ``host`` (MemAvailable, or the physical memory) and ``device`` (the accelerator's
+    free memory when jax reports it; on the CPU backend, the host's)."""
+    host = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    host = float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    if host is None:
+        try:
+            import os
+
+            host = float(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (ValueError, OSError, AttributeError):
+            host = float("inf")
+    device = host
+    try:
+        stats = jax.devices()[0].memory_stats()
+        if stats and "bytes_limit" in stats:
+            device = float(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+    except Exception:  # noqa: BLE001 - a backend without memory stats: use the host's figure
+        pass
+    return {"host": host, "device": device}
+
+
+def check_memory(field: str, **sizes) -> None:
+    """ConfigError naming ``field`` (the setting to lower) when :func:`memory_estimate` of ``sizes`` exceeds
+    90% of :func:`available_memory` on the host or the device; the message gives both figures."""
+    need, have = memory_estimate(**sizes), available_memory()
+    gib = 2.0**30
+    for where in ("device", "host"):
+        if need[where] > 0.9 * have[where]:
+            what = "path states" if where == "device" else "recorded states and observables"
+            raise ConfigError(field, f"the run would need about {need[where] / gib:.3g} GiB of {where} memory for its "
+                                     f"{what}, and {have[where] / gib:.3g} GiB are free; lower n_paths, n_record, "
+                                     "the sweep, or set record_state: false")
+
+
+def explain_start_failure(problem, noise, method, theta0, v0_mode, v0, keys, status, max_steps) -> Exception:
+    """Why the slow SDE could not start, from the projection statuses (one per path): a ConfigError for a
+    non-finite start, a NaN loss or v <= 0 with eps = 0 (S infinite), a ProjectionError otherwise (budget
+    ``project_max_steps`` exhausted, no minimizer nearby). ``keys``: the per-path keys of the start (the
+    start is ``problem.init(split(key)[0])`` as in the engine)."""
+    from . import geometry as geo
+
+    status = np.asarray(status).reshape(-1)
+    bad = np.flatnonzero(status != geo.PROJECTION_OK)
+    n = f"{bad.size} of {status.size} path(s)"
+    ths = np.stack([np.asarray(problem.init(jax.random.split(keys[i])[0]) if theta0 is None else theta0) for i in bad])
+    src = "theta0" if theta0 is not None else "the problem's initializer"
+    if not np.all(np.isfinite(ths)):
+        return ConfigError("theta0", f"the start from {src} is not finite for {n}")
+    losses = np.array([float(problem.loss(jnp.asarray(t))) for t in ths])
+    if not np.all(np.isfinite(losses)):
+        return ConfigError("loss", f"the loss is not finite (got {show(losses[~np.isfinite(losses)][0])}) at the start "
+                                   f"of {n}: check the loss function and theta0")
+    if method.has_v:
+        vs = [np.asarray(initial_v(problem, noise, method, jnp.asarray(t), v0_mode, v0)) for t in ths]
+        low = [v for v in vs if not np.all(np.isfinite(v)) or np.any(v <= 0)]
+        if low and float(method.eps) == 0.0:
+            field = "v0" if v0_mode == "given" else "v0 (equilibrium)"
+            return ConfigError(field, f"the start's second moment v has entries <= 0 (or not finite) on {n} and "
+                                      "eps = 0, so S(v) = 1/(v^lam + eps) is infinite there; give eps > 0 or a "
+                                      "positive v0")
+    codes = set(status[bad].tolist())
+    if codes == {3}:
+        return geo.ProjectionError(f"project_max_steps: the gradient flow's step budget ({max_steps}) ran out "
+                                   f"before the start of {n} came near Gamma; raise project_max_steps")
+    return geo.ProjectionError("the initial point could not be projected onto Gamma: "
+                               + geo.projection_failure_message(status, max_steps))
+
+
+MAX_STEPS = 2**62  # the engines count steps in int64; a schedule past this would overflow
+
+
+def check_step_count(T, eta, field: str = "eta", T_field: str = "T") -> None:
+    """ConfigError naming ``field`` when T / eta^2 steps would overflow the engines' 64-bit step counter, or
+    round to no step at all."""
+    steps = float(T) / float(eta) ** 2
+    if steps < 0.5:
+        raise ConfigError(field, f"T / eta^2 = {steps:.3g} rounds to 0 steps at eta = {show(eta)}; lower eta or raise "
+                                 f"{T_field}")
+    if not steps <= MAX_STEPS:
+        raise ConfigError(field, f"T / eta^2 = {steps:.3g} steps overflows the 64-bit step counter (at most 2**62 "
+                                 f"= {MAX_STEPS:.3g}); raise eta or lower {T_field}")
+
+
+def check_sweep_value(problem, nz, method, k, v, field: str = None) -> None:
+    """ConfigError naming ``field`` (default ``sweep.<k>``) unless the value ``v`` of sweep ``k`` passes the
+    checks of the factory that owns ``k`` (:func:`slowsde_jax.methods.adam` and co. for ``beta1``, ``beta2``,
+    ``c``, ``eps``, ``lam``; :func:`~slowsde_jax.noise.label_noise` for ``delta``; a whole number of samples in
+    [1, n] for ``n_train``), and the object it sets has that field. ``eta`` is checked by the caller (> 0 and
+    c*eta^2 in (0, 1) with the method's c)."""
+    from . import methods, noise, problems
+    from .discrete import _OWNER
+
+    field = field or f"sweep.{k}"
+
+    owner = _OWNER.get(k)
+    if owner == "method":
+        fields = {n: (None if getattr(method, n) is None else float(getattr(method, n)))
+                  for n in ("beta1", "beta2", "c", "eps", "lam")}
+        if fields[k] is None:
+            raise ConfigError(field, f"method {method.name} has no '{k}' to sweep")
+        fields[k] = v
+        try:
+            methods._make(method.name, fields["beta1"], fields["beta2"], fields["c"], fields["eps"], fields["lam"],
+                          blocks=method.blocks, bias_correction=method.bias_correction)
+        except ConfigError as e:
+            raise ConfigError(field if e.field == k else f"{field} ({e.field})", e.reason) from None
+    elif owner == "noise":
+        if not isinstance(nz, noise.LabelNoise):
+            raise ConfigError(field, f"noise {type(nz).__name__} has no '{k}' to sweep")
+        try:
+            noise.label_noise(v, nz.distribution, nz.batch_size)
+        except ConfigError as e:
+            raise ConfigError(field, e.reason) from None
+    elif owner == "problem":
+        if not isinstance(problem, problems.AbstractRegression):
+            raise ConfigError(field, f"problem {type(problem).__name__} has no '{k}' to sweep")
+        n = problem.n_samples
+        if float(v) != round(float(v)) or not 1 <= v <= n:
+            raise ConfigError(field, f"must be a whole number of samples in [1, {n}] (n = {n}), got {show(v)}")
 
 
 def initial_v(problem, noise, method, theta: Float[Array, "D"], v0_mode: str, v0=None) -> Optional[Float[Array, "D"]]:
@@ -102,7 +294,7 @@ def initial_v(problem, noise, method, theta: Float[Array, "D"], v0_mode: str, v0
 
 # The keys of Trajectory.meta, the same for every engine (None where a key does not apply).
 META_KEYS = ("engine", "method", "noise", "problem", "eta", "T", "n_paths", "v0", "hypers", "steps", "record_steps",
-             "dt", "steps_per_record", "c", "alpha", "solver", "failure_reasons")
+             "dt", "steps_per_record", "c", "alpha", "solver", "richardson", "failure_reasons")
 
 
 def run_meta(engine: str, problem, noise, method, **fields) -> dict:

@@ -1,6 +1,6 @@
 """Adaptive gradient methods (AGMs) exactly as in Li, Wen, Lyu (2025), as composable optax blocks.
 
-One step, with g the stochastic gradient (math §1)::
+One step, with g the stochastic gradient (docs/math.md#discrete-methods)::
 
     m <- beta1 m + (1 - beta1) g
     v <- beta2 v + (1 - beta2) V(g g^T)
@@ -158,6 +158,33 @@ class Method(eqx.Module):
     name: str = eqx.field(static=True)
     blocks: Any = eqx.field(static=True, default=None)
     bias_correction: bool = eqx.field(static=True, default=False)
+
+    def __repr__(self) -> str:
+        """``adam(beta1=0.9, c=10, eps=1e-08, lam=0.5)``: the values, not the array shapes; a sweep's array
+        values print as lists, explicit block ids as their count."""
+
+        def show(x):
+            try:
+                a = np.asarray(x)
+            except Exception:  # a tracer inside jit/vmap: no value to show
+                return f"<traced {getattr(x, 'shape', '')}>"
+            return f"{a.item():g}" if a.ndim == 0 else np.array2string(a, separator=", ", threshold=6)
+
+        names = {"beta1": "momentum"} if self.lam is None else {}
+        parts = [f"{names.get(k, k)}={show(getattr(self, k))}" for k in ("beta1", "c", "beta2", "eps", "lam")
+                 if getattr(self, k) is not None and not (k == "eps" and self.lam is None)]
+        if self.blocks is not None:
+            if self.blocks == "leaf":
+                parts.append("blocks='leaf'")
+            elif self.blocks[0] == "per_leaf":
+                parts.append(f"blocks=<one id per leaf, {len(set(self.blocks[1]))} blocks>")
+            else:
+                parts.append(f"blocks=<{len(self.blocks)} ids, {len(set(self.blocks))} blocks>")
+        if self.bias_correction:
+            parts.append("bias_correction=True")
+        return f"{self.name}({', '.join(parts)})"
+
+    __str__ = __repr__
 
     # ----- the pieces the slow SDE uses -------------------------------------------------------------------
     @property

@@ -221,10 +221,28 @@ class Gaussian(AbstractNoise):
         return None
 
     def check(self, problem) -> None:
+        """The shape (D, D); a covariance function is also evaluated at the problem's initial point and must
+        give a finite, symmetric, positive semi-definite matrix there (later points are checked by
+        :func:`psd_sqrt` where they are evaluated)."""
         D = problem.dim
-        shape = self.cov.shape if self.cov_fn is None else jax.eval_shape(self.cov_fn, jnp.zeros(D)).shape
+        try:
+            shape = self.cov.shape if self.cov_fn is None else jax.eval_shape(self.cov_fn, jnp.zeros(D)).shape
+        except (TypeError, ValueError, IndexError) as e:
+            raise ConfigError("cov", f"the covariance function fails on a point of shape ({D},): {e}") from None
         if shape != (D, D):
             raise ConfigError("cov", f"must be ({D}, {D}) for this problem (D = {D}), got {tuple(shape)}")
+        if self.cov_fn is not None:
+            theta = problem.init(jax.random.PRNGKey(0))
+            c = np.asarray(self.cov_fn(theta), dtype=float)
+            where = "at the problem's initial point"
+            if not np.all(np.isfinite(c)):
+                raise ConfigError("cov", f"the covariance function returned a non-finite matrix {where}")
+            if not np.allclose(c, c.T, rtol=1e-10, atol=1e-12 * max(1.0, np.abs(c).max())):
+                raise ConfigError("cov", f"the covariance function returned a matrix that is not symmetric {where}")
+            lam_min = np.linalg.eigvalsh(c).min()
+            if lam_min < -1e-10 * max(1.0, np.abs(c).max()):
+                raise ConfigError("cov", f"the covariance function returned a matrix that is not positive "
+                                         f"semi-definite {where} (smallest eigenvalue {lam_min:.3g})")
 
 
 Noise = AbstractNoise
@@ -232,14 +250,20 @@ Noise = AbstractNoise
 
 
 def psd_sqrt(S: Float[Array, "D D"]) -> Float[Array, "D D"]:
-    """A with A A^T = S for a symmetric positive semi-definite S (eigendecomposition; tiny negative
-    eigenvalues from rounding are clipped to 0)."""
+    """A with A A^T = S for a symmetric positive semi-definite S (eigendecomposition; negative eigenvalues
+    within rounding (1e-10, or 1e3 ulp, of the largest |eigenvalue|) are clipped to 0). A clearly negative eigenvalue or a
+    non-finite S raises an error where it is evaluated (``eqx.error_if``, also inside jit), not clipped."""
+    S = jnp.asarray(S)
     lam, Q = jnp.linalg.eigh(S)
+    scale = jnp.maximum(jnp.max(jnp.abs(lam), initial=0.0), jnp.finfo(lam.dtype).tiny)
+    tol = max(1e3 * float(jnp.finfo(lam.dtype).eps), 1e-10) * scale  # the constant-cov check of gaussian() is 1e-10
+    bad = (jnp.min(lam, initial=0.0) < -tol) | ~jnp.all(jnp.isfinite(S))
+    lam = eqx.error_if(lam, bad, "cov: the covariance matrix is not finite and positive semi-definite here")
     return Q * jnp.sqrt(jnp.maximum(lam, 0.0))
 
 
 def label_noise(delta: float = 0.5, distribution: str = "rademacher", batch_size: Optional[int] = None) -> LabelNoise:
-    """Label noise: +-delta (Rademacher) or N(0, delta^2) on every label, fresh each step (math §2)."""
+    """Label noise: +-delta (Rademacher) or N(0, delta^2) on every label, fresh each step (docs/math.md#noise)."""
     check_range("delta", delta, low=0.0)
     check_choice("distribution", distribution, ("rademacher", "gaussian"))
     batch_size = None if batch_size is None else check_int("batch_size", batch_size, low=1)
@@ -252,11 +276,20 @@ def minibatch(batch_size: int) -> Minibatch:
     return Minibatch(batch_size=check_int("batch_size", batch_size, low=1))
 
 
+class _CovarianceFunction(eqx.Module):
+    """A user's theta -> (D, D) covariance, its result made an array (a nested list is accepted)."""
+
+    fn: Callable
+
+    def __call__(self, theta):
+        return jnp.asarray(self.fn(theta), theta.dtype)
+
+
 def gaussian(cov: Any) -> Gaussian:
     """Injected Gaussian gradient noise with covariance ``cov``: a symmetric PSD (D, D) matrix, a vector
     (its diagonal), or a function theta -> (D, D)."""
     if callable(cov):
-        return Gaussian(cov=None, cov_fn=cov)
+        return Gaussian(cov=None, cov_fn=_CovarianceFunction(cov))
     c = np.asarray(cov, dtype=float)
     if c.ndim == 1:
         c = np.diag(c)

@@ -10,12 +10,23 @@ Public: :func:`plot_observables`, :func:`plot_cloud`, :func:`plot_weak_error`, :
 from __future__ import annotations
 
 import math
+import os
 import re
+from typing import TYPE_CHECKING, Collection, Optional, Sequence, Union
 
 import numpy as np
+from numpy.typing import ArrayLike
 
-__all__ = ["plot_observables", "plot_cloud", "plot_weak_error", "plot_sweep", "label", "LOSS_NAMES",
-           "BAND_LABEL", "T_LABEL"]
+from .trajectory import Trajectory
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+#: A file path to write a figure to (None: do not write).
+PathLike = Union[None, str, os.PathLike]
+
+__all__ = ["plot_observables", "plot_cloud", "plot_weak_error", "plot_sweep", "plot_slow_flow", "label",
+           "LOSS_NAMES", "BAND_LABEL", "T_LABEL"]
 
 T_LABEL = "SDE time t = kη²"
 BAND_LABEL = "10–90 % of paths"
@@ -24,7 +35,8 @@ NOT_RESOLVED = "order: not resolved (errors within noise)"
 LOSS_NAMES = ("loss", "train_loss", "test_loss", "test_error")
 
 _LABELS = {"trace_sqrt_diag_H": "tr(Diag H^{1/2})", "trace_H": "tr H", "test_loss": "test loss",
-           "train_loss": "train loss", "test_error": "test error", "loss": "loss"}
+           "train_loss": "train loss", "test_error": "test error", "loss": "loss", "w_error": "‖w − w*‖",
+           "trace_diag_H_pow": "tr(Diag H^{1-λ})", "block_sharpness": "Σ_B √(|B| tr H_BB)"}
 _NOISES = {"LabelNoise": "label noise", "Minibatch": "minibatch noise", "Gaussian": "Gaussian noise"}
 
 
@@ -88,7 +100,8 @@ def _use_log(log_y, name) -> bool:
     return bool(log_y) if isinstance(log_y, bool) else name in set(log_y)
 
 
-def plot_observables(trajs: dict, path=None, names=None, log_y=False):
+def plot_observables(trajs: dict, path: PathLike = None, names: Optional[Sequence[str]] = None,
+                     log_y: Union[bool, Collection[str]] = False) -> "Figure":
     """One panel per observable over SDE time t = kη²: the mean over surviving paths and, when paths differ,
     their 10-90% quantile band; one line per run (and per grid point of a sweep), labelled with η.
 
@@ -109,7 +122,7 @@ def plot_observables(trajs: dict, path=None, names=None, log_y=False):
     for run, items in trajs.items():
         for i, tr in enumerate(items):
             hyp = {k: v for k, v in (tr.meta.get("hypers") or {}).items() if k != "eta" and len(items) > 1}
-            lab = run
+            lab = run + (f" ({tr.meta['method']})" if tr.meta.get("method") not in (None, run) else "")
             if tr.meta.get("eta") is not None and not one_eta:
                 lab += f", η = {float(tr.meta['eta']):g}"
             if hyp:
@@ -142,7 +155,8 @@ def plot_observables(trajs: dict, path=None, names=None, log_y=False):
     return _finish(fig, path)
 
 
-def plot_cloud(discrete, continuous, observable, path=None, n_lines=40, log_y=False):
+def plot_cloud(discrete: Trajectory, continuous: Trajectory, observable: str, path: PathLike = None,
+               n_lines: int = 40, log_y: bool = False) -> "Figure":
     """Up to ``n_lines`` discrete paths, their mean, and the slow SDE's mean and 10-90% band (no band for an
     ODE or a single path), on the SDE clock. ``log_y``: logarithmic y axis (default False). Returns the Figure."""
     fig, ax = _figure(figsize=(6.4, 4.0))
@@ -169,12 +183,15 @@ def plot_cloud(discrete, continuous, observable, path=None, n_lines=40, log_y=Fa
     return _finish(fig, path, dpi=120)
 
 
-def plot_weak_error(etas, err, se, order, const, observable, path=None, *, method=None, T=None, resolved=None):
+def plot_weak_error(etas: ArrayLike, err: ArrayLike, se: ArrayLike, order: Optional[float], const: Optional[float],
+                    observable: str, path: PathLike = None, *, method: Optional[str] = None, T: Optional[float] = None,
+                    resolved: Optional[ArrayLike] = None, order_se: Optional[float] = None) -> "Figure":
     """Log-log weak error at time T against η with ±2 s.e. bars, a slope-1 reference line and, when the order
     is resolved, the fitted line through the resolved points only (those whose error exceeds 2 s.e.).
 
     ``order``/``const``: the fit (None when not resolved: the plot then says so). ``resolved``: per-η
-    booleans (default: error > 2 s.e.). ``method``, ``T``: shown in the title. Returns the Figure."""
+    booleans (default: error > 2 s.e.). ``method``, ``T``: shown in the title. ``order_se``: the fit's
+    standard error, shown with the order. Returns the Figure."""
     etas, err, se = np.asarray(etas, float), np.asarray(err, float), np.asarray(se, float)
     resolved = err > 2 * se if resolved is None else np.asarray(resolved, bool)
     fig, ax = _figure(figsize=(5.2, 3.9))
@@ -192,7 +209,8 @@ def plot_weak_error(etas, err, se, order, const, observable, path=None, *, metho
         ax.plot(grid, c1 * grid, ":", color="0.4", label="slope 1 (reference)")
     if order is not None and const is not None and resolved.sum() >= 2:
         g = np.geomspace(etas[resolved].min(), etas[resolved].max(), 50)
-        ax.plot(g, const * g**order, "--", color="C1", label=f"fit: order {order:.2f}")
+        pm = f" ± {order_se:.2f}" if order_se is not None else ""
+        ax.plot(g, const * g**order, "--", color="C1", label=f"fit: order {order:.2f}{pm} (resolved points)")
     else:
         ax.text(0.03, 0.95, NOT_RESOLVED, transform=ax.transAxes, va="top", fontsize=8)
     ax.set_xscale("log")
@@ -209,9 +227,71 @@ def plot_weak_error(etas, err, se, order, const, observable, path=None, *, metho
     return _finish(fig, path)
 
 
-def plot_sweep(result: dict, observable=None, path=None):
+def plot_sweep(result: dict, observable: Optional[str] = None, path: PathLike = None) -> "Figure":
     """The weak-error plot of an :func:`slowsde_jax.eta_sweep` result for one observable (default: the first)."""
     observable = observable or next(iter(result["observables"]))
     r = result["observables"][observable]
     return plot_weak_error(result["etas"], r["weak_error"], r["se"], r["order"], r["constant"], observable, path,
-                           method=result.get("method"), T=result.get("T"), resolved=r.get("resolved"))
+                           method=result.get("method"), T=result.get("T"), resolved=r.get("resolved"),
+                           order_se=r.get("order_se"))
+
+
+def plot_slow_flow(view: dict, summary: dict, path: PathLike = None) -> "Figure":
+    """The showcase figure of ``slowsde run``: every run seen on the minimizer manifold (its iterates mapped
+    to Phi_S(theta); solid: mean over paths, shaded: 10-90 % of paths) against its slow flow started from
+    the same states (dashed), on the one clock t = kη². One panel for the loss and one per sharpness measure
+    that a run's slow flow reduces (titled with the methods it belongs to).
+
+    ``view``: run name -> {"projected": Trajectory, "slow_ode": Trajectory or absent}, as returned by
+    :func:`slowsde_jax.observables.theory_view`; ``summary``: its :func:`~slowsde_jax.observables.theory_summary`
+    (which measure belongs to which run). Returns the Figure."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    first = next(iter(view.values()))["projected"]
+    loss = next((k for k in ("test_loss", "test_error", "loss", "train_loss") if k in first.observables), None)
+    measures = []
+    for r in summary.values():
+        if (r["measure"], r["label"]) not in measures:
+            measures.append((r["measure"], r["label"]))
+    panels = ([(loss, label(loss) + " at Φ_S(θ)", True)] if loss else []) + [
+        (m, f"{lab} at Φ_S(θ): reduced by " + ", ".join(n for n, r in summary.items() if r["measure"] == m), False)
+        for m, lab in measures]
+    fig, axes = _figure(1, len(panels), figsize=(4.8 * len(panels), 3.9))
+    handles = []
+    for i, (name, entry) in enumerate(view.items()):
+        color = f"C{i % 10}"
+        proj, ode = entry["projected"], entry.get("slow_ode")
+        eta = proj.meta.get("eta")
+        method = proj.meta.get("method")
+        tag = name + (f" ({method})" if method and method != name else "")
+        handles.append(Line2D([], [], color=color, label=f"{tag}, η = {float(eta):g}: discrete at Φ_S(θ)"))
+        if ode is not None:
+            handles.append(Line2D([], [], color=color, ls="--", lw=2, label=f"{tag}: slow ODE from the same states"))
+        for ax, (obs, _, _) in zip(axes.flat, panels):
+            if obs not in proj.observables:
+                continue
+            y = proj.observables[obs][~proj.diverged]
+            ax.plot(proj.t, y.mean(0), color=color, lw=1.5)
+            _band(ax, proj.t, y, color, alpha=0.15)
+            if ode is not None and obs in ode.observables:
+                z = ode.observables[obs][~ode.diverged]
+                if z.shape[0]:
+                    ax.plot(ode.t, z.mean(0), "--", color=color, lw=2)
+    for ax, (obs, title, log) in zip(axes.flat, panels):
+        if log:
+            ax.set_yscale("log")
+            # at most 12 decades: a flow that reaches zero to rounding would squash the rest
+            lo, hi = ax.get_ylim()
+            if lo < 1e-12 * hi:
+                ax.set_ylim(bottom=1e-12 * hi)
+                title += " (cut at 10⁻¹² × top)"
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(T_LABEL)
+        ax.grid(alpha=0.3)
+    handles.append(Patch(color="0.5", alpha=0.3, label=f"shaded: {BAND_LABEL} (discrete)"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(3, len(handles)), fontsize=8)
+    every = [e["projected"] for e in view.values()]
+    head = _title(every)
+    fig.suptitle((head + ": " if head else "") + "each method on the manifold against its slow flow", fontsize=11)
+    return _finish(fig, path)

@@ -35,7 +35,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree, Scalar
 
 from . import _precision
 from ._pattern import forbid_subclassing_final
-from .inputs import as_key
+from .inputs import as_float_params, as_key
 from .validation import ConfigError, check_choice, check_int, check_range
 
 __all__ = ["AbstractProblem", "AbstractLeastSquares", "AbstractRegression", "Hyperbola", "DiagonalNet",
@@ -166,7 +166,7 @@ LeastSquares = AbstractRegression
 # ----- the toy hyperbola -----------------------------------------------------------------------------------
 @final
 class Hyperbola(AbstractRegression):
-    """theta = (u, v), one sample, L = (u^2 - v^2 - y)^2 / 2; Gamma = {u^2 - v^2 = y} (math §7)."""
+    """theta = (u, v), one sample, L = (u^2 - v^2 - y)^2 / 2; Gamma = {u^2 - v^2 = y} (docs/math.md#validation)."""
 
     y: Float[Array, "1"]
     n_active: Float[Array, ""]
@@ -195,19 +195,20 @@ class Hyperbola(AbstractRegression):
 
 
 def hyperbola(y=1.0, theta0=None, key=None) -> Hyperbola:
-    """The toy of math §7. Starts at ``theta0``, by default (sqrt(y + 1), 1), on Gamma. ``key`` is unused
+    """The toy of docs/math.md#validation. Starts at ``theta0``, by default (sqrt(y + 1), 1), on Gamma. ``key`` is unused
     (the problem has no random data) and accepted for a uniform signature."""
     f = _precision.default_float()
     check_range("y", y, low=-1e300)
     if theta0 is None:
         theta0 = [np.sqrt(y + 1.0), 1.0] if y + 1.0 >= 0 else [0.0, np.sqrt(-y)]
+    check_range("theta0", theta0)  # numbers, finite
     theta0 = jnp.asarray(theta0, f)
     if theta0.shape != (2,):
         raise ConfigError("theta0", f"must have shape (2,) for the hyperbola, got {theta0.shape}")
     return Hyperbola(y=jnp.asarray([y], f), n_active=jnp.asarray(1.0, f), theta0=theta0)
 
 
-# ----- diagonal linear network (sparse regression, math §6 and §8) -------------------------------------------
+# ----- diagonal linear network (sparse regression, docs/math.md#diagonal-net) -------------------------------------------
 @final
 class DiagonalNet(AbstractRegression):
     """theta = x = [u; v] (D = 2d), w = u*u - v*v, f_i = <w, z_i>. Data: ``Z`` (n, d), ``w_star`` (d,),
@@ -274,7 +275,7 @@ def _features(key, shape, kind, dtype):
 
 def diagonal_net(d=100, n=40, k=3, key=0, features="rademacher", n_test=10_000, init_scale=0.1,
                  n_train=None) -> DiagonalNet:
-    """Sparse regression with a diagonal net (math §8). ``key``: a jax PRNG key or an int seed.
+    """Sparse regression with a diagonal net (docs/math.md#the-papers-experiments-in-small). ``key``: a jax PRNG key or an int seed.
 
     w* has ``k`` random support entries uniform in (-1, 1), redrawn while any |w*_j| < 0.01; labels are clean
     (y = <w*, z>); label noise is added by the noise model. ``n`` samples are drawn; ``n_train`` <= n uses the
@@ -473,9 +474,16 @@ def from_loss(loss: Callable[[PyTree], Scalar], params0: PyTree, residuals: Opti
     :class:`FromResiduals` (least squares: enables label noise and minibatch noise); otherwise
     ``per_sample_losses(params) -> (n,)`` when ``loss`` is their mean (enables minibatch noise) gives a
     :class:`FromLoss`, as does a plain loss. ``observables(params) -> dict`` of extra scalars to record.
+
+    **Ravel order.** The engines work on the flat vector theta = ``jax.flatten_util.ravel_pytree(params0)[0]``
+    (length D): the leaves in ``jax.tree_util.tree_leaves`` order (dict keys sorted), each leaf raveled in
+    row-major (C) order. Everything flat follows it: ``theta0`` and ``v0`` arrays, ``Trajectory.theta`` and
+    ``.v``, the (D, D) covariance of ``noise.gaussian(cov)`` and explicit Adam-mini block ids. For
+    ``params0 = {"b": (2,), "w": (2, 3)}``, theta = [b0, b1, w00, w01, w02, w10, w11, w12].
     """
+    params0 = as_float_params(params0)
     flat, unravel = ravel_pytree(params0)
-    flat = flat.astype(_precision.default_float()) if jnp.issubdtype(flat.dtype, jnp.floating) else flat
+    flat = flat.astype(_precision.default_float())
     if residuals is not None:
         if per_sample_losses is not None:
             raise ConfigError("per_sample_losses", "give residuals or per_sample_losses, not both (with residuals "

@@ -2,14 +2,17 @@
 
 A run folder holds ``config.yaml`` (the resolved config), ``summary.json`` (status, environment, per-run
 statistics), ``trajectories.npz`` (every Trajectory, keys prefixed ``<run>/<grid index>/``) and
-``observables.png``. Files are written to a temporary name and renamed, so none is ever half-written.
+``observables.png``. Files are written to a temporary name and renamed, so none is ever half-written; a
+write that fails (a full disk) removes its temporary file and leaves the previous version in place.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,12 +21,37 @@ import numpy as np
 from .trajectory import Trajectory, jsonable, mean_se
 
 
+class RunIOError(OSError):
+    """A file of a run could not be written or read (disk full, permissions, I/O error); the message names
+    the file and the cause. An environment fault, not a mistake in the config."""
+
+    def __str__(self):
+        return str(self.strerror)
+
+
+def describe_os_error(e: OSError, path=None) -> str:
+    """One line for an OSError: the file, the cause, and what to do for a full disk."""
+    where = path or e.filename
+    why = e.strerror or str(e) or type(e).__name__
+    hint = "; free some space and run again (or resume the run folder)" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+    return f"cannot write {where}: {why}{hint}" if where else f"{why}{hint}"
+
+
 def atomic_write(path: Path, write):
-    """Call ``write(tmp_path)`` and rename the result onto ``path``."""
+    """Call ``write(tmp_path)`` and rename the result onto ``path``. If anything fails, the temporary file is
+    removed and ``path`` keeps its previous content; the error is re-raised as a :class:`RunIOError`
+    naming ``path`` (other exceptions pass through unchanged)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(e, OSError) and not isinstance(e, RunIOError):
+            raise RunIOError(e.errno, describe_os_error(e, path)) from e
+        raise
 
 
 def write_json(path, obj):
@@ -32,9 +60,10 @@ def write_json(path, obj):
 
 def write_config(folder: Path, cfg: dict):
     """The resolved config as ``config.yaml`` (what ``--resume`` reads back)."""
-    import yaml
+    from .config import dump_config_text
 
-    atomic_write(Path(folder) / "config.yaml", lambda p: Path(p).write_text(yaml.safe_dump(cfg, sort_keys=False)))
+    text = dump_config_text(cfg)
+    atomic_write(Path(folder) / "config.yaml", lambda p: Path(p).write_text(text))
 
 
 @contextlib.contextmanager
@@ -48,8 +77,22 @@ def status_guard(folder: Path, summary: dict):
         yield
     except BaseException as e:
         summary.update(status="failed", error=f"{type(e).__name__}: {e}", elapsed_s=time.time() - t0)
-        write_json(Path(folder) / "summary.json", summary)
+        try:  # a full disk may refuse this too: then rewrite the status in place
+            write_json(Path(folder) / "summary.json", summary)
+        except OSError:
+            _mark_failed_in_place(Path(folder) / "summary.json")
         raise
+
+
+def _mark_failed_in_place(path: Path):
+    """Last resort on a full disk: rewrite the status field of ``summary.json`` in place (the same number of
+    bytes or fewer, no new blocks needed); silently does nothing if even that fails."""
+    with contextlib.suppress(OSError, ValueError):
+        text = path.read_text()
+        new = text.replace('"status": "running"', '"status": "failed" ', 1)
+        if new != text:
+            with open(path, "r+") as f:
+                f.write(new)
 
 
 def environment() -> dict:
@@ -90,7 +133,7 @@ def summarize(trajs: dict) -> dict:
         out[name] = []
         for tr in items:
             div = tr.diverged
-            out[name].append({"hypers": tr.meta.get("hypers"), "eta": tr.meta.get("eta"), "steps": tr.meta.get("steps"),
+            out[name].append({"method": tr.meta.get("method"), "hypers": tr.meta.get("hypers"), "eta": tr.meta.get("eta"), "steps": tr.meta.get("steps"),
                               "t_end": float(tr.t[-1]), "n_paths": tr.n_paths, "n_diverged": int(div.sum()),
                               "diverged_steps": [] if tr.diverged_step is None else tr.diverged_step[div].tolist(),
                               "diverged_times": tr.diverged_time[div].tolist(),
@@ -129,12 +172,39 @@ def load_run(path):
     return {k: (v if len(v) > 1 else v[0]) for k, v in trajs.items()}, summary
 
 
+def check_out_dir(root) -> Path:
+    """``root`` (``--out``) made if needed and checked writable: ConfigError("--out", ...) if it is a file,
+    cannot be created, or cannot be written to (found by writing and removing a probe file)."""
+    from .validation import ConfigError
+
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise ConfigError("--out", f"'{root}' exists and is not a folder")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".slowsde-probe-", dir=root)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ConfigError("--out", f"cannot write into '{root}': {e.strerror or e}") from None
+    return root
+
+
 def new_folder(root, name) -> Path:
+    """A fresh folder ``<root>/<name>-<timestamp>[-i]``. ``name`` must be a plain file name (checked), so
+    the folder lies directly inside ``root``."""
+    from .validation import check_file_name
+
+    check_file_name("name", name)
+    root = check_out_dir(root)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    folder = Path(root) / f"{name}-{stamp}"
-    i = 1
-    while folder.exists():
-        folder = Path(root) / f"{name}-{stamp}-{i}"
-        i += 1
-    folder.mkdir(parents=True)
-    return folder
+    i = 0
+    while True:
+        folder = root / (f"{name}-{stamp}" if i == 0 else f"{name}-{stamp}-{i}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            i += 1
+        except OSError as e:
+            raise RunIOError(e.errno, describe_os_error(e, folder)) from None

@@ -11,8 +11,10 @@ The problem, noise and method reach the vector fields through diffrax's ``args``
   diffusion dPhi_S S Sigma^{1/2} (tangent noise only, A A^T = Sigma_par) from one evaluation of the geometry,
   and :class:`RetractingSolver` wraps diffrax's Euler and retracts zeta onto Gamma after every step (Newton
   steps along S * normal directions, :func:`retract_onto_gamma`); the retraction's second-order part
-  supplies the Ito correction. Brownian increments come from ``UnsafeBrownianPath`` (forward mode only),
-  one key per path, keyed by the step's times.
+  supplies the Ito correction. Brownian increments come from a
+  :class:`~slowsde_jax.brownian.GridBrownianPath`, one key per path. With ``richardson=True`` the SDE is
+  solved at steps dt and dt/2 on the same Brownian path and the observables are extrapolated per path,
+  2 f(zeta^{dt/2}) - f(zeta^{dt}): weak error O(dt^2) instead of O(dt).
 - Label noise (Sigma = alpha H on Gamma): no diffusion; the ODE d zeta/dt = -(alpha/4) dPhi_S S grad^3 L[S]
   is integrated with an adaptive solver (Tsit5 by default); on diagonal nets with an AGM in (log|x|, log v),
   where the stiffness near u_j v_j = 0 (S ~ 1/eps) disappears; the saved states are retracted onto Gamma.
@@ -36,9 +38,10 @@ import numpy as np
 from jaxtyping import ArrayLike, Float
 
 from . import geometry as geo
+from .brownian import GridBrownianPath
 from .validation import ConfigError, check_int, check_range
 from ._batching import factorized_size, map_paths
-from .inputs import initial_v, parse_inputs, run_meta
+from .inputs import explain_start_failure, initial_v, parse_inputs, run_meta
 from .methods import Method
 from .noise import AbstractNoise
 from .problems import AbstractProblem, observe_batch
@@ -74,7 +77,7 @@ def slow_sde_coefficients(problem, noise, method, zeta, v, c, rank=None, structu
 
 
 def label_noise_vector_field(problem, noise, method, zeta, v, c, alpha):
-    """(d zeta/dt, dv/dt) of the label-noise ODE (math §5), structured for least squares."""
+    """(d zeta/dt, dv/dt) of the label-noise ODE (docs/math.md#label-noise-ode), structured for least squares."""
     S = method.S(v)
     residuals, weights = problem.residual_parts()
     dz = geo.label_noise_drift(problem.loss, zeta, S, alpha, residuals=residuals, weights=weights)
@@ -193,16 +196,17 @@ class RetractingSolver(_AbstractPostStepSolver):
 
 # ----- one segment of records (jitted, vmapped over paths) ----------------------------------------------------------
 @eqx.filter_jit
-def _sde_segment(model, solver, y, keys, t_steps, t_save):
+def _sde_segment(model, solver, y, keys, t_steps, t_save, h, substeps):
     """Projected Euler-Maruyama over the fixed step times ``t_steps`` (n_steps + 1,) for every path; the
-    states at ``t_save`` (step times). Increments depend only on the path's key and the step's times, so a
-    run cut into segments (for checkpoints) draws the same Brownian path as one in a single call."""
+    states at ``t_save`` (step times). The Brownian path of each key lives on the grid of spacing ``h``
+    (:class:`~slowsde_jax.brownian.GridBrownianPath`; a step covers ``substeps`` grid intervals), so a run cut
+    into segments, or run with twice the step, draws the same path as one fine run in a single call."""
 
     K = jax.eval_shape(lambda z: model.noise.covariance_factor(model.problem, z), y[0][0]).shape[1]  # dim of W
 
     def one(y0, key):
         sol = diffrax.diffeqsolve(
-            SlowSDETerm(diffrax.UnsafeBrownianPath(shape=(K,), key=key)), RetractingSolver(solver),
+            SlowSDETerm(GridBrownianPath((K,), key, h, substeps)), RetractingSolver(solver),
             t0=t_steps[0], t1=t_steps[-1], dt0=None, y0=y0, args=model,
             stepsize_controller=diffrax.StepTo(ts=t_steps), saveat=diffrax.SaveAt(ts=t_save),
             adjoint=diffrax.ForwardMode(), max_steps=t_steps.shape[0] - 1, throw=False)
@@ -338,9 +342,10 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
                       solver: Union[None, str, diffrax.AbstractSolver] = None,
                       stepsize_controller: Optional[diffrax.AbstractStepSizeController] = None, rtol: float = 1e-8,
                       atol: float = 1e-10, max_steps: int = 1_000_000, project_max_steps: int = 100_000,
-                      force_sde: bool = False, record_state: bool = True, dtype=None,
+                      force_sde: bool = False, richardson: bool = False, brownian_dt: Optional[float] = None,
+                      record_state: bool = True, dtype=None,
                       paths_per_call: Optional[int] = None, records_per_call: Optional[int] = None,
-                      checkpoint: Union[None, str, Path] = None) -> Trajectory:
+                      checkpoint: Union[None, str, Path] = None, progress: Optional[bool] = None) -> Trajectory:
     """Integrate the slow SDE of ``method`` under ``noise`` on ``problem`` up to SDE time ``T``.
 
     - ``eta``: only needed to turn an explicit beta2 into c = (1 - beta2)/eta^2;
@@ -354,10 +359,20 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
     - ``max_steps``: the ODE solver's step budget per recording interval; ``project_max_steps``: the step
       budget of the gradient flow that projects the start onto Gamma;
     - ``force_sde``: use the SDE integrator even for label noise (a check of the ODE reduction);
+    - ``richardson``: (general SDE) also solve with step 2 dt on the same Brownian path and return, per path,
+      the observables 2 f(zeta^{dt}) - f(zeta^{2 dt}), whose mean has weak error O(dt^2) (Talay-Tubaro
+      extrapolation) instead of O(dt). Costs 1.5 times the plain run. Means and standard errors of these
+      observables estimate E f(zeta_t); their spread across paths is not the law of f(zeta_t). ``theta``
+      and ``v`` hold the step-dt run, and a path counts as failed when either run fails;
+    - ``brownian_dt``: the grid of the Brownian path (default: the step). Runs with the same key and
+      ``brownian_dt`` whose steps are multiples of it follow the same Brownian path, so the difference of
+      their answers (a step-size study) has a small variance; the steps must be multiples of it;
     - ``paths_per_call``: at most this many paths per compiled call (bounds memory); default all;
     - ``records_per_call``: recording intervals per compiled call (default: all in one ``diffeqsolve``, or 1
       with a ``checkpoint``); ``checkpoint``: an .npz path written after every call; if it exists when the
-      run starts, the run continues from it, and gives the same numbers as an uninterrupted run.
+      run starts, the run continues from it, and gives the same numbers as an uninterrupted run;
+    - ``progress``: a bar over SDE time, advanced after every compiled call (True, False, or None: shown in a
+      terminal or notebook; see :mod:`slowsde_jax.progress`).
 
     Returns a Trajectory on the recording grid t_j = j T / n_record (``theta`` holds zeta). A path whose
     solver fails or whose state turns non-finite is frozen at its last good state; ``diverged_time`` says
@@ -368,6 +383,8 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
                           v0=v0, dtype=dtype, v0_modes=("equilibrium",))
     check_range("T", T, low=0.0, low_open=True)
     check_range("dt", dt, low=0.0, low_open=True)
+    check_int("project_max_steps", project_max_steps, 1)
+    check_int("max_steps", max_steps, 1)
     alpha = None if force_sde else noise.label_noise_alpha(problem)
     solver = _solver(solver, "euler" if alpha is None else "tsit5")
     if alpha is not None:
@@ -386,57 +403,99 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
     records_per_call = min(check_int("records_per_call", records_per_call, 1), inputs.n_record)
     model = SlowSDEModel(problem, noise, method, c, alpha, rank)
 
-    # schedule
+    # schedule: one fixed-step grid per level (step dt; with Richardson also 2 dt), records on step times
+    if richardson and alpha is not None:
+        raise ConfigError("richardson", "extrapolates the general SDE's fixed steps; the label-noise ODE is "
+                          "adaptive (use force_sde=True to extrapolate the SDE form)")
     t_grid = np.linspace(0.0, float(T), inputs.n_record + 1)
     n_sub = max(1, int(np.ceil((t_grid[1] - t_grid[0]) / dt - 1e-9)))
-    t_steps = np.linspace(0.0, float(T), inputs.n_record * n_sub + 1)
-    t_steps[::n_sub] = t_grid  # records fall exactly on step times
+    if richardson and n_sub % 2:
+        n_sub += 1  # the coarse level takes two fine steps at a time
+    h = (t_grid[1] - t_grid[0]) / n_sub  # the fine step
+    if brownian_dt is not None:
+        check_range("brownian_dt", brownian_dt, low=0.0, low_open=True)
+    grid = h if brownian_dt is None else float(brownian_dt)
+    per_step = int(round(h / grid))
+    if per_step < 1 or abs(per_step * grid - h) > 1e-9 * h:
+        raise ConfigError("brownian_dt", f"the step {h:.6g} (T / n_record / {n_sub}) must be a multiple of it, "
+                          f"got {brownian_dt}")
+    # (steps per record, Brownian grid intervals per step)
+    levels = [(n_sub, per_step)] + ([(n_sub // 2, 2 * per_step)] if richardson else [])
+    level_steps = []
+    for per_record, _ in levels:
+        t_steps = np.linspace(0.0, float(T), inputs.n_record * per_record + 1)
+        t_steps[::per_record] = t_grid
+        level_steps.append(t_steps)
 
     # loop
     k_init, k_run = jax.random.split(inputs.key)
-    run = _SDERun(t_grid=t_grid)
     if checkpoint is not None and Path(checkpoint).exists():
-        run = _load_checkpoint(checkpoint, t_grid, inputs.n_paths, problem.dim)
+        runs = _load_checkpoint(checkpoint, t_grid, inputs.n_paths, problem.dim, len(levels))
     else:
-        y, status = _initial_state(model, inputs.theta0, inputs.v0_mode, inputs.v0,
-                                   jax.random.split(k_init, inputs.n_paths), project_max_steps)
-        if np.any(np.asarray(status) != geo.PROJECTION_OK):
-            raise geo.ProjectionError("the initial point could not be projected onto Gamma: "
-                                      + geo.projection_failure_message(status, project_max_steps))
-        run.start(y, inputs.n_paths)
+        init_keys = jax.random.split(k_init, inputs.n_paths)
+        y, status = _initial_state(model, inputs.theta0, inputs.v0_mode, inputs.v0, init_keys, project_max_steps)
+        if np.any(np.asarray(status) != geo.PROJECTION_OK):  # say why: non-finite start, NaN loss, S = inf, budget
+            raise explain_start_failure(problem, noise, method, inputs.theta0, inputs.v0_mode, inputs.v0, init_keys,
+                                        status, project_max_steps)
+        runs = [_SDERun(t_grid) for _ in levels]
+        for run in runs:
+            run.start(y, inputs.n_paths)
     path_keys = jax.random.split(k_run, inputs.n_paths)
-    while run.done < inputs.n_record:
-        j0, j1 = run.done, min(run.done + records_per_call, inputs.n_record)
-        ys, ok = [], []
-        for p0 in range(0, inputs.n_paths, paths_per_call):
-            sl = slice(p0, min(p0 + paths_per_call, inputs.n_paths))
-            y = jax.tree_util.tree_map(lambda x: jnp.asarray(x[sl], inputs.dtype), run.y)
-            if alpha is None:
-                seg = _sde_segment(model, solver, y, path_keys[sl], jnp.asarray(t_steps[j0 * n_sub: j1 * n_sub + 1]),
-                                   jnp.asarray(t_grid[j0 + 1: j1 + 1]))
-            else:
-                seg = _ode_segment(model, solver, controller, y, jnp.asarray(t_grid[j0: j1 + 1]),
-                                   max_steps * (j1 - j0))
-            ys.append(jax.tree_util.tree_map(np.asarray, seg[0]))
-            ok.append(np.asarray(seg[1]))
-        run.extend(tuple(np.concatenate([y[i] for y in ys]) for i in range(2)), np.concatenate(ok),
-                   j0, alpha is None)
+    from .progress import progress_bar
+
+    work = inputs.n_paths * len(levels)  # path-time units per unit of SDE time (x2 with Richardson)
+    bar = progress_bar(float(T) * work, f"slow {'SDE' if alpha is None else 'ODE'} ({method.name})",
+                       progress=progress, unit="path·t", initial=float(t_grid[runs[0].done]) * work)
+    while runs[0].done < inputs.n_record:
+        j0, j1 = runs[0].done, min(runs[0].done + records_per_call, inputs.n_record)
+        for run, (per_record, substeps), t_steps in zip(runs, levels, level_steps):
+            ys, ok = [], []
+            for p0 in range(0, inputs.n_paths, paths_per_call):
+                sl = slice(p0, min(p0 + paths_per_call, inputs.n_paths))
+                y = jax.tree_util.tree_map(lambda x: jnp.asarray(x[sl], inputs.dtype), run.y)
+                if alpha is None:
+                    seg = _sde_segment(model, solver, y, path_keys[sl],
+                                       jnp.asarray(t_steps[j0 * per_record: j1 * per_record + 1]),
+                                       jnp.asarray(t_grid[j0 + 1: j1 + 1]), jnp.asarray(grid, inputs.dtype),
+                                       substeps)
+                else:
+                    seg = _ode_segment(model, solver, controller, y, jnp.asarray(t_grid[j0: j1 + 1]),
+                                       max_steps * (j1 - j0))
+                ys.append(jax.tree_util.tree_map(np.asarray, seg[0]))
+                ok.append(np.asarray(seg[1]))
+                bar.update(float(t_grid[j1] - t_grid[j0]) * (sl.stop - sl.start))
+            run.extend(tuple(np.concatenate([y[i] for y in ys]) for i in range(2)), np.concatenate(ok),
+                       j0, alpha is None)
         if checkpoint is not None:
-            _save_checkpoint(checkpoint, run)
+            _save_checkpoint(checkpoint, runs)
+    bar.close()
 
     # package
+    run = runs[0]
     zeta, v = np.stack(run.zeta, axis=1), np.stack(run.v, axis=1)
-    obs = observe_batch(problem, jnp.asarray(zeta.reshape(-1, problem.dim)))
-    observables = {k: np.asarray(x).reshape(inputs.n_paths, -1) for k, x in obs.items()}
+    observables = _observe(problem, zeta)
+    failed_time, reasons = run.failed_time, run.reasons
+    if richardson:
+        coarse = _observe(problem, np.stack(runs[1].zeta, axis=1))
+        observables = {k: 2.0 * x - coarse[k] for k, x in observables.items()}
+        failed_time = np.fmin(failed_time, runs[1].failed_time)
+        reasons = [r or (None if rc is None else f"{rc} (at step 2 dt)") for r, rc in zip(reasons, runs[1].reasons)]
     meta = run_meta("slow_sde" if alpha is None else "label_noise_ode", problem, noise, method,
                     eta=None if eta is None else float(eta), T=float(T), n_paths=inputs.n_paths,
-                    v0=v0 if isinstance(v0, str) else "given", dt=float(dt) if alpha is None else None,
+                    v0=v0 if isinstance(v0, str) else "given", dt=float(h) if alpha is None else None,
                     steps_per_record=n_sub if alpha is None else None, c=float(c),
                     alpha=None if alpha is None else float(alpha), solver=type(solver).__name__,
-                    failure_reasons=run.reasons)
+                    richardson=bool(richardson),
+                    failure_reasons=[f"path {i}: {r}" for i, r in enumerate(reasons) if r])
     return Trajectory(t=t_grid, theta=zeta if record_state else None,
                       v=v if (record_state and method.has_v) else None, observables=observables,
-                      diverged_time=run.failed_time, meta=meta)
+                      diverged_time=failed_time, meta=meta)
+
+
+def _observe(problem, zeta) -> dict:
+    """The problem's observables of states (n_paths, n_times, D), each (n_paths, n_times)."""
+    obs = observe_batch(problem, jnp.asarray(zeta.reshape(-1, problem.dim)))
+    return {k: np.asarray(x).reshape(zeta.shape[:2]) for k, x in obs.items()}
 
 
 class _SDERun:
@@ -484,28 +543,41 @@ class _SDERun:
         self.y = (self.zeta[-1], self.v[-1])
 
 
-def _save_checkpoint(path, run: _SDERun):
-    """The run's records, state and failures as an npz, written atomically."""
+def _save_checkpoint(path, runs):
+    """The runs' records, states and failures (one run per step-size level) as an npz, written atomically."""
     from .runs import atomic_write
 
-    arrays = dict(t_grid=run.t_grid, zeta=np.stack(run.zeta), v=np.stack(run.v), failed_time=run.failed_time,
-                  reasons=np.array(json.dumps(run.reasons)))
+    arrays = {}
+    for i, run in enumerate(runs):
+        p = "" if i == 0 else f"level{i}_"
+        arrays.update({p + "zeta": np.stack(run.zeta), p + "v": np.stack(run.v), p + "failed_time": run.failed_time,
+                       p + "reasons": np.array(json.dumps(run.reasons))})
+    arrays["t_grid"] = runs[0].t_grid
     atomic_write(Path(path), lambda p: np.savez(p, **arrays))
 
 
-def _load_checkpoint(path, t_grid, n_paths, D) -> _SDERun:
+def _load_checkpoint(path, t_grid, n_paths, D, n_levels) -> list:
     try:
         with np.load(path) as f:
             arrays = dict(f)
-        run = _SDERun(t_grid)
-        zeta, v = arrays["zeta"], arrays["v"]
-        if not np.array_equal(arrays["t_grid"], t_grid) or zeta.shape[1:] != (n_paths, D):
-            raise ConfigError("checkpoint", f"{path} belongs to another run (T, n_record, n_paths or the problem differ)")
-        run.zeta, run.v = list(zeta), list(v)
-        run.failed_time, run.reasons = arrays["failed_time"], json.loads(str(arrays["reasons"]))
+        runs = []
+        for i in range(n_levels):
+            p = "" if i == 0 else f"level{i}_"
+            if p + "zeta" not in arrays:
+                raise ConfigError("checkpoint", f"{path} belongs to another run (richardson differs)")
+            run = _SDERun(t_grid)
+            zeta, v = arrays[p + "zeta"], arrays[p + "v"]
+            if not np.array_equal(arrays["t_grid"], t_grid) or zeta.shape[1:] != (n_paths, D):
+                raise ConfigError("checkpoint",
+                                  f"{path} belongs to another run (T, n_record, n_paths or the problem differ)")
+            run.zeta, run.v = list(zeta), list(v)
+            run.failed_time, run.reasons = arrays[p + "failed_time"], json.loads(str(arrays[p + "reasons"]))
+            run.y = (run.zeta[-1], run.v[-1])
+            runs.append(run)
+        if f"level{n_levels}_zeta" in arrays:
+            raise ConfigError("checkpoint", f"{path} belongs to another run (richardson differs)")
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         if isinstance(e, ConfigError):
             raise
         raise ConfigError("checkpoint", f"{path} is not a readable slow-SDE checkpoint ({type(e).__name__}: {e})") from None
-    run.y = (run.zeta[-1], run.v[-1])
-    return run
+    return runs

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
+import os
+from typing import Any, Mapping, Union
 
 import numpy as np
 
@@ -78,6 +79,22 @@ class Trajectory:
         """Standard error of that mean, shape (n_t,) (see :func:`mean_se`)."""
         return mean_se(self.observables[name][~self.diverged], self.deterministic)[1]
 
+    def tail_mean(self, name: str, fraction: float = 0.1) -> tuple[float, float]:
+        """Each surviving path's average of observable ``name`` over the last ``fraction`` of the recorded
+        times (at least one record, t = 0 excluded), then the mean over paths and its standard error (see
+        :func:`mean_se`; NaN with one stochastic path). The number ``slowsde run`` prints per run.
+        Returns ``(mean, se)`` as floats; both NaN when every path diverged."""
+        if not 0.0 < fraction <= 1.0:
+            from .validation import ConfigError
+
+            raise ConfigError("fraction", f"must be in (0, 1], got {fraction}")
+        ok = ~self.diverged
+        if not ok.any():
+            return float("nan"), float("nan")
+        n_tail = max(1, int(round(fraction * (self.t.size - 1))))
+        m, se = mean_se(np.asarray(self.observables[name])[ok, -n_tail:].mean(axis=1), self.deterministic)
+        return float(m), float(se)
+
     # ----- files --------------------------------------------------------------------------------------------
     def to_arrays(self, prefix: str = "") -> dict:
         """Flat dict of arrays for ``np.savez`` (meta as JSON text)."""
@@ -94,7 +111,7 @@ class Trajectory:
         return out
 
     @classmethod
-    def from_arrays(cls, arrays, prefix: str = "") -> "Trajectory":
+    def from_arrays(cls, arrays: Mapping[str, Any], prefix: str = "") -> "Trajectory":
         def get(k):
             return np.asarray(arrays[prefix + k]) if prefix + k in arrays else None
 
@@ -103,16 +120,16 @@ class Trajectory:
                    diverged_step=get("diverged_step"), meta=json.loads(str(get("meta"))),
                    diverged_time=get("diverged_time"))
 
-    def save(self, path):
+    def save(self, path: Union[str, os.PathLike]) -> None:
         np.savez(path, **self.to_arrays())
 
     @classmethod
-    def load(cls, path) -> "Trajectory":
+    def load(cls, path: Union[str, os.PathLike]) -> "Trajectory":
         with np.load(path) as f:
             return cls.from_arrays(dict(f))
 
 
-def jsonable(x):
+def jsonable(x: Any) -> Any:
     """JSON fallback for numpy scalars and arrays (and anything else, as text)."""
     if isinstance(x, np.generic):
         return x.item()

@@ -10,28 +10,93 @@ names the offending field and says why, so that the CLI can print one line and e
 - :func:`suggest`: the " (did you mean 'x'?)" hint for misspelled names.
 - :func:`check_compatible`: a problem, a noise model and a method fit together; each noise and the method
   check themselves (``noise.check(problem)``, ``method.check(problem)``).
+- :func:`check_bool`, :func:`check_file_name`: true/false flags and names that become file names.
+- :func:`within`: re-raise the ConfigErrors of a block with a path prefix (``runs.adam.`` + ``beta1``).
+- :func:`show`: a value as a message prints it (``1.5``, not ``Array(1.5, dtype=float64)``).
 
 ``slowsde_jax.errors`` re-exports the first names for older imports.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
+import os
 from typing import Any, Iterable, Optional
 
 import jax
 import numpy as np
 
 __all__ = ["ConfigError", "suggest", "check_range", "check_int", "check_number", "check_choice",
-           "check_compatible"]
+           "check_compatible", "check_bool", "check_file_name", "within", "show"]
 
 
 class ConfigError(ValueError):
     """An invalid configuration value or API argument. ``field`` names it, ``reason`` says what is wrong."""
 
     def __init__(self, field: str, reason: str):
-        self.field = field
-        self.reason = reason
-        super().__init__(f"{field}: {reason}")
+        self.field = " ".join(str(field).split())
+        self.reason = " ".join(str(reason).split())  # one line, whatever a caller passes
+        super().__init__(f"{self.field}: {self.reason}")
+
+
+def show(x) -> str:
+    """A value the way an error message prints it: numbers with ``%g`` (``1.5``, ``1e-08``), small arrays as
+    lists of those, anything else by ``repr`` (at most 80 characters)."""
+    if isinstance(x, (bool, np.bool_, str)) or x is None:
+        return repr(x)
+    if isinstance(x, (int, np.integer)):
+        return str(int(x))
+    try:
+        a = np.asarray(x)
+    except Exception:  # noqa: BLE001 - anything that is not array-like is shown by repr
+        a = None
+    if a is not None and a.dtype.kind in "iuf" and a.dtype != object:
+        if a.ndim == 0:
+            return str(int(a)) if a.dtype.kind in "iu" else f"{float(a):g}"
+        if a.size <= 8:
+            return "[" + ", ".join(show(v) for v in a.tolist()) + "]" if a.ndim == 1 else \
+                "[" + ", ".join(show(r) for r in a) + "]"
+        return f"an array of shape {a.shape} (min {float(np.nanmin(a)):g}, max {float(np.nanmax(a)):g})"
+    r = repr(x)
+    return r if len(r) <= 80 else r[:77] + "..."
+
+
+@contextlib.contextmanager
+def within(prefix: str):
+    """Re-raise every :class:`ConfigError` of the block with ``prefix`` in front of its field, so a
+    factory's ``beta1`` becomes the config's ``runs.adam.beta1`` (``prefix`` = ``"runs.adam."``)."""
+    try:
+        yield
+    except ConfigError as e:
+        section = prefix.rstrip(".")
+        field = e.field if e.field == section or e.field.startswith(prefix) else prefix + e.field
+        raise ConfigError(field, e.reason) from None
+
+
+def check_bool(field: str, value: Any) -> bool:
+    """``value`` unless it is not a bool (YAML ``true``/``false``; the string ``"no"`` is not one)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ConfigError(field, f"must be true or false, got {show(value)}")
+    return bool(value)
+
+
+def check_file_name(field: str, value: Any) -> str:
+    """``value`` if it can be used as one file name inside a folder: a non-empty string without path
+    separators, not ``.`` or ``..``, without control characters, at most 200 characters."""
+    if not isinstance(value, str):
+        raise ConfigError(field, f"must be a string (it names files), got {show(value)}")
+    seps = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
+    if not value.strip():
+        raise ConfigError(field, "must not be empty (it names files)")
+    if any(c in value for c in seps) or os.path.isabs(value):
+        raise ConfigError(field, f"must be a plain file name, without path separators, got {value!r}")
+    if value in (".", "..") or value.startswith("."):
+        raise ConfigError(field, f"must not start with '.' (it names files), got {value!r}")
+    if any(ord(c) < 32 or c == "\x7f" for c in value):
+        raise ConfigError(field, f"must not contain control characters, got {value!r}")
+    if len(value) > 200:
+        raise ConfigError(field, f"must be at most 200 characters, got {len(value)}")
+    return value
 
 
 def suggest(name: str, choices: Iterable[str]) -> str:
@@ -49,7 +114,7 @@ def _concrete(field, x):
     except (ValueError, TypeError):
         raise ConfigError(field, f"must be a number, got {x!r}") from None
     if a.dtype.kind not in "iuf" or a.dtype == object:
-        raise ConfigError(field, f"must be a number, got {x!r}")
+        raise ConfigError(field, f"must be a number, got {show(x)}")
     return a
 
 
@@ -60,25 +125,25 @@ def check_range(field: str, value: Any, low=None, high=None, low_open: bool = Fa
     if a is None:
         return
     if not np.all(np.isfinite(a)):
-        raise ConfigError(field, f"must be finite, got {value!r}")
+        raise ConfigError(field, f"must be finite, got {show(value)}")
     if low is not None and (np.any(a <= low) if low_open else np.any(a < low)):
-        raise ConfigError(field, f"must be {'>' if low_open else '>='} {low}, got {value!r}")
+        raise ConfigError(field, f"must be {'>' if low_open else '>='} {show(low)}, got {show(value)}")
     if high is not None and (np.any(a >= high) if high_open else np.any(a > high)):
-        raise ConfigError(field, f"must be {'<' if high_open else '<='} {high}, got {value!r}")
+        raise ConfigError(field, f"must be {'<' if high_open else '<='} {show(high)}, got {show(value)}")
 
 
 def check_int(field: str, value: Any, low: Optional[int] = None) -> int:
     """``value`` as an int; ConfigError unless it is an integer (Python or numpy, not a bool) ``>= low``."""
     ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
     if not ok or (low is not None and value < low):
-        raise ConfigError(field, f"must be an integer{'' if low is None else f' >= {low}'}, got {value!r}")
+        raise ConfigError(field, f"must be an integer{'' if low is None else f' >= {low}'}, got {show(value)}")
     return int(value)
 
 
 def check_number(field: str, value: Any, **interval) -> None:
     """ConfigError unless ``value`` is a Python int or float (not a bool) in the interval of :func:`check_range`."""
     if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise ConfigError(field, f"must be a number, got {value!r}")
+        raise ConfigError(field, f"must be a number, got {show(value)}")
     check_range(field, value, **interval)
 
 
@@ -88,7 +153,7 @@ def check_choice(field: str, value: Any, choices: Iterable[str]) -> None:
     if not isinstance(value, str) or value not in choices:
         names = [repr(c) for c in choices]
         listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
-        raise ConfigError(field, f"must be {listed}, got {value!r}")
+        raise ConfigError(field, f"must be {listed}, got {show(value)}")
 
 
 def check_compatible(problem, noise, method) -> None:

@@ -10,7 +10,9 @@ import yaml
 
 from slowsde_jax import cli, config, load_run
 
-SMALL = ["problem.d=6", "problem.n=4", "problem.n_test=50", "steps=400", "n_paths=2", "n_record=4"]
+# the default config's showcase (T, slow_flow, Adam at eta 0.01) swapped for a small, fast discrete run
+SMALL = ["problem.d=6", "problem.n=4", "problem.n_test=50", "T=null", "steps=400", "slow_flow=false", "runs.adam.eta=0.1",
+         "n_paths=2", "n_record=4"]
 
 
 def _run(tmp_path, *args):
@@ -57,13 +59,14 @@ def test_sweep_in_a_config(tmp_path):
 @pytest.mark.parametrize("sets,field", [
     (["runs.adam.eta=-1"], "runs.adam.eta"), (["runs.adam.method=adma"], "runs.adam.method"),
     (["problem.kind=diagnal_net"], "problem.kind"), (["n_paths=0"], "n_paths"), (["runs.adam.lr=0.1"], "runs.adam.lr"),
-    (["runs.adam.beta2=1.5"], "beta2"), (["problem.d=abc"], "d"), (["stpes=3"], "stpes"),
+    (["runs.adam.beta2=1.5"], "runs.adam.beta2"), (["problem.d=abc"], "problem.d"), (["stpes=3"], "stpes"),
 ])
 def test_config_mistakes_exit_2_with_one_line_naming_the_field(tmp_path, capsys, sets, field):
     args = sum((["--set", s] for s in SMALL + sets), [])
     assert _run(tmp_path, *args) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith(f"slowsde: error: {field}:"), err
+    assert list(tmp_path.iterdir()) == []  # rejected before a run folder is made
 
 
 def test_missing_and_invalid_files(tmp_path, capsys):
@@ -79,7 +82,7 @@ def test_console_script_runs_without_traceback(tmp_path):
     r = subprocess.run([sys.executable, "-m", "slowsde_jax.cli", "run", "--set", "runs.sgd.eta=0", "--out", str(tmp_path)],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert r.stderr.strip() == "slowsde: error: runs.sgd.eta: must be > 0.0, got 0"
+    assert r.stderr.strip() == "slowsde: error: runs.sgd.eta: must be > 0, got 0"
 
 
 def test_compare_writes_weak_errors_and_plots(tmp_path, capsys):

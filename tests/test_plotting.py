@@ -4,18 +4,18 @@ import matplotlib
 import numpy as np
 import pytest
 
-import slowsde_jax  # noqa: F401  (importing the package must not touch the backend either)
+import slowsde_jax  # importing the package must not touch the backend either
 from slowsde_jax import comparison, plotting
 from slowsde_jax.trajectory import Trajectory
 
 
-def _traj(n_paths=20, eta=0.1, engine="discrete", spread=0.1, seed=0):
+def _traj(n_paths=20, eta=0.1, engine="discrete", spread=0.1, seed=0, method="adam"):
     rng = np.random.default_rng(seed)
     t = np.linspace(0.0, 1.0, 6)
     base = 1.0 + np.exp(-t)
     noise = spread * rng.standard_normal((n_paths, t.size))
     obs = {"trace_H": base + noise, "test_loss": np.exp(-3 * t) * (1 + 0.1 * np.abs(noise)), "v": base + noise}
-    meta = {"engine": engine, "method": "adam", "eta": eta, "problem": "DiagonalNet", "noise": "LabelNoise",
+    meta = {"engine": engine, "method": method, "eta": eta, "problem": "DiagonalNet", "noise": "LabelNoise",
             "hypers": {"eta": eta}}
     return Trajectory(t=t, theta=None, v=None, observables=obs, diverged_step=-np.ones(n_paths, int), meta=meta)
 
@@ -53,7 +53,8 @@ def test_no_plotting_function_changes_the_matplotlib_backend(tmp_path, monkeypat
 
 
 def test_observable_figure_labels_title_legend_and_band():
-    fig = plotting.plot_observables({"adam": _traj(), "sgd": _traj(eta=0.05, seed=1)}, log_y=["test_loss"])
+    fig = plotting.plot_observables({"adam": _traj(), "sgd": _traj(eta=0.05, seed=1, method="sgd")},
+                                    log_y=["test_loss"])
     texts = _texts(fig)
     assert "tr H" in texts and "test loss" in texts and "trace_H" not in texts
     assert "SDE time t = kη²" in texts
@@ -95,4 +96,79 @@ def test_weak_order_fits_only_resolved_points():
     r = comparison.weak_order(etas, err, [0.001] * 4)
     assert r["order_resolved"] and r["resolved"] == [True, True, True, False]
     assert r["order"] == pytest.approx(1.0) and r["constant"] == pytest.approx(3.0)
-    assert comparison.describe_order(r) == "order 1.00"
+    assert comparison.describe_order(r).startswith("order 1.00 ± ")
+
+
+def test_a_run_switched_to_another_method_says_so():
+    fig = plotting.plot_observables({"adam": _traj(method="adame"), "sgd": _traj(eta=0.05, method="sgd")})
+    texts = _texts(fig)
+    assert "adam (adame), η = 0.1" in texts and "sgd, η = 0.05" in texts
+
+
+def test_weak_error_plot_shows_the_order_and_its_standard_error():
+    etas = np.array([0.04, 0.02, 0.01])
+    err, se = 2.0 * etas, 0.05 * 2.0 * etas  # 5 % relative s.e. on each point
+    r = comparison.weak_order(etas, err, se)
+    # slope s.e. of a 3-point fit in log-log with s.e.(log err) = 0.05: 0.05 / sqrt(sum (x - mean x)^2)
+    x = np.log(etas) - np.log(etas).mean()
+    assert r["order"] == pytest.approx(1.0) and r["order_se"] == pytest.approx(0.05 / np.sqrt(np.sum(x**2)))
+    assert comparison.describe_order(r) == f"order 1.00 ± {r['order_se']:.2f}"
+    fig = plotting.plot_sweep({"etas": etas.tolist(), "method": "adam", "T": 0.5,
+                               "observables": {"v": {"weak_error": err.tolist(), "se": se.tolist(), **r}}})
+    assert f"fit: order 1.00 ± {r['order_se']:.2f} (resolved points)" in _texts(fig)
+    assert comparison.weak_order(etas, err, 10 * err)["order_se"] is None
+
+
+def _flow_view():
+    """A synthetic theory_view: adam reduces tr(Diag H^{1/2}), sgd tr H; ODEs are deterministic per path."""
+    from slowsde_jax import observables
+
+    t = np.linspace(0.0, 1.0, 6)
+    out = {}
+    for name, eta in (("adam", 0.01), ("sgd", 0.02)):
+        obs = {"test_loss": np.exp(-5 * t) * np.ones((3, 1)), "trace_H": 10 - t * np.arange(1, 4)[:, None],
+               "trace_sqrt_diag_H": 20 - 2 * t * np.arange(1, 4)[:, None]}
+        meta = {"engine": "discrete", "method": name, "eta": eta, "problem": "DiagonalNet", "noise": "LabelNoise",
+                "projected": True}
+        proj = Trajectory(t=t, theta=None, v=None, observables=obs, diverged_time=np.full(3, np.nan), meta=meta)
+        ode = Trajectory(t=t, theta=None, v=None, observables={k: x * 0.5 for k, x in obs.items()},
+                         diverged_time=np.full(3, np.nan), meta={**meta, "engine": "label_noise_ode"})
+        out[name] = {"projected": proj, "slow_ode": ode}
+    methods = {"adam": slowsde_jax.adam(), "sgd": slowsde_jax.sgd()}
+    return out, observables.theory_summary(out, methods)
+
+
+def test_slow_flow_figure_and_table_tell_which_measure_belongs_to_whom(tmp_path):
+    from slowsde_jax import observables
+
+    view, summary = _flow_view()
+    assert summary["adam"]["measure"] == "trace_sqrt_diag_H" and summary["sgd"]["measure"] == "trace_H"
+    assert summary["adam"]["end"][0] == pytest.approx(np.mean(20 - 2 * np.arange(1, 4)))
+    fig = plotting.plot_slow_flow(view, summary, tmp_path / "flow.png")
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["test loss at Φ_S(θ)", "tr(Diag H^{1/2}) at Φ_S(θ): reduced by adam",
+                      "tr H at Φ_S(θ): reduced by sgd"]
+    assert [ax.get_yscale() for ax in fig.axes] == ["log", "linear", "linear"]
+    assert all(ax.get_xlabel() == "SDE time t = kη²" for ax in fig.axes)
+    texts = _texts(fig)
+    assert "adam, η = 0.01: discrete at Φ_S(θ)" in texts and "sgd: slow ODE from the same states" in texts
+    assert "diagonal net" in fig.get_suptitle()
+    assert (tmp_path / "flow.png").read_bytes()[:4] == b"\x89PNG"
+    table = observables.theory_table(summary)
+    assert "tr(Diag H^{1/2})" in table and "note: adam at η = 0.01 ends 100% above its slow ODE" in table
+    view["adam"]["slow_ode"] = view["adam"]["projected"]  # within 3 s.e. of the ODE: no note
+    assert "note: adam" not in observables.theory_table(observables.theory_summary(
+        view, {"adam": slowsde_jax.adam(), "sgd": slowsde_jax.sgd()}))
+
+
+def test_cli_table_names_a_switched_method_and_prints_no_nan_for_one_path():
+    from slowsde_jax import cli
+
+    obs = {"test_loss": {"tail_mean": 0.5, "tail_se": float("nan")}}
+    entry = {"method": "adame", "hypers": {"eta": 0.1}, "eta": 0.1, "steps": 10, "t_end": 0.1, "n_paths": 1,
+             "n_diverged": 0, "observables": obs}
+    table = cli._table({"adam": [entry], "sgd": [{**entry, "method": "sgd", "observables": {
+        "test_loss": {"tail_mean": 0.25, "tail_se": 0.01}}}]})
+    rows = table.splitlines()
+    assert rows[2].startswith("adam (adame) ") and rows[3].startswith("sgd ") and "(sgd)" not in rows[3]
+    assert "nan" not in table and "0.5 " in rows[2] + " " and "0.25±0.01" in rows[3]

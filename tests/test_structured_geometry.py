@@ -177,3 +177,21 @@ def test_covariance_factor_reproduces_covariance(nz, n_train):
     C = nz.covariance(prob, NOISE_THETA)
     assert Gf.ndim == 2 and Gf.shape[0] == prob.dim
     np.testing.assert_allclose(Gf @ Gf.T, C, rtol=1e-12, atol=1e-14 * float(jnp.max(jnp.abs(C))))
+
+
+@pytest.mark.parametrize("name", ["diagonal_net_masked", "hyperbola"])
+def test_quadratic_residuals_take_the_closed_form_jacobian_and_third_derivative(name):
+    """For r = B (x * x) - y, J = 2 B Diag(x) and Hess r_n = 2 Diag(B_n) replace autodiff; the same numbers
+    as autodiff through a plain function (which hides the structure)."""
+    if name == "hyperbola":
+        prob = problems.hyperbola(y=1.0)
+    else:
+        prob = problems.diagonal_net(d=6, n=5, k=2, key=1, n_test=10).with_n_train(3)
+    residuals, w = prob.residual_parts()
+    plain = lambda t: residuals(t)  # noqa: E731  (no quadratic_residuals behind it)
+    assert G.quadratic_structure(residuals) is not None and G.quadratic_structure(plain) is None
+    x = jax.random.normal(jax.random.key(2), (prob.dim,))
+    np.testing.assert_allclose(G.ls_jacobian(residuals, x), G.ls_jacobian(plain, x), rtol=1e-14, atol=1e-14)
+    MJt = jax.random.normal(jax.random.key(3), (prob.dim, w.shape[0]))
+    np.testing.assert_allclose(G.ls_third_derivative_tangent(residuals, w, x, MJt),
+                               G.ls_third_derivative_tangent(plain, w, x, MJt), rtol=1e-13, atol=1e-13)

@@ -1,0 +1,102 @@
+"""W3 for the general slow SDE (Gaussian noise): the wall time of the discrete run at eta = 1e-3 over the wall
+time of the slow SDE run that is as accurate, with the same number of paths, both in this process.
+
+    python benchmarks/bench_w3_sde.py [--paths 20000] [--timing-paths 2000] [--T 0.2] [--eta 1e-3]
+
+Case: the hyperbola u v = 1 under Gaussian noise diag(0.49, 0.09), Adam c = 10, eps = 0, observable E v(T).
+
+1. Reference: the slow SDE with Richardson extrapolation at dt_ref = T/256 (``--paths`` paths).
+2. Discrete weak error: projected discrete Adam at eta = 0.04, 0.02, 0.01 (``--paths`` paths) against the
+   reference; a fit e(eta) = C1 eta through the origin (weighted by the standard errors) gives the weak error
+   at ``--eta``, e* = |C1| eta: the accuracy to match.
+3. Slow-SDE bias: Richardson runs at dt = T/4 ... T/64 on the reference's Brownian grid (``brownian_dt``,
+   ``--bias-paths`` paths), paired with the reference. Their bias is at most |b| + 2 s.e.: the weak error
+   of the discrete run at eta_match = that bound / |C1|. Plain Euler-Maruyama is shown for comparison.
+4. Timing (``--timing-paths`` paths, compile excluded): the slow SDE at each dt with Richardson (on its own
+   Brownian grid), and the discrete run at eta_match, from the discrete time per step (measured at
+   eta = 0.01) times T / eta_match^2 steps. W3(dt) = their ratio. The line says when the bound is below
+   e*, the weak error at ``--eta``: W3 at that accuracy, certified by the bound.
+"""
+import argparse
+import time
+
+import jax
+import numpy as np
+
+import slowsde_jax as sj
+from slowsde_jax import comparison, discrete, noise, problems, sde
+
+
+def timed(fn):
+    fn()  # compile
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--paths", type=int, default=20000)
+    ap.add_argument("--bias-paths", type=int, default=4000)
+    ap.add_argument("--timing-paths", type=int, default=2000)
+    ap.add_argument("--T", type=float, default=0.2)
+    ap.add_argument("--eta", type=float, default=1e-3)
+    ap.add_argument("--etas", type=float, nargs="+", default=[0.04, 0.02, 0.01])
+    a = ap.parse_args()
+    print(f"backend={jax.default_backend()} device={jax.devices()[0]}", flush=True)
+    prob, nz, m, T = problems.hyperbola(y=1.0), noise.gaussian([0.49, 0.09]), sj.adam(c=10.0, eps=0.0), a.T
+    v_end = lambda tr: tr.observables["v"][:, -1]  # noqa: E731
+    dt_ref = T / 256
+
+    # 1. reference
+    ref = sde.simulate_slow_sde(prob, nz, m, T=T, n_paths=a.paths, n_record=1, dt=dt_ref, richardson=True,
+                                brownian_dt=dt_ref, key=1)
+    r = v_end(ref)
+    print(f"reference: E v(T) = {r.mean():.5f} +- {r.std() / np.sqrt(a.paths):.1e} (Richardson, dt = T/256)")
+
+    # 2. the discrete weak error and its slope
+    etas, errs, ses = [], [], []
+    for eta in a.etas:
+        tr = discrete.simulate_discrete(prob, nz, m, eta=eta, T=T, n_paths=a.paths, n_record=1, v0="equilibrium",
+                                        key=2, progress=False)
+        d = v_end(comparison.project_trajectory(tr, prob, m))
+        e, se = d.mean() - r.mean(), np.sqrt(d.var() / a.paths + r.var() / a.paths)
+        etas.append(eta), errs.append(e), ses.append(se)
+        print(f"  discrete eta = {eta:g}: weak error {e:+.2e} +- {se:.1e}", flush=True)
+    etas, errs, ses = map(np.asarray, (etas, errs, ses))
+    wts = 1 / ses**2
+    C1 = np.sum(wts * errs * etas) / np.sum(wts * etas**2)
+    C1_se = 1 / np.sqrt(np.sum(wts * etas**2))
+    target = abs(C1) * a.eta
+    print(f"  fit e = C1 eta: C1 = {C1:.3f} +- {C1_se:.3f}; weak error to match at eta = {a.eta:g}: {target:.2e}")
+
+    # 3. the slow SDE's own bias at coarse dt (paired with the reference: same Brownian grid, same key)
+    ref_small = sde.simulate_slow_sde(prob, nz, m, T=T, n_paths=a.bias_paths, n_record=1, dt=dt_ref,
+                                      richardson=True, brownian_dt=dt_ref, key=1)
+    rs = v_end(ref_small)
+    P = a.timing_paths
+    t_step, _ = timed(lambda: discrete.simulate_discrete(prob, nz, m, eta=0.01, T=T, n_paths=P, n_record=1,
+                                                         v0="equilibrium", key=4, progress=False))
+    t_step /= round(T / 0.01**2)
+    print(f"timing, {P} paths: discrete {1e3 * t_step:.3f} ms per step (eta = 0.01 run)")
+    for k in (4, 8, 16, 32, 64):
+        dt, line = T / k, f"  dt = T/{k}:"
+        for rich in (False, True):
+            tr = sde.simulate_slow_sde(prob, nz, m, T=T, n_paths=a.bias_paths, n_record=1, dt=dt, richardson=rich,
+                                       brownian_dt=dt_ref, key=1)
+            d = v_end(tr) - rs
+            b, se = d.mean(), d.std() / np.sqrt(a.bias_paths)
+            line += f" {'Richardson' if rich else 'Euler'} bias {b:+.1e} +- {se:.0e};"
+        bound = abs(b) + 2 * se  # the Richardson run's bias, at most
+        eta_match = bound / abs(C1)  # the discrete run is as accurate only for eta <= eta_match
+        t_sde, _ = timed(lambda: sde.simulate_slow_sde(prob, nz, m, T=T, n_paths=P, n_record=1, dt=dt,
+                                                       richardson=True, key=3))
+        t_dis = t_step * T / eta_match**2
+        line += (f" |bias| <= {bound:.1e} = weak error of eta {eta_match:.2g}; SDE {1e3 * t_sde:.0f} ms, discrete "
+                 f"{t_dis:.3g} s ({T / eta_match**2:.3g} steps): W3 = {t_dis / t_sde:.0f}x"
+                 + (f" (accuracy of eta = {a.eta:g} reached)" if bound <= target else ""))
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()

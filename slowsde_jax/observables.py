@@ -1,0 +1,240 @@
+"""The quantities the theory speaks about: each method's own sharpness, evaluated where the theory evaluates it.
+
+The slow SDE lives on the minimizer manifold Gamma, so its statements concern zeta = Phi_S(theta), not the
+raw iterate theta, which the gradient noise keeps jittering off Gamma (there the Hessian diagonal carries a
+residual term, see :meth:`slowsde_jax.problems.DiagonalNet.hessian_diag`). Under label noise the slow flow
+decreases one sharpness measure per method (``docs/math.md``, "Sharpness each method reduces"):
+
+=============== ===================================== ===========================
+method          measure                               observable name
+=============== ===================================== ===========================
+sgd             tr H                                  ``trace_H``
+adam, rmsprop   tr(Diag H^{1/2})                      ``trace_sqrt_diag_H``
+adame(lam)      tr(Diag H^{1-lam})                    ``trace_diag_H_pow``
+adam_mini,      sum_B sqrt(|B| tr H_BB)               ``block_sharpness``
+adalayer
+=============== ===================================== ===========================
+
+Public: :func:`own_sharpness`, :func:`sharpness_values` (a batch of parameters, any leading shape),
+:func:`at_projection` (a Trajectory seen on Gamma, with every method's measure), :func:`slow_ode_from_records`
+(the label-noise ODE started from a discrete run's recorded states, on the same clock).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from numpy.typing import ArrayLike
+
+from . import geometry as geo
+from .methods import Method
+from .noise import AbstractNoise
+from .problems import AbstractProblem
+from .trajectory import Trajectory
+from .validation import ConfigError
+
+__all__ = ["own_sharpness", "sharpness_values", "at_projection", "slow_ode_from_records", "theory_view",
+           "theory_summary", "theory_table", "MEASURE_LABELS"]
+
+#: Readable names of the sharpness observables (also used by :func:`slowsde_jax.plotting.label`).
+MEASURE_LABELS = {"trace_H": "tr H", "trace_sqrt_diag_H": "tr(Diag H^{1/2})",
+                  "trace_diag_H_pow": "tr(Diag H^{1-λ})", "block_sharpness": "Σ_B √(|B| tr H_BB)"}
+
+
+def own_sharpness(method: Method) -> tuple[str, str]:
+    """The sharpness measure ``method``'s slow flow reduces under label noise: (observable name, label).
+
+    ``adame`` with lam = 1/2 is Adam and gets Adam's name; any other lam gets ``trace_diag_H_pow``
+    with the label showing its lam, e.g. ``("trace_diag_H_pow", "tr(Diag H^{0.75})")`` for lam = 0.25."""
+    if not method.has_v:
+        return "trace_H", MEASURE_LABELS["trace_H"]
+    if method.blocks is not None:
+        return "block_sharpness", MEASURE_LABELS["block_sharpness"]
+    lam = float(np.asarray(method.lam))
+    if lam == 0.5:
+        return "trace_sqrt_diag_H", MEASURE_LABELS["trace_sqrt_diag_H"]
+    return "trace_diag_H_pow", f"tr(Diag H^{{{1.0 - lam:g}}})"
+
+
+def sharpness_values(problem: AbstractProblem, theta: ArrayLike, method: Optional[Method] = None) -> dict[str, np.ndarray]:
+    """tr H and tr(Diag H^{1/2}) at every point of ``theta`` (shape (..., D)), plus ``method``'s own measure
+    when it is another one (tr(Diag H^{1-lam}) for AdamE-lam, the block sharpness for Adam-mini/Adalayer).
+
+    Uses ``problem.hessian_diag`` (exact for the built-in problems). Returns name -> array of shape (...)."""
+    theta = jnp.asarray(theta)
+    if theta.ndim < 1 or theta.shape[-1] != problem.dim:
+        raise ConfigError("theta", f"must have shape (..., {problem.dim}), got {tuple(theta.shape)}")
+    flat = theta.reshape(-1, problem.dim)
+    hdiag = jax.vmap(problem.hessian_diag)(flat)  # (N, D)
+    out = {"trace_H": geo.sharpness(hdiag, "trace", diagonal=True),
+           "trace_sqrt_diag_H": geo.sharpness(hdiag, "trace_sqrt_diag", diagonal=True)}
+    if method is not None:
+        name, _ = own_sharpness(method)
+        if name == "trace_diag_H_pow":
+            out[name] = geo.sharpness(hdiag, "trace_diag_pow", lam=method.lam, diagonal=True)
+        elif name == "block_sharpness":
+            ids, _ = method.block_ids(jnp.zeros(problem.dim))
+            out[name] = geo.sharpness(hdiag, "block", blocks=ids, diagonal=True)
+    return {k: np.asarray(x).reshape(theta.shape[:-1]) for k, x in out.items()}
+
+
+def at_projection(traj: Trajectory, problem: AbstractProblem, method: Method, **project_kw: Any) -> Trajectory:
+    """``traj`` seen on Gamma: every recorded theta_k replaced by Phi_{S(v_k)}(theta_k)
+    (:func:`slowsde_jax.comparison.project_trajectory`), its observables recomputed there, and the sharpness
+    measures of :func:`sharpness_values` (with ``method``'s own) added. Needs ``record_state=True``.
+    ``meta["projected"]`` is True. ``project_kw``: ``tol``, ``max_steps``, ``rank`` of the projection."""
+    from .comparison import project_trajectory
+
+    proj = project_trajectory(traj, problem, method, **project_kw)
+    return _with_sharpness(proj, problem, method)
+
+
+def _with_sharpness(traj: Trajectory, problem, method) -> Trajectory:
+    obs = dict(traj.observables)
+    obs.update(sharpness_values(problem, traj.theta, method))
+    return dataclasses.replace(traj, observables=obs)
+
+
+def slow_ode_from_records(traj: Trajectory, problem: AbstractProblem, noise: AbstractNoise, method: Method,
+                          start: int = 0, **sde_kw: Any) -> Trajectory:
+    """The slow flow started from each path of a discrete run: path i starts at (theta_i, v_i) recorded at
+    ``traj.t[start]`` (projected onto Gamma by the engine) and is integrated up to ``traj.t[-1]``, recorded
+    on the discrete run's times from ``start`` on. Returns one Trajectory with ``traj``'s paths (diverged
+    discrete paths are skipped and marked diverged at their start), its times shifted to the discrete clock,
+    and the sharpness measures of :func:`sharpness_values` added.
+
+    Under label noise this is the deterministic ODE, so the paths differ only by their starting points.
+    ``sde_kw`` goes to :func:`slowsde_jax.simulate_slow_sde` (``rtol``, ``atol``, ``progress``, ...)."""
+    from .sde import simulate_slow_sde
+
+    if traj.theta is None:
+        raise ConfigError("record_state", "starting the slow flow from a run needs its recorded states (record_state=True)")
+    n_t = traj.t.size
+    if not 0 <= start < n_t - 1:
+        raise ConfigError("start", f"must be a record index in [0, {n_t - 2}], got {start}")
+    t0, t1 = float(traj.t[start]), float(traj.t[-1])
+    pieces, failed = [], []
+    for i in range(traj.n_paths):
+        if traj.diverged[i]:
+            failed.append(i)
+            continue
+        v0 = "equilibrium" if traj.v is None else traj.v[i, start]
+        pieces.append((i, simulate_slow_sde(problem, noise, method, T=t1 - t0, theta0=traj.theta[i, start], v0=v0,
+                                            n_record=n_t - 1 - start, eta=traj.meta.get("eta"), key=i, **sde_kw)))
+    if not pieces:
+        raise ConfigError("paths", "every path of the discrete run diverged: there is no start for the slow flow")
+    first = pieces[0][1]
+    P, shape = traj.n_paths, first.t.shape
+    obs = {k: np.full((P,) + shape, np.nan) for k in first.observables}
+    theta = np.full((P,) + shape + (problem.dim,), np.nan)
+    v = None if first.v is None else np.full_like(theta, np.nan)
+    div = np.full(P, np.nan)
+    reasons = []
+    for i, tr in pieces:
+        for k in obs:
+            obs[k][i] = tr.observables[k][0]
+        theta[i] = tr.theta[0]
+        if v is not None:
+            v[i] = tr.v[0]
+        div[i] = tr.diverged_time[0] + t0 if tr.diverged[0] else np.nan
+        reasons += [f"path {i}: {r.split(': ', 1)[-1]}" for r in (tr.meta.get("failure_reasons") or []) if r]
+    div[failed] = t0
+    meta = {**first.meta, "n_paths": P, "t_start": t0, "failure_reasons": reasons, "eta": traj.meta.get("eta"),
+            "started_from": "discrete records"}
+    out = Trajectory(t=first.t + t0, theta=theta, v=v, observables=obs, diverged_time=div, meta=meta)
+    return _with_sharpness(out, problem, method)
+
+
+def theory_view(trajs: dict, methods: dict, problem: AbstractProblem, noise: AbstractNoise, *, slow_ode: bool = True,
+                progress: Optional[bool] = None) -> dict:
+    """For every run: its trajectory on Gamma (:func:`at_projection`) and, when ``slow_ode``, the slow flow
+    started from its recorded states (:func:`slow_ode_from_records`: from t = 0, or from the first record
+    when the run starts at v = 0, where the slow flow is not defined).
+
+    ``trajs``: run name -> Trajectory (or a one-element list); ``methods``: run name -> Method. Sweeps
+    (several trajectories per run) are skipped. Returns run name -> {"projected": ..., "slow_ode": ...}."""
+    out = {}
+    for name, items in trajs.items():
+        items = items if isinstance(items, list) else [items]
+        if len(items) != 1 or items[0].theta is None:
+            continue
+        tr, method = items[0], methods[name]
+        entry = {"projected": at_projection(tr, problem, method)}
+        if slow_ode:
+            start = 0 if tr.v is None or np.all(tr.v[:, 0] > 0) else 1
+            entry["slow_ode"] = slow_ode_from_records(tr, problem, noise, method, start=start, progress=progress)
+        out[name] = entry
+    return out
+
+
+def _value(traj, name, j):
+    ok = ~traj.diverged
+    x = traj.observables[name][ok, j]
+    if x.size == 0:
+        return float("nan"), float("nan")
+    from .trajectory import mean_se
+
+    m, se = mean_se(x, traj.deterministic)
+    return float(m), float(se)
+
+
+def theory_summary(view: dict, methods: dict) -> dict:
+    """JSON-ready numbers of :func:`theory_view`: per run, its own sharpness measure (name, label) at
+    Phi_S(theta) at the first and last record (mean and s.e. over paths), the slow flow's value at the end,
+    and the test loss (or the training loss) at the end, discrete (raw iterates) and slow flow."""
+    out = {}
+    for name, entry in view.items():
+        proj, ode = entry["projected"], entry.get("slow_ode")
+        measure, lab = own_sharpness(methods[name])
+        loss = next((k for k in ("test_loss", "test_error", "loss", "train_loss") if k in proj.observables), None)
+        row = {"method": methods[name].name, "eta": proj.meta.get("eta"), "measure": measure, "label": lab,
+               "t_start": float(proj.t[0]),
+               "t_end": float(proj.t[-1]), "start": _value(proj, measure, 0), "end": _value(proj, measure, -1)}
+        if loss is not None:
+            row.update(loss=loss, loss_end=_value(proj, loss, -1))
+        if ode is not None:
+            row["ode_start_t"] = float(ode.t[0])
+            row["ode_end"] = _value(ode, measure, -1)
+            if loss is not None:
+                row["ode_loss_end"] = _value(ode, loss, -1)
+            row["ode_failed"] = int(ode.diverged.sum())
+        out[name] = row
+    return out
+
+
+def _pm(x) -> str:
+    m, se = x
+    if not np.isfinite(m):
+        return "-"
+    return f"{m:.4g}" if not np.isfinite(se) or se == 0 else f"{m:.4g}±{se:.2g}"
+
+
+def theory_table(summary: dict) -> str:
+    """The story in a few lines: each run's own sharpness at Phi_S(theta), start -> end, against the slow
+    flow's prediction, and the loss at the end (from :func:`theory_summary`)."""
+    head = ["run", "own sharpness", "at Φ_S(θ), t = 0", "at Φ_S(θ), t_end", "slow ODE, t_end", "loss at Φ_S, t_end",
+            "slow ODE loss"]
+    rows = []
+    for name, r in summary.items():
+        rows.append([f"{name} ({r['method']})" if r["method"] != name else name, r["label"], _pm(r["start"]),
+                     _pm(r["end"]), _pm(r["ode_end"]) if "ode_end" in r else "-",
+                     _pm(r["loss_end"]) if "loss_end" in r else "-",
+                     _pm(r["ode_loss_end"]) if "ode_loss_end" in r else "-"])
+    widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
+    fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths))
+    lines = [fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
+    lines.append("(each method's own sharpness, the one its slow flow reduces, evaluated at the projection "
+                 "Φ_S(θ) onto the minimizer manifold, where the theory speaks; mean over paths ± s.e.)")
+    for name, r in summary.items():
+        if "ode_end" not in r:
+            continue
+        (m, se), (o, _) = r["end"], r["ode_end"]
+        if np.isfinite(m) and np.isfinite(o) and abs(m - o) > max(3 * (se if np.isfinite(se) else 0), 0.01 * abs(o)):
+            lines.append(f"note: {name} at η = {r['eta']:g} ends {abs(m - o) / abs(o):.0%} "
+                         f"{'above' if m > o else 'below'} its slow ODE ({r['label']}). The slow flow is the η → 0 "
+                         "limit of the discrete method; the gap is the discretization's, and shrinks as η does "
+                         "(see docs/howto/showcase.md).")
+    return "\n".join(lines)
