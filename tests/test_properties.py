@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 import slowsde_jax as S
 from slowsde_jax import config
 
-BASE = ["problem.d=3", "problem.n=4", "problem.k=1", "problem.n_test=5", "steps=10", "n_paths=1", "n_record=1",
-        "runs.adam.beta2=null", "runs.adam.eta=0.1"]  # adam with c = 10 (default), eta = 0.1
+BASE = ["problem.d=3", "problem.n=4", "problem.k=1", "problem.n_test=5", "T=null", "steps=10", "n_paths=1",
+        "n_record=1", "slow_flow=false", "runs.adam.beta2=null", "runs.adam.c=10", "runs.adam.eta=0.1"]  # c eta^2 = 0.1
 N = 4  # samples
 
 

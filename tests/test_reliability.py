@@ -181,7 +181,8 @@ def test_api_shape_and_value_errors_for_both_engines():
 
 
 # ----- issue 11: every class of bad input rejected before any work, with the full config path ------------------------
-SMALL = ["problem.d=6", "problem.n=4", "problem.n_test=20", "steps=10", "n_paths=2", "n_record=2"]
+SMALL = ["problem.d=6", "problem.n=4", "problem.n_test=20", "T=null", "steps=10", "n_paths=2", "n_record=2",
+         "slow_flow=false", "runs.adam.eta=0.1"]
 
 
 def _cli_rejects(tmp_path, capsys, argv, field, command="run"):

@@ -1,0 +1,225 @@
+"""The paper's two experiments as small pieces: seed grids, sample-size thresholds, sharpness on Gamma, and an
+independent quasi-norm interpolator for the diagonal net's fixed points.
+
+- :func:`run_seed_grid`: one method over a grid of hyperparameters (a ``simulate_discrete`` sweep, compiled
+  once) for several seeds, each seed redrawing the data (``problem_fn(seed)``) as well as the paths.
+  Returns a :class:`SeedGrid` with every observable averaged over the tail of the run, shape
+  (n_seeds, n_cfg).
+- :func:`threshold_n`: the smallest sample size from which a loss curve stays below a level (interpolated in
+  log loss between grid points); :func:`threshold_summary` over seeds.
+- :func:`sharpness_at_projection`: tr H and tr(Diag H^{1-lam}) at Phi_S(theta), the projection onto Gamma
+  along the method's preconditioner, instead of at the jittering iterate.
+- :func:`min_quasi_norm_interpolator`: argmin sum_j |w_j|^q subject to Z w = y (0 < q <= 1) by iteratively
+  reweighted least squares with a geometrically decreasing smoothing eps (as in Chartrand and Yin): the point the
+  AdamE-lam ODE should reach on a diagonal net, with q = 1 - lam, found without the ODE (a local minimizer);
+  :func:`min_quasi_norm_by_supports`: the global minimizer for small d, by enumerating basic solutions.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .validation import ConfigError, check_range
+
+__all__ = ["SeedGrid", "run_seed_grid", "threshold_n", "threshold_summary",
+           "sharpness_at_projection", "min_quasi_norm_interpolator", "min_quasi_norm_by_supports",
+           "diagonal_net_weights"]
+
+
+@dataclasses.dataclass
+class SeedGrid:
+    """Tail-averaged observables of one method over seeds x grid points.
+
+    - ``seeds``: the seeds (each one the problem's data seed and the paths' key);
+    - ``hypers``: the grid points, in ``simulate_discrete``'s sweep order (list of dicts, length n_cfg);
+    - ``tail``: name -> array (n_seeds, n_cfg), each path's mean over the last ``tail_fraction`` of the
+      recorded times, then averaged over paths;
+    - ``final_theta``: (n_seeds, n_cfg, n_paths, D) the last recorded state (None unless states were recorded);
+    - ``final_v``: the same for the second moment (None for SGD or without states);
+    - ``half_theta``, ``half_v``: the same at the recorded point half way through the run (for plateau checks);
+    - ``t_end``: slow time k eta^2 at the end, per grid point (n_cfg,); ``seconds``: wall time per seed;
+    - ``trajectories``: per seed, the list of Trajectories (only with ``keep_trajectories=True``).
+    """
+
+    seeds: list
+    hypers: list
+    tail: dict
+    final_theta: Optional[np.ndarray]
+    final_v: Optional[np.ndarray]
+    t_end: np.ndarray
+    seconds: list
+    half_theta: Optional[np.ndarray] = None
+    half_v: Optional[np.ndarray] = None
+    trajectories: Optional[list] = None
+
+    def select(self, **hypers) -> np.ndarray:
+        """Indices of the grid points whose hyperparameters match ``hypers`` (e.g. ``lam=0.5``)."""
+        return np.array([i for i, h in enumerate(self.hypers)
+                         if all(np.isclose(h.get(k, np.nan), v) for k, v in hypers.items())], dtype=int)
+
+
+def run_seed_grid(problem_fn: Callable, noise, method, seeds: Sequence[int], *, eta: Optional[float] = None,
+                  sweep: Optional[dict] = None, steps: Optional[int] = None, T: Optional[float] = None,
+                  n_paths: int = 1, n_record: int = 20, tail_fraction: float = 0.25, record_state: bool = False,
+                  keep_trajectories: bool = False, **discrete_kw) -> SeedGrid:
+    """Run ``method`` on ``problem_fn(seed)`` for every seed (data and paths redrawn: the seed is also the
+    path key) over the grid ``sweep`` (see :func:`slowsde_jax.simulate_discrete`). The problems of all seeds
+    share their shapes, so the sweep compiles once and every seed reuses it."""
+    from .discrete import simulate_discrete
+
+    check_range("tail_fraction", tail_fraction, low=0.0, high=1.0, low_open=True)
+    if len(seeds) == 0:
+        raise ConfigError("seeds", "must be a non-empty list of integers")
+    tails, thetas, vs, half_thetas, half_vs, secs, kept = {}, [], [], [], [], [], []
+    hypers = t_end = None
+    n_tail = max(1, int(round(tail_fraction * n_record)))
+    for seed in seeds:
+        problem = problem_fn(int(seed))
+        t0 = time.perf_counter()
+        trajs = simulate_discrete(problem, noise, method, eta=eta, steps=steps, T=T, n_paths=n_paths,
+                                  key=int(seed), sweep=sweep or {"eta": [eta]}, n_record=n_record,
+                                  record_state=record_state, progress=False, **discrete_kw)
+        secs.append(time.perf_counter() - t0)
+        hypers = [tr.meta["hypers"] for tr in trajs]
+        t_end = np.array([tr.t[-1] for tr in trajs])
+        for name in trajs[0].observables:
+            tails.setdefault(name, []).append([float(np.mean(tr.observables[name][:, -n_tail:])) for tr in trajs])
+        if record_state:
+            thetas.append(np.stack([tr.theta[:, -1] for tr in trajs]))
+            half_thetas.append(np.stack([tr.theta[:, n_record // 2] for tr in trajs]))
+            if trajs[0].v is not None:
+                vs.append(np.stack([tr.v[:, -1] for tr in trajs]))
+                half_vs.append(np.stack([tr.v[:, n_record // 2] for tr in trajs]))
+        if keep_trajectories:
+            kept.append(trajs)
+    return SeedGrid(seeds=[int(s) for s in seeds], hypers=hypers, tail={k: np.asarray(v) for k, v in tails.items()},
+                    final_theta=np.stack(thetas) if thetas else None, final_v=np.stack(vs) if vs else None,
+                    t_end=t_end, seconds=secs, half_theta=np.stack(half_thetas) if half_thetas else None,
+                    half_v=np.stack(half_vs) if half_vs else None, trajectories=kept or None)
+
+
+def threshold_n(n_grid: Sequence[float], loss: Sequence[float], level: float = 1.0) -> float:
+    """The sample size at which ``loss`` (one value per ``n_grid`` entry, n increasing) falls below ``level``
+    for good: the first n from which every later grid point is below ``level``, interpolated linearly in
+    log(loss) between that grid point and the one before it. ``inf`` if the last point is not below,
+    ``n_grid[0]`` if all are."""
+    n = np.asarray(n_grid, float)
+    y = np.asarray(loss, float)
+    if n.ndim != 1 or n.shape != y.shape or n.size == 0:
+        raise ConfigError("loss", f"needs one value per n_grid entry, got shapes {y.shape} and {n.shape}")
+    if np.any(np.diff(n) <= 0):
+        raise ConfigError("n_grid", "must be strictly increasing")
+    check_range("level", level, low=0.0, low_open=True)
+    below = y < level
+    if not below[-1]:
+        return float("inf")
+    i = n.size - 1
+    while i > 0 and below[i - 1]:
+        i -= 1
+    if i == 0:
+        return float(n[0])
+    ya, yb = np.log(max(y[i - 1], 1e-300)), np.log(max(y[i], 1e-300))
+    s = (ya - np.log(level)) / (ya - yb) if ya != yb else 1.0
+    return float(n[i - 1] + s * (n[i] - n[i - 1]))
+
+
+def threshold_summary(n_grid, losses, level: float = 1.0) -> dict:
+    """Thresholds (:func:`threshold_n`) of each row of ``losses`` (n_seeds, len(n_grid)): ``per_seed``,
+    ``mean``, ``std`` (ddof=1; 0 for one seed), ``min``, ``max``. Non-crossing seeds give inf."""
+    per = np.array([threshold_n(n_grid, row, level) for row in np.atleast_2d(np.asarray(losses, float))])
+    std = float(np.std(per, ddof=1)) if per.size > 1 and np.all(np.isfinite(per)) else (0.0 if per.size == 1 else float("nan"))
+    return {"per_seed": per.tolist(), "mean": float(np.mean(per)), "std": std, "min": float(np.min(per)),
+            "max": float(np.max(per)), "level": float(level)}
+
+
+def sharpness_at_projection(problem, method, theta, v=None, lam: Optional[float] = None, tol: float = 1e-10) -> dict:
+    """Project states onto Gamma along the method's preconditioner and measure the sharpness there.
+
+    ``theta``: (N, D) states; ``v``: (N, D) second moments (None: SGD, S = I). ``lam``: the power of the
+    method's S (defaults to ``method.lam``; 0.5 is Adam). Returns numpy arrays (N,): ``trace_H``,
+    ``trace_diag_H_pow`` (tr(Diag H^{1-lam}); tr H for SGD), ``power`` (1 - lam), ``train_loss`` at the projected points, and
+    ``zeta`` (N, D) the projected points."""
+    from . import geometry as geo
+    from .problems import observe_batch
+
+    theta = jnp.atleast_2d(jnp.asarray(theta))
+    S = jnp.ones_like(theta) if v is None else method.S(jnp.atleast_2d(jnp.asarray(v)))
+    residuals, weights = problem.residual_parts()
+    zeta = geo.project(problem.loss, theta, S, tol=tol, residuals=residuals, weights=weights)
+    hd = jax.vmap(problem.hessian_diag)(zeta)
+    lam = method.lam if lam is None else lam
+    lam = 0.0 if lam is None else float(lam)
+    obs = observe_batch(problem, zeta)
+    trace = jax.vmap(lambda h: geo.sharpness(h, "trace"))(hd)
+    power = jax.vmap(lambda h: geo.sharpness(h, "trace_diag_pow", lam=lam))(hd)
+    return {"trace_H": np.asarray(trace), "trace_diag_H_pow": np.asarray(power), "power": 1.0 - lam, "train_loss": np.asarray(obs["train_loss"]), "zeta": np.asarray(zeta),
+            **({"test_loss": np.asarray(obs["test_loss"])} if "test_loss" in obs else {}),
+            **({"test_error": np.asarray(obs["test_error"])} if "test_error" in obs else {})}
+
+
+def diagonal_net_weights(theta) -> np.ndarray:
+    """w = u*u - v*v from diagonal-net parameters theta = [u; v] (..., 2d) -> (..., d)."""
+    theta = np.asarray(theta)
+    d = theta.shape[-1] // 2
+    return theta[..., :d] ** 2 - theta[..., d:] ** 2
+
+
+def min_quasi_norm_interpolator(Z, y, q: float, *, iters: int = 60, eps0: float = 1.0, eps_min: float = 1e-12,
+                                shrink: float = 0.5, w0=None) -> np.ndarray:
+    """argmin_w sum_j |w_j|^q subject to Z w = y, for 0 < q <= 1, by iteratively reweighted least squares.
+
+    Each step solves the weighted minimum-norm problem w = D Z^T (Z D Z^T)^{-1} y with D = diag((w^2 + eps)^{1 - q/2})
+    (float64 numpy), and eps shrinks by ``shrink`` each step down to ``eps_min``. ``Z``: (n, d) with n < d,
+    ``y``: (n,). Starts at the minimum-l2 interpolator unless ``w0`` is given. For q < 1 the problem is not
+    convex: the result is a local minimizer (the sparsest interpolator when the data allow recovery)."""
+    check_range("q", q, low=0.0, high=1.0, low_open=True)
+    Z, y = np.asarray(Z, float), np.asarray(y, float)
+    if Z.ndim != 2 or y.shape != (Z.shape[0],):
+        raise ConfigError("Z", f"needs Z (n, d) and y (n,), got {Z.shape} and {y.shape}")
+    w = np.linalg.lstsq(Z, y, rcond=None)[0] if w0 is None else np.asarray(w0, float).copy()
+    eps = eps0
+    for _ in range(iters):
+        dw = (w * w + eps) ** (1.0 - q / 2.0)
+        G = (Z * dw) @ Z.T
+        w = dw * (Z.T @ np.linalg.solve(G, y))
+        eps = max(eps * shrink, eps_min)
+    return w
+
+
+def min_quasi_norm_by_supports(Z, y, q: float, max_supports: int = 200_000) -> np.ndarray:
+    """The global argmin_w sum_j |w_j|^q subject to Z w = y for 0 < q < 1, for small problems.
+
+    sum_j |w_j|^q is concave on each orthant, so its minimum over the polyhedron {Z w = y} within an orthant
+    sits at a vertex: a basic solution, supported on n columns of Z that are linearly independent (or fewer).
+    Every support of size rank(Z) is tried (``Z``: (n, d), C(d, n) of them, at most ``max_supports``); entries
+    below 1e-12 of the largest are rounding and set to 0."""
+    import itertools
+    import math
+
+    check_range("q", q, low=0.0, high=1.0, low_open=True, high_open=True)
+    Z, y = np.asarray(Z, float), np.asarray(y, float)
+    n, d = Z.shape
+    r = np.linalg.matrix_rank(Z)
+    if math.comb(d, r) > max_supports:
+        raise ConfigError("Z", f"C({d}, {r}) supports exceed max_supports = {max_supports}; use min_quasi_norm_interpolator")
+    best, best_val = None, np.inf
+    for S in itertools.combinations(range(d), r):
+        A = Z[:, S]
+        if np.linalg.matrix_rank(A) < r:
+            continue
+        wS = np.linalg.lstsq(A, y, rcond=None)[0]
+        if np.abs(A @ wS - y).max() > 1e-9 * max(1.0, np.abs(y).max()):
+            continue
+        wS[np.abs(wS) < 1e-12 * max(1.0, np.abs(wS).max())] = 0.0  # rounding, not support: |1e-16|^q is not small
+        val = np.sum(np.abs(wS) ** q)
+        if val < best_val - 1e-12:
+            best_val, best = val, np.zeros(d)
+            best[list(S)] = wS
+    if best is None:
+        raise ConfigError("y", "no interpolator exists (Z w = y has no solution)")
+    return best
