@@ -29,7 +29,20 @@ SCRIPT = textwrap.dedent("""
     seen = set()
     record = lambda run: seen.add(len(run.state.theta.sharding.device_set))
     trajs = discrete.simulate_discrete(NET, noise.label_noise(0.5), S.adam(c=5.0), on_chunk=record, block_steps=8, **RUN)
-    np.savez(sys.argv[2], devices=np.asarray(sorted(seen)),
+    # interrupted after record 2 and resumed from its checkpoint, on the four devices
+    ck = sys.argv[2] + ".ck.npz"
+    def stop(run):
+        if run.done == 3:
+            raise KeyboardInterrupt
+    try:
+        discrete.simulate_discrete(NET, noise.label_noise(0.5), S.adam(c=5.0), block_steps=8, checkpoint=ck,
+                                   checkpoint_every_s=0, on_chunk=stop, **RUN)
+    except KeyboardInterrupt:
+        pass
+    resumed = discrete.simulate_discrete(NET, noise.label_noise(0.5), S.adam(c=5.0), on_chunk=record, block_steps=8,
+                                         checkpoint=ck, **RUN)
+    same = all(np.array_equal(a.theta, b.theta) and np.array_equal(a.v, b.v) for a, b in zip(trajs, resumed))
+    np.savez(sys.argv[2], devices=np.asarray(sorted(seen)), resumed_same=np.asarray(same),
              **{f"{i}.{k}": x for i, tr in enumerate(trajs) for k, x in
                 [("theta", tr.theta), ("v", tr.v), ("div", tr.diverged_step), ("loss", tr.observables["train_loss"])]})
 """)
@@ -46,8 +59,9 @@ def four_devices(tmp_path_factory):
 
 def test_sharded_run_equals_the_single_device_run_bit_for_bit(four_devices):
     """2 configurations x 6 paths on a (cfg 2, paths 2) mesh of 4 devices, with per-configuration targets:
-    every record equals the single-device run's."""
-    assert four_devices["devices"].tolist() == [4]  # the state really lived on four devices
+    every record equals the single-device run's, and so does a sharded run resumed from a checkpoint."""
+    assert four_devices["devices"].tolist() == [4]  # the state really lived on four devices (resumed too)
+    assert four_devices["resumed_same"]  # a checkpoint resumed on the four devices: bit for bit
     single = discrete.simulate_discrete(NET, noise.label_noise(0.5), S.adam(c=5.0), block_steps=8, **RUN)
     assert len(single) == 2 and sharding.mesh_shape(2, 6, 4) == (2, 2)
     for i, tr in enumerate(single):
