@@ -1,10 +1,12 @@
 """Throughput of the discrete engine against a hand-written jit(vmap(lax.scan)) Adam loop, same process.
 
-    python benchmarks/bench_discrete.py [--d 1000] [--n 400] [--paths 1024] [--steps 2000] [--dtype float64]
+    python benchmarks/bench_discrete.py [--d 1000] [--n 400] [--paths 1024] [--steps 2000] [--dtype float64] [--ablate]
 
 Prints path-steps per second for both and their ratio (engine / hand loop; 1.0 = no engine overhead).
-The engine adds: a while loop with per-configuration targets, the optax transform, the label-noise model,
-and the per-step divergence check. Compile time is excluded (each is run once to warm up).
+The engine adds: per-lane targets, the optax transform, the label-noise model and the divergence check.
+Compile time is excluded (each is run once to warm up); the variants are timed in turn, best of --repeats.
+``--ablate`` also times the engine's plain path (a masked, checked step at a time, ``block_steps=1``) with
+Adam's exponent as a constant and as a traced array (the engine as it was before the fast path).
 """
 import argparse
 import time
@@ -50,13 +52,16 @@ def hand_loop(prob, delta, eta, beta1, beta2, eps, steps, n_paths, dtype):
     return lambda: run(x0, keys).block_until_ready()
 
 
-def timed(fn, repeats=3):
-    fn()  # compile / warm up
-    best = np.inf
+def timed_interleaved(fns, repeats=5):
+    """Best wall time of each function, the functions run in turn (so a busy machine slows all alike)."""
+    for f in fns.values():
+        f()  # compile / warm up
+    best = dict.fromkeys(fns, np.inf)
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
+        for name, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            best[name] = min(best[name], time.perf_counter() - t0)
     return best
 
 
@@ -67,26 +72,42 @@ def main():
     ap.add_argument("--paths", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--dtype", default="float64")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--ablate", action="store_true",
+                    help="also time the plain path (block_steps=1) with and without a traced Adam exponent")
     a = ap.parse_args()
     dtype = jnp.float64 if a.dtype == "float64" else jnp.float32
     prob = problems.diagonal_net(d=a.d, n=a.n, k=3, key=0, n_test=100)
     eta, beta1, beta2, eps, delta = 0.1, 0.9, 0.95, 1e-6, 0.5
-    method = sj.adam(beta1=beta1, beta2=beta2, eps=eps)
     nz = noise.label_noise(delta)
 
-    def engine():
-        tr = discrete.simulate_discrete(prob, nz, method, eta=eta, steps=a.steps, n_paths=a.paths, key=0, n_record=1,
-                                        record_state=False, progress=False, dtype=dtype)
-        return tr
+    def engine(block_steps=32, traced_lam=False):
+        # traced_lam: lam = 1/2 passed as a swept array, so S(v) is a power with a traced exponent (the engine
+        # before the sqrt specialization); sweeping one value changes nothing else
+        method = sj.adame(lam=0.5, beta1=beta1, beta2=beta2, eps=eps) if traced_lam else \
+            sj.adam(beta1=beta1, beta2=beta2, eps=eps)
+        kw = dict(sweep={"lam": [0.5]}) if traced_lam else {}
 
-    t_hand = timed(hand_loop(prob, delta, eta, beta1, beta2, eps, a.steps, a.paths, dtype))
-    t_eng = timed(engine)
+        def run():
+            out = discrete.simulate_discrete(prob, nz, method, eta=eta, steps=a.steps, n_paths=a.paths, key=0,
+                                             n_record=1, record_state=False, progress=False, dtype=dtype,
+                                             block_steps=block_steps, **kw)
+            return out
+
+        return run
+
+    fns = {"hand jit(vmap(scan)) loop": hand_loop(prob, delta, eta, beta1, beta2, eps, a.steps, a.paths, dtype),
+           "simulate_discrete": engine()}
+    if a.ablate:
+        fns["plain path, sqrt"] = engine(block_steps=1)
+        fns["plain path, traced lam (old)"] = engine(block_steps=1, traced_lam=True)
+    t = timed_interleaved(fns, a.repeats)
     ps = a.paths * a.steps
+    base = t["hand jit(vmap(scan)) loop"]
     print(f"backend={jax.default_backend()} device={jax.devices()[0]} d={a.d} n={a.n} paths={a.paths} "
-          f"steps={a.steps} dtype={a.dtype}")
-    print(f"hand jit(vmap(scan)) loop: {t_hand:.3f} s  {ps / t_hand:.3e} path-steps/s")
-    print(f"simulate_discrete:         {t_eng:.3f} s  {ps / t_eng:.3e} path-steps/s")
-    print(f"ratio engine/hand (time):  {t_eng / t_hand:.2f}")
+          f"steps={a.steps} dtype={a.dtype} repeats={a.repeats} date={time.strftime('%Y-%m-%d %H:%M')}")
+    for name, sec in t.items():
+        print(f"{name:30s} {sec:8.3f} s  {ps / sec:.3e} path-steps/s  time / hand loop {sec / base:.2f}")
 
 
 if __name__ == "__main__":

@@ -100,7 +100,7 @@ def cmd_run(args) -> int:
                                     dtype=dtype, progress=None if not args.quiet else False,
                                     chunk_steps=cfg.get("chunk_steps", 1_000_000),
                                     divergence_bound=cfg.get("divergence_bound", 1e10),
-                                    checkpoint=ckpts / f"{name}.npz",
+                                    checkpoint=ckpts / f"{name}.npz", record_to=folder / "records" / name,
                                     checkpoint_every_s=cfg.get("checkpoint_every_s", 30.0), **kw)
             trajs[name] = out if isinstance(out, list) else [out]
             runs.save_trajectories(done, {name: trajs[name]})

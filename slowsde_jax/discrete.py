@@ -1,14 +1,30 @@
 """The discrete engine: AGM runs on the SDE clock t = k eta^2, jitted, vmapped over paths and hyperparameters.
 
-The state of every (configuration, path) pair advances inside one jitted function (``_advance``) that runs
-a ``lax.fori_loop`` with one trip count for all lanes (the host knows it from the schedule); each lane stops
-at its own configuration's target step by masking. A Python loop calls it chunk by chunk. Between
-chunks the host records observables on the time grid, updates the progress bar, and may write a checkpoint:
-that loop is the one place where checkpoints, divergence reports and the like hook in.
+The state of every (configuration, path) pair, a lane, advances inside one jitted function (``_advance``)
+with one trip count for all lanes (the host knows it from the schedule); each lane stops at its own
+configuration's target step. A Python loop calls it chunk by chunk. Between chunks the host records
+observables on the time grid, updates the progress bar, and may write a checkpoint: that loop is the one
+place where checkpoints, divergence reports and the like hook in.
 
 Hyperparameters that vary in a sweep (``eta``, ``lam``, ``c``, ``beta1``, ``beta2``, ``eps``, ``delta``,
 ``n_train``) are arrays, so a sweep compiles once. A path whose state becomes non-finite or exceeds
 ``divergence_bound`` is frozen at its last good state and flagged with its step.
+
+Where the time goes, and what the engine does about it (``benchmarks/bench_discrete.py --ablate``):
+
+- Adam's S(v) = 1/(v^lam + eps) with lam a traced array is a power, exp(lam log v), several times the cost
+  of a square root; it made the old engine 2.4x slower than a hand-written loop on the CPU. With lam = 1/2
+  fixed (every Adam-type method unless lam is swept) lam is passed as a constant and S(v) is a square root.
+- The per-step target mask and the select between new and old state run once per block of ``block_steps``
+  steps (:func:`_block_one`); inside a block each lane only carries a running "stayed finite and bounded"
+  flag. A block in which an active lane left the bound, or which would overrun a lane's target, runs step
+  by step instead (the plain path, :func:`_advance_one`), so divergence steps, frozen states and stopping
+  points are exactly those of the plain path.
+- The parameters here are flat vectors, so the optax transform does not ravel or unravel (only Adam-mini's
+  and Adalayer's block means ravel pytrees).
+
+Lanes are spread over devices with :mod:`slowsde_jax.sharding`; records can be streamed to disk with
+:class:`slowsde_jax.streaming.RecordStream` (``record_to``).
 """
 from __future__ import annotations
 
@@ -26,7 +42,8 @@ import numpy as np
 from jaxtyping import ArrayLike, Float
 
 from . import _precision
-from . import methods as _methods, noise as _noise, problems as _problems
+from . import methods as _methods, noise as _noise, problems as _problems, sharding as _sharding
+from .streaming import RecordStream
 from .validation import ConfigError, check_int, check_range, suggest
 from .methods import Method, second_moment
 from .noise import AbstractNoise
@@ -82,21 +99,32 @@ def _init_state(problem, noise, method, eta, theta0, v0_mode, v0, key):
                      diverged_step=jnp.full((), -1, jnp.int64))
 
 
+def _step(problem, noise, tx, theta, opt, key):
+    """One AGM step of one path: split the key, draw a stochastic gradient, apply the optax transform."""
+    key, sub = jax.random.split(key)
+    g = noise.grad(problem, theta, sub)
+    upd, opt = tx.update(g, opt, theta)
+    return theta + upd, opt, key
+
+
+def _ok(theta, bound):
+    """True while theta is finite and max |theta| <= bound. One reduction covers both tests: max propagates
+    NaN, and NaN compares False. Checking theta suffices: a non-finite m or v reaches theta in the same step
+    (theta - eta S(v) m)."""
+    size = jnp.max(jnp.abs(theta))
+    return (size <= bound) & (size < jnp.inf)
+
+
 def _advance_one(problem, noise, method, eta, bound, state: PathState, target, n_steps):
-    """Advance one path by ``n_steps`` steps (an unbatched trip count shared by all lanes), stopping at
-    ``target``: steps past the target, or after a divergence, leave the state unchanged."""
+    """The plain path: advance one path by ``n_steps`` steps (an unbatched trip count shared by all lanes),
+    stopping at ``target``: steps past the target, or after a divergence, leave the state unchanged. Every
+    step checks divergence and selects between the new and the old state."""
     tx = method.optax(eta)
 
     def body(_, s):
-        key, sub = jax.random.split(s.key)
-        g = noise.grad(problem, s.theta, sub)
-        upd, opt = tx.update(g, s.opt, s.theta)
-        theta = s.theta + upd
+        theta, opt, key = _step(problem, noise, tx, s.theta, s.opt, s.key)
         active = (s.step < target) & (s.diverged_step < 0)
-        # one reduction covers both tests: max propagates NaN, and NaN compares False. Checking theta
-        # suffices: a non-finite m or v reaches theta in the same step (theta - eta S(v) m).
-        size = jnp.max(jnp.abs(theta))
-        ok = (size <= bound) & (size < jnp.inf)
+        ok = _ok(theta, bound)
         take = active & ok
         new = PathState(theta=theta, opt=opt, key=key, step=s.step + 1, diverged_step=s.diverged_step)
         kept = PathState(theta=s.theta, opt=s.opt, key=s.key, step=s.step,
@@ -106,26 +134,87 @@ def _advance_one(problem, noise, method, eta, bound, state: PathState, target, n
     return jax.lax.fori_loop(0, n_steps, body, state)
 
 
+def _block_one(problem, noise, method, eta, bound, state: PathState, block: int):
+    """The fast path: ``block`` unmasked steps of one path, and whether theta stayed finite and within
+    ``bound`` after every one of them (a running flag: no select on the state inside the block)."""
+    tx = method.optax(eta)
+
+    def body(_, c):
+        theta, opt, key, ok = c
+        theta, opt, key = _step(problem, noise, tx, theta, opt, key)
+        return theta, opt, key, ok & _ok(theta, bound)
+
+    theta, opt, key, ok = jax.lax.fori_loop(0, block, body, (state.theta, state.opt, state.key, jnp.bool_(True)))
+    return PathState(theta=theta, opt=opt, key=key, step=state.step + block, diverged_step=state.diverged_step), ok
+
+
+def _per_cfg(fn, problem, noise, method, hypers, state, *args):
+    """vmap ``fn(p, n, m, eta, path_state, lane_args...)`` over configurations (axis 0, with their
+    hyperparameters substituted) and paths (axis 1). ``args`` are per lane, shape (n_cfg, n_paths, ...)."""
+
+    def cfg(h, st, *a):
+        p, n, m = apply_hypers(problem, noise, method, h)
+        return jax.vmap(lambda s, *b: fn(p, n, m, h["eta"], s, *b))(st, *a)
+
+    return jax.vmap(cfg)(hypers, state, *args)
+
+
 @eqx.filter_jit
 @eqx.debug.assert_max_traces(max_traces=None)  # counts compilations: eqx.debug.get_num_traces(_advance)
-def _advance(problem, noise, method, hypers, bound, state, target, n_steps):
+def _advance(problem, noise, method, hypers, bound, state, target, n_steps, block: int = 0, sharding=None):
     """All configurations (axis 0) x paths (axis 1) advanced towards ``target`` (shape (n_cfg,)) by at most
-    ``n_steps`` (a traced scalar, so chunk lengths do not recompile)."""
+    ``n_steps`` (a traced scalar, so chunk lengths do not recompile).
 
-    def per_cfg(h, st, tgt):
-        p, n, m = apply_hypers(problem, noise, method, h)
-        return jax.vmap(lambda s: _advance_one(p, n, m, h["eta"], bound, s, tgt, n_steps))(st)
+    ``block`` (static) <= 1: the plain path, a masked and checked step at a time. ``block`` > 1: the steps go
+    in blocks of ``block``. A block runs unmasked (:func:`_block_one`) on every lane, and a lane keeps its
+    result when the block fits before its target and the lane has not diverged: the state is selected once
+    per block. The block runs on the plain path instead, from the block's start (a ``lax.cond`` on one flag
+    for all lanes), when a lane that kept it left the bound inside it, or when a live lane has fewer than
+    ``block`` steps left to its target. So divergence steps, frozen states and stopping points are those of
+    the plain path, and every lane advances by min(block, steps left) per block: ceil(n_steps / block)
+    blocks reach every target.
 
-    return jax.vmap(per_cfg)(hypers, state, target)
+    ``sharding`` (static): the lanes' :class:`jax.sharding.NamedSharding`, kept on the returned state.
+    """
+    target = jnp.broadcast_to(target[:, None], state.step.shape)  # per lane (n_cfg, n_paths)
+    plain = lambda st, k: _per_cfg(lambda p, n, m, e, s, t: _advance_one(p, n, m, e, bound, s, t, k),
+                                   problem, noise, method, hypers, st, target)
+    if block <= 1:
+        return _constrain(plain(state, n_steps), sharding)
+
+    def one_block(_, st):
+        live = (st.step < target) & (st.diverged_step < 0)  # (n_cfg, n_paths)
+        fits = live & (st.step + block <= target)
+        new, ok = _per_cfg(lambda p, n, m, e, s: _block_one(p, n, m, e, bound, s, block), problem, noise, method,
+                           hypers, st)
+
+        def accept(_):
+            return jax.tree_util.tree_map(lambda a, b: jnp.where(_lanes(fits, a), a, b), new, st)
+
+        step_by_step = jnp.any(fits & ~ok) | jnp.any(live & ~fits)
+        return jax.lax.cond(step_by_step, lambda _: plain(st, jnp.asarray(block, n_steps.dtype)), accept, None)
+
+    return _constrain(jax.lax.fori_loop(0, (n_steps + block - 1) // block, one_block, state), sharding)
+
+
+def _lanes(mask, x):
+    """Broadcast a (n_cfg, n_paths) lane mask against a leaf x (n_cfg, n_paths, ...)."""
+    return jnp.reshape(mask, mask.shape + (1,) * (x.ndim - mask.ndim))
+
+
+def _constrain(tree, sharding):
+    if sharding is None:
+        return tree
+    return jax.lax.with_sharding_constraint(tree, sharding)
 
 
 @eqx.filter_jit
-def _init_all(problem, noise, method, hypers, theta0, v0_mode, v0, keys):
+def _init_all(problem, noise, method, hypers, theta0, v0_mode, v0, keys, sharding=None):
     def per_cfg(h):
         p, n, m = apply_hypers(problem, noise, method, h)
         return jax.vmap(lambda k: _init_state(p, n, m, h["eta"], theta0, v0_mode, v0, k))(keys)
 
-    return jax.vmap(per_cfg)(hypers)
+    return _constrain(jax.vmap(per_cfg)(hypers), sharding)
 
 
 @eqx.filter_jit
@@ -165,8 +254,9 @@ class DiscreteRun:
 
     state: PathState
     targets: np.ndarray  # (n_cfg, n_rec + 1) int
-    records: dict  # name -> list of arrays (n_cfg, n_paths, ...) per recorded point
+    records: dict  # name -> list of arrays (n_cfg, n_paths, ...) per recorded point (empty when streamed)
     done: int = 0
+    stream: Optional[RecordStream] = None  # where the records go instead, when streamed
 
 
 def simulate_discrete(problem: AbstractProblem, noise: AbstractNoise, method: Method, eta: Optional[float] = None,
@@ -176,7 +266,8 @@ def simulate_discrete(problem: AbstractProblem, noise: AbstractNoise, method: Me
                       record_state: bool = True, chunk_steps: int = 1_000_000, progress: Optional[bool] = None,
                       divergence_bound: float = 1e10, dtype=None, on_chunk: Optional[Callable] = None,
                       checkpoint: Union[None, str, Path] = None,
-                      checkpoint_every_s: float = 30.0) -> Union[Trajectory, list[Trajectory]]:
+                      checkpoint_every_s: float = 30.0, block_steps: int = 32, devices=None,
+                      record_to: Union[None, str, Path] = None) -> Union[Trajectory, list[Trajectory]]:
     """Run the discrete AGM ``method`` on ``problem`` with gradient noise ``noise``.
 
     Runs K = round(T / eta^2) steps (or ``steps`` steps for every configuration) for ``n_paths`` independent
@@ -198,6 +289,17 @@ def simulate_discrete(problem: AbstractProblem, noise: AbstractNoise, method: Me
       point); if the file exists when the run starts, the run continues from it. A resumed run gives
       bit-identical results to an uninterrupted one (same schedule, same keys, same arithmetic).
 
+    - ``block_steps``: steps per block of the fast path (divergence is tracked inside a block and acted on
+      at its end, replaying the block step by step when a path left the bound); 1 runs the plain path, a
+      masked and checked step at a time. Both give the same numbers (see :func:`_advance`).
+    - ``devices``: the devices to spread the (configuration, path) lanes over (default ``jax.devices()``; see
+      :func:`slowsde_jax.sharding.lane_mesh`, which uses as many as divide the lanes evenly). Paths keep
+      their keys whatever the devices, so the numbers do not depend on them.
+    - ``record_to``: a folder. Records are written there as they are taken (one ``.npy`` per quantity, shape
+      (n_t, n_cfg, n_paths, ...), see :class:`slowsde_jax.streaming.RecordStream`) instead of being kept in
+      memory, and the returned trajectories read them from disk (memory maps). With ``checkpoint``, a
+      resumed run continues the same folder.
+
     Returns a :class:`Trajectory`, or a list of them (one per grid point, in grid order) when ``sweep`` is given.
     """
     # validate
@@ -212,6 +314,7 @@ def simulate_discrete(problem: AbstractProblem, noise: AbstractNoise, method: Me
         check_range("T", T, low=0.0, low_open=True)
     else:
         check_int("steps", steps, 1)
+    check_int("block_steps", block_steps, 1)
     grid, cfgs = _grid(eta, sweep, dtype)
     check_range("eta", grid["eta"], low=0.0, low_open=True)
     if dtype != _precision.default_float():
@@ -225,6 +328,8 @@ def simulate_discrete(problem: AbstractProblem, noise: AbstractNoise, method: Me
             else:
                 check_range("c*eta^2", m.c * cfg["eta"] ** 2, low=0.0, high=1.0, high_open=True)
 
+    method = _static_sqrt(method, grid)
+
     # schedule
     etas = np.asarray(grid["eta"], dtype=float)
     if T is not None:
@@ -234,35 +339,62 @@ def simulate_discrete(problem: AbstractProblem, noise: AbstractNoise, method: Me
         targets = np.tile(np.rint(np.linspace(0, steps, n_record + 1)).astype(np.int64), (len(cfgs), 1))
 
     # loop
+    mesh = _sharding.lane_mesh(len(cfgs), inputs.n_paths, devices)
+    lanes = None if mesh is None else _sharding.lane_sharding(mesh)
     keys = jax.random.split(inputs.key, inputs.n_paths)
-    state = _init_all(problem, noise, method, grid, inputs.theta0, inputs.v0_mode, inputs.v0, keys)
+    state = _init_all(problem, noise, method, grid, inputs.theta0, inputs.v0_mode, inputs.v0, keys, sharding=lanes)
     run = DiscreteRun(state=state, targets=targets, records={})
-    if checkpoint is not None and Path(checkpoint).exists():
+    resume = checkpoint is not None and Path(checkpoint).exists()
+    if record_to is not None:
+        run.stream = RecordStream(record_to, targets.shape[1], fresh=not resume)
+    if resume:
+        stream = run.stream
         run = load_checkpoint(checkpoint, run)
+        run.stream = stream
+        if lanes is not None:
+            run.state = _sharding.place(run.state, lanes)
     else:
         _record(run, problem, noise, method, grid, record_state)
     if checkpoint is not None:
         on_chunk = _checkpointing(checkpoint, checkpoint_every_s, on_chunk)
-    run = _continue(run, problem, noise, method, grid, record_state, chunk_steps, progress, divergence_bound, on_chunk)
+    run = _continue(run, problem, noise, method, grid, record_state, chunk_steps, progress, divergence_bound, on_chunk,
+                    block_steps, lanes)
     # package
     trajs = _trajectories(run, cfgs, method, noise, problem, dict(T=T, n_paths=inputs.n_paths,
                                                                    v0=v0 if isinstance(v0, str) else "given"))
     return trajs if sweep else trajs[0]
 
 
+def _static_sqrt(method, grid):
+    """Adam's exponent as a Python constant: with ``lam`` = 1/2 fixed (not swept), S(v) = 1/(v^(1/2) + eps)
+    compiles to a square root instead of a power with a traced exponent (exp(lam log v), several times
+    dearer and different in the last bit). Other exponents, and swept ones, stay arrays (compile once)."""
+    lam = method.lam
+    if "lam" in grid or not eqx.is_array(lam) or lam.ndim or float(lam) != 0.5:
+        return method
+    return eqx.tree_at(lambda m: m.lam, method, 0.5)
+
+
 def _record(run, problem, noise, method, grid, record_state):
-    obs = _observe(problem, noise, method, grid, run.state)
-    for k, x in obs.items():
-        run.records.setdefault("obs." + k, []).append(np.asarray(x))
+    """Record point ``run.done``: observables, and theta and v when ``record_state``; into ``run.records``,
+    or written to ``run.stream``."""
+    out = {"obs." + k: x for k, x in _observe(problem, noise, method, grid, run.state).items()}
     if record_state:
-        run.records.setdefault("theta", []).append(np.asarray(run.state.theta))
+        out["theta"] = run.state.theta
         v = second_moment(run.state.opt, batch_ndim=2)  # (n_cfg, n_paths, D), None for SGD
         if v is not None:
-            run.records.setdefault("v", []).append(np.asarray(v))
+            out["v"] = v
+    for k, x in out.items():
+        x = _sharding.to_host(x)
+        if run.stream is None:
+            run.records.setdefault(k, []).append(x)
+        elif jax.process_index() == 0:
+            run.stream.write(run.done, k, x)
     run.done += 1
 
 
-def _continue(run, problem, noise, method, grid, record_state, chunk_steps, progress, bound, on_chunk):
+def _continue(run, problem, noise, method, grid, record_state, chunk_steps, progress, bound, on_chunk, block=1,
+              sharding=None):
     """Advance ``run`` through its remaining record points, chunk by chunk."""
     targets = run.targets
     total = int(targets[:, -1].max())
@@ -270,7 +402,7 @@ def _continue(run, problem, noise, method, grid, record_state, chunk_steps, prog
 
     bar = progress_bar(total, method.name + (f" ({targets.shape[0]} configs)" if targets.shape[0] > 1 else ""),
                        progress=progress, initial=int(targets[:, run.done - 1].max()))
-    bound = jnp.asarray(bound, run.state.theta.dtype)
+    bound = np.asarray(bound, run.state.theta.dtype)
     while run.done < targets.shape[1]:
         j = run.done
         lo, hi = targets[:, j - 1], targets[:, j]
@@ -278,8 +410,9 @@ def _continue(run, problem, noise, method, grid, record_state, chunk_steps, prog
         prev = lo
         for s in range(1, n_sub + 1):
             tgt = lo + ((hi - lo) * s) // n_sub
-            n_steps = jnp.asarray(int((tgt - prev).max()), jnp.int64)
-            run.state = _advance(problem, noise, method, grid, bound, run.state, jnp.asarray(tgt), n_steps)
+            n_steps = np.asarray(int((tgt - prev).max()), np.int64)
+            run.state = _advance(problem, noise, method, grid, bound, run.state, np.asarray(tgt, np.int64), n_steps,
+                                 block=block, sharding=sharding)
             prev = tgt
             bar.update(int(tgt.max()) - bar.n)
         _record(run, problem, noise, method, grid, record_state)
@@ -345,8 +478,11 @@ def _checkpointing(path, every_s, inner):
 
 
 def _trajectories(run, cfgs, method, noise, problem, extra):
-    rec = {k: np.stack(v, axis=2) for k, v in run.records.items()}  # (n_cfg, n_paths, n_t, ...)
-    div = np.asarray(run.state.diverged_step)
+    if run.stream is None:
+        rec = {k: np.stack(v, axis=2) for k, v in run.records.items()}  # (n_cfg, n_paths, n_t, ...)
+    else:  # memory maps (n_t, n_cfg, n_paths, ...), seen as (n_cfg, n_paths, n_t, ...) without a copy
+        rec = {k: np.moveaxis(run.stream.read(k), 0, 2) for k in run.stream.names()}
+    div = _sharding.to_host(run.state.diverged_step)
     out = []
     for i, cfg in enumerate(cfgs):
         eta = cfg["eta"]

@@ -161,3 +161,73 @@ def test_bad_arguments_raise_config_errors():
         discrete.simulate_discrete(HYP, LABEL, S.adam(), eta=0.1, T=1.0, theta0=[1.0, 2.0, 3.0])
     with pytest.raises(S.ConfigError, match="sweep.lr"):
         discrete.simulate_discrete(HYP, LABEL, S.adam(), eta=0.1, T=1.0, sweep={"lr": [0.1]})
+
+
+# ----- the fast path (blocks of unmasked steps) against the plain path ----------------------------------------
+# One shape for the Adam runs here and in test_streaming / test_sharding, so they share compiled kernels.
+NET = problems.diagonal_net(d=4, n=3, k=1, key=0, n_test=10)
+ADAM = S.adam(c=5.0)
+LANES = dict(n_paths=6, sweep={"eta": [0.05, 0.07]}, block_steps=8)
+
+
+def test_fast_path_gives_the_plain_paths_numbers_bit_for_bit():
+    """Per-lane targets (an eta sweep on the SDE clock), intervals that are not multiples of the block, and a
+    block longer than some intervals: the blocked path equals the step-by-step one bit for bit."""
+    kw = dict(LANES, T=0.3, key=4, n_record=4)
+    fast = discrete.simulate_discrete(NET, LABEL, ADAM, **kw)
+    plain = discrete.simulate_discrete(NET, LABEL, ADAM, **dict(kw, block_steps=1))
+    assert [tr.meta["record_steps"] for tr in fast] == [[0, 30, 60, 90, 120], [0, 15, 31, 46, 61]]
+    for a, b in zip(plain, fast):
+        np.testing.assert_array_equal(a.theta, b.theta)
+        np.testing.assert_array_equal(a.v, b.v)
+        for k in a.observables:
+            np.testing.assert_array_equal(a.observables[k], b.observables[k])
+
+
+def test_fast_path_freezes_diverged_paths_at_the_plain_paths_step_and_state():
+    """SGD on the diagonal net over an eta grid: paths diverge in the first block, in later blocks (up to the
+    tenth), or never. The step of divergence, the frozen state and the records equal the plain path's."""
+    kw = dict(steps=300, n_paths=4, key=1, n_record=3, divergence_bound=1e4, sweep={"eta": [0.3, 0.5, 0.6, 0.8]})
+    plain = discrete.simulate_discrete(NET, noise.label_noise(1.0), S.sgd(), block_steps=1, **kw)
+    fast = discrete.simulate_discrete(NET, noise.label_noise(1.0), S.sgd(), block_steps=16, **kw)
+    steps = np.concatenate([tr.diverged_step for tr in plain])
+    assert np.any(steps == -1) and np.any((steps > 0) & (steps <= 16)) and np.any(steps > 64), steps
+    for a, b in zip(plain, fast):
+        np.testing.assert_array_equal(a.diverged_step, b.diverged_step)
+        np.testing.assert_array_equal(a.diverged_time, b.diverged_time)
+        np.testing.assert_array_equal(a.theta, b.theta)
+
+
+def test_adam_square_root_matches_the_traced_power_to_rounding():
+    """With lam = 1/2 fixed, the engine passes lam as a Python constant so S(v) compiles to a square root; a
+    swept lam (or another value) stays an array, a traced power exp(lam log v). The two S agree to rounding."""
+    from slowsde_jax.methods import precondition
+
+    fixed = discrete._static_sqrt(S.adam(eps=1e-6), {"eta": jnp.ones(1)})
+    assert fixed.lam == 0.5 and not eqx.is_array(fixed.lam)
+    assert eqx.is_array(discrete._static_sqrt(S.adam(), {"lam": jnp.ones(1)}).lam)  # swept: stays traced
+    assert eqx.is_array(discrete._static_sqrt(S.adame(lam=0.3), {}).lam)
+    v = jnp.exp(jax.random.uniform(jax.random.PRNGKey(0), (4096,), minval=-30.0, maxval=5.0))
+    sqrt = jax.jit(lambda v: precondition(v, fixed.lam, fixed.eps))(v)
+    powr = jax.jit(precondition)(v, jnp.asarray(0.5), fixed.eps)
+    np.testing.assert_array_equal(sqrt, 1.0 / (jnp.sqrt(v) + 1e-6))
+    np.testing.assert_allclose(powr, sqrt, rtol=4e-16, atol=0)
+
+
+def test_checkpoint_resume_is_bit_identical_on_the_fast_path(tmp_path):
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(run):
+        if run.done == 3:
+            raise Stop
+
+    kw = dict(LANES, steps=100, key=2, n_record=4, checkpoint_every_s=0)
+    whole = discrete.simulate_discrete(NET, LABEL, ADAM, **kw)
+    ck = tmp_path / "run.npz"
+    with pytest.raises(Stop):
+        discrete.simulate_discrete(NET, LABEL, ADAM, checkpoint=ck, on_chunk=stop_after_two, **kw)
+    resumed = discrete.simulate_discrete(NET, LABEL, ADAM, checkpoint=ck, **kw)
+    for a, b in zip(whole, resumed):
+        np.testing.assert_array_equal(a.theta, b.theta)
+        np.testing.assert_array_equal(a.v, b.v)

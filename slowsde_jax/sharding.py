@@ -1,0 +1,77 @@
+"""Spreading the discrete engine's lanes over devices with ``jax.sharding``.
+
+The engine's state has two leading batch axes, configurations of a sweep (``n_cfg``) and paths
+(``n_paths``); every lane is independent of the others. :func:`lane_mesh` lays the devices out as a 2-D
+:class:`jax.sharding.Mesh` with axes ``("cfg", "paths")`` and :func:`lane_sharding` splits those two axes
+over it, so the same jitted step runs on every device with no communication inside a step (the only
+collectives are the one-flag reductions at block ends, see :func:`slowsde_jax.discrete._advance`).
+
+Several hosts: call ``jax.distributed.initialize()`` in every process first; ``jax.devices()`` then lists
+the devices of all hosts and the same call shards over all of them. :func:`to_host` gathers a sharded array
+onto every host for recording.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+__all__ = ["mesh_shape", "lane_mesh", "lane_sharding", "config_sharding", "place", "to_host"]
+
+
+def mesh_shape(n_cfg: int, n_paths: int, n_devices: int) -> tuple[int, int]:
+    """(a, b): a = gcd(n_cfg, n_devices) devices along the configurations, b = gcd(n_paths, n_devices / a)
+    along the paths, so every device holds n_cfg / a x n_paths / b lanes."""
+    a = math.gcd(int(n_cfg), int(n_devices))
+    return a, math.gcd(int(n_paths), int(n_devices) // a)
+
+
+def lane_mesh(n_cfg: int, n_paths: int, devices: Optional[Sequence] = None) -> Optional[Mesh]:
+    """A mesh ``("cfg", "paths")`` of shape (a, b) over ``devices`` (default: ``jax.devices()``), or None when
+    it would hold a single device.
+
+    Every device gets the same number of lanes (see :func:`mesh_shape`); the first a * b devices are used.
+    """
+    devs = list(jax.devices() if devices is None else devices)
+    if not devs:
+        return None
+    a, b = mesh_shape(n_cfg, n_paths, len(devs))
+    if a * b == 1:
+        return None
+    return Mesh(np.asarray(devs[: a * b], dtype=object).reshape(a, b), ("cfg", "paths"))
+
+
+def lane_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading axes (n_cfg, n_paths) split over the mesh's ("cfg", "paths") axes; the rest replicated."""
+    return NamedSharding(mesh, PartitionSpec("cfg", "paths"))
+
+
+def config_sharding(mesh: Mesh) -> NamedSharding:
+    """A leading axis (n_cfg,) split over the mesh's "cfg" axis (hyperparameters, targets)."""
+    return NamedSharding(mesh, PartitionSpec("cfg"))
+
+
+def place(tree, sharding):
+    """Every array leaf of ``tree`` laid out by ``sharding``. Host (numpy) leaves become global arrays through
+    ``jax.make_array_from_callback``, so each process supplies only its own shards (several hosts)."""
+
+    def put(x):
+        if isinstance(x, jax.Array) and x.is_fully_addressable:
+            return jax.device_put(x, sharding)
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+    return jax.tree_util.tree_map(put, tree)
+
+
+def to_host(x) -> np.ndarray:
+    """A (possibly sharded) array as one numpy array on this host; gathers across processes when the array
+    spans several hosts."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)

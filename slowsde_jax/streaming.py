@@ -1,0 +1,76 @@
+"""Records streamed to disk as a run goes, so long runs keep no trajectory in memory.
+
+:class:`RecordStream` holds one ``.npy`` file per recorded quantity in a folder, each of shape
+(n_t, *shape): record j is written at its own offset as soon as it is taken, with plain file writes (no
+memory map while writing, so the process does not hold the pages). :meth:`RecordStream.read` opens a file
+read-only as a memory map, so a finished run's trajectories are read from disk only where they are used.
+
+Writing record j again overwrites it with the same bytes, which is how a resumed run continues: it rewrites
+from its checkpoint's record count on, and the records before it are already on disk.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["RecordStream"]
+
+
+class RecordStream:
+    """A folder of per-quantity ``.npy`` files of shape (n_t, *record_shape), written one record at a time.
+
+    ``folder``: created if missing; ``n_t``: number of records per quantity; ``fresh``: remove the
+    folder's ``.npy`` files first (a new run), else keep them (a resumed run continues them).
+    """
+
+    def __init__(self, folder, n_t: int, fresh: bool = True):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.n_t = int(n_t)
+        self._offsets: dict = {}
+        if fresh:
+            for f in self.folder.glob("*.npy"):
+                f.unlink()
+
+    def path(self, name: str) -> Path:
+        return self.folder / f"{name}.npy"
+
+    def _open(self, name: str, x: np.ndarray) -> int:
+        """Byte offset of record 0 in ``name``'s file, creating the file when it is missing or its shape or
+        dtype does not match."""
+        if name in self._offsets:
+            return self._offsets[name]
+        path = self.path(name)
+        shape = (self.n_t,) + x.shape
+        if path.exists():
+            with open(path, "rb") as f:
+                version = np.lib.format.read_magic(f)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                hshape, fortran, dtype = read(f)
+                if hshape == shape and not fortran and dtype == x.dtype:
+                    self._offsets[name] = f.tell()
+                    return self._offsets[name]
+        header = {"descr": np.lib.format.dtype_to_descr(x.dtype), "fortran_order": False, "shape": shape}
+        with open(path, "wb") as f:
+            np.lib.format.write_array_header_2_0(f, header)
+            offset = f.tell()
+            f.truncate(offset + int(np.prod(shape)) * x.dtype.itemsize)  # sparse: no pages written yet
+        self._offsets[name] = offset
+        return offset
+
+    def write(self, j: int, name: str, x) -> None:
+        """Write record ``j`` (0 <= j < n_t) of quantity ``name`` (an array of the same shape every time)."""
+        x = np.ascontiguousarray(x)
+        offset = self._open(name, x)
+        with open(self.path(name), "r+b") as f:
+            f.seek(offset + j * x.nbytes)
+            f.write(x.tobytes())
+
+    def names(self) -> list[str]:
+        """The quantities in the folder."""
+        return sorted(f.stem for f in self.folder.glob("*.npy"))
+
+    def read(self, name: str) -> np.ndarray:
+        """The records of ``name``, shape (n_t, *record_shape), as a read-only memory map."""
+        return np.load(self.path(name), mmap_mode="r")
