@@ -216,7 +216,8 @@ def validate(cfg) -> dict:
         if k in cfg:
             check_bool(k, cfg[k])
     _expect(not cfg.get("slow_flow") or all(r.get("record_state", cfg.get("record_state", True)) is not False
-                                            for r in (cfg.get("runs") or {}).values() if isinstance(r, dict)),
+                                            for r in (cfg["runs"].values() if isinstance(cfg.get("runs"), dict) else [])
+                                            if isinstance(r, dict)),
             "slow_flow", "needs record_state: true (the recorded states are projected and start the slow ODE)")
     if "v0" in cfg:
         _check_v0("v0", cfg["v0"])
