@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import Optional
 
 
 from .validation import ConfigError, within
@@ -67,7 +68,13 @@ def cmd_run(args) -> int:
             raise ConfigError("--resume", f"'{folder}' is not a run folder (no config.yaml)")
         with within(f"{folder / 'config.yaml'}: "):
             cfg = cfgmod.load_config(folder / "config.yaml")
+        status = _folder_status(folder)
+        if status == "completed":
+            raise ConfigError("--resume", f"'{folder}' holds a completed run (summary.json); start a new run instead")
         for ck in sorted((folder / "checkpoints").glob("*.npz")):
+            if ck.name.startswith("."):  # a temporary file of an interrupted atomic write: never a checkpoint
+                ck.unlink(missing_ok=True)
+                continue
             _check_npz(ck)
     else:
         cfg = cfgmod.apply_overrides(cfgmod.load_config(args.config), args.set)
@@ -105,15 +112,22 @@ def cmd_run(args) -> int:
             trajs[name] = out if isinstance(out, list) else [out]
             runs.save_trajectories(done, {name: trajs[name]})
             (ckpts / f"{name}.npz").unlink(missing_ok=True)
+        runs.save_trajectories(folder / "trajectories.npz", trajs)  # the discrete results, safe before what follows
         view = {}
         if cfg.get("slow_flow"):  # each run on Gamma and its slow flow (see slowsde_jax.observables)
+            from .geometry import ProjectionError
             from .observables import theory_summary, theory_view
             from .plotting import plot_slow_flow
 
             methods = {name: method for name, method, _ in planned}
-            view = theory_view(trajs, methods, problem, noise, progress=None if not args.quiet else False)
-            summary["slow_flow"] = theory_summary(view, methods)
-            plot_slow_flow(view, summary["slow_flow"], folder / "slow_flow.png")
+            try:
+                view = theory_view(trajs, methods, problem, noise, progress=None if not args.quiet else False)
+            except ProjectionError as e:  # the discrete results stay; the slow-flow view is left out
+                summary["slow_flow_error"] = str(e)
+                print(f"warning: slow flow left out: {e}", file=sys.stderr)
+            if view:
+                summary["slow_flow"] = theory_summary(view, methods)
+                plot_slow_flow(view, summary["slow_flow"], folder / "slow_flow.png")
         saved = dict(trajs)
         for name, entry in view.items():
             saved.update({f"{name}.at_phi": [entry["projected"]], f"{name}.slow_ode": [entry["slow_ode"]]})
@@ -142,6 +156,16 @@ def cmd_run(args) -> int:
     figs = "observables.png" + (", slow_flow.png" if "slow_flow" in summary else "")
     print(f"wrote {folder}/summary.json, trajectories.npz, {figs} ({time.time() - t0:.1f} s)")
     return 0
+
+
+def _folder_status(folder) -> Optional[str]:
+    """The ``status`` in a run folder's summary.json, or None when it has none (or it cannot be read)."""
+    import json
+
+    try:
+        return json.loads((folder / "summary.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _check_npz(path):

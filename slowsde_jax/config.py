@@ -435,7 +435,28 @@ def prepare(cfg, command: str = "run") -> Prepared:
         planned.append((name, method, _run_kwargs(cfg, run)))
     if command == "compare":
         _check_compare(cfg, problem)
+    if cfg.get("slow_flow") and command == "run":
+        _check_slow_flow(cfg, planned)
     return Prepared(problem=problem, noise=nz, runs=planned)
+
+
+SLOW_FLOW_SUFFIXES = (".at_phi", ".slow_ode")  # the slow-flow results' names in trajectories.npz
+
+
+def _check_slow_flow(cfg, planned):
+    """``slow_flow: true`` needs a run without a sweep, names that do not collide with the saved slow-flow
+    results, and a finite S = S(v) at the recorded states: an AGM with eps = 0 must start at v0 = equilibrium."""
+    _expect(any(not cfg["runs"][name].get("sweep") for name, _, _ in planned), "slow_flow",
+            "needs at least one run without a sweep (swept runs are left out of the slow-flow view)")
+    for name, method, _ in planned:
+        _expect(not name.endswith(SLOW_FLOW_SUFFIXES), f"runs.{name}",
+                f"a run name may not end in {' or '.join(SLOW_FLOW_SUFFIXES)} with slow_flow: true (those names "
+                "hold the slow-flow results)")
+        v0 = cfg["runs"][name].get("v0", cfg.get("v0", "zeros"))
+        zero = v0 == "zeros" or (not isinstance(v0, str) and min(v0 if isinstance(v0, list) else [v0]) == 0)
+        if method.has_v and getattr(method, "eps", 1.0) == 0 and zero:
+            raise ConfigError(f"runs.{name}.v0", "slow_flow with eps = 0 needs v0: equilibrium or v0 > 0 (at v = 0, "
+                              "S = 1/(sqrt(v) + eps) is infinite and the states cannot be mapped onto Gamma)")
 
 
 def _check_compare(cfg, problem):

@@ -1,8 +1,10 @@
 """Run folders: what ``slowsde run`` writes, and :func:`load_run` to read it back in a notebook.
 
 A run folder holds ``config.yaml`` (the resolved config), ``summary.json`` (status, environment, per-run
-statistics), ``trajectories.npz`` (every Trajectory, keys prefixed ``<run>/<grid index>/``) and
-``observables.png``. Files are written to a temporary name and renamed, so none is ever half-written; a
+statistics), ``trajectories.npz`` (every Trajectory, keys prefixed ``<run>/<grid index>/``; with
+``slow_flow: true`` also ``<run>.at_phi`` (the run's states mapped to Phi_S) and ``<run>.slow_ode`` (its
+label-noise ODE), which run names may not end in), ``records/<run>/`` (the records as they were streamed
+during the run) and ``observables.png`` (``slow_flow.png`` with the slow flow). Files are written to a temporary name and renamed, so none is ever half-written; a
 write that fails (a full disk) removes its temporary file and leaves the previous version in place.
 """
 from __future__ import annotations

@@ -221,6 +221,9 @@ def _cli_rejects(tmp_path, capsys, argv, field, command="run"):
     (["=5"], "--set:", "empty key"), ([".eta=5"], "--set:", "empty key"), (["seed.x=1"], "--set seed.x:", "not a mapping"),
     (["runs.adam.v0=[nan, 1]"], "runs.adam.v0:", ""),
     (["runs.adam.v0=[1, 2, 3]"], "runs.adam.v0:", "shape"),
+    (["slow_flow=true", "runs.adam.sweep={eta: [0.1]}", "runs.sgd.sweep={eta: [0.1]}"], "slow_flow:", "without a sweep"),
+    (["slow_flow=true", "runs.adam.eps=0", "v0=zeros"], "runs.adam.v0:", "equilibrium"),
+    (["slow_flow=true", "runs={x.at_phi: {method: sgd, eta: 0.1}}"], "runs.x.at_phi:", "may not end in"),
 ])
 def test_bad_config_classes_exit_2_with_the_path_and_no_folder(tmp_path, capsys, sets, field, text):
     err = _cli_rejects(tmp_path, capsys, sum((["--set", s] for s in SMALL + sets), []), field)
@@ -442,3 +445,20 @@ def test_slow_sde_start_failures_each_say_why(hyp):
     nonfinite = why(problems.hyperbola(theta0=[3.0, 2.0]).__class__(y=prob.y, n_active=prob.n_active,
                                                                     theta0=jnp.array([np.inf, 1.0])), [2, 2])
     assert str(nonfinite).startswith("theta0: the start from the problem's initializer is not finite")
+
+
+def test_resume_refuses_a_completed_run_and_skips_temporary_files(tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = sum((["--set", s] for s in SMALL), [])
+    assert cli.main(["run", *argv, "--out", str(out), "--quiet"]) == 0
+    folder = next(out.iterdir())
+    capsys.readouterr()
+    assert cli.main(["run", "--resume", str(folder), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("slowsde: error: --resume:") and "completed" in err and "\n" not in err, err
+    summary = json.loads((folder / "summary.json").read_text())
+    (folder / "summary.json").write_text(json.dumps({**summary, "status": "running"}))  # as if killed
+    (folder / "checkpoints").mkdir(exist_ok=True)
+    (folder / "checkpoints" / ".adam.tmp.npz").write_bytes(b"half a write")
+    assert cli.main(["run", "--resume", str(folder), "--quiet"]) == 0
+    assert not (folder / "checkpoints" / ".adam.tmp.npz").exists()
