@@ -44,11 +44,11 @@ from jaxtyping import ArrayLike, Float
 from . import _precision
 from . import methods as _methods, noise as _noise, problems as _problems, sharding as _sharding
 from .streaming import RecordStream
-from .validation import ConfigError, check_int, check_range, suggest
+from .validation import ConfigError, check_bool, check_int, check_range, suggest
 from .methods import Method, second_moment
 from .noise import AbstractNoise
 from .problems import AbstractProblem
-from .inputs import initial_v, parse_inputs, run_meta
+from .inputs import check_step_count, check_sweep_value, initial_v, parse_inputs, run_meta
 from .trajectory import Trajectory
 
 __all__ = ["simulate_discrete", "apply_hypers", "SWEEPABLE", "PathState", "DiscreteRun", "save_checkpoint",
@@ -235,7 +235,12 @@ def _grid(eta, sweep, dtype):
         if k not in SWEEPABLE:
             raise ConfigError(f"sweep.{k}", f"not sweepable{suggest(k, SWEEPABLE)}; sweepable: {', '.join(SWEEPABLE)}")
     names = list(sweep)
-    values = [np.atleast_1d(np.asarray(sweep[k], dtype=float)) for k in names]
+    values = []
+    for k in names:
+        try:
+            values.append(np.atleast_1d(np.asarray(sweep[k], dtype=float)))
+        except (TypeError, ValueError):
+            raise ConfigError(f"sweep.{k}", f"must be a list of numbers, got {sweep[k]!r}") from None
     for k, v in zip(names, values):
         if v.ndim != 1 or v.size == 0:
             raise ConfigError(f"sweep.{k}", "must be a non-empty list of numbers")
@@ -315,8 +320,20 @@ def simulate_discrete(problem: AbstractProblem, noise: AbstractNoise, method: Me
     else:
         check_int("steps", steps, 1)
     check_int("block_steps", block_steps, 1)
+    check_bool("record_state", record_state)
+    if sweep is not None and not isinstance(sweep, dict):
+        raise ConfigError("sweep", f"must be a dict name -> list of values, got {type(sweep).__name__}")
     grid, cfgs = _grid(eta, sweep, dtype)
+    for k, values in (sweep or {}).items():  # every swept value through its factory's checks
+        for i, v in enumerate(np.atleast_1d(np.asarray(values, dtype=float))):
+            if k == "eta":
+                check_range(f"sweep.eta[{i}]", v, low=0.0, low_open=True)
+            else:
+                check_sweep_value(problem, noise, method, k, float(v), f"sweep.{k}[{i}]")
     check_range("eta", grid["eta"], low=0.0, low_open=True)
+    if T is not None:
+        for e in np.unique(np.asarray(grid["eta"], dtype=float)):
+            check_step_count(T, e)
     if dtype != _precision.default_float():
         cast = lambda x: x.astype(dtype) if eqx.is_array(x) and jnp.issubdtype(x.dtype, jnp.floating) else x
         problem, noise, method = jax.tree_util.tree_map(cast, (problem, noise, method))

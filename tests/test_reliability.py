@@ -1,5 +1,6 @@
 """Reliability: kill and resume bit for bit, divergence reports, config validation (also property-based)."""
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -462,3 +463,15 @@ def test_resume_refuses_a_completed_run_and_skips_temporary_files(tmp_path, caps
     (folder / "checkpoints" / ".adam.tmp.npz").write_bytes(b"half a write")
     assert cli.main(["run", "--resume", str(folder), "--quiet"]) == 0
     assert not (folder / "checkpoints" / ".adam.tmp.npz").exists()
+
+
+@pytest.mark.parametrize("kw,field", [
+    (dict(sweep={"beta1": [0.9, 1.5]}), "sweep.beta1[1]:"), (dict(sweep={"eps": [-1e-8]}), "sweep.eps[0]:"),
+    (dict(sweep={"n_train": [0]}), "sweep.n_train[0]:"), (dict(sweep={"beta1": ["a"]}), "sweep.beta1:"),
+    (dict(record_state="no"), "record_state:"), (dict(steps=None, T=1.0, eta=1e-12), "eta:"),
+])
+def test_simulate_discrete_checks_sweeps_and_settings_like_the_cli(kw, field):
+    prob = S.problems.diagonal_net(d=4, n=3, k=1, n_test=5)
+    with pytest.raises(S.ConfigError, match="^" + re.escape(field)):
+        S.discrete.simulate_discrete(prob, S.noise.label_noise(0.5), S.adam(), progress=False,
+                                     **{"eta": 0.1, "steps": 5, **kw})
