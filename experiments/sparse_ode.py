@@ -79,18 +79,21 @@ def main():
     t_disc = time.perf_counter() - t0
     rows = []
     for eta, tr in zip(etas, trs):
-        pr = X.sharpness_at_projection(P, m, tr.theta[:, -1], tr.v[:, -1])
-        w = X.diagonal_net_weights(pr["zeta"])
+        pr = X.states_at_projection(P, m, tr.theta[:, -1], tr.v[:, -1], diverged=tr.diverged)
+        ok = ~tr.diverged
+        w = X.diagonal_net_weights(pr["zeta"][ok])
         row = {"eta": eta, "steps": tr.meta["steps"],
                "support_match": float(np.mean(np.all((np.abs(w) > 0.05) == supp, axis=1))),
                "w_err": float(np.abs(w.mean(0) - w_ode).max()),
-               "w_se": float(w.std(0, ddof=1)[np.argmax(np.abs(w.mean(0) - w_ode))] / np.sqrt(a.paths))}
+               "w_se": float(w.std(0, ddof=1)[np.argmax(np.abs(w.mean(0) - w_ode))] / np.sqrt(ok.sum())),
+               "diverged": int(tr.diverged.sum())}
         for name, vals, ref in (("test_loss", pr["test_loss"], ode_end["test_loss"]),
                                 ("trace_H", pr["trace_H"], ode_end["trace_H"]),
-                                ("trace_diag_pow", pr["trace_diag_H_pow"], ode_end["trace_diag_pow"])):
+                                ("trace_diag_pow", pr["trace_sqrt_diag_H"], ode_end["trace_diag_pow"])):
+            vals = vals[ok]
             row[name] = float(vals.mean())
             row[name + "_err"] = float(abs(vals.mean() - ref))
-            row[name + "_se"] = float(vals.std(ddof=1) / np.sqrt(a.paths))
+            row[name + "_se"] = float(vals.std(ddof=1) / np.sqrt(ok.sum()))
         rows.append(row)
         print(f"eta {eta:<6} steps {row['steps']:>7}  support match {row['support_match']:.2f}  "
               f"max|E w - w_ode| {row['w_err']:.2e} (se {row['w_se']:.1e})  "

@@ -3,8 +3,8 @@ seeds per point (each seed redraws w*, the data and the noise paths), thresholds
 
 Reads a ``slowsde run`` config (``configs/exp1_sparse_*.yaml``): its problem, noise and runs; each run's
 sweep (n_train, and lam or delta) compiles once and is reused for every seed. For every grid point the last
-and the half-way states are projected onto Gamma along the method's preconditioner (Phi_S), where the test
-loss, tr H and tr(Diag H^{1-lam}) are measured; the plateau check compares the projected test loss at T/2
+and the half-way states are projected onto Gamma along the grid point's preconditioner (Phi_S, with the
+grid point's lam), where the test loss, tr H and the method's own sharpness (tr(Diag H^{1-lam})) are measured; the plateau check compares the projected test loss at T/2
 and T. The threshold is the n from which the test loss stays below ``--level`` (absolute, or relative to the
 null loss |w*|^2 / 2 with ``--relative``). Writes ``results.json`` and ``test_loss_vs_n.png`` (symlog) to --out.
 
@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from slowsde_jax import config as cfgmod, experiments as X
+from slowsde_jax.observables import own_sharpness
 
 
 def label(name, hyp):
@@ -66,12 +67,15 @@ def main():
             lam = g.hypers[idx[0]].get("lam", None if method.lam is None else float(method.lam))
             proj = {"end": [], "half": []}
             for si, s in enumerate(seeds):
-                P = make(s)
-                for tag, th, v in (("end", g.final_theta, g.final_v), ("half", g.half_theta, g.half_v)):
-                    rows = [X.sharpness_at_projection(P.with_n_train(n), method, th[si, i],
-                                                      None if v is None else v[si, i], lam=lam)
-                            for i, n in zip(idx, n_grid)]
-                    proj[tag].append(rows)
+                rows, P = {"end": [], "half": []}, make(s)
+                for i in idx:  # each grid point projected and measured with its own problem and method (swept lam)
+                    Pi, _, mi = X.grid_point(P, noise, method, g.hypers[i])
+                    for tag, th, v in (("end", g.final_theta, g.final_v), ("half", g.half_theta, g.half_v)):
+                        rows[tag].append(X.states_at_projection(Pi, mi, th[si, i], None if v is None else v[si, i],
+                                                                diverged=g.diverged[si, i]))
+                for tag in proj:
+                    proj[tag].append(rows[tag])
+            measure, measure_label = own_sharpness(mi)
             pick = lambda tag, key: np.array([[r[key].mean() for r in row] for row in proj[tag]])
             test_end, test_half = pick("end", "test_loss"), pick("half", "test_loss")
             scale = null[:, None] if a.relative else 1.0
@@ -80,7 +84,8 @@ def main():
                  "steps": int(round(g.t_end[idx[0]] / g.hypers[idx[0]]["eta"] ** 2)), "lam": lam,
                  "test_loss_proj": test_end.tolist(), "test_loss_proj_half": test_half.tolist(),
                  "test_loss_tail": tail.tolist(), "trace_H_proj": pick("end", "trace_H").tolist(),
-                 "trace_diag_pow_proj": pick("end", "trace_diag_H_pow").tolist(),
+                 "own_measure": measure, "own_measure_label": measure_label,
+                 "own_sharpness_proj": pick("end", measure).tolist(),
                  "power": 1.0 if lam is None else 1.0 - lam,
                  "threshold_proj": X.threshold_summary(n_grid, test_end / scale, a.level),
                  "threshold_proj_half": X.threshold_summary(n_grid, test_half / scale, a.level),

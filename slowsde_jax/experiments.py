@@ -7,8 +7,11 @@ independent quasi-norm interpolator for the diagonal net's fixed points.
   (n_seeds, n_cfg).
 - :func:`threshold_n`: the smallest sample size from which a loss curve stays below a level (interpolated in
   log loss between grid points); :func:`threshold_summary` over seeds.
-- :func:`sharpness_at_projection`: tr H and tr(Diag H^{1-lam}) at Phi_S(theta), the projection onto Gamma
-  along the method's preconditioner, instead of at the jittering iterate.
+- :func:`grid_point`: the problem, noise and method of one grid point (its swept hyperparameters substituted),
+  the objects to project and measure a grid point's states with.
+- :func:`states_at_projection`: :func:`slowsde_jax.observables.at_projection` for bare states (e.g. a
+  :class:`SeedGrid`'s final ones): the problem's observables (test loss, ...) and the sharpness measures at
+  Phi_S(theta), the projection onto Gamma along the method's preconditioner, instead of at the jittering iterate.
 - :func:`min_quasi_norm_interpolator`: argmin sum_j |w_j|^q subject to Z w = y (0 < q <= 1) by iteratively
   reweighted least squares with a geometrically decreasing smoothing eps (as in Chartrand and Yin): the point the
   AdamE-lam ODE should reach on a diagonal net, with q = 1 - lam, found without the ODE (a local minimizer);
@@ -20,14 +23,13 @@ import dataclasses
 import time
 from typing import Callable, Optional, Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from .validation import ConfigError, check_range
 
 __all__ = ["SeedGrid", "run_seed_grid", "threshold_n", "threshold_summary",
-           "sharpness_at_projection", "min_quasi_norm_interpolator", "min_quasi_norm_by_supports",
+           "grid_point", "states_at_projection", "min_quasi_norm_interpolator", "min_quasi_norm_by_supports",
            "diagonal_net_weights"]
 
 
@@ -37,8 +39,11 @@ class SeedGrid:
 
     - ``seeds``: the seeds (each one the problem's data seed and the paths' key);
     - ``hypers``: the grid points, in ``simulate_discrete``'s sweep order (list of dicts, length n_cfg);
-    - ``tail``: name -> array (n_seeds, n_cfg), each path's mean over the last ``tail_fraction`` of the
-      recorded times, then averaged over paths;
+    - ``tail``: name -> array (n_seeds, n_cfg), each surviving path's mean over the last ``tail_fraction`` of
+      the recorded times, then averaged over the paths that did not diverge
+      (:meth:`slowsde_jax.Trajectory.tail_mean`; NaN where every path diverged);
+    - ``diverged``: (n_seeds, n_cfg, n_paths) bool, the paths that diverged (their states are frozen at the
+      last good step);
     - ``final_theta``: (n_seeds, n_cfg, n_paths, D) the last recorded state (None unless states were recorded);
     - ``final_v``: the same for the second moment (None for SGD or without states);
     - ``half_theta``, ``half_v``: the same at the recorded point half way through the run (for plateau checks);
@@ -55,6 +60,7 @@ class SeedGrid:
     seconds: list
     half_theta: Optional[np.ndarray] = None
     half_v: Optional[np.ndarray] = None
+    diverged: Optional[np.ndarray] = None
     trajectories: Optional[list] = None
 
     def select(self, **hypers) -> np.ndarray:
@@ -75,9 +81,8 @@ def run_seed_grid(problem_fn: Callable, noise, method, seeds: Sequence[int], *, 
     check_range("tail_fraction", tail_fraction, low=0.0, high=1.0, low_open=True)
     if len(seeds) == 0:
         raise ConfigError("seeds", "must be a non-empty list of integers")
-    tails, thetas, vs, half_thetas, half_vs, secs, kept = {}, [], [], [], [], [], []
+    tails, thetas, vs, half_thetas, half_vs, secs, kept, div = {}, [], [], [], [], [], [], []
     hypers = t_end = None
-    n_tail = max(1, int(round(tail_fraction * n_record)))
     for seed in seeds:
         problem = problem_fn(int(seed))
         t0 = time.perf_counter()
@@ -88,7 +93,8 @@ def run_seed_grid(problem_fn: Callable, noise, method, seeds: Sequence[int], *, 
         hypers = [tr.meta["hypers"] for tr in trajs]
         t_end = np.array([tr.t[-1] for tr in trajs])
         for name in trajs[0].observables:
-            tails.setdefault(name, []).append([float(np.mean(tr.observables[name][:, -n_tail:])) for tr in trajs])
+            tails.setdefault(name, []).append([tr.tail_mean(name, tail_fraction)[0] for tr in trajs])
+        div.append(np.stack([tr.diverged for tr in trajs]))
         if record_state:
             thetas.append(np.stack([tr.theta[:, -1] for tr in trajs]))
             half_thetas.append(np.stack([tr.theta[:, n_record // 2] for tr in trajs]))
@@ -100,7 +106,7 @@ def run_seed_grid(problem_fn: Callable, noise, method, seeds: Sequence[int], *, 
     return SeedGrid(seeds=[int(s) for s in seeds], hypers=hypers, tail={k: np.asarray(v) for k, v in tails.items()},
                     final_theta=np.stack(thetas) if thetas else None, final_v=np.stack(vs) if vs else None,
                     t_end=t_end, seconds=secs, half_theta=np.stack(half_thetas) if half_thetas else None,
-                    half_v=np.stack(half_vs) if half_vs else None, trajectories=kept or None)
+                    half_v=np.stack(half_vs) if half_vs else None, diverged=np.stack(div), trajectories=kept or None)
 
 
 def threshold_n(n_grid: Sequence[float], loss: Sequence[float], level: float = 1.0) -> float:
@@ -137,29 +143,39 @@ def threshold_summary(n_grid, losses, level: float = 1.0) -> dict:
             "max": float(np.max(per)), "level": float(level)}
 
 
-def sharpness_at_projection(problem, method, theta, v=None, lam: Optional[float] = None, tol: float = 1e-10) -> dict:
-    """Project states onto Gamma along the method's preconditioner and measure the sharpness there.
+def grid_point(problem, noise, method, hypers: dict):
+    """(problem, noise, method) at one grid point: the swept values in ``hypers`` (one entry of
+    :attr:`SeedGrid.hypers`, e.g. ``{"eta": 0.1, "lam": 0.001, "n_train": 20}``) substituted as float arrays
+    (:func:`slowsde_jax.discrete.apply_hypers`). A swept lam changes the method's preconditioner S, so a
+    grid point's states must be projected with this method, not the run's base one."""
+    from .discrete import apply_hypers
 
-    ``theta``: (N, D) states; ``v``: (N, D) second moments (None: SGD, S = I). ``lam``: the power of the
-    method's S (defaults to ``method.lam``; 0.5 is Adam). Returns numpy arrays (N,): ``trace_H``,
-    ``trace_diag_H_pow`` (tr(Diag H^{1-lam}); tr H for SGD), ``power`` (1 - lam), ``train_loss`` at the projected points, and
-    ``zeta`` (N, D) the projected points."""
-    from . import geometry as geo
-    from .problems import observe_batch
+    return apply_hypers(problem, noise, method, {k: jnp.asarray(float(v)) for k, v in hypers.items()})
 
-    theta = jnp.atleast_2d(jnp.asarray(theta))
-    S = jnp.ones_like(theta) if v is None else method.S(jnp.atleast_2d(jnp.asarray(v)))
-    residuals, weights = problem.residual_parts()
-    zeta = geo.project(problem.loss, theta, S, tol=tol, residuals=residuals, weights=weights)
-    hd = jax.vmap(problem.hessian_diag)(zeta)
-    lam = method.lam if lam is None else lam
-    lam = 0.0 if lam is None else float(lam)
-    obs = observe_batch(problem, zeta)
-    trace = jax.vmap(lambda h: geo.sharpness(h, "trace"))(hd)
-    power = jax.vmap(lambda h: geo.sharpness(h, "trace_diag_pow", lam=lam))(hd)
-    return {"trace_H": np.asarray(trace), "trace_diag_H_pow": np.asarray(power), "power": 1.0 - lam, "train_loss": np.asarray(obs["train_loss"]), "zeta": np.asarray(zeta),
-            **({"test_loss": np.asarray(obs["test_loss"])} if "test_loss" in obs else {}),
-            **({"test_error": np.asarray(obs["test_error"])} if "test_error" in obs else {})}
+
+def states_at_projection(problem, method, theta, v=None, diverged=None, **project_kw) -> dict:
+    """Bare states seen on Gamma: :func:`slowsde_jax.observables.at_projection` applied to ``theta``
+    (N, D) and ``v`` (N, D; None for SGD) as a one-record trajectory.
+
+    Returns name -> array (N,): the problem's observables at zeta = Phi_{S(v)}(theta) (``train_loss``,
+    ``test_loss``, ...), the sharpness measures of :func:`slowsde_jax.observables.sharpness_values` (``trace_H``,
+    ``trace_sqrt_diag_H`` and ``method``'s own, named by :func:`slowsde_jax.observables.own_sharpness`), and
+    ``zeta`` (N, D). Paths marked in ``diverged`` (N,) bool are not projected and get NaN everywhere.
+    ``method`` (and ``problem``) must be the grid point's (:func:`grid_point`). ``project_kw``: ``tol``,
+    ``max_steps``, ``rank``."""
+    from .observables import at_projection
+    from .trajectory import Trajectory
+
+    theta = np.atleast_2d(np.asarray(theta, float))
+    n = theta.shape[0]
+    v = None if v is None else np.atleast_2d(np.asarray(v, float))
+    div = np.zeros(n, bool) if diverged is None else np.asarray(diverged, bool).reshape(n)
+    tr = Trajectory(t=np.zeros(1), theta=theta[:, None], v=None if v is None else v[:, None], observables={},
+                    diverged_time=np.where(div, 0.0, np.nan), meta={})
+    proj = at_projection(tr, problem, method, **project_kw)
+    out = {k: np.where(div, np.nan, np.asarray(x)[:, 0]) for k, x in proj.observables.items()}
+    out["zeta"] = np.where(div[:, None], np.nan, proj.theta[:, 0])
+    return out
 
 
 def diagonal_net_weights(theta) -> np.ndarray:

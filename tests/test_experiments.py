@@ -6,6 +6,7 @@ import pytest
 
 import slowsde_jax as S
 from slowsde_jax import ConfigError, discrete, experiments as X, geometry as geo, noise, problems
+from slowsde_jax.observables import own_sharpness, sharpness_values
 
 
 # ----- threshold_n -------------------------------------------------------------------------------------------
@@ -93,27 +94,50 @@ def test_sharpness_at_a_point_of_gamma_is_the_quasi_norm():
     P = problems.diagonal_net(d=12, n=6, k=2, key=1, n_test=50)
     w = X.min_quasi_norm_interpolator(np.asarray(P.Z), np.asarray(P.y), q=1.0)
     x = np.concatenate([np.sqrt(np.maximum(w, 0)), np.sqrt(np.maximum(-w, 0))])
-    for lam in (0.25, 0.5):
+    for lam, own in ((0.25, "trace_diag_H_pow"), (0.5, "trace_sqrt_diag_H")):
         m = S.adame(lam=lam, beta2=0.95, eps=1e-6)
+        assert own_sharpness(m)[0] == own
         v = np.full((1, x.size), 0.3)
-        out = X.sharpness_at_projection(P, m, x[None], v)
+        out = X.states_at_projection(P, m, x[None], v)
         np.testing.assert_allclose(out["zeta"][0], x, atol=1e-7)
-        assert out["power"] == pytest.approx(1 - lam)
+        assert out["train_loss"][0] < 1e-20
         assert out["trace_H"][0] == pytest.approx(4 * np.abs(w).sum(), rel=1e-7)
-        assert out["trace_diag_H_pow"][0] == pytest.approx(4 ** (1 - lam) * np.sum(np.abs(w) ** (1 - lam)), rel=1e-6)
-    out = X.sharpness_at_projection(P, S.sgd(), x[None])  # SGD: S = I, its sharpness is tr H
-    assert out["trace_diag_H_pow"][0] == pytest.approx(out["trace_H"][0])
+        assert out[own][0] == pytest.approx(4 ** (1 - lam) * np.sum(np.abs(w) ** (1 - lam)), rel=1e-6)
+    out = X.states_at_projection(P, S.sgd(), x[None])  # SGD: S = I, its own sharpness is tr H
+    assert own_sharpness(S.sgd())[0] == "trace_H" and "trace_diag_H_pow" not in out
 
 
-def test_sharpness_at_projection_projects_off_gamma_points():
+def test_a_grid_points_states_are_projected_with_its_own_lam():
+    """A run of AdamE-0.25 sweeping lam: the grid point lam = 0.75 is projected along S = v^{-0.75} (not the base
+    method's v^{-0.25}), measured on its own n_train, and a diverged path gives NaN."""
     P = problems.diagonal_net(d=12, n=6, k=2, key=1, n_test=50)
-    m = S.adam(beta2=0.95, eps=1e-6)
+    base = S.adame(lam=0.25, beta2=0.95, eps=1e-6)
+    P_j, _, m_j = X.grid_point(P, noise.label_noise(0.5), base, {"eta": 0.1, "lam": 0.75, "n_train": 5})
+    assert float(m_j.lam) == 0.75 and float(P_j.n_active) == 5.0
     x = np.asarray(P.init(jnp.asarray(np.array([0, 7], dtype=np.uint32)))) + 0.3
-    v = np.full(x.size, 0.2)
-    out = X.sharpness_at_projection(P, m, x[None], v[None])
-    assert out["train_loss"][0] < 1e-20 and P.loss(jnp.asarray(x)) > 1e-3
-    zeta = geo.project(P.loss, jnp.asarray(x), m.S(jnp.asarray(v)), residuals=P.residuals, weights=P.sample_weights())
+    v = np.linspace(0.05, 2.0, x.size)  # uneven: S depends on lam
+    out = X.states_at_projection(P_j, m_j, np.stack([x, x]), np.stack([v, v]), diverged=[False, True])
+    proj = lambda m, p: np.asarray(geo.project(p.loss, jnp.asarray(x), m.S(jnp.asarray(v)), residuals=p.residuals,
+                                               weights=p.sample_weights()))
+    zeta = proj(S.adame(lam=0.75, beta2=0.95, eps=1e-6), P_j)
     np.testing.assert_allclose(out["zeta"][0], zeta, atol=1e-9)
+    assert np.abs(zeta - proj(base, P_j)).max() > 1e-3  # the base method's S would have given another point
+    assert out["train_loss"][0] < 1e-20 and P_j.loss(jnp.asarray(x)) > 1e-3
+    expect = sharpness_values(P_j, zeta, m_j)
+    assert out["trace_diag_H_pow"][0] == pytest.approx(float(expect["trace_diag_H_pow"]), rel=1e-12)
+    assert np.all(np.isnan(out["zeta"][1])) and np.isnan(out["test_loss"][1])
+
+
+def test_seed_grid_tail_skips_diverged_paths():
+    """The tail average is Trajectory.tail_mean's: a grid point whose paths all diverge is NaN, flagged in
+    ``diverged``, and does not touch the other grid point's average."""
+    P = lambda s: problems.diagonal_net(d=6, n=4, k=1, key=s, n_test=20)
+    g = X.run_seed_grid(P, noise.label_noise(0.5), S.sgd(), [0], sweep={"eta": [0.05, 20.0]}, steps=100,
+                        n_paths=2, n_record=4, tail_fraction=0.5, keep_trajectories=True)
+    tr_ok, tr_bad = g.trajectories[0]
+    assert g.diverged.shape == (1, 2, 2) and not g.diverged[0, 0].any() and g.diverged[0, 1].all()
+    assert np.isnan(g.tail["train_loss"][0, 1])
+    assert g.tail["train_loss"][0, 0] == pytest.approx(tr_ok.tail_mean("train_loss", 0.5)[0], rel=1e-12)
 
 
 # ----- seed grids, and experiment 1's ordering at CPU scale ---------------------------------------------------
@@ -151,10 +175,14 @@ def test_seed_grid_is_the_per_seed_sweep(grids):
 
 def test_adam_needs_fewer_samples_than_sgd(grids):
     """The threshold is the n_train from which the tail-averaged clean test loss stays below 0.1 (the null
-    loss |w*|^2 / 2 is ~0.8). On every seed Adam's threshold is lower, and the mean gap exceeds the seed
-    spread (sd) of the paired gaps."""
+    loss |w*|^2 / 2 is ~0.8). On every seed Adam's threshold is lower, and a paired one-sided t-test on the
+    per-seed gaps rejects "no gap" at the 5% level: t = mean / (sd / sqrt(n)) > t_{0.95, n-1}."""
     thr = {name: np.array(X.threshold_summary(N_GRID, g.tail["test_loss"], level=0.1)["per_seed"])
            for name, (_, _, _, g) in grids.items()}
     gap = thr["sgd"] - thr["adam"]
     assert np.all(np.isfinite(thr["adam"])) and np.all(gap > 0), thr
-    assert gap.mean() > gap.std(ddof=1), (thr, gap)
+    n = gap.size
+    t = gap.mean() / (gap.std(ddof=1) / np.sqrt(n))
+    T_95_3DOF = 2.353  # scipy.stats.t.ppf(0.95, 3): the one-sided 95% quantile of Student's t with 3 dof
+    assert n == 4
+    assert t > T_95_3DOF, (thr, gap, t)
