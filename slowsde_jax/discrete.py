@@ -263,13 +263,13 @@ class DiscreteRun:
 
 def simulate_discrete(problem: AbstractProblem, noise: AbstractNoise, method: Method, eta: Optional[float] = None,
                       T: Optional[float] = None, n_paths: int = 1, key: Union[int, jax.Array] = 0, *,
-                      steps: Optional[int] = None, n_record: int = 100, theta0: Optional[Float[ArrayLike, "D"]] = None,
-                      v0: Union[str, Float[ArrayLike, "D"]] = "zeros", sweep: Optional[dict] = None,
-                      record_state: bool = True, chunk_steps: int = 1_000_000, progress: Optional[bool] = None,
-                      divergence_bound: float = 1e10, dtype: Optional[DTypeLike] = None, on_chunk: Optional[Callable] = None,
-                      checkpoint: Union[None, str, Path] = None,
-                      checkpoint_every_s: float = 30.0, block_steps: int = 32,
-                      devices: Optional[Sequence[jax.Device]] = None,
+                      steps: Optional[int] = None, n_record: int = 100,
+                      theta0: Optional[Float[ArrayLike, "D"]] = None, v0: Union[str, Float[ArrayLike, "D"]] = "zeros",
+                      sweep: Optional[dict] = None, record_state: bool = True, chunk_steps: int = 1_000_000,
+                      progress: Optional[bool] = None, divergence_bound: float = 1e10,
+                      dtype: Optional[DTypeLike] = None, on_chunk: Optional[Callable] = None,
+                      checkpoint: Union[None, str, Path] = None, checkpoint_every_s: float = 30.0,
+                      block_steps: int = 32, devices: Optional[Sequence[jax.Device]] = None,
                       record_to: Union[None, str, Path] = None) -> Union[Trajectory, list[Trajectory]]:
     """Run the discrete AGM ``method`` on ``problem`` with gradient noise ``noise``.
 

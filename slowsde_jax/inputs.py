@@ -96,9 +96,9 @@ class Inputs:
     dtype: Any
 
 
-def parse_inputs(problem: AbstractProblem, noise: AbstractNoise, method: Method, *, key: Union[int, PRNGKeyArray], n_paths: int,
-                 n_record: int, theta0: Optional[ArrayLike], v0: Union[str, ArrayLike], dtype: Optional[DTypeLike],
-                 v0_modes: tuple[str, ...] = V0_MODES) -> Inputs:
+def parse_inputs(problem: AbstractProblem, noise: AbstractNoise, method: Method, *, key: Union[int, PRNGKeyArray],
+                 n_paths: int, n_record: int, theta0: Optional[ArrayLike], v0: Union[str, ArrayLike],
+                 dtype: Optional[DTypeLike], v0_modes: tuple[str, ...] = V0_MODES) -> Inputs:
     """Check the shared arguments of both engines (ConfigError naming the field) and return them parsed.
 
     ``v0_modes``: the string modes this engine accepts (the slow SDE cannot start at v = 0).
@@ -200,9 +200,9 @@ def check_memory(field: str, **sizes) -> None:
                                      "the sweep, or set record_state: false")
 
 
-def explain_start_failure(problem: AbstractProblem, noise: AbstractNoise, method: Method, theta0: Optional[Float[Array, "D"]],
-                          v0_mode: str, v0: Optional[ArrayLike], keys: PRNGKeyArray, status: ArrayLike,
-                          max_steps: int) -> Exception:
+def explain_start_failure(problem: AbstractProblem, noise: AbstractNoise, method: Method,
+                          theta0: Optional[Float[Array, "D"]], v0_mode: str, v0: Optional[ArrayLike],
+                          keys: PRNGKeyArray, status: ArrayLike, max_steps: int) -> Exception:
     """Why the slow SDE could not start, from the projection statuses (one per path): a ConfigError for a
     non-finite start, a NaN loss or v <= 0 with eps = 0 (S infinite), a ProjectionError otherwise (budget
     ``project_max_steps`` exhausted, no minimizer nearby). ``keys``: the per-path keys of the start (the
@@ -308,7 +308,8 @@ META_KEYS = ("engine", "method", "noise", "problem", "eta", "T", "n_paths", "v0"
              "dt", "steps_per_record", "c", "alpha", "solver", "richardson", "failure_reasons")
 
 
-def run_meta(engine: str, problem: AbstractProblem, noise: AbstractNoise, method: Method, **fields: Any) -> dict[str, Any]:
+def run_meta(engine: str, problem: AbstractProblem, noise: AbstractNoise, method: Method,
+             **fields: Any) -> dict[str, Any]:
     """``Trajectory.meta`` for a run of ``engine`` ("discrete", "slow_sde" or "label_noise_ode"): every key of
     :data:`META_KEYS`, those not given set to None."""
     unknown = set(fields) - set(META_KEYS)

@@ -291,19 +291,20 @@ def _make(name, beta1, beta2, c, eps, lam, blocks=None, bias_correction=False) -
                   blocks=blocks, bias_correction=bool(bias_correction))
 
 
-def adam(beta1: ArrayLike = 0.9, beta2: Optional[ArrayLike] = None, c: Optional[ArrayLike] = None, eps: ArrayLike = 1e-8,
-         bias_correction: bool = False) -> Method:
+def adam(beta1: ArrayLike = 0.9, beta2: Optional[ArrayLike] = None, c: Optional[ArrayLike] = None,
+         eps: ArrayLike = 1e-8, bias_correction: bool = False) -> Method:
     """Adam: V = diag, S = 1/(sqrt(v)+eps). Without beta2 or c, c = 10 (1 - beta2 = 10 eta^2)."""
     return _make("adam", beta1, beta2, c, eps, 0.5, bias_correction=bias_correction)
 
 
-def adame(lam: ArrayLike = 0.5, beta1: ArrayLike = 0.9, beta2: Optional[ArrayLike] = None, c: Optional[ArrayLike] = None,
-          eps: ArrayLike = 1e-8, bias_correction: bool = False) -> Method:
+def adame(lam: ArrayLike = 0.5, beta1: ArrayLike = 0.9, beta2: Optional[ArrayLike] = None,
+          c: Optional[ArrayLike] = None, eps: ArrayLike = 1e-8, bias_correction: bool = False) -> Method:
     """AdamE-lam: S = 1/(v^lam + eps); lam = 1/2 is Adam, lam -> 0 approaches SGD at rate eta/(1+eps)."""
     return _make("adame", beta1, beta2, c, eps, lam, bias_correction=bias_correction)
 
 
-def rmsprop(beta2: Optional[ArrayLike] = None, c: Optional[ArrayLike] = None, eps: ArrayLike = 1e-8, bias_correction: bool = False) -> Method:
+def rmsprop(beta2: Optional[ArrayLike] = None, c: Optional[ArrayLike] = None, eps: ArrayLike = 1e-8,
+            bias_correction: bool = False) -> Method:
     """RMSProp: Adam with beta1 = 0."""
     return _make("rmsprop", 0.0, beta2, c, eps, 0.5, bias_correction=bias_correction)
 
@@ -327,8 +328,8 @@ def _blocks_spec(blocks):
     return tuple(int(i) for i in arr.ravel())
 
 
-def adam_mini(blocks: Union[str, PyTree[int]], beta1: ArrayLike = 0.9, beta2: Optional[ArrayLike] = None, c: Optional[ArrayLike] = None,
-              eps: ArrayLike = 1e-8, bias_correction: bool = False) -> Method:
+def adam_mini(blocks: Union[str, PyTree[int]], beta1: ArrayLike = 0.9, beta2: Optional[ArrayLike] = None,
+              c: Optional[ArrayLike] = None, eps: ArrayLike = 1e-8, bias_correction: bool = False) -> Method:
     """Adam-mini: v is shared within blocks (V = block mean of diag).
 
     ``blocks``: integer block id per raveled coordinate (length D), a pytree of ids matching the params
@@ -337,8 +338,9 @@ def adam_mini(blocks: Union[str, PyTree[int]], beta1: ArrayLike = 0.9, beta2: Op
     return _make("adam_mini", beta1, beta2, c, eps, 0.5, blocks=_blocks_spec(blocks), bias_correction=bias_correction)
 
 
-def adalayer(beta1: ArrayLike = 0.9, beta2: Optional[ArrayLike] = None, c: Optional[ArrayLike] = None, eps: ArrayLike = 1e-8,
-             bias_correction: bool = False, blocks: Union[str, PyTree[int]] = "leaf") -> Method:
+def adalayer(beta1: ArrayLike = 0.9, beta2: Optional[ArrayLike] = None, c: Optional[ArrayLike] = None,
+             eps: ArrayLike = 1e-8, bias_correction: bool = False,
+             blocks: Union[str, PyTree[int]] = "leaf") -> Method:
     """Adalayer: one block per layer. Layers are the pytree leaves, or explicit ids via ``blocks``."""
     return _make("adalayer", beta1, beta2, c, eps, 0.5, blocks=_blocks_spec(blocks), bias_correction=bias_correction)
 

@@ -274,8 +274,9 @@ def _features(key, shape, kind, dtype):
     return jax.random.normal(key, shape, dtype)
 
 
-def diagonal_net(d: int = 100, n: int = 40, k: int = 3, key: Union[int, PRNGKeyArray] = 0, features: str = "rademacher",
-                 n_test: int = 10_000, init_scale: float = 0.1, n_train: Optional[int] = None) -> DiagonalNet:
+def diagonal_net(d: int = 100, n: int = 40, k: int = 3, key: Union[int, PRNGKeyArray] = 0,
+                 features: str = "rademacher", n_test: int = 10_000, init_scale: float = 0.1,
+                 n_train: Optional[int] = None) -> DiagonalNet:
     """Sparse regression with a diagonal net (docs/math.md#the-papers-experiments-in-small). ``key``: a jax PRNG key or an int seed.
 
     w* has ``k`` random support entries uniform in (-1, 1), redrawn while any |w*_j| < 0.01; labels are clean

@@ -56,8 +56,9 @@ State = tuple[Float[Array, "D"], Float[Array, "D"]]  # the slow SDE's state y = 
 
 
 # ----- the coefficients -----------------------------------------------------------------------------------------
-def slow_sde_coefficients(problem: AbstractProblem, noise: AbstractNoise, method: Method, zeta: Float[Array, "D"], v: Float[Array, "D"],
-                          c: ArrayLike, rank: Optional[int] = None, structured: Optional[bool] = None
+def slow_sde_coefficients(problem: AbstractProblem, noise: AbstractNoise, method: Method, zeta: Float[Array, "D"],
+                          v: Float[Array, "D"], c: ArrayLike, rank: Optional[int] = None,
+                          structured: Optional[bool] = None
                           ) -> tuple[Float[Array, "D"], Float[Array, "D"], Float[Array, "D K"]]:
     """Drift of (zeta, v) (each (D,)) and the tangent diffusion factor A (D, K) at a point zeta of Gamma, with
     A A^T = Sigma_par and K the width of the noise's covariance factor G (G G^T = Sigma).
