@@ -14,7 +14,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-from jaxtyping import Array, PRNGKeyArray
+from typing import Optional
+
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 __all__ = ["GridBrownianPath"]
 
@@ -39,14 +41,15 @@ class GridBrownianPath(diffrax.AbstractBrownianPath):
     levy_area: type = eqx.field(static=True, default=diffrax.BrownianIncrement)
 
     @property
-    def t0(self):
+    def t0(self) -> float:
         return -jnp.inf
 
     @property
-    def t1(self):
+    def t1(self) -> float:
         return jnp.inf
 
-    def evaluate(self, t0, t1=None, left: bool = True, use_levy: bool = False):
+    def evaluate(self, t0: ArrayLike, t1: Optional[ArrayLike] = None, left: bool = True,
+                 use_levy: bool = False) -> Float[Array, "*shape"]:
         """W(t1) - W(t0) (or W(t0) - W(0) when t1 is None, for t0 <= substeps * h)."""
         del left
         if use_levy:

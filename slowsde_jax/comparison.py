@@ -2,20 +2,26 @@
 from __future__ import annotations
 
 import dataclasses
+from os import PathLike
+from typing import Any, Optional, Sequence, Union
 
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import ArrayLike, PRNGKeyArray
 
 from . import geometry as geo
 from .validation import ConfigError
 from .plotting import NOT_RESOLVED
-from .problems import observe_batch
+from .methods import Method
+from .noise import AbstractNoise
+from .problems import AbstractProblem, observe_batch
 from .trajectory import Trajectory
 
 __all__ = ["Comparison", "compare", "describe_order", "eta_sweep", "fit_order", "project_trajectory", "weak_order"]
 
 
-def project_trajectory(traj: Trajectory, problem, method, tol=1e-10, max_steps=100_000, rank=None) -> Trajectory:
+def project_trajectory(traj: Trajectory, problem: AbstractProblem, method: Method, tol: float = 1e-10,
+                       max_steps: int = 100_000, rank: Optional[int] = None) -> Trajectory:
     """The discrete trajectory seen on Gamma: theta_k -> Phi_{S(v_k)}(theta_k) at every recorded time, with
     the problem's observables recomputed there (docs/math.md#the-slow-sde: (theta_k, v_k) corresponds to (zeta(k eta^2), v)).
     Needs a trajectory recorded with ``record_state=True``. Diverged paths are left as they are.
@@ -59,7 +65,7 @@ class Comparison:
                 for k in self.weak_error}
 
 
-def compare(discrete: Trajectory, continuous: Trajectory, observables=None) -> Comparison:
+def compare(discrete: Trajectory, continuous: Trajectory, observables: Optional[Sequence[str]] = None) -> Comparison:
     """Weak errors |E g(discrete) - E g(SDE)| per recorded time for each observable g (default: all shared).
 
     Both trajectories must be recorded on the same times, up to one discrete step eta^2 (the discrete
@@ -83,14 +89,14 @@ def compare(discrete: Trajectory, continuous: Trajectory, observables=None) -> C
     return Comparison(t=discrete.t, **out)
 
 
-def fit_order(etas, errors):
+def fit_order(etas: ArrayLike, errors: ArrayLike) -> tuple[float, float]:
     """Least-squares slope and intercept of log(error) against log(eta): error ~ C eta^order."""
     x, y = np.log(np.asarray(etas, float)), np.log(np.asarray(errors, float))
     order, logc = np.polyfit(x, y, 1)
     return float(order), float(np.exp(logc))
 
 
-def weak_order(etas, errors, se) -> dict:
+def weak_order(etas: ArrayLike, errors: ArrayLike, se: ArrayLike) -> dict[str, Any]:
     """The order of the weak error in eta, fitted only where it is resolved (error > 2 standard errors).
 
     Returns ``order`` and ``constant`` (None when fewer than two etas are resolved), ``order_se`` (the
@@ -117,8 +123,10 @@ def describe_order(entry: dict) -> str:
     return f"order {entry['order']:.2f}" + (f" ± {se:.2f}" if se is not None else "")
 
 
-def eta_sweep(problem, noise, method, etas, T, n_paths, key, sde_traj, observables, project=True, plot_path=None,
-              **discrete_kw):
+def eta_sweep(problem: AbstractProblem, noise: AbstractNoise, method: Method, etas: Sequence[float], T: float,
+              n_paths: int, key: Union[int, PRNGKeyArray], sde_traj: Trajectory,
+              observables: Union[str, Sequence[str]], project: bool = True,
+              plot_path: Union[None, str, PathLike] = None, **discrete_kw: Any) -> dict[str, Any]:
     """Run the discrete method at every eta in ``etas`` (one compiled sweep, recorded on ``sde_traj``'s
     times), compare each with ``sde_traj``, and fit the order of the weak error at the final time in eta
     (see :func:`weak_order`: only etas whose error exceeds 2 s.e. enter the fit).

@@ -35,9 +35,11 @@ import copy
 import dataclasses
 import inspect
 import itertools
+import os
 import re
 from importlib import resources
 from pathlib import Path
+from typing import Any, Iterable, Optional, Union
 
 import numpy as np
 import yaml
@@ -103,7 +105,7 @@ def default_config_text() -> str:
     return resources.files("slowsde_jax").joinpath("default_config.yaml").read_text()
 
 
-def load_config(path=None) -> dict:
+def load_config(path: Optional[Union[str, os.PathLike]] = None) -> dict:
     """Read and validate a YAML config; ``None`` gives the built-in default."""
     if path is None:
         text, where = default_config_text(), "default config"
@@ -135,7 +137,7 @@ def _parse_value(text: str):
         return text
 
 
-def apply_overrides(cfg: dict, sets) -> dict:
+def apply_overrides(cfg: dict, sets: Optional[Iterable[str]]) -> dict:
     """Apply ``key.sub=value`` overrides (values parsed as YAML; ``null`` removes the key) and re-validate."""
     cfg = copy.deepcopy(cfg)
     for item in sets or []:
@@ -186,7 +188,7 @@ def _check_v0(field, v0):
         raise ConfigError(field, f"must be 'zeros', 'equilibrium', a number or a list of numbers, got {show(v0)}")
 
 
-def validate(cfg) -> dict:
+def validate(cfg: Any) -> dict:
     """Check a config dict's structure and values; return it (unchanged)."""
     _expect(isinstance(cfg, dict), "config", f"must be a mapping of keys to values, got {type(cfg).__name__}")
     per_run = (RUN_KEYS - TOP_KEYS) | {p for f in methods.FACTORIES.values() for p in inspect.signature(f).parameters}
@@ -317,17 +319,17 @@ def _validate_compare(cmp):
         check_bool("compare.project", cmp["project"])
 
 
-def build_problem(cfg):
+def build_problem(cfg: dict) -> problems.AbstractProblem:
     kw = {k: v for k, v in cfg["problem"].items() if k != "kind"}
     return problems.PROBLEMS[cfg["problem"]["kind"]](key=cfg.get("seed", 0), **kw)
 
 
-def build_noise(cfg):
+def build_noise(cfg: dict) -> noise.AbstractNoise:
     kw = {k: v for k, v in cfg["noise"].items() if k != "kind"}
     return noise.NOISES[cfg["noise"]["kind"]](**kw)
 
 
-def build_runs(cfg):
+def build_runs(cfg: dict) -> list[tuple[str, methods.Method, dict[str, Any]]]:
     """[(name, method, simulate_discrete keyword arguments)] for every run of the config."""
     out = []
     for name, run in cfg["runs"].items():
@@ -404,7 +406,7 @@ def _check_run(cfg, name, run, problem, nz, method, etas):
         raise ConfigError(field, e.reason if field.startswith(f) else f"in run '{name}': {e.reason}") from None
 
 
-def prepare(cfg, command: str = "run") -> Prepared:
+def prepare(cfg: dict, command: str = "run") -> Prepared:
     """Validate ``cfg`` completely before any work: its layout (:func:`validate`), the problem, noise and every
     method through their factories, and each run's grid (every swept value through its factory's checks,
     c*eta^2 in (0, 1) at every eta, a step count that fits, the memory it needs). For ``command="compare"``

@@ -33,12 +33,13 @@ import itertools
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import DTypeLike
 from jaxtyping import ArrayLike, Float
 
 from . import _precision
@@ -61,7 +62,8 @@ _OWNER = {name: owner for owner, cls in _SWEEP_OWNERS.items() for name in cls.sw
 SWEEPABLE = ("eta", *_OWNER)
 
 
-def apply_hypers(problem, noise, method, hypers: dict):
+def apply_hypers(problem: AbstractProblem, noise: AbstractNoise, method: Method,
+                 hypers: dict) -> tuple[AbstractProblem, AbstractNoise, Method]:
     """Return (problem, noise, method) with the hyperparameters in ``hypers`` (arrays) substituted into the
     fields their classes declare sweepable (``type(x).sweepable``: sweep name -> field name)."""
     objs = {"problem": problem, "noise": noise, "method": method}
@@ -266,12 +268,13 @@ class DiscreteRun:
 
 def simulate_discrete(problem: AbstractProblem, noise: AbstractNoise, method: Method, eta: Optional[float] = None,
                       T: Optional[float] = None, n_paths: int = 1, key: Union[int, jax.Array] = 0, *,
-                      steps: Optional[int] = None, n_record: int = 100, theta0: Optional[Float[ArrayLike, "D"]] = None,
-                      v0: Union[str, Float[ArrayLike, "D"]] = "zeros", sweep: Optional[dict] = None,
-                      record_state: bool = True, chunk_steps: int = 1_000_000, progress: Optional[bool] = None,
-                      divergence_bound: float = 1e10, dtype=None, on_chunk: Optional[Callable] = None,
-                      checkpoint: Union[None, str, Path] = None,
-                      checkpoint_every_s: float = 30.0, block_steps: int = 32, devices=None,
+                      steps: Optional[int] = None, n_record: int = 100,
+                      theta0: Optional[Float[ArrayLike, "D"]] = None, v0: Union[str, Float[ArrayLike, "D"]] = "zeros",
+                      sweep: Optional[dict] = None, record_state: bool = True, chunk_steps: int = 1_000_000,
+                      progress: Optional[bool] = None, divergence_bound: float = 1e10,
+                      dtype: Optional[DTypeLike] = None, on_chunk: Optional[Callable] = None,
+                      checkpoint: Union[None, str, Path] = None, checkpoint_every_s: float = 30.0,
+                      block_steps: int = 32, devices: Optional[Sequence[jax.Device]] = None,
                       record_to: Union[None, str, Path] = None) -> Union[Trajectory, list[Trajectory]]:
     """Run the discrete AGM ``method`` on ``problem`` with gradient noise ``noise``.
 
@@ -439,7 +442,7 @@ def _continue(run, problem, noise, method, grid, record_state, chunk_steps, prog
     return run
 
 
-def save_checkpoint(path, run: DiscreteRun):
+def save_checkpoint(path: Union[str, Path], run: DiscreteRun) -> None:
     """Write the run's state, schedule and records to ``path`` (npz), atomically (write, then rename)."""
     from .runs import atomic_write
 
@@ -450,7 +453,7 @@ def save_checkpoint(path, run: DiscreteRun):
     atomic_write(Path(path), lambda p: np.savez(p, **arrays))
 
 
-def load_checkpoint(path, fresh: DiscreteRun) -> DiscreteRun:
+def load_checkpoint(path: Union[str, Path], fresh: DiscreteRun) -> DiscreteRun:
     """Restore a run saved by :func:`save_checkpoint` into the structure of a freshly initialized run.
 
     A file that is empty, truncated, not an npz or missing entries raises ConfigError("checkpoint", ...)

@@ -24,11 +24,14 @@ largest).
 """
 from __future__ import annotations
 
+from typing import Callable, Optional, Union
+
 import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, ArrayLike, Float, Int, Scalar
 
 from ._batching import factorized_size, map_paths
 from .validation import ConfigError
@@ -44,6 +47,12 @@ class ProjectionError(RuntimeError):
 
 
 DEFAULT_RTOL = 1e-8
+
+# Types used in the signatures below.
+LossFn = Callable[[Float[Array, "D"]], Scalar]
+ResidualFn = Callable[[Float[Array, "D"]], Float[Array, "n"]]
+Preconditioner = Union[Float[Array, "D"], Float[Array, "D D"]]  # S: its diagonal (D,) or an SPD matrix (D, D)
+RankArg = Optional[Union[int, Int[Array, ""]]]  # a codimension, possibly traced; None: the rank rule
 
 
 # ----- preconditioner helpers ------------------------------------------------------------------------------------
@@ -87,28 +96,31 @@ def _normal_mask(lam, rank=None, rtol=DEFAULT_RTOL):
     return lam > rtol * jnp.max(jnp.abs(lam))
 
 
-def numerical_rank(H, S=None, rtol=DEFAULT_RTOL):
+def numerical_rank(H: Float[Array, "D D"], S: Optional[Preconditioner] = None, rtol: float = DEFAULT_RTOL) -> int:
     """rank H by the module's rule (eigenvalues of H' above rtol times the largest)."""
     lam, *_ = _eig_Hprime(H, jnp.ones(H.shape[0], H.dtype) if S is None else S)
     return int(jnp.sum(_normal_mask(lam, None, rtol)))
 
 
 # ----- matrix level ------------------------------------------------------------------------------------------------
-def projection_jacobian(H, S, rank=None, rtol=DEFAULT_RTOL):
+def projection_jacobian(H: Float[Array, "D D"], S: Preconditioner, rank: RankArg = None,
+                        rtol: float = DEFAULT_RTOL) -> Float[Array, "D D"]:
     """dPhi_S (D, D): the oblique projection onto ker H along S range(H)."""
     lam, U, Sh, Shi = _eig_Hprime(H, S)
     Ut = U * (~_normal_mask(lam, rank, rtol))  # tangent eigenvectors of H'
     return Sh @ Ut @ U.T @ Shi
 
 
-def sigma_parallel(H, Sigma, S, rank=None, rtol=DEFAULT_RTOL):
+def sigma_parallel(H: Float[Array, "D D"], Sigma: Float[Array, "D D"], S: Preconditioner, rank: RankArg = None,
+                   rtol: float = DEFAULT_RTOL) -> Float[Array, "D D"]:
     """Sigma_par (D, D) = dPhi_S S Sigma S dPhi_S^T, the covariance of the tangent noise."""
     P = projection_jacobian(H, S, rank, rtol)
     SM = _S_matrix(S)
     return P @ SM @ Sigma @ SM @ P.T
 
 
-def sigma_diamond(H, Sigma, S, rank=None, rtol=DEFAULT_RTOL):
+def sigma_diamond(H: Float[Array, "D D"], Sigma: Float[Array, "D D"], S: Preconditioner, rank: RankArg = None,
+                  rtol: float = DEFAULT_RTOL) -> Float[Array, "D D"]:
     """Sigma_diamond (D, D) by the eigen formula in S^{1/2} coordinates (docs/math.md#geometry):
     Sigma'_dia = sum_{i,j not both tangent} <Sigma', u_i u_j^T> / (lam_i + lam_j) u_i u_j^T, then
     Sigma_dia = S^{1/2} Sigma'_dia S^{1/2}. Tangent eigenvalues are treated as exactly 0."""
@@ -122,7 +134,9 @@ def sigma_diamond(H, Sigma, S, rank=None, rtol=DEFAULT_RTOL):
     return Sh @ U @ Xp @ U.T @ Sh
 
 
-def sharpness(H, kind="trace", lam=None, blocks=None, *, diagonal=None):
+def sharpness(H: Union[Float[Array, "*batch D"], Float[Array, "*batch D D"]], kind: str = "trace",
+              lam: Optional[ArrayLike] = None, blocks: Optional[ArrayLike] = None, *,
+              diagonal: Optional[bool] = None) -> Float[Array, "*batch"]:
     """Sharpness of a Hessian H ((D, D), or its diagonal (D,)), or of a batch of them:
 
     - ``"trace"``: tr H (SGD's);
@@ -158,7 +172,7 @@ def sharpness(H, kind="trace", lam=None, blocks=None, *, diagonal=None):
 
 
 # ----- autodiff level ------------------------------------------------------------------------------------------------
-def hessian(loss, theta):
+def hessian(loss: LossFn, theta: Float[Array, "D"]) -> Float[Array, "D D"]:
     """Dense Hessian of ``loss`` at theta, (D, D). Fine for D up to a few thousand."""
     return jax.hessian(loss)(theta)
 
@@ -168,7 +182,9 @@ def _second_directional(loss, theta, g):
     return jax.jvp(lambda t: jax.jvp(loss, (t,), (g,))[1], (theta,), (g,))[1]
 
 
-def third_derivative_contraction(loss, theta, M=None, *, G=None, weights=None, diag=None):
+def third_derivative_contraction(loss: LossFn, theta: Float[Array, "D"], M: Optional[Float[Array, "D D"]] = None, *,
+                                 G: Optional[Float[Array, "D K"]] = None, weights: Optional[Float[Array, "K"]] = None,
+                                 diag: Optional[Float[Array, "D"]] = None) -> Float[Array, "D"]:
     """grad_theta <Hess L(theta), M> with M held fixed, shape (D,). Give exactly one of:
 
     - ``M`` (D, D): the dense path (a full Hessian inside a gradient; small D);
@@ -191,7 +207,7 @@ def third_derivative_contraction(loss, theta, M=None, *, G=None, weights=None, d
 
 
 # ----- least squares on Gamma -------------------------------------------------------------------------------------------
-def ls_jacobian(residuals, theta):
+def ls_jacobian(residuals: ResidualFn, theta: Float[Array, "D"]) -> Float[Array, "n D"]:
     """J = d r / d theta, (n, D). Quadratic residuals r = B (x * x) - y (:func:`quadratic_structure`):
     J = 2 B Diag(x), O(n D). Otherwise autodiff: reverse mode when n <= D (n passes), forward mode else."""
     quad = quadratic_structure(residuals)
@@ -222,21 +238,23 @@ def _gram_shift(Gram, w):
     return jnp.diag(jnp.where(w == 0, 1.0, GRAM_RIDGE * jnp.max(jnp.abs(d))).astype(Gram.dtype))
 
 
-def ls_apply_projection(J, w, S, x):
+def ls_apply_projection(J: Float[Array, "n D"], w: Float[Array, "n"], S: Preconditioner,
+                        x: Float[Array, "D *k"]) -> Float[Array, "D *k"]:
     """dPhi_S x for least squares on Gamma: x - S J_w^T (J_w S J_w^T)^{-1} J_w x, O(n D + n^3)."""
     Jw = jnp.sqrt(w)[:, None] * J
     SJt, z = _ls_gram_solve(Jw, w, S, Jw @ x)
     return x - SJt @ z
 
 
-def ls_projection_jacobian(J, w, S):
+def ls_projection_jacobian(J: Float[Array, "n D"], w: Float[Array, "n"], S: Preconditioner) -> Float[Array, "D D"]:
     """dPhi_S (D, D) for least squares on Gamma from the residual Jacobian J (n, D) and weights w (n,)."""
     Jw = jnp.sqrt(w)[:, None] * J
     SJt, Z = _ls_gram_solve(Jw, w, S, Jw)
     return jnp.eye(J.shape[1], dtype=J.dtype) - SJt @ Z
 
 
-def ls_third_derivative_tangent(residuals, w, theta, MJt):
+def ls_third_derivative_tangent(residuals: ResidualFn, w: Float[Array, "n"], theta: Float[Array, "D"],
+                                MJt: Float[Array, "D n"]) -> Float[Array, "D"]:
     """The part of grad <Hess L, M> that survives dPhi_S S on Gamma for L = sum_n w_n r_n^2 / 2:
     2 sum_n w_n Hess r_n (M grad r_n), shape (D,). ``MJt`` = M J^T, (D, n) (column n is M grad r_n).
 
@@ -333,7 +351,9 @@ def ls_slow_sde_coefficients(residuals, weights, theta, S, noise_factor, rank=No
     return drift, A
 
 
-def label_noise_drift(loss, theta, S, alpha, residuals=None, weights=None):
+def label_noise_drift(loss: LossFn, theta: Float[Array, "D"], S: Preconditioner, alpha: ArrayLike,
+                      residuals: Optional[ResidualFn] = None,
+                      weights: Optional[Float[Array, "n"]] = None) -> Float[Array, "D"]:
     """The label-noise slow drift -(alpha/4) dPhi_S S grad^3 L[S] at theta on Gamma (docs/math.md#label-noise-ode), shape (D,).
 
     With ``residuals`` and ``weights`` (least squares) the structured path is used (O(n^2 D + n^3));
@@ -367,7 +387,8 @@ def quadratic_label_noise_rate(B, y, w, x, S, alpha):
     return -2.0 * alpha * S * (u - Bw.T @ c)
 
 
-def normal_frame(H, S, rank=None, rtol=DEFAULT_RTOL, *, gap=False):
+def normal_frame(H: Float[Array, "D D"], S: Preconditioner, rank: RankArg = None, rtol: float = DEFAULT_RTOL, *,
+                 gap: bool = False) -> Float[Array, "D D"]:
     """Normal directions of Gamma (D, D) from the Hessian H (D, D) at (or near) a point of Gamma.
 
     Columns span range(H) = S^{-1/2} range(H'), H' = S^{1/2} H S^{1/2}; the columns of tangent eigenvectors
@@ -392,7 +413,9 @@ def _normal_mask_by_gap(lam, rtol=DEFAULT_RTOL, min_gap=1e3):
     return jnp.where(ratio[k] > min_gap, by_gap, _normal_mask(lam, None, rtol))
 
 
-def newton_retraction_step(loss, x, S, *, residuals=None, weights=None, normals=None):
+def newton_retraction_step(loss: LossFn, x: Float[Array, "D"], S: Preconditioner, *,
+                           residuals: Optional[ResidualFn] = None, weights: Optional[Float[Array, "n"]] = None,
+                           normals: Optional[Float[Array, "D D"]] = None) -> Float[Array, "D"]:
     """One Newton step from x towards Gamma along S * normal directions.
 
     - Least squares (``residuals`` r(x), shape (n,), optional ``weights`` (n,), default ones): the
@@ -505,8 +528,10 @@ def _flow_end(loss, theta, S, max_steps, residuals, weights, flow_tol):
     return sol.ys[-1]
 
 
-def project_flow(loss, theta, S, tol=1e-10, max_steps=100_000, *, residuals=None, weights=None, rank=None,
-                 flow_tol=1e-7, newton_steps=3):
+def project_flow(loss: LossFn, theta: Float[Array, "D"], S: Preconditioner, tol: float = 1e-10,
+                 max_steps: int = 100_000, *, residuals: Optional[ResidualFn] = None,
+                 weights: Optional[Float[Array, "n"]] = None, rank: RankArg = None, flow_tol: float = 1e-7,
+                 newton_steps: int = 3) -> tuple[Float[Array, "D"], Int[Array, ""]]:
     """Phi_S(theta): the limit of the preconditioned gradient flow dx/ds = -S grad L(x), x(0) = theta.
 
     ``S``: diagonal (shape (D,)) or a symmetric positive-definite matrix (D, D). Residuals of the form
@@ -560,7 +585,7 @@ def _project_batch(loss, theta, S, tol, max_steps, residuals, weights, rank):
                                             rank=rank), (theta, S), factorized_size(theta[0], residuals))
 
 
-def projection_failure_message(status, max_steps) -> str:
+def projection_failure_message(status: ArrayLike, max_steps: int) -> str:
     """One line naming how many points failed and why, from an array of project_flow statuses."""
     status = np.asarray(status).ravel()
     parts = []
@@ -601,7 +626,9 @@ def _check_project_args(loss, theta, S, residuals, weights):
     return theta, S
 
 
-def project(loss, theta, S, tol=1e-10, max_steps=100_000, residuals=None, weights=None, rank=None):
+def project(loss: LossFn, theta: Float[ArrayLike, "*batch D"], S: ArrayLike, tol: float = 1e-10,
+            max_steps: int = 100_000, residuals: Optional[ResidualFn] = None,
+            weights: Optional[Float[Array, "n"]] = None, rank: RankArg = None) -> Float[Array, "*batch D"]:
     """Phi_S(theta) (see :func:`project_flow`); raises :class:`ProjectionError` naming the cause when a point
     does not converge.
 

@@ -10,15 +10,21 @@ allocated; :func:`explain_start_failure` says why a slow-SDE start could not be 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
+from jax.typing import DTypeLike
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 
 from . import _precision
 from .validation import ConfigError, check_compatible, check_int, show
+
+if TYPE_CHECKING:  # annotations only; problems imports this module
+    from .methods import Method
+    from .noise import AbstractNoise
+    from .problems import AbstractProblem
 
 __all__ = ["Inputs", "as_key", "as_float_params", "parse_inputs", "initial_v", "run_meta", "META_KEYS", "memory_estimate",
            "available_memory", "check_memory", "explain_start_failure", "check_sweep_value",
@@ -27,7 +33,7 @@ __all__ = ["Inputs", "as_key", "as_float_params", "parse_inputs", "initial_v", "
 V0_MODES = ("zeros", "equilibrium")
 
 
-def as_key(key) -> jax.Array:
+def as_key(key: Union[int, PRNGKeyArray]) -> PRNGKeyArray:
     """A jax PRNG key from an int seed (0 <= seed < 2**64) or a key; ConfigError otherwise."""
     if isinstance(key, (bool, np.bool_)):
         raise ConfigError("key", f"must be an integer seed or a jax PRNG key, got {key!r}")
@@ -51,7 +57,7 @@ def as_key(key) -> jax.Array:
                              f"{type(key).__name__} {show(key)}")
 
 
-def as_float_params(params0, field: str = "params0"):
+def as_float_params(params0: PyTree[ArrayLike], field: str = "params0") -> PyTree[Float[Array, "..."]]:
     """``params0`` (any pytree of arrays) with every leaf a finite float array of the default precision:
     integer and bool leaves are converted (gradients need floats); strings, objects, complex and non-finite
     entries raise ConfigError naming the leaf."""
@@ -90,8 +96,9 @@ class Inputs:
     dtype: Any
 
 
-def parse_inputs(problem, noise, method, *, key, n_paths, n_record, theta0, v0, dtype,
-                 v0_modes=V0_MODES) -> Inputs:
+def parse_inputs(problem: AbstractProblem, noise: AbstractNoise, method: Method, *, key: Union[int, PRNGKeyArray],
+                 n_paths: int, n_record: int, theta0: Optional[ArrayLike], v0: Union[str, ArrayLike],
+                 dtype: Optional[DTypeLike], v0_modes: tuple[str, ...] = V0_MODES) -> Inputs:
     """Check the shared arguments of both engines (ConfigError naming the field) and return them parsed.
 
     ``v0_modes``: the string modes this engine accepts (the slow SDE cannot start at v = 0).
@@ -193,7 +200,9 @@ def check_memory(field: str, **sizes) -> None:
                                      "the sweep, or set record_state: false")
 
 
-def explain_start_failure(problem, noise, method, theta0, v0_mode, v0, keys, status, max_steps) -> Exception:
+def explain_start_failure(problem: AbstractProblem, noise: AbstractNoise, method: Method,
+                          theta0: Optional[Float[Array, "D"]], v0_mode: str, v0: Optional[ArrayLike],
+                          keys: PRNGKeyArray, status: ArrayLike, max_steps: int) -> Exception:
     """Why the slow SDE could not start, from the projection statuses (one per path): a ConfigError for a
     non-finite start, a NaN loss or v <= 0 with eps = 0 (S infinite), a ProjectionError otherwise (budget
     ``project_max_steps`` exhausted, no minimizer nearby). ``keys``: the per-path keys of the start (the
@@ -230,7 +239,7 @@ def explain_start_failure(problem, noise, method, theta0, v0_mode, v0, keys, sta
 MAX_STEPS = 2**62  # the engines count steps in int64; a schedule past this would overflow
 
 
-def check_step_count(T, eta, field: str = "eta", T_field: str = "T") -> None:
+def check_step_count(T: ArrayLike, eta: ArrayLike, field: str = "eta", T_field: str = "T") -> None:
     """ConfigError naming ``field`` when T / eta^2 steps would overflow the engines' 64-bit step counter, or
     round to no step at all."""
     steps = float(T) / float(eta) ** 2
@@ -242,7 +251,8 @@ def check_step_count(T, eta, field: str = "eta", T_field: str = "T") -> None:
                                  f"= {MAX_STEPS:.3g}); raise eta or lower {T_field}")
 
 
-def check_sweep_value(problem, nz, method, k, v, field: str = None) -> None:
+def check_sweep_value(problem: AbstractProblem, nz: AbstractNoise, method: Method, k: str, v: ArrayLike,
+                      field: Optional[str] = None) -> None:
     """ConfigError naming ``field`` (default ``sweep.<k>``) unless the value ``v`` of sweep ``k`` passes the
     checks of the factory that owns ``k`` (:func:`slowsde_jax.methods.adam` and co. for ``beta1``, ``beta2``,
     ``c``, ``eps``, ``lam``; :func:`~slowsde_jax.noise.label_noise` for ``delta``; a whole number of samples in
@@ -280,7 +290,8 @@ def check_sweep_value(problem, nz, method, k, v, field: str = None) -> None:
             raise ConfigError(field, f"must be a whole number of samples in [1, {n}] (n = {n}), got {show(v)}")
 
 
-def initial_v(problem, noise, method, theta: Float[Array, "D"], v0_mode: str, v0=None) -> Optional[Float[Array, "D"]]:
+def initial_v(problem: AbstractProblem, noise: AbstractNoise, method: Method, theta: Float[Array, "D"], v0_mode: str,
+              v0: Optional[ArrayLike] = None) -> Optional[Float[Array, "D"]]:
     """The second moment at the start, flat (D,): zeros, the equilibrium V(Sigma(theta)) of the v-equation at
     ``theta``, or the given array; None for SGD (no second moment). jit/vmap-able."""
     if not method.has_v:
@@ -297,7 +308,8 @@ META_KEYS = ("engine", "method", "noise", "problem", "eta", "T", "n_paths", "v0"
              "dt", "steps_per_record", "c", "alpha", "solver", "richardson", "failure_reasons")
 
 
-def run_meta(engine: str, problem, noise, method, **fields) -> dict:
+def run_meta(engine: str, problem: AbstractProblem, noise: AbstractNoise, method: Method,
+             **fields: Any) -> dict[str, Any]:
     """``Trajectory.meta`` for a run of ``engine`` ("discrete", "slow_sde" or "label_noise_ode"): every key of
     :data:`META_KEYS`, those not given set to None."""
     unknown = set(fields) - set(META_KEYS)

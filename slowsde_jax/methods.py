@@ -36,7 +36,7 @@ vectors over the raveled parameters (shape (D,)).
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, ClassVar, Mapping, NamedTuple, Optional, final
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, NamedTuple, Optional, Union, final
 
 import equinox as eqx
 import jax
@@ -44,10 +44,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
-from jaxtyping import Array, Float, Int, PyTree
+from jaxtyping import Array, ArrayLike, Float, Int, PyTree
 
 from . import _precision  # noqa: F401  (float64 by default)
 from .validation import ConfigError, check_range, suggest
+
+if TYPE_CHECKING:  # annotations only
+    from .problems import AbstractProblem
 
 __all__ = ["ScaleByAGMState", "scale_by_agm", "second_moment", "initial_second_moment", "precondition",
            "Method", "adam", "adam_mini", "adalayer", "adame", "rmsprop", "sgd",
@@ -68,12 +71,12 @@ class ScaleByAGMState(NamedTuple):
     nu: PyTree
 
 
-def precondition(v: Float[Array, "..."], lam, eps) -> Float[Array, "..."]:
+def precondition(v: Float[Array, "..."], lam: ArrayLike, eps: ArrayLike) -> Float[Array, "..."]:
     """S(v) = 1 / (v^lam + eps), elementwise (eps outside the power)."""
     return 1.0 / (jnp.power(v, lam) + eps)
 
 
-def initial_second_moment(v0, params: PyTree) -> PyTree:
+def initial_second_moment(v0: Optional[PyTree[ArrayLike]], params: PyTree) -> PyTree:
     """The initial nu, shaped like ``params``, from ``v0``: None (zeros), a scalar, a flat vector (D,) over
     the raveled parameters (as ``ravel_pytree`` orders them), or a pytree like ``params``."""
     if v0 is None:
@@ -84,8 +87,9 @@ def initial_second_moment(v0, params: PyTree) -> PyTree:
     return unravel(jnp.broadcast_to(jnp.asarray(v0, flat.dtype), flat.shape))
 
 
-def scale_by_agm(beta1, beta2, eps, lam, *, V: Optional[Callable[[PyTree], PyTree]] = None,
-                 bias_correction: bool = False, v0=None) -> optax.GradientTransformation:
+def scale_by_agm(beta1: ArrayLike, beta2: ArrayLike, eps: ArrayLike, lam: ArrayLike, *,
+                 V: Optional[Callable[[PyTree], PyTree]] = None, bias_correction: bool = False,
+                 v0: Optional[PyTree[ArrayLike]] = None) -> optax.GradientTransformation:
     """Scale updates g by the AGM preconditioner: returns S(v) m (no learning rate, no sign flip), with
 
         mu <- beta1 mu + (1 - beta1) g,   nu <- beta2 nu + (1 - beta2) V(g * g),   S(v) = 1/(v^lam + eps)
@@ -118,7 +122,7 @@ def scale_by_agm(beta1, beta2, eps, lam, *, V: Optional[Callable[[PyTree], PyTre
     return optax.GradientTransformation(init, update)
 
 
-def second_moment(opt_state, batch_ndim: int = 0) -> Optional[Float[Array, "*batch D"]]:
+def second_moment(opt_state: PyTree, batch_ndim: int = 0) -> Optional[Float[Array, "*batch D"]]:
     """The second moment v held by an optimizer state (a :class:`ScaleByAGMState` anywhere inside it, e.g.
     in a chain) as a flat vector, raveled like ``ravel_pytree(params)``; None when there is none (SGD).
 
@@ -192,15 +196,15 @@ class Method(eqx.Module):
         """False for SGD, whose preconditioner is the identity."""
         return self.lam is not None
 
-    def beta2_at(self, eta):
+    def beta2_at(self, eta: ArrayLike) -> Optional[Array]:
         """beta2 used at learning rate eta: 1 - c eta^2, or the explicit beta2."""
         return self.beta2 if self.c is None else 1.0 - self.c * jnp.asarray(eta) ** 2
 
-    def c_at(self, eta):
+    def c_at(self, eta: ArrayLike) -> Array:
         """c = (1 - beta2) / eta^2 at learning rate eta (the rate of the v-equation in SDE time)."""
         return self.c if self.c is not None else (1.0 - self.beta2) / jnp.asarray(eta) ** 2
 
-    def block_ids(self, params) -> tuple[np.ndarray, int]:
+    def block_ids(self, params: PyTree) -> tuple[np.ndarray, int]:
         """Block id of every raveled coordinate (numpy int array, shape (D,)) and the number of blocks."""
         leaves = jax.tree_util.tree_leaves(params)
         sizes = [int(np.prod(np.shape(x))) for x in leaves]
@@ -217,12 +221,12 @@ class Method(eqx.Module):
         uniq, ids = np.unique(ids, return_inverse=True)
         return ids.reshape(-1), len(uniq)
 
-    def check(self, problem) -> None:
+    def check(self, problem: AbstractProblem) -> None:
         """Raise ConfigError("blocks", ...) when explicit block ids do not cover the problem's D parameters."""
         if self.blocks is not None:
             self.block_ids(jnp.zeros(problem.dim))
 
-    def V(self, diag: Float[Array, "D"], params=None) -> Float[Array, "D"]:
+    def V(self, diag: Float[Array, "D"], params: Optional[PyTree] = None) -> Float[Array, "D"]:
         """V(M) from diag(M) (shape (D,)): the identity for Adam, the block mean for Adam-mini/Adalayer.
 
         ``params`` (a pytree of the parameter shapes) is only needed for ``blocks="leaf"`` on pytrees.
@@ -249,7 +253,7 @@ class Method(eqx.Module):
         return precondition(v, self.lam, self.eps)
 
     # ----- the discrete optimizer --------------------------------------------------------------------------
-    def scale_by_agm(self, eta, v0=None) -> optax.GradientTransformation:
+    def scale_by_agm(self, eta: ArrayLike, v0: Optional[PyTree[ArrayLike]] = None) -> optax.GradientTransformation:
         """This method's scaling block at learning rate ``eta`` (eta only sets beta2 = 1 - c eta^2): g -> S(v) m.
 
         AGMs: :func:`scale_by_agm`; SGD: ``optax.ema(beta1, debias=bias_correction)`` (no v; ``v0`` ignored).
@@ -262,7 +266,7 @@ class Method(eqx.Module):
         return scale_by_agm(self.beta1, beta2, self.eps, self.lam, V=None if self.blocks is None else self.V_tree,
                             bias_correction=self.bias_correction, v0=v0)
 
-    def optax(self, eta, v0=None) -> optax.GradientTransformation:
+    def optax(self, eta: ArrayLike, v0: Optional[PyTree[ArrayLike]] = None) -> optax.GradientTransformation:
         """The discrete AGM at learning rate ``eta``: ``optax.chain(self.scale_by_agm(eta, v0),
         optax.scale_by_learning_rate(eta))``. ``v0`` as in :meth:`scale_by_agm`; m starts at zero."""
         check_range("eta", eta, low=0.0, low_open=True)
@@ -287,17 +291,20 @@ def _make(name, beta1, beta2, c, eps, lam, blocks=None, bias_correction=False) -
                   blocks=blocks, bias_correction=bool(bias_correction))
 
 
-def adam(beta1=0.9, beta2=None, c=None, eps=1e-8, bias_correction=False) -> Method:
+def adam(beta1: ArrayLike = 0.9, beta2: Optional[ArrayLike] = None, c: Optional[ArrayLike] = None,
+         eps: ArrayLike = 1e-8, bias_correction: bool = False) -> Method:
     """Adam: V = diag, S = 1/(sqrt(v)+eps). Without beta2 or c, c = 10 (1 - beta2 = 10 eta^2)."""
     return _make("adam", beta1, beta2, c, eps, 0.5, bias_correction=bias_correction)
 
 
-def adame(lam=0.5, beta1=0.9, beta2=None, c=None, eps=1e-8, bias_correction=False) -> Method:
+def adame(lam: ArrayLike = 0.5, beta1: ArrayLike = 0.9, beta2: Optional[ArrayLike] = None,
+          c: Optional[ArrayLike] = None, eps: ArrayLike = 1e-8, bias_correction: bool = False) -> Method:
     """AdamE-lam: S = 1/(v^lam + eps); lam = 1/2 is Adam, lam -> 0 approaches SGD at rate eta/(1+eps)."""
     return _make("adame", beta1, beta2, c, eps, lam, bias_correction=bias_correction)
 
 
-def rmsprop(beta2=None, c=None, eps=1e-8, bias_correction=False) -> Method:
+def rmsprop(beta2: Optional[ArrayLike] = None, c: Optional[ArrayLike] = None, eps: ArrayLike = 1e-8,
+            bias_correction: bool = False) -> Method:
     """RMSProp: Adam with beta1 = 0."""
     return _make("rmsprop", 0.0, beta2, c, eps, 0.5, bias_correction=bias_correction)
 
@@ -321,7 +328,8 @@ def _blocks_spec(blocks):
     return tuple(int(i) for i in arr.ravel())
 
 
-def adam_mini(blocks, beta1=0.9, beta2=None, c=None, eps=1e-8, bias_correction=False) -> Method:
+def adam_mini(blocks: Union[str, PyTree[int]], beta1: ArrayLike = 0.9, beta2: Optional[ArrayLike] = None,
+              c: Optional[ArrayLike] = None, eps: ArrayLike = 1e-8, bias_correction: bool = False) -> Method:
     """Adam-mini: v is shared within blocks (V = block mean of diag).
 
     ``blocks``: integer block id per raveled coordinate (length D), a pytree of ids matching the params
@@ -330,12 +338,14 @@ def adam_mini(blocks, beta1=0.9, beta2=None, c=None, eps=1e-8, bias_correction=F
     return _make("adam_mini", beta1, beta2, c, eps, 0.5, blocks=_blocks_spec(blocks), bias_correction=bias_correction)
 
 
-def adalayer(beta1=0.9, beta2=None, c=None, eps=1e-8, bias_correction=False, blocks="leaf") -> Method:
+def adalayer(beta1: ArrayLike = 0.9, beta2: Optional[ArrayLike] = None, c: Optional[ArrayLike] = None,
+             eps: ArrayLike = 1e-8, bias_correction: bool = False,
+             blocks: Union[str, PyTree[int]] = "leaf") -> Method:
     """Adalayer: one block per layer. Layers are the pytree leaves, or explicit ids via ``blocks``."""
     return _make("adalayer", beta1, beta2, c, eps, 0.5, blocks=_blocks_spec(blocks), bias_correction=bias_correction)
 
 
-def sgd(momentum=0.0, bias_correction=False) -> Method:
+def sgd(momentum: ArrayLike = 0.0, bias_correction: bool = False) -> Method:
     """SGD, S = I, with optional EMA momentum m <- momentum m + (1 - momentum) g (the AGM form)."""
     return _make("sgd", momentum, None, None, 0.0, None, bias_correction=bias_correction)
 

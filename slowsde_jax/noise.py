@@ -27,7 +27,7 @@ from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 
 from . import _precision
 from ._pattern import forbid_subclassing_final
-from .problems import AbstractLeastSquares
+from .problems import AbstractLeastSquares, AbstractProblem
 from .validation import ConfigError, check_choice, check_int, check_range
 
 __all__ = ["AbstractNoise", "LabelNoise", "Minibatch", "Gaussian", "Noise", "label_noise", "minibatch", "gaussian",
@@ -53,27 +53,27 @@ class AbstractNoise(eqx.Module):
         forbid_subclassing_final(cls)
 
     @abc.abstractmethod
-    def grad(self, problem, theta: Float[Array, "D"], key: PRNGKeyArray) -> Float[Array, "D"]:
+    def grad(self, problem: AbstractProblem, theta: Float[Array, "D"], key: PRNGKeyArray) -> Float[Array, "D"]:
         """One stochastic gradient at theta, shape (D,); its mean is grad L(theta)."""
 
     @abc.abstractmethod
-    def covariance(self, problem, theta: Float[Array, "D"]) -> Float[Array, "D D"]:
+    def covariance(self, problem: AbstractProblem, theta: Float[Array, "D"]) -> Float[Array, "D D"]:
         """Sigma(theta), the exact covariance of :meth:`grad`, shape (D, D)."""
 
     @abc.abstractmethod
-    def covariance_diag(self, problem, theta: Float[Array, "D"]) -> Float[Array, "D"]:
+    def covariance_diag(self, problem: AbstractProblem, theta: Float[Array, "D"]) -> Float[Array, "D"]:
         """diag Sigma(theta), shape (D,)."""
 
     @abc.abstractmethod
-    def covariance_factor(self, problem, theta: Float[Array, "D"]) -> Float[Array, "D K"]:
+    def covariance_factor(self, problem: AbstractProblem, theta: Float[Array, "D"]) -> Float[Array, "D K"]:
         """G with G G^T = Sigma(theta), shape (D, K), without forming Sigma where the noise allows."""
 
     @abc.abstractmethod
-    def label_noise_alpha(self, problem) -> Optional[Scalar]:
+    def label_noise_alpha(self, problem: AbstractProblem) -> Optional[Scalar]:
         """alpha with Sigma = alpha H on Gamma (a scalar), or None when the noise is not of that form."""
 
     @abc.abstractmethod
-    def check(self, problem) -> None:
+    def check(self, problem: AbstractProblem) -> None:
         """Raise :class:`ConfigError` naming the field when this noise cannot act on ``problem``."""
 
 
@@ -126,7 +126,7 @@ class LabelNoise(AbstractNoise):
         g = (w * r) @ J
         return ((w * (r**2 + self.delta**2)) @ J**2 - g**2) / self.batch_size
 
-    def covariance_factor(self, problem, theta):
+    def covariance_factor(self, problem: AbstractLeastSquares, theta: Float[Array, "D"]) -> Float[Array, "D K"]:
         """G with G G^T = covariance: delta J^T W (D, n) for the full batch; for B draws with replacement,
         [sqrt(w_i/B) (r_i grad r_i - g), delta sqrt(w_i/B) grad r_i] (D, 2n), g = J^T (w r) (weights sum to 1)."""
         r, J, w = self._parts(problem, theta)
@@ -140,7 +140,7 @@ class LabelNoise(AbstractNoise):
         """delta^2 / n for the full batch (n the number of active samples), delta^2 / B for a minibatch."""
         return self.delta**2 / (problem.n_active if self.batch_size is None else self.batch_size)
 
-    def check(self, problem) -> None:
+    def check(self, problem: AbstractProblem) -> None:
         if not isinstance(problem, AbstractLeastSquares):
             raise ConfigError("noise", f"label noise needs per-sample residuals; {type(problem).__name__} has none "
                                        "(build it with from_loss(..., residuals=...))")
@@ -155,31 +155,31 @@ class Minibatch(AbstractNoise):
 
     batch_size: int = eqx.field(static=True)
 
-    def grad(self, problem, theta: Float[Array, "D"], key: PRNGKeyArray) -> Float[Array, "D"]:
+    def grad(self, problem: AbstractProblem, theta: Float[Array, "D"], key: PRNGKeyArray) -> Float[Array, "D"]:
         wb = _batch_weights(key, problem.sample_weights(), self.batch_size)
         return jax.grad(lambda th: jnp.sum(wb * problem.per_sample_losses(th)))(theta)
 
-    def covariance(self, problem, theta: Float[Array, "D"]) -> Float[Array, "D D"]:
+    def covariance(self, problem: AbstractProblem, theta: Float[Array, "D"]) -> Float[Array, "D D"]:
         """(1/B) (sum_i w_i g_i g_i^T - g g^T), shape (D, D)."""
         G = jax.jacrev(problem.per_sample_losses)(theta)  # (n, D)
         w = problem.sample_weights()
         g = w @ G
         return ((G.T * w) @ G - jnp.outer(g, g)) / self.batch_size
 
-    def covariance_diag(self, problem, theta: Float[Array, "D"]) -> Float[Array, "D"]:
+    def covariance_diag(self, problem: AbstractProblem, theta: Float[Array, "D"]) -> Float[Array, "D"]:
         return jnp.diag(self.covariance(problem, theta))
 
-    def covariance_factor(self, problem, theta):
+    def covariance_factor(self, problem: AbstractProblem, theta: Float[Array, "D"]) -> Float[Array, "D K"]:
         """G (D, n) with G G^T = covariance: column i is sqrt(w_i / B) (grad l_i - g) (weights sum to 1)."""
         Gs = jax.jacrev(problem.per_sample_losses)(theta)  # (n, D)
         w = problem.sample_weights()
         return (Gs - w @ Gs).T * jnp.sqrt(w / self.batch_size)
 
 
-    def label_noise_alpha(self, problem) -> None:
+    def label_noise_alpha(self, problem: AbstractProblem) -> None:
         return None
 
-    def check(self, problem) -> None:
+    def check(self, problem: AbstractProblem) -> None:
         try:
             jax.eval_shape(problem.per_sample_losses, jnp.zeros(problem.dim))
         except (NotImplementedError, AttributeError):
@@ -202,25 +202,25 @@ class Gaussian(AbstractNoise):
             return self.factor
         return psd_sqrt(self.cov_fn(theta))
 
-    def grad(self, problem, theta: Float[Array, "D"], key: PRNGKeyArray) -> Float[Array, "D"]:
+    def grad(self, problem: AbstractProblem, theta: Float[Array, "D"], key: PRNGKeyArray) -> Float[Array, "D"]:
         A = self._factor(theta)
         return jax.grad(problem.loss)(theta) + A @ jax.random.normal(key, (A.shape[1],), theta.dtype)
 
-    def covariance(self, problem, theta: Float[Array, "D"]) -> Float[Array, "D D"]:
+    def covariance(self, problem: AbstractProblem, theta: Float[Array, "D"]) -> Float[Array, "D D"]:
         return self.cov if self.cov_fn is None else self.cov_fn(theta)
 
-    def covariance_diag(self, problem, theta: Float[Array, "D"]) -> Float[Array, "D"]:
+    def covariance_diag(self, problem: AbstractProblem, theta: Float[Array, "D"]) -> Float[Array, "D"]:
         return jnp.diag(self.covariance(problem, theta))
 
-    def covariance_factor(self, problem, theta):
+    def covariance_factor(self, problem: AbstractProblem, theta: Float[Array, "D"]) -> Float[Array, "D K"]:
         """The factor A (D, D) with A A^T = covariance (precomputed for a constant cov)."""
         return self._factor(theta)
 
 
-    def label_noise_alpha(self, problem) -> None:
+    def label_noise_alpha(self, problem: AbstractProblem) -> None:
         return None
 
-    def check(self, problem) -> None:
+    def check(self, problem: AbstractProblem) -> None:
         """The shape (D, D); a covariance function is also evaluated at the problem's initial point and must
         give a finite, symmetric, positive semi-definite matrix there (later points are checked by
         :func:`psd_sqrt` where they are evaluated)."""

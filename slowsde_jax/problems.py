@@ -24,14 +24,14 @@ equinox Modules (pytrees): pass them to jitted functions as arguments.
 """
 
 import abc
-from typing import Callable, ClassVar, Mapping, Optional, final
+from typing import Callable, ClassVar, Mapping, Optional, Union, final
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
-from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree, Scalar
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, PyTree, Scalar
 
 from . import _precision
 from ._pattern import forbid_subclassing_final
@@ -97,7 +97,7 @@ def observe_batch(problem, theta):
     return jax.vmap(problem.observables)(theta)
 
 
-def sharpness_observables(hdiag) -> dict:
+def sharpness_observables(hdiag: Float[Array, "D"]) -> dict[str, Scalar]:
     """tr H and tr(Diag(H)^{1/2}) from the Hessian diagonal (negative entries, off the manifold, count as 0)."""
     return {"trace_H": jnp.sum(hdiag), "trace_sqrt_diag_H": jnp.sum(jnp.sqrt(jnp.maximum(hdiag, 0.0)))}
 
@@ -151,7 +151,7 @@ class AbstractRegression(AbstractLeastSquares):
     def loss(self, theta: Float[Array, "D"]) -> Scalar:
         return jnp.sum(self.sample_weights() * self.per_sample_losses(theta))
 
-    def with_n_train(self, n_train) -> "AbstractRegression":
+    def with_n_train(self, n_train: ArrayLike) -> "AbstractRegression":
         """The same problem using only the first ``n_train`` samples (an array, so sweeps compile once)."""
         check_range("n_train", n_train, low=1, high=self.n_samples)
         return eqx.tree_at(lambda p: p.n_active, self, jnp.asarray(n_train, self.y.dtype))
@@ -186,7 +186,7 @@ class Hyperbola(AbstractRegression):
         r = self.residuals(theta)[0]
         return jnp.array([4 * theta[0] ** 2 + 2 * r, 4 * theta[1] ** 2 - 2 * r])
 
-    def quadratic_residuals(self):
+    def quadratic_residuals(self) -> tuple[Float[Array, "n D"], Float[Array, "n"]]:
         """(B, y) with r(x) = B (x * x) - y, B = [1, -1]."""
         return jnp.array([[1.0, -1.0]], self.y.dtype), self.y
 
@@ -194,7 +194,8 @@ class Hyperbola(AbstractRegression):
         return {"loss": self.loss(theta), "u": theta[0], "v": theta[1], **sharpness_observables(self.hessian_diag(theta))}
 
 
-def hyperbola(y=1.0, theta0=None, key=None) -> Hyperbola:
+def hyperbola(y: float = 1.0, theta0: Optional[ArrayLike] = None,
+              key: Union[int, PRNGKeyArray, None] = None) -> Hyperbola:
     """The toy of docs/math.md#validation. Starts at ``theta0``, by default (sqrt(y + 1), 1), on Gamma. ``key`` is unused
     (the problem has no random data) and accepted for a uniform signature."""
     f = _precision.default_float()
@@ -252,7 +253,7 @@ class DiagonalNet(AbstractRegression):
         zr = (self.sample_weights() * self.residuals(theta)) @ self.Z
         return 4 * theta**2 * jnp.concatenate([s, s]) + 2 * jnp.concatenate([zr, -zr])
 
-    def quadratic_residuals(self):
+    def quadratic_residuals(self) -> tuple[Float[Array, "n D"], Float[Array, "n"]]:
         """(B, y) with r(x) = B (x * x) - y, B = [Z, -Z]: the projection onto Gamma has a closed form."""
         return jnp.concatenate([self.Z, -self.Z], axis=1), self.y
 
@@ -273,8 +274,9 @@ def _features(key, shape, kind, dtype):
     return jax.random.normal(key, shape, dtype)
 
 
-def diagonal_net(d=100, n=40, k=3, key=0, features="rademacher", n_test=10_000, init_scale=0.1,
-                 n_train=None) -> DiagonalNet:
+def diagonal_net(d: int = 100, n: int = 40, k: int = 3, key: Union[int, PRNGKeyArray] = 0,
+                 features: str = "rademacher", n_test: int = 10_000, init_scale: float = 0.1,
+                 n_train: Optional[int] = None) -> DiagonalNet:
     """Sparse regression with a diagonal net (docs/math.md#the-papers-experiments-in-small). ``key``: a jax PRNG key or an int seed.
 
     w* has ``k`` random support entries uniform in (-1, 1), redrawn while any |w*_j| < 0.01; labels are clean
@@ -353,8 +355,9 @@ class MatrixFactorization(AbstractRegression):
                 **sharpness_observables(self.hessian_diag(theta))}
 
 
-def matrix_factorization(d1=10, d2=10, rank=2, n=60, key=0, measurement="entries", model_rank=None,
-                         init_scale=0.1, n_train=None) -> MatrixFactorization:
+def matrix_factorization(d1: int = 10, d2: int = 10, rank: int = 2, n: int = 60, key: Union[int, PRNGKeyArray] = 0,
+                         measurement: str = "entries", model_rank: Optional[int] = None, init_scale: float = 0.1,
+                         n_train: Optional[int] = None) -> MatrixFactorization:
     """Depth-2 factorization of W* = U* V*^T / sqrt(rank) (U*, V* standard normal, rank ``rank``) from ``n``
     observed entries drawn without replacement (``measurement="entries"``) or n Gaussian measurements
     <A_i, W*> with A_i standard normal (``"gaussian"``). The model has rank ``model_rank`` (default

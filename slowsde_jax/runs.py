@@ -17,6 +17,7 @@ import platform
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Union
 
 import numpy as np
 
@@ -31,7 +32,7 @@ class RunIOError(OSError):
         return str(self.strerror)
 
 
-def describe_os_error(e: OSError, path=None) -> str:
+def describe_os_error(e: OSError, path: Optional[Union[str, os.PathLike]] = None) -> str:
     """One line for an OSError: the file, the cause, and what to do for a full disk."""
     where = path or e.filename
     why = e.strerror or str(e) or type(e).__name__
@@ -39,7 +40,7 @@ def describe_os_error(e: OSError, path=None) -> str:
     return f"cannot write {where}: {why}{hint}" if where else f"{why}{hint}"
 
 
-def atomic_write(path: Path, write):
+def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
     """Call ``write(tmp_path)`` and rename the result onto ``path``. If anything fails, the temporary file is
     removed and ``path`` keeps its previous content; the error is re-raised as a :class:`RunIOError`
     naming ``path`` (other exceptions pass through unchanged)."""
@@ -56,11 +57,11 @@ def atomic_write(path: Path, write):
         raise
 
 
-def write_json(path, obj):
+def write_json(path: Union[str, os.PathLike], obj: Any) -> None:
     atomic_write(Path(path), lambda p: Path(p).write_text(json.dumps(obj, indent=2, default=jsonable) + "\n"))
 
 
-def write_config(folder: Path, cfg: dict):
+def write_config(folder: Path, cfg: dict) -> None:
     """The resolved config as ``config.yaml`` (what ``--resume`` reads back)."""
     from .config import dump_config_text
 
@@ -69,7 +70,7 @@ def write_config(folder: Path, cfg: dict):
 
 
 @contextlib.contextmanager
-def status_guard(folder: Path, summary: dict):
+def status_guard(folder: Path, summary: dict) -> Iterator[None]:
     """Write ``summary.json`` with status "running"; if the body raises, mark it "failed" with the error
     (the folder never claims a result it does not have), then re-raise."""
     t0 = time.time()
@@ -112,7 +113,7 @@ def environment() -> dict:
             "devices": [str(d) for d in jax.devices()], "x64": bool(jax.config.jax_enable_x64)}
 
 
-def stats(traj: Trajectory, tail_fraction=0.1) -> dict:
+def stats(traj: Trajectory, tail_fraction: float = 0.1) -> dict:
     """Per observable: mean and standard error at the last recorded time, and averaged over the last
     ``tail_fraction`` of the recorded times (per path, then over surviving paths)."""
     ok = ~traj.diverged
@@ -128,7 +129,7 @@ def stats(traj: Trajectory, tail_fraction=0.1) -> dict:
     return out
 
 
-def summarize(trajs: dict) -> dict:
+def summarize(trajs: dict[str, list[Trajectory]]) -> dict:
     """Summary entries per run name: a list over its grid points."""
     out = {}
     for name, items in trajs.items():
@@ -144,7 +145,7 @@ def summarize(trajs: dict) -> dict:
     return out
 
 
-def save_trajectories(path, trajs: dict):
+def save_trajectories(path: Union[str, os.PathLike], trajs: dict[str, list[Trajectory]]) -> None:
     """Write run name -> list of Trajectories to one npz (keys ``<name>/<grid index>/...``), atomically."""
     arrays = {}
     for name, items in trajs.items():
@@ -153,7 +154,7 @@ def save_trajectories(path, trajs: dict):
     atomic_write(Path(path), lambda p: np.savez(p, **arrays))
 
 
-def read_trajectories(path) -> dict:
+def read_trajectories(path: Union[str, os.PathLike]) -> dict[str, list[Trajectory]]:
     """Read a file written by :func:`save_trajectories`: run name -> list of Trajectories."""
     with np.load(path) as f:
         arrays = dict(f)
@@ -164,7 +165,7 @@ def read_trajectories(path) -> dict:
     return trajs
 
 
-def load_run(path):
+def load_run(path: Union[str, os.PathLike]) -> tuple[dict[str, Union[Trajectory, list[Trajectory]]], dict[str, Any]]:
     """Read a run folder: returns ``(trajectories, summary)`` where ``trajectories`` maps each run name to a
     Trajectory (or a list of them for a sweep or an eta-sweep) and ``summary`` is the parsed ``summary.json``."""
     folder = Path(path)
@@ -174,7 +175,7 @@ def load_run(path):
     return {k: (v if len(v) > 1 else v[0]) for k, v in trajs.items()}, summary
 
 
-def check_out_dir(root) -> Path:
+def check_out_dir(root: Union[str, os.PathLike]) -> Path:
     """``root`` (``--out``) made if needed and checked writable: ConfigError("--out", ...) if it is a file,
     cannot be created, or cannot be written to (found by writing and removing a probe file)."""
     from .validation import ConfigError
@@ -192,7 +193,7 @@ def check_out_dir(root) -> Path:
     return root
 
 
-def new_folder(root, name) -> Path:
+def new_folder(root: Union[str, os.PathLike], name: str) -> Path:
     """A fresh folder ``<root>/<name>-<timestamp>[-i]``. ``name`` must be a plain file name (checked), so
     the folder lies directly inside ``root``."""
     from .validation import check_file_name

@@ -36,7 +36,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import ArrayLike, Float
+from jax.typing import DTypeLike
+from jaxtyping import Array, ArrayLike, Float, PyTree
 
 from . import geometry as geo
 from .brownian import GridBrownianPath
@@ -51,9 +52,14 @@ from .trajectory import Trajectory
 __all__ = ["simulate_slow_sde", "slow_sde_coefficients", "label_noise_vector_field", "SlowSDEModel", "SlowSDETerm",
            "RetractingSolver", "retract_onto_gamma", "sde_coefficients", "label_noise_ode_field", "SOLVERS"]
 
+State = tuple[Float[Array, "D"], Float[Array, "D"]]  # the slow SDE's state y = (zeta, v)
+
 
 # ----- the coefficients -----------------------------------------------------------------------------------------
-def slow_sde_coefficients(problem, noise, method, zeta, v, c, rank=None, structured=None):
+def slow_sde_coefficients(problem: AbstractProblem, noise: AbstractNoise, method: Method, zeta: Float[Array, "D"],
+                          v: Float[Array, "D"], c: ArrayLike, rank: Optional[int] = None,
+                          structured: Optional[bool] = None
+                          ) -> tuple[Float[Array, "D"], Float[Array, "D"], Float[Array, "D K"]]:
     """Drift of (zeta, v) (each (D,)) and the tangent diffusion factor A (D, K) at a point zeta of Gamma, with
     A A^T = Sigma_par and K the width of the noise's covariance factor G (G G^T = Sigma).
 
@@ -77,7 +83,8 @@ def slow_sde_coefficients(problem, noise, method, zeta, v, c, rank=None, structu
     return drift, dv, A
 
 
-def label_noise_vector_field(problem, noise, method, zeta, v, c, alpha):
+def label_noise_vector_field(problem: AbstractProblem, noise: AbstractNoise, method: Method, zeta: Float[Array, "D"],
+                             v: Float[Array, "D"], c: ArrayLike, alpha: ArrayLike) -> State:
     """(d zeta/dt, dv/dt) of the label-noise ODE (docs/math.md#label-noise-ode), structured for least squares."""
     S = method.S(v)
     residuals, weights = problem.residual_parts()
@@ -100,7 +107,7 @@ class SlowSDEModel(eqx.Module):
     rank: Optional[int] = eqx.field(static=True, default=None)
 
 
-def sde_coefficients(t, y, model: SlowSDEModel):
+def sde_coefficients(t: ArrayLike, y: State, model: SlowSDEModel) -> tuple[State, Float[Array, "D K"]]:
     """((d zeta/dt, dv/dt), A) at y = (zeta, v), zeta on Gamma: the drift pytree and the tangent diffusion A
     (D, K) with A A^T = Sigma_par."""
     zeta, v = y
@@ -108,7 +115,7 @@ def sde_coefficients(t, y, model: SlowSDEModel):
     return (b, dv), A
 
 
-def label_noise_ode_field(t, y, model: SlowSDEModel):
+def label_noise_ode_field(t: ArrayLike, y: State, model: SlowSDEModel) -> State:
     """(d zeta/dt, dv/dt) of the label-noise ODE at y = (zeta, v)."""
     zeta, v = y
     return label_noise_vector_field(model.problem, model.noise, model.method, zeta, v, model.c, model.alpha)
@@ -121,18 +128,18 @@ class SlowSDETerm(diffrax.AbstractTerm):
 
     brownian: diffrax.AbstractBrownianPath
 
-    def vf(self, t, y, args):
+    def vf(self, t: ArrayLike, y: State, args: SlowSDEModel) -> tuple[State, Float[Array, "D K"]]:
         return sde_coefficients(t, y, args)
 
-    def contr(self, t0, t1, **kwargs):
+    def contr(self, t0: ArrayLike, t1: ArrayLike, **kwargs: Any) -> tuple[ArrayLike, Float[Array, "K"]]:
         return t1 - t0, self.brownian.evaluate(t0, t1)
 
-    def prod(self, vf, control):
+    def prod(self, vf: tuple[State, Float[Array, "D K"]], control: tuple[ArrayLike, Float[Array, "K"]]) -> State:
         ((b, bv), A), (dt, dW) = vf, control
         return b * dt + A @ dW, bv * dt
 
 
-def retract_onto_gamma(y0, y1, model: SlowSDEModel):
+def retract_onto_gamma(y0: State, y1: State, model: SlowSDEModel) -> State:
     """y1 = (zeta, v) back onto Gamma by three Newton steps along S(v) * normal directions. Least squares:
     normals from the residual Jacobian (with the sample weights). Any other loss: the normals of Gamma at
     y0's zeta, a point of Gamma (cut at ``model.rank`` or by the rank rule), never the Hessian's eigenvectors
@@ -186,10 +193,12 @@ class RetractingSolver(_AbstractPostStepSolver):
     retract: Callable = retract_onto_gamma
 
     @property
-    def interpolation_cls(self):
+    def interpolation_cls(self) -> type[diffrax.LocalLinearInterpolation]:
         return diffrax.LocalLinearInterpolation
 
-    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+    def step(self, terms: PyTree[diffrax.AbstractTerm], t0: ArrayLike, t1: ArrayLike, y0: State, args: Any,
+             solver_state: Any, made_jump: ArrayLike
+             ) -> tuple[State, Optional[State], dict[str, State], Any, diffrax.RESULTS]:
         y1, err, _, state, result = self.solver.step(terms, t0, t1, y0, args, solver_state, made_jump)
         y1 = self.retract(y0, y1, args)
         return y1, err, dict(y0=y0, y1=y1), state, result
@@ -344,7 +353,7 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
                       stepsize_controller: Optional[diffrax.AbstractStepSizeController] = None, rtol: float = 1e-8,
                       atol: float = 1e-10, max_steps: int = 1_000_000, project_max_steps: int = 100_000,
                       force_sde: bool = False, richardson: bool = False, brownian_dt: Optional[float] = None,
-                      record_state: bool = True, dtype=None,
+                      record_state: bool = True, dtype: Optional[DTypeLike] = None,
                       paths_per_call: Optional[int] = None, records_per_call: Optional[int] = None,
                       checkpoint: Union[None, str, Path] = None, progress: Optional[bool] = None) -> Trajectory:
     """Integrate the slow SDE of ``method`` under ``noise`` on ``problem`` up to SDE time ``T``.

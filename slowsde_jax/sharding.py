@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jaxtyping import ArrayLike, PyTree
 
 __all__ = ["mesh_shape", "lane_mesh", "lane_sharding", "config_sharding", "place", "to_host"]
 
@@ -54,7 +55,7 @@ def config_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec("cfg"))
 
 
-def place(tree, sharding):
+def place(tree: PyTree[ArrayLike], sharding: jax.sharding.Sharding) -> PyTree[jax.Array]:
     """Every array leaf of ``tree`` laid out by ``sharding``. Host (numpy) leaves become global arrays through
     ``jax.make_array_from_callback``, so each process supplies only its own shards (several hosts)."""
 
@@ -67,7 +68,7 @@ def place(tree, sharding):
     return jax.tree_util.tree_map(put, tree)
 
 
-def to_host(x) -> np.ndarray:
+def to_host(x: ArrayLike) -> np.ndarray:
     """A (possibly sharded) array as one numpy array on this host; gathers across processes when the array
     spans several hosts."""
     if isinstance(x, jax.Array) and not x.is_fully_addressable:

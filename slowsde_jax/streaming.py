@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = ["RecordStream"]
 
@@ -59,7 +60,7 @@ class RecordStream:
         self._offsets[name] = offset
         return offset
 
-    def write(self, j: int, name: str, x) -> None:
+    def write(self, j: int, name: str, x: ArrayLike) -> None:
         """Write record ``j`` (0 <= j < n_t) of quantity ``name`` (an array of the same shape every time)."""
         x = np.ascontiguousarray(x)
         offset = self._open(name, x)

@@ -21,10 +21,15 @@ from __future__ import annotations
 import contextlib
 import difflib
 import os
-from typing import Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional
 
 import jax
 import numpy as np
+
+if TYPE_CHECKING:  # annotations only; importing these at run time would be circular
+    from .methods import Method
+    from .noise import AbstractNoise
+    from .problems import AbstractProblem
 
 __all__ = ["ConfigError", "suggest", "check_range", "check_int", "check_number", "check_choice",
            "check_compatible", "check_bool", "check_file_name", "within", "show"]
@@ -39,7 +44,7 @@ class ConfigError(ValueError):
         super().__init__(f"{self.field}: {self.reason}")
 
 
-def show(x) -> str:
+def show(x: Any) -> str:
     """A value the way an error message prints it: numbers with ``%g`` (``1.5``, ``1e-08``), small arrays as
     lists of those, anything else by ``repr`` (at most 80 characters)."""
     if isinstance(x, (bool, np.bool_, str)) or x is None:
@@ -62,7 +67,7 @@ def show(x) -> str:
 
 
 @contextlib.contextmanager
-def within(prefix: str):
+def within(prefix: str) -> Iterator[None]:
     """Re-raise every :class:`ConfigError` of the block with ``prefix`` in front of its field, so a
     factory's ``beta1`` becomes the config's ``runs.adam.beta1`` (``prefix`` = ``"runs.adam."``)."""
     try:
@@ -118,7 +123,8 @@ def _concrete(field, x):
     return a
 
 
-def check_range(field: str, value: Any, low=None, high=None, low_open: bool = False, high_open: bool = False) -> None:
+def check_range(field: str, value: Any, low: Optional[float] = None, high: Optional[float] = None,
+                low_open: bool = False, high_open: bool = False) -> None:
     """Raise ConfigError unless every entry of ``value`` (a scalar or an array of any shape) is a finite
     number in the stated interval. Nothing to check on a jax tracer."""
     a = _concrete(field, value)
@@ -156,7 +162,7 @@ def check_choice(field: str, value: Any, choices: Iterable[str]) -> None:
         raise ConfigError(field, f"must be {listed}, got {show(value)}")
 
 
-def check_compatible(problem, noise, method) -> None:
+def check_compatible(problem: AbstractProblem, noise: AbstractNoise, method: Method) -> None:
     """Raise :class:`ConfigError` naming the field when the three inputs do not fit together."""
     method.check(problem)
     noise.check(problem)
