@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Optional
+from typing import Optional, Sequence
 
 
 from .validation import ConfigError, within
@@ -52,7 +52,7 @@ def _table(summary_runs) -> str:
                                "recorded times ± s.e.; no ± with one path)")
 
 
-def cmd_run(args) -> int:
+def cmd_run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from . import config as cfgmod
@@ -197,7 +197,7 @@ def _read_done(path, name):
                                         f"'{name}' again from its beginning (rm '{path}')") from None
 
 
-def cmd_compare(args) -> int:
+def cmd_compare(args: argparse.Namespace) -> int:
     from . import config as cfgmod
     from . import runs
     from .comparison import describe_order, eta_sweep
@@ -260,7 +260,7 @@ EXAMPLES = """examples:
 documentation: docs/index.md (build the site with `mkdocs serve`)"""
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     from . import __version__
 
     parser = argparse.ArgumentParser(prog="slowsde", description=__doc__.split("\n\n")[0], epilog=EXAMPLES,

@@ -21,12 +21,18 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import ArrayLike
 
 from .validation import ConfigError, check_range
+
+if TYPE_CHECKING:
+    from .methods import Method
+    from .noise import AbstractNoise
+    from .problems import AbstractProblem
 
 __all__ = ["SeedGrid", "run_seed_grid", "threshold_n", "threshold_summary",
            "grid_point", "states_at_projection", "min_quasi_norm_interpolator", "min_quasi_norm_by_supports",
@@ -69,10 +75,11 @@ class SeedGrid:
                          if all(np.isclose(h.get(k, np.nan), v) for k, v in hypers.items())], dtype=int)
 
 
-def run_seed_grid(problem_fn: Callable, noise, method, seeds: Sequence[int], *, eta: Optional[float] = None,
+def run_seed_grid(problem_fn: Callable[[int], "AbstractProblem"], noise: "AbstractNoise", method: "Method",
+                  seeds: Sequence[int], *, eta: Optional[float] = None,
                   sweep: Optional[dict] = None, steps: Optional[int] = None, T: Optional[float] = None,
                   n_paths: int = 1, n_record: int = 20, tail_fraction: float = 0.25, record_state: bool = False,
-                  keep_trajectories: bool = False, **discrete_kw) -> SeedGrid:
+                  keep_trajectories: bool = False, **discrete_kw: Any) -> SeedGrid:
     """Run ``method`` on ``problem_fn(seed)`` for every seed (data and paths redrawn: the seed is also the
     path key) over the grid ``sweep`` (see :func:`slowsde_jax.simulate_discrete`). The problems of all seeds
     share their shapes, so the sweep compiles once and every seed reuses it."""
@@ -134,7 +141,7 @@ def threshold_n(n_grid: Sequence[float], loss: Sequence[float], level: float = 1
     return float(n[i - 1] + s * (n[i] - n[i - 1]))
 
 
-def threshold_summary(n_grid, losses, level: float = 1.0) -> dict:
+def threshold_summary(n_grid: Sequence[float], losses: ArrayLike, level: float = 1.0) -> dict:
     """Thresholds (:func:`threshold_n`) of each row of ``losses`` (n_seeds, len(n_grid)): ``per_seed``,
     ``mean``, ``std`` (ddof=1; 0 for one seed), ``min``, ``max``. Non-crossing seeds give inf."""
     per = np.array([threshold_n(n_grid, row, level) for row in np.atleast_2d(np.asarray(losses, float))])
@@ -143,7 +150,8 @@ def threshold_summary(n_grid, losses, level: float = 1.0) -> dict:
             "max": float(np.max(per)), "level": float(level)}
 
 
-def grid_point(problem, noise, method, hypers: dict):
+def grid_point(problem: "AbstractProblem", noise: "AbstractNoise", method: "Method",
+               hypers: dict) -> tuple["AbstractProblem", "AbstractNoise", "Method"]:
     """(problem, noise, method) at one grid point: the swept values in ``hypers`` (one entry of
     :attr:`SeedGrid.hypers`, e.g. ``{"eta": 0.1, "lam": 0.001, "n_train": 20}``) substituted as float arrays
     (:func:`slowsde_jax.discrete.apply_hypers`). A swept lam changes the method's preconditioner S, so a
@@ -153,7 +161,9 @@ def grid_point(problem, noise, method, hypers: dict):
     return apply_hypers(problem, noise, method, {k: jnp.asarray(float(v)) for k, v in hypers.items()})
 
 
-def states_at_projection(problem, method, theta, v=None, diverged=None, **project_kw) -> dict:
+def states_at_projection(problem: "AbstractProblem", method: "Method", theta: ArrayLike,
+                         v: Optional[ArrayLike] = None, diverged: Optional[ArrayLike] = None,
+                         **project_kw: Any) -> dict:
     """Bare states seen on Gamma: :func:`slowsde_jax.observables.at_projection` applied to ``theta``
     (N, D) and ``v`` (N, D; None for SGD) as a one-record trajectory.
 
@@ -178,15 +188,16 @@ def states_at_projection(problem, method, theta, v=None, diverged=None, **projec
     return out
 
 
-def diagonal_net_weights(theta) -> np.ndarray:
+def diagonal_net_weights(theta: ArrayLike) -> np.ndarray:
     """w = u*u - v*v from diagonal-net parameters theta = [u; v] (..., 2d) -> (..., d)."""
     theta = np.asarray(theta)
     d = theta.shape[-1] // 2
     return theta[..., :d] ** 2 - theta[..., d:] ** 2
 
 
-def min_quasi_norm_interpolator(Z, y, q: float, *, iters: int = 60, eps0: float = 1.0, eps_min: float = 1e-12,
-                                shrink: float = 0.5, w0=None) -> np.ndarray:
+def min_quasi_norm_interpolator(Z: ArrayLike, y: ArrayLike, q: float, *, iters: int = 60, eps0: float = 1.0,
+                                eps_min: float = 1e-12, shrink: float = 0.5,
+                                w0: Optional[ArrayLike] = None) -> np.ndarray:
     """argmin_w sum_j |w_j|^q subject to Z w = y, for 0 < q <= 1, by iteratively reweighted least squares.
 
     Each step solves the weighted minimum-norm problem w = D Z^T (Z D Z^T)^{-1} y with D = diag((w^2 + eps)^{1 - q/2})
@@ -207,7 +218,7 @@ def min_quasi_norm_interpolator(Z, y, q: float, *, iters: int = 60, eps0: float 
     return w
 
 
-def min_quasi_norm_by_supports(Z, y, q: float, max_supports: int = 200_000) -> np.ndarray:
+def min_quasi_norm_by_supports(Z: ArrayLike, y: ArrayLike, q: float, max_supports: int = 200_000) -> np.ndarray:
     """The global argmin_w sum_j |w_j|^q subject to Z w = y for 0 < q < 1, for small problems.
 
     sum_j |w_j|^q is concave on each orthant, so its minimum over the polyhedron {Z w = y} within an orthant
