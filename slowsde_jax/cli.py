@@ -19,6 +19,7 @@ out of memory, I/O error), printed as one line saying what failed; 130 interrupt
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from typing import Optional, Sequence
@@ -139,6 +140,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         summary.update(status="completed", runs=runs.summarize(trajs), elapsed_s=time.time() - t0)
         plot_observables(trajs, folder / "observables.png", log_y=LOSS_NAMES)
         runs.write_json(folder / "summary.json", summary)
+        shutil.rmtree(folder / "records", ignore_errors=True)  # streamed while running; trajectories.npz has them
     print(_table(summary["runs"]))
     if "slow_flow" in summary:
         from .observables import theory_table

@@ -3,8 +3,8 @@
 A run folder holds ``config.yaml`` (the resolved config), ``summary.json`` (status, environment, per-run
 statistics), ``trajectories.npz`` (every Trajectory, keys prefixed ``<run>/<grid index>/``; with
 ``slow_flow: true`` also ``<run>.at_phi`` (the run's states mapped to Phi_S) and ``<run>.slow_ode`` (its
-label-noise ODE), which run names may not end in), ``records/<run>/`` (the records as they were streamed
-during the run) and ``observables.png`` (``slow_flow.png`` with the slow flow). Files are written to a temporary name and renamed, so none is ever half-written; a
+label-noise ODE), which run names may not end in), ``records/<run>/`` (the records, streamed there while the
+run is in progress and removed once ``trajectories.npz`` holds them) and ``observables.png`` (``slow_flow.png`` with the slow flow). Files are written to a temporary name and renamed, so none is ever half-written; a
 write that fails (a full disk) removes its temporary file and leaves the previous version in place.
 """
 from __future__ import annotations

@@ -118,3 +118,14 @@ def test_notebook_is_valid_and_its_code_compiles():
         if cell["cell_type"] == "code":
             code = "".join(cell["source"])  # IPython magics (%matplotlib inline) are not Python
             compile("\n".join(line for line in code.splitlines() if not line.lstrip().startswith("%")), "cell", "exec")
+
+
+def test_run_folder_keeps_the_records_once(tmp_path):
+    """Records are streamed to records/<run>/ while running; a finished folder holds them only in
+    trajectories.npz."""
+    sets = ["problem.d=4", "problem.n=3", "problem.k=1", "problem.n_test=10", "T=null", "steps=20", "n_paths=2",
+            "n_record=2", "slow_flow=false", "runs.adam.eta=0.1"]
+    assert cli.main(["run", *sum((["--set", s] for s in sets), []), "--out", str(tmp_path), "--quiet"]) == 0
+    folder = next(tmp_path.iterdir())
+    assert (folder / "trajectories.npz").is_file() and not (folder / "records").exists()
+    assert set(load_run(folder)[0]) >= {"adam", "sgd"}
