@@ -371,10 +371,10 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
     - ``force_sde``: use the SDE integrator even for label noise (a check of the ODE reduction);
     - ``richardson``: (general SDE) also solve with step 2 h on the same Brownian path and return, per path,
       the observables 2 f(zeta^{h}) - f(zeta^{2 h}), where h <= dt is the actual step (the recording
-      interval cut into an even number of steps; ``meta["dt"]`` holds it), whose mean has weak error O(dt^2) (Talay-Tubaro
-      extrapolation) instead of O(dt). Costs 1.5 times the plain run. Means and standard errors of these
-      observables estimate E f(zeta_t); their spread across paths is not the law of f(zeta_t). ``theta``
-      and ``v`` hold the step-dt run, and a path counts as failed when either run fails;
+      interval cut into an even number of steps; ``meta["dt"]`` holds it). Their mean has weak error
+      O(h^2) (Talay-Tubaro extrapolation) instead of O(h), for 1.5 times the work. Means and standard
+      errors of these observables estimate E f(zeta_t); their spread across paths is not the law of
+      f(zeta_t). ``theta`` and ``v`` hold the step-h run; a path counts as failed when either run fails;
     - ``brownian_dt``: the grid of the Brownian path (default: the step). Runs with the same key and
       ``brownian_dt`` whose steps are multiples of it follow the same Brownian path, so the difference of
       their answers (a step-size study) has a small variance; the steps must be multiples of it;
@@ -414,7 +414,7 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
     records_per_call = min(check_int("records_per_call", records_per_call, 1), inputs.n_record)
     model = SlowSDEModel(problem, noise, method, c, alpha, rank)
 
-    # schedule: one fixed-step grid per level (step dt; with Richardson also 2 dt), records on step times
+    # schedule: one fixed-step grid per level (step h <= dt; with Richardson also 2 h), records on step times
     if richardson and alpha is not None:
         raise ConfigError("richardson", "extrapolates the general SDE's fixed steps; the label-noise ODE is "
                           "adaptive (use force_sde=True to extrapolate the SDE form)")
