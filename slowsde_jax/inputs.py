@@ -67,12 +67,7 @@ def as_float_params(params0: PyTree[ArrayLike], field: str = "params0") -> PyTre
     out = []
     for path, x in leaves:
         name = field + jax.tree_util.keystr(path)
-        try:
-            a = np.asarray(x)
-        except (ValueError, TypeError):
-            raise ConfigError(name, f"must be an array of numbers, got {show(x)}") from None
-        if a.dtype.kind not in "biuf":
-            raise ConfigError(name, f"must be an array of real numbers, got dtype {a.dtype}")
+        a = _real_array(name, x)
         if not np.all(np.isfinite(a)):
             raise ConfigError(name, "must be finite")
         out.append(jnp.asarray(a, _precision.default_float() if a.dtype.kind in "biu" else a.dtype))
@@ -136,15 +131,21 @@ def parse_inputs(problem: AbstractProblem, noise: AbstractNoise, method: Method,
                   dtype=dtype)
 
 
-def _numeric(field, x, dtype):
-    """``x`` as a float array of ``dtype``; ConfigError for strings, objects and other non-numbers."""
+def _real_array(field, x) -> np.ndarray:
+    """``x`` as a numpy array of real numbers (bool, int or float); ConfigError for strings, objects, complex
+    numbers and ragged lists."""
     try:
         a = np.asarray(x)
     except (ValueError, TypeError):
         raise ConfigError(field, f"must be an array of numbers, got {show(x)}") from None
     if a.dtype.kind not in "biuf":
-        raise ConfigError(field, f"must be an array of numbers, got {show(x)}")
-    return jnp.asarray(a, dtype)
+        raise ConfigError(field, f"must be an array of real numbers, got {show(x)}")
+    return a
+
+
+def _numeric(field, x, dtype):
+    """``x`` as a float array of ``dtype``; ConfigError for strings, objects and other non-numbers."""
+    return jnp.asarray(_real_array(field, x), dtype)
 
 
 # ----- memory ------------------------------------------------------------------------------------------------
