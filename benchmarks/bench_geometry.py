@@ -7,7 +7,6 @@ D is small enough; the least-squares structured path and the low-rank contractio
 Each entry is the best of 5 runs after compiling; the ratio column is time / time of one gradient.
 """
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
@@ -16,16 +15,8 @@ import numpy as np
 import slowsde_jax  # noqa: F401
 from slowsde_jax import geometry as G
 from slowsde_jax import problems
+from _timing import best_time
 
-
-def best_time(fn, *args, repeats=5):
-    jax.block_until_ready(fn(*args))
-    best = np.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def point_on_gamma(prob, n):

@@ -9,20 +9,14 @@
 Times exclude compilation (each is run once first). Ratios are slow side / discrete.
 """
 import argparse
-import time
 
 import jax.numpy as jnp
 import numpy as np
 
 import slowsde_jax as sj
 from slowsde_jax import discrete, noise, problems, sde
+from _timing import timed
 
-
-def timed(fn):
-    fn()
-    t0 = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t0, out
 
 
 def main():

@@ -9,7 +9,6 @@ Gauss-Newton retraction); the discrete side is the discrete engine at eta = 0.01
 after a compile run; the printed ratio is (seconds per SDE step) / (seconds per discrete step).
 """
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
@@ -17,13 +16,8 @@ import numpy as np
 
 import slowsde_jax as sj
 from slowsde_jax import discrete, noise, problems, sde
+from _timing import timed
 
-
-def timed(fn):
-    fn()
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def main():
@@ -42,10 +36,10 @@ def main():
         x0 = jnp.asarray(np.concatenate([np.sqrt(np.maximum(w, 0) + 0.3), np.sqrt(np.maximum(-w, 0) + 0.3)]))
         dt = 1e-4
         T = a.steps * dt
-        t_sde = timed(lambda: sde.simulate_slow_sde(prob, ln, m, T=T, n_paths=P, n_record=1, dt=dt, theta0=x0,
+        t_sde, _ = timed(lambda: sde.simulate_slow_sde(prob, ln, m, T=T, n_paths=P, n_record=1, dt=dt, theta0=x0,
                                                     force_sde=True, record_state=False))
         eta = 0.01
-        t_dis = timed(lambda: discrete.simulate_discrete(prob, ln, m, eta=eta, steps=a.steps, n_paths=P, n_record=1,
+        t_dis, _ = timed(lambda: discrete.simulate_discrete(prob, ln, m, eta=eta, steps=a.steps, n_paths=P, n_record=1,
                                                          theta0=x0, v0="equilibrium", progress=False,
                                                          record_state=False))
         s, q = t_sde / a.steps, t_dis / a.steps

@@ -21,7 +21,6 @@ seen with jaxlib 0.10.2, all threads idle in gdb). The structured path has a sin
 timed both vmapped and with lax.map.
 """
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
@@ -30,16 +29,8 @@ import numpy as np
 import slowsde_jax  # noqa: F401
 from slowsde_jax import geometry as G
 from slowsde_jax import methods, noise, problems, sde
+from _timing import best_time
 
-
-def best_time(fn, *args, repeats=3):
-    jax.block_until_ready(fn(*args))
-    best = np.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def points_on_gamma(prob, n, count, seed=0):
@@ -78,12 +69,12 @@ def main():
 
         structured = jax.jit(jax.vmap(lambda x, v: one((x, v))))
         structured_map = jax.jit(lambda xs, vs: jax.lax.map(one, (xs, vs)))
-        t_s = best_time(structured, xs, vs) / a.points
-        t_sm = best_time(structured_map, xs, vs) / a.points
+        t_s = best_time(structured, xs, vs, repeats=3) / a.points
+        t_sm = best_time(structured_map, xs, vs, repeats=3) / a.points
         if D <= a.dense_max:
             dense = jax.jit(lambda xs, vs: jax.lax.map(
                 lambda xv: sde.slow_sde_coefficients(prob, nz, method, xv[0], xv[1], c, structured=False), (xs, vs)))
-            t_d = best_time(dense, xs, vs) / a.points
+            t_d = best_time(dense, xs, vs, repeats=3) / a.points
             (bd, _, Ad), (bs, _, As) = dense(xs, vs), structured(xs, vs)
             diff = float(jnp.max(jnp.abs(bd - bs)) / jnp.max(jnp.abs(bd)))  # label noise: Sigma_par = 0 in both
             print(f"{D:>6} {1e3 * t_d:>11.2f} {1e3 * t_s:>12.3f} {1e3 * t_sm:>12.3f} {t_d / t_s:>9.0f}  {diff:.1e}")

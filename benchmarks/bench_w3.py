@@ -12,20 +12,14 @@ For each it prints the weak error of E v (or E test loss) at every eta, with its
 time ratio discrete / slow. The ratio at the eta that reaches a given weak error is W3 at that accuracy.
 """
 import argparse
-import time
 
 import jax
 import numpy as np
 
 import slowsde_jax as sj
 from slowsde_jax import comparison, discrete, noise, problems, sde
+from _timing import timed
 
-
-def timed(fn):
-    fn()  # compile
-    t0 = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t0, out
 
 
 def case(name, prob, nz, m, T, obs, etas, paths, slow_paths, dt=1e-3, theta0=None):

@@ -20,20 +20,14 @@ for E v it is within the noise of 20 000 paths).
    e*, the weak error at ``--eta``: W3 at that accuracy, certified by the bound.
 """
 import argparse
-import time
 
 import jax
 import numpy as np
 
 import slowsde_jax as sj
 from slowsde_jax import comparison, discrete, noise, problems, sde
+from _timing import timed
 
-
-def timed(fn):
-    fn()  # compile
-    t0 = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t0, out
 
 
 def main():
