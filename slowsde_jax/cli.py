@@ -129,10 +129,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             if view:
                 summary["slow_flow"] = theory_summary(view, methods)
                 plot_slow_flow(view, summary["slow_flow"], folder / "slow_flow.png")
-        saved = dict(trajs)
-        for name, entry in view.items():
-            saved.update({f"{name}.at_phi": [entry["projected"]], f"{name}.slow_ode": [entry["slow_ode"]]})
-        runs.save_trajectories(folder / "trajectories.npz", saved)
+        if view:  # add the slow-flow results to the discrete ones written above
+            saved = dict(trajs)
+            for name, entry in view.items():
+                saved.update({f"{name}.at_phi": [entry["projected"]], f"{name}.slow_ode": [entry["slow_ode"]]})
+            runs.save_trajectories(folder / "trajectories.npz", saved)
         for name, _, _ in planned:  # the finished-run checkpoints are now in trajectories.npz
             (ckpts / f"{name}.done.npz").unlink(missing_ok=True)
         if not any(ckpts.iterdir()):
