@@ -6,13 +6,14 @@
    project the end points onto Gamma, and compare with the ODE's end point: support of w, test loss,
    tr H, tr(Diag H^{1-lam}); weak errors with standard errors and their fitted order in eta.
 3. Wall-clock cost of the ODE against the discrete sweep.
-4. Fixed points: the ODE's end w for several lam against minimum-l_{1-lam} quasi-norm interpolators found
-   without the ODE: the global one by enumerating basic solutions (``experiments.min_quasi_norm_by_supports``,
+4. Fixed points: the ODE's end w (at T_fixed: AdamE-1/4 leaves a saddle slowly, see docs/experiments.md) for
+   several lam against minimum-l_{1-lam} quasi-norm interpolators found without the ODE (at u_j v_j = 0,
+   tr(Diag H^{1-lam}) = 4^{1-lam} sum_j s_j^{1-lam} |w_j|^{1-lam}: exponent 1 - lam in w, 2 - 2 lam in (u, v)): the global one by enumerating basic solutions (``experiments.min_quasi_norm_by_supports``,
    small d), reweighted least squares from the minimum-l2 start, and reweighted least squares started at the
    ODE's end (it stays there iff the end point is a stationary point of the quasi-norm on {Z w = y}).
 
 Usage: python experiments/sparse_ode.py [--d 8 --n 4 --k 2 --key 4] [--etas 0.04,0.028,0.02] [--paths 128]
-       [--T 3] [--lams 0.25,0.5,0.75] [--out FILE.json]
+       [--T 3] [--T-fixed 16] [--lams 0.25,0.5,0.75] [--fixed-points-only] [--out FILE.json]
 """
 import argparse
 import json
@@ -38,16 +39,25 @@ def main():
     ap.add_argument("--T", type=float, default=3.0)
     ap.add_argument("--t-early", type=float, default=0.25)
     ap.add_argument("--lams", default="0.25,0.5,0.75")
+    ap.add_argument("--T-fixed", type=float, default=16.0, help="ODE horizon for the fixed-point comparison")
+    ap.add_argument("--fixed-points-only", action="store_true", help="skip parts 1-3 (the discrete sweep)")
     ap.add_argument("--out", default="sparse_ode.json")
     a = ap.parse_args()
     P = problems.diagonal_net(d=a.d, n=a.n, k=a.k, key=a.key, n_test=2000)
     L = noise.label_noise(a.delta)
-    d = a.d
     out = {"args": vars(a), "w_star": np.asarray(P.w_star).tolist()}
     sharp = lambda th, lam: {"trace_H": float(geo.sharpness(P.hessian_diag(th), "trace")),
                              "trace_diag_pow": float(geo.sharpness(P.hessian_diag(th), "trace_diag_pow", lam=lam))}
 
-    # -- 1-3: Adam, ODE vs discrete at several eta
+    if not a.fixed_points_only:
+        ode_vs_discrete(a, P, L, sharp, out)
+    out["fixed_points"] = fixed_points(a, P, L)
+    with open(a.out, "w") as fh:
+        json.dump(out, fh, indent=1)
+
+
+def ode_vs_discrete(a, P, L, sharp, out):
+    """Parts 1-3: Adam's ODE against the discrete eta sweep, and their cost."""
     m = S.adam(c=a.c, eps=a.eps)
     early = discrete.simulate_discrete(P, L, m, eta=0.02, T=a.t_early, v0="equilibrium", key=0, n_record=1)
     th0, v0 = early.theta[0, -1], early.v[0, -1]
@@ -115,32 +125,45 @@ def main():
           f"solve, vs discrete {t_disc:.2f}s ({t_disc_cold:.1f}s) for {len(etas)} etas x {a.paths} paths "
           f"({steps_total:.2e} path-steps); discrete / ODE = {t_disc / t_ode:.1f}")
 
-    # -- 4: fixed points vs the minimum-l_{1-lam} interpolator
+
+
+def fixed_points(a, P, L):
+    """Part 4: the ODE's end for each lam against the minimum-l_{1-lam} interpolators."""
+    d = a.d
     fps = []
     for lam in (float(s) for s in a.lams.split(",")):
         ml = S.adame(lam=lam, c=a.c, eps=a.eps)
         e = discrete.simulate_discrete(P, L, ml, eta=0.02, T=a.t_early, v0="equilibrium", key=0, n_record=1)
         t0 = time.perf_counter()
-        o = sde.simulate_slow_sde(P, L, ml, T=a.T, theta0=e.theta[0, -1], v0=e.v[0, -1], n_record=2)
-        w_o = X.diagonal_net_weights(o.theta[0, -1])
+        o = sde.simulate_slow_sde(P, L, ml, T=a.T_fixed, theta0=e.theta[0, -1], v0=e.v[0, -1],
+                                  n_record=max(2, int(round(a.T_fixed))))
+        w_t = X.diagonal_net_weights(o.theta[0])
+        w_o = w_t[-1]
+        at_3 = int(np.argmin(np.abs(o.t - a.T)))  # the end at the horizon of parts 1-3
         q = 1.0 - lam
+        # the weighted quasi-norm sum_j |s_j w_j|^q (s_j = mean_i z_ij^2, 1 for +-1 features): in w' = s w the
+        # constraint is (Z / s) w' = y and the quasi-norm unweighted
         Z, y = np.asarray(P.Z), np.asarray(P.y)
-        w_q = X.min_quasi_norm_interpolator(Z, y, q=q)
-        w_loc = X.min_quasi_norm_interpolator(Z, y, q=q, w0=w_o, eps0=1e-10)
-        w_g = X.min_quasi_norm_by_supports(Z, y, q=q) if d <= 24 else None
-        obj = lambda w: float(np.sum(np.abs(w) ** q))
+        s = np.mean(Z * Z, axis=0)
+        w_q = X.min_quasi_norm_interpolator(Z / s, y, q=q) / s
+        w_loc = X.min_quasi_norm_interpolator(Z / s, y, q=q, w0=s * w_o, eps0=1e-10) / s
+        w_g = X.min_quasi_norm_by_supports(Z / s, y, q=q) / s if d <= 24 else None
+        obj = lambda w: float(np.sum(np.abs(s * w) ** q))
         fp = {"lam": lam, "q": q, "w_ode": w_o.tolist(), "w_irls": w_q.tolist(), "w_irls_from_ode": w_loc.tolist(),
               "irls_from_ode_moves": float(np.abs(w_loc - w_o).max()), "quasi_norm_ode": obj(w_o),
               "quasi_norm_irls": obj(w_q), "quasi_norm_global": None if w_g is None else obj(w_g),
               "w_global": None if w_g is None else w_g.tolist(), "diverged": bool(o.diverged[0]),
-              "seconds": time.perf_counter() - t0}
+              "seconds": time.perf_counter() - t0, "T_fixed": a.T_fixed,
+              "last_unit_moves": float(np.abs(w_t[-1] - w_t[-2]).max()) if o.t[-1] - o.t[-2] <= 1.0 + 1e-9 else None,
+              "t_at_rest": float(o.t[np.flatnonzero(np.abs(w_t - w_o).max(1) > 1e-8).max(initial=-1) + 1]),
+              "at_T": {"t": float(o.t[at_3]), "w": w_t[at_3].tolist(), "quasi_norm": obj(w_t[at_3])}}
         fps.append(fp)
-        print(f"lam {lam}: ODE end w {np.round(w_o, 4)}  sum|w|^{q:g} = {fp['quasi_norm_ode']:.6f}; IRLS from it moves "
+        print(f"lam {lam}: ODE at t = {fp['at_T']['t']:.2f}: w {np.round(w_t[at_3], 4)}  sum|w|^{q:g} = "
+              f"{fp['at_T']['quasi_norm']:.6f}; w constant (1e-8) from t = {fp['t_at_rest']:.2f}")
+        print(f"lam {lam}: ODE end (T = {a.T_fixed:g}) w {np.round(w_o, 4)}  sum|w|^{q:g} = {fp['quasi_norm_ode']:.6f}; IRLS from it moves "
               f"{fp['irls_from_ode_moves']:.1e}\n   IRLS from min-l2 {np.round(w_q, 4)}  {fp['quasi_norm_irls']:.6f}"
               + ("" if w_g is None else f"\n   global (supports) {np.round(w_g, 4)}  {fp['quasi_norm_global']:.6f}"))
-    out["fixed_points"] = fps
-    with open(a.out, "w") as fh:
-        json.dump(out, fh, indent=1)
+    return fps
 
 
 if __name__ == "__main__":

@@ -73,3 +73,29 @@ def test_masked_samples_drop_out_of_the_geometry():
     assert all(not r.diverged.any() for r in runs)
     np.testing.assert_allclose(runs[0].theta, runs[1].theta, atol=1e-10)
     np.testing.assert_allclose(masked.residuals(jnp.asarray(runs[0].theta[0, -1]))[:2], 0.0, atol=1e-12)
+
+
+@pytest.mark.parametrize("lam", [0.25, 0.5, 0.75])
+def test_adame_drift_is_the_preconditioned_gradient_of_trace_diag_h_pow(lam):
+    """With v at its quasi-static value V(alpha H) and eps = 0, the label-noise drift of AdamE-lam is
+    -alpha^{1-lam} / (4 (1 - lam)) dPhi_S S grad tr(Diag H^{1-lam}) (math §5): its fixed points are the
+    stationary points of tr(Diag H^{1-lam}) on Gamma. The right side is built independently: H from
+    jax.hessian of the loss, the gradient of tr(Diag H^{1-lam}) by autodiff (S not frozen), dPhi_S from the
+    Jacobian of the residuals. Checked for the structured drift and for x * h of the log-coordinate field."""
+    m = S.adame(lam=lam, c=10.0, eps=0.0)
+    alpha = float(LABEL.label_noise_alpha(PROB))
+    x = X0
+    F = lambda t: jnp.sum(jnp.diagonal(jax.hessian(PROB.loss)(t)) ** (1.0 - lam))  # noqa: E731
+    H = jax.hessian(PROB.loss)(x)
+    v = alpha * jnp.diagonal(H)
+    s = m.S(v)
+    np.testing.assert_allclose(s, (alpha * jnp.diagonal(H)) ** -lam, rtol=1e-12)
+    J = jax.jacfwd(PROB.residuals)(x)
+    P = jnp.eye(x.size) - (s[:, None] * J.T) @ jnp.linalg.solve((J * s) @ J.T, J)
+    want = -alpha ** (1.0 - lam) / (4.0 * (1.0 - lam)) * P @ (s * jax.grad(F)(x))
+    dz, dv = sde.label_noise_vector_field(PROB, LABEL, m, x, v, 10.0, alpha)
+    np.testing.assert_allclose(dv, 0.0, atol=1e-14)
+    np.testing.assert_allclose(dz, want, rtol=1e-9, atol=1e-12 * np.abs(want).max())
+    B, y = geometry.quadratic_structure(PROB.residual_parts()[0])
+    h = geometry.quadratic_label_noise_rate(B, y, PROB.residual_parts()[1], x, s, alpha)
+    np.testing.assert_allclose(x * h, want, rtol=1e-9, atol=1e-12 * np.abs(want).max())

@@ -81,3 +81,70 @@ def test_ode_end_state_does_not_depend_on_n_record(eps):
     for e in ends[1:]:
         np.testing.assert_allclose(w_of(e), w_of(ends[0]), atol=1e-8)
         np.testing.assert_allclose(e, ends[0], atol=1e-5)
+
+
+T_FIXED = 16.0  # the ODE's horizon for the fixed-point tests (one compile for all of them)
+
+
+def ode_end(prob, lam, T_end):
+    """w at the end of AdamE-lam's label-noise ODE, started like experiments/sparse_ode.py (Phi_S of the
+    discrete iterate at t = 0.25, eta = 0.02), and the w over time (n_record = 4, as the fixture: one compile)."""
+    m = S.adame(lam=lam, c=10.0, eps=1e-6)
+    tr = discrete.simulate_discrete(prob, LABEL, m, eta=0.02, T=0.25, v0="equilibrium", key=0, n_record=1)
+    run = sde.simulate_slow_sde(prob, LABEL, m, T=T_end, theta0=tr.theta[0, -1], v0=tr.v[0, -1], n_record=4)
+    assert not run.diverged[0], run.meta["failure_reasons"]
+    return w_of(run.theta[0, -1]), w_of(run.theta[0])
+
+
+def global_min_weighted(prob, q):
+    """argmin sum_j |s_j w_j|^q on {Z w = y} (s_j = mean_i z_ij^2: tr(Diag H^{1-lam}) at u_j v_j = 0 is
+    4^q times this, math §6), by enumerating basic solutions: no ODE involved."""
+    from slowsde_jax import experiments as X
+
+    Z, y = np.asarray(prob.Z), np.asarray(prob.y)
+    s = np.mean(Z * Z, axis=0)
+    return X.min_quasi_norm_by_supports(Z / s, y, q) / s, s
+
+
+def test_adame_ode_ends_at_the_global_minimizer_after_a_slow_saddle_for_small_lam():
+    """PROB's columns 1, 3 and 6 are equal up to sign, so Sum |w|^q is minimized by putting w_1 + w_3 - w_6 on one
+    of them (three tied global minimizers) and the symmetric split is a saddle on Gamma. The early state sits
+    near it; AdamE-lam leaves it at the rate lam (4 alpha)^{1-2 lam} |w_j|^{-2 lam} (0.32 for lam = 1/4, 3.3
+    for Adam): lam = 1/2 reaches a minimizer by t = 3, lam = 1/4 is still on the face at t = 4 and at a global
+    minimizer of Sum |w|^{3/4} by T = 12."""
+    from slowsde_jax import experiments as X
+
+    Z, y = np.asarray(PROB.Z), np.asarray(PROB.y)
+    for lam in (0.5, 0.25):
+        q = 1.0 - lam
+        w, w_t = ode_end(PROB, lam, T_FIXED)  # records at t = 4, 8, 12, 16
+        g, _ = global_min_weighted(PROB, q)
+        assert np.sum(np.abs(w) ** q) == pytest.approx(np.sum(np.abs(g) ** q), rel=1e-9)
+        np.testing.assert_allclose(w, w_t[-2], atol=1e-10)  # at rest from t = 12
+        # IRLS started at the ODE's end stays (up to its eps floor, 4e-8 here): a stationary point
+        np.testing.assert_allclose(X.min_quasi_norm_interpolator(Z, y, q=q, w0=w, eps0=1e-10), w, atol=1e-6)
+        if lam == 0.5:
+            np.testing.assert_allclose(w_t[1], w, atol=1e-10)  # Adam: there by t = 4
+        else:
+            w4 = w_t[1]  # lam = 1/4: at t = 4 still on the face, above the minimum
+            assert np.sum(np.abs(w4) > 0.05) == 4 and np.sum(np.abs(w4) ** q) > np.sum(np.abs(g) ** q) + 0.1
+
+
+def test_adame_ode_ends_at_the_minimizer_of_its_own_quasi_norm():
+    """A 4 x 8 Gaussian problem where argmin sum |s w|^{1/4} and argmin sum |s w|^{3/4} are different vertices
+    of {Z w = y}, and AdamE-3/4's and AdamE-1/4's ODE (same start rule) each end at the one of its own
+    sharpness tr(Diag H^{1-lam}) = 4^{1-lam} sum |s w|^{1-lam}, strictly above the minimum of the other's.
+    (Chosen by a search: the ODE ends at a vertex, a local minimizer, and which one depends on the start;
+    docs/experiments.md gives the frequency.)"""
+    prob = problems.diagonal_net(d=D_, n=4, k=3, key=51, features="gaussian", n_test=200)
+    ends = {}
+    for lam in (0.75, 0.25):
+        w, w_t = ode_end(prob, lam, T_FIXED)
+        assert np.abs(w_t[-1] - w_t[-2]).max() < 1e-10  # at rest
+        g, s = global_min_weighted(prob, 1.0 - lam)
+        np.testing.assert_allclose(w, g, atol=1e-8)
+        ends[lam] = (w, s)
+    (w_a, s), (w_b, _) = ends[0.75], ends[0.25]
+    assert np.abs(w_a - w_b).max() > 0.1
+    assert np.sum(np.abs(s * w_a) ** 0.75) > 1.01 * np.sum(np.abs(s * w_b) ** 0.75)
+    assert np.sum(np.abs(s * w_b) ** 0.25) > 1.01 * np.sum(np.abs(s * w_a) ** 0.25)
