@@ -1,5 +1,5 @@
-"""The paper's two experiments as small pieces: seed grids, sample-size thresholds, sharpness on Gamma, and an
-independent quasi-norm interpolator for the diagonal net's fixed points.
+"""The paper's two experiments as small pieces: seed grids, sample-size thresholds, sharpness on Gamma, an
+independent quasi-norm interpolator for the diagonal net's fixed points, and sharpness minimizers on Gamma.
 
 - :func:`run_seed_grid`: one method over a grid of hyperparameters (a ``simulate_discrete`` sweep, compiled
   once) for several seeds, each seed redrawing the data (``problem_fn(seed)``) as well as the paths.
@@ -16,6 +16,9 @@ independent quasi-norm interpolator for the diagonal net's fixed points.
   reweighted least squares with a geometrically decreasing smoothing eps (as in Chartrand and Yin): the point the
   AdamE-lam ODE should reach on a diagonal net, with q = 1 - lam, found without the ODE (a local minimizer);
   :func:`min_quasi_norm_by_supports`: the global minimizer for small d, by enumerating basic solutions.
+- :func:`min_sharpness_on_manifold`: a minimizer of sum_k (diag H)_k^p on Gamma (p = 1: tr H, SGD's label-noise
+  target; p = 1/2: tr(Diag H^{1/2}), Adam's) by Riemannian gradient descent from a given point: where each
+  method's label-noise ODE should end, found without the ODE.
 """
 from __future__ import annotations
 
