@@ -18,6 +18,8 @@ import numpy as np
 import slowsde_jax as S
 from slowsde_jax import experiments as X, noise, problems
 
+from factorization_predict import with_spectrum
+
 
 def aligned(d1, d2, rank, n, key, measurement, scales=None, init_scale=0.1):
     """A coordinate-aligned W* = sum_k s_k e_{i_k} e_{j_k}^T (distinct rows and columns) in place of the
@@ -48,6 +50,12 @@ def spectrum(d1, d2, rank, n, key, measurement, sv, init_scale=0.1):
                                         init_scale=p.init_scale, shape=p.shape)
 
 
+def covered(d, rank, n, measurement="entries", sv=None):
+    """factorization_predict.with_spectrum: the Gaussian W* (or singular values ``sv``), every row and column
+    observed."""
+    return lambda s: with_spectrum(d, d, rank, n, measurement, sv=sv, key=s)
+
+
 def gauss(**kw):
     return lambda s: problems.matrix_factorization(key=s, **kw)
 
@@ -63,6 +71,12 @@ SETTINGS = {
     "entries16_r2_init1e-3": (gauss(d1=16, d2=16, rank=2, n=100, measurement="entries", init_scale=1e-3), 1.0, 0.01, 0.05,
                               100_000, 100_000),
     "entries16_r2_delta2": (gauss(d1=16, d2=16, rank=2, n=100, measurement="entries"), 2.0, 0.01, 0.02, 100_000, 100_000),
+    # predicted by factorization_predict.py (W* of higher rank than n observations pin down; all rows/cols seen)
+    "entries10_r5_n50": (covered(10, 5, 50), 1.0, 0.01, 0.2, 100_000, 100_000),
+    "entries10_r10_n50": (covered(10, 10, 50), 1.0, 0.01, 0.2, 100_000, 100_000),
+    "entries10_r2_n50": (covered(10, 2, 50), 1.0, 0.01, 0.2, 100_000, 100_000),
+    "entries10_r5_n50_adam003": (covered(10, 5, 50), 1.0, 0.03, 0.2, 100_000, 100_000),
+    "entries10_r10_n50_adam003": (covered(10, 10, 50), 1.0, 0.03, 0.2, 100_000, 100_000),
 }
 
 

@@ -1,5 +1,5 @@
-"""The paper's two experiments as small pieces: seed grids, sample-size thresholds, sharpness on Gamma, and an
-independent quasi-norm interpolator for the diagonal net's fixed points.
+"""The paper's two experiments as small pieces: seed grids, sample-size thresholds, sharpness on Gamma, an
+independent quasi-norm interpolator for the diagonal net's fixed points, and sharpness minimizers on Gamma.
 
 - :func:`run_seed_grid`: one method over a grid of hyperparameters (a ``simulate_discrete`` sweep, compiled
   once) for several seeds, each seed redrawing the data (``problem_fn(seed)``) as well as the paths.
@@ -16,6 +16,9 @@ independent quasi-norm interpolator for the diagonal net's fixed points.
   reweighted least squares with a geometrically decreasing smoothing eps (as in Chartrand and Yin): the point the
   AdamE-lam ODE should reach on a diagonal net, with q = 1 - lam, found without the ODE (a local minimizer);
   :func:`min_quasi_norm_by_supports`: the global minimizer for small d, by enumerating basic solutions.
+- :func:`min_sharpness_on_manifold`: a minimizer of sum_k (diag H)_k^p on Gamma (p = 1: tr H, SGD's label-noise
+  target; p = 1/2: tr(Diag H^{1/2}), Adam's) by Riemannian gradient descent from a given point: where each
+  method's label-noise ODE should end, found without the ODE.
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["SeedGrid", "run_seed_grid", "threshold_n", "threshold_summary",
            "grid_point", "states_at_projection", "min_quasi_norm_interpolator", "min_quasi_norm_by_supports",
-           "diagonal_net_weights"]
+           "diagonal_net_weights", "min_sharpness_on_manifold"]
 
 
 @dataclasses.dataclass
@@ -250,3 +253,112 @@ def min_quasi_norm_by_supports(Z: ArrayLike, y: ArrayLike, q: float, max_support
     if best is None:
         raise ConfigError("y", "no interpolator exists (Z w = y has no solution)")
     return best
+
+
+
+def _sharpness_power(problem, theta, power, eps):
+    h = jnp.maximum(problem.hessian_diag(theta), 0.0)
+    return jnp.sum(h) if power == 1.0 else jnp.sum((h + eps) ** power)
+
+
+def _constraints(problem, theta):
+    return jnp.sqrt(problem.sample_weights()) * problem.residuals(theta)
+
+
+
+
+def _min_norm_solve(J, b):
+    """J^T (J J^T + ridge)^{-1} b: the minimum-norm x with J x = b for J (n, D) of full row rank, by a Cholesky
+    solve of the (n, n) Gram matrix (ridge 1e-13 of its mean diagonal, for rows that vanish)."""
+    import jax
+
+    G = J @ J.T
+    G = G + (1e-13 * jnp.trace(G) / G.shape[0] + 1e-300) * jnp.eye(G.shape[0], dtype=G.dtype)
+    return J.T @ jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(G), b)
+
+
+def _retract(problem, theta, steps):
+    """``steps`` Gauss-Newton minimum-norm steps onto {c = 0}."""
+    import jax
+
+    def gn(_, th):
+        J = jax.jacfwd(lambda x: _constraints(problem, x))(th)
+        return th - _min_norm_solve(J, _constraints(problem, th))
+
+    return jax.lax.fori_loop(0, steps, gn, theta)
+
+
+def _riemannian_descent(problem, theta, eps, alpha, power, max_steps, retract_steps):
+    """Gradient descent on Gamma: the gradient of s_eps projected on the tangent space (the null space of the
+    constraints' Jacobian), a Gauss-Newton retraction, and a step size that grows by 1.5 after an accepted
+    (Armijo) step and halves after a rejected one. Returns (theta, alpha, steps taken)."""
+    import jax
+
+    s = lambda x: _sharpness_power(problem, x, power, eps)
+
+    def body(carry):
+        th, a, k, _ = carry
+        J = jax.jacfwd(lambda x: _constraints(problem, x))(th)
+        g = jax.grad(s)(th)
+        g = g - _min_norm_solve(J, J @ g)
+        trial = _retract(problem, th - a * g, retract_steps)
+        ok = (s(trial) <= s(th) - 1e-4 * a * (g @ g)) & jnp.all(jnp.isfinite(trial))
+        ok = ok & (jnp.max(jnp.abs(_constraints(problem, trial))) < 1e-8)
+        th = jnp.where(ok, trial, th)
+        return th, jnp.where(ok, a * 1.5, a * 0.5), k + 1, a * jnp.sqrt(g @ g)
+
+    def cond(carry):
+        _, a, k, move = carry
+        return (k < max_steps) & (move > 1e-13) & (a > 1e-30)
+
+    th, a, k, _ = jax.lax.while_loop(cond, body, (theta, alpha, jnp.asarray(0), jnp.asarray(1.0, theta.dtype)))
+    return th, a, k
+
+
+_DESCENT = None
+
+
+def _descent():
+    global _DESCENT
+    if _DESCENT is None:
+        import jax
+
+        _DESCENT = jax.jit(_riemannian_descent, static_argnames=("power", "max_steps", "retract_steps"))
+    return _DESCENT
+
+
+def min_sharpness_on_manifold(problem: "AbstractProblem", theta0: ArrayLike, power: float = 1.0, *,
+                              smoothing: Sequence[float] = (1e-3, 1e-5, 1e-7, 1e-9), max_steps: int = 3000,
+                              retract_steps: int = 4, alpha0: float = 1e-2) -> tuple[np.ndarray, dict]:
+    """A minimizer of the label-noise ODE's sharpness sum_k (diag H)_k^power on Gamma = {residuals = 0},
+    found without the ODE, started at ``theta0`` (D,), a point on or near Gamma.
+
+    ``power`` 1 is tr H (SGD's target), 1/2 is tr(Diag H^{1/2}) (Adam's), 1 - lam is AdamE-lam's.
+    ``problem`` must be least squares (its ``residuals``, ``sample_weights`` and ``hessian_diag``). Method:
+    Riemannian gradient descent on Gamma (tangent projection of the gradient, Gauss-Newton retraction onto
+    c = sqrt(w) * r = 0, Armijo steps), with the power smoothed as (h + eps)^power for eps running through
+    ``smoothing`` (only the last for power 1), at most ``max_steps`` steps per eps. The problem is not convex:
+    the result is a stationary point reached by descent from ``theta0`` (a local minimizer in practice),
+    which is what the label-noise ODE, a descent flow of the same function on Gamma, is expected to reach too.
+
+    Returns (theta (D,), info) with info: ``sharpness`` (unsmoothed, at theta), ``sharpness_start`` (at
+    theta0 after its retraction), ``constraint`` (max |r_i| over samples with weight > 0), ``steps``."""
+    from .problems import AbstractLeastSquares
+
+    if not isinstance(problem, AbstractLeastSquares):
+        raise ConfigError("problem", "min_sharpness_on_manifold needs a least-squares problem (residuals)")
+    check_range("power", power, low=0.0, high=1.0, low_open=True)
+    power = float(power)
+    active = np.asarray(problem.sample_weights()) > 0
+    theta = _retract(problem, jnp.asarray(theta0, float), 20)
+    if not bool(jnp.max(jnp.abs(_constraints(problem, theta))) < 1e-8):
+        raise ConfigError("theta0", "is too far from Gamma: Gauss-Newton steps did not reach it")
+    start = float(_sharpness_power(problem, theta, power, 0.0))
+    alpha, steps = jnp.asarray(alpha0, theta.dtype), 0
+    for eps in (smoothing if power != 1.0 else smoothing[-1:]):
+        theta, alpha, k = _descent()(problem, theta, jnp.asarray(eps, theta.dtype), jnp.maximum(alpha, alpha0),
+                                     power=power, max_steps=max_steps, retract_steps=retract_steps)
+        steps += int(k)
+    viol = float(np.max(np.abs(np.asarray(problem.residuals(theta)))[active]))
+    return np.asarray(theta), {"sharpness": float(_sharpness_power(problem, theta, power, 0.0)),
+                               "sharpness_start": start, "constraint": viol, "steps": steps}

@@ -1,5 +1,6 @@
 """Experiment helpers: thresholds, the quasi-norm interpolator, sharpness on Gamma, seed grids; and the
 ordering of experiment 1 at CPU scale (Adam needs fewer samples than SGD)."""
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -186,3 +187,20 @@ def test_adam_needs_fewer_samples_than_sgd(grids):
     T_95_3DOF = 2.353  # scipy.stats.t.ppf(0.95, 3): the one-sided 95% quantile of Student's t with 3 dof
     assert n == 4
     assert t > T_95_3DOF, (thr, gap, t)
+
+
+@pytest.mark.parametrize("power", [1.0, 0.5])
+def test_min_sharpness_on_gamma_fully_observed_is_the_schatten_norm(power):
+    """All 3x2 entries observed (n = 6): W is fixed on Gamma and, over its factorizations, min tr H =
+    2 sqrt(d1 d2) ||W||_* / n and min tr(Diag H^{1/2}) = 2 sqrt(d1 d2 / n) sum_k sigma_k^{1/2}
+    (AM-GM per column pair, then the nuclear norm's / Rotfel'd's inequality)."""
+    d1, d2, n = 3, 2, 6
+    P = problems.matrix_factorization(d1=d1, d2=d2, rank=2, n=n, key=0, init_scale=1.0)
+    sv = np.linalg.svd(np.asarray(P.W_star), compute_uv=False)
+    want = 2 * np.sqrt(d1 * d2) * sv.sum() / n if power == 1.0 else 2 * np.sqrt(d1 * d2 / n) * np.sqrt(sv).sum()
+    theta, info = X.min_sharpness_on_manifold(P, P.init(jax.random.PRNGKey(1)), power)
+    assert info["constraint"] < 1e-10
+    np.testing.assert_allclose(np.asarray(P.matrix(jnp.asarray(theta))), np.asarray(P.W_star), atol=1e-10)
+    np.testing.assert_allclose(info["sharpness"], want, rtol=1e-6)
+    with pytest.raises(ConfigError, match="power"):
+        X.min_sharpness_on_manifold(P, theta, 1.5)
