@@ -26,6 +26,7 @@ import dataclasses
 import time
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import ArrayLike
@@ -255,7 +256,6 @@ def min_quasi_norm_by_supports(Z: ArrayLike, y: ArrayLike, q: float, max_support
     return best
 
 
-
 def _sharpness_power(problem, theta, power, eps):
     h = jnp.maximum(problem.hessian_diag(theta), 0.0)
     return jnp.sum(h) if power == 1.0 else jnp.sum((h + eps) ** power)
@@ -265,13 +265,9 @@ def _constraints(problem, theta):
     return jnp.sqrt(problem.sample_weights()) * problem.residuals(theta)
 
 
-
-
 def _min_norm_solve(J, b):
     """J^T (J J^T + ridge)^{-1} b: the minimum-norm x with J x = b for J (n, D) of full row rank, by a Cholesky
     solve of the (n, n) Gram matrix (ridge 1e-13 of its mean diagonal, for rows that vanish)."""
-    import jax
-
     G = J @ J.T
     G = G + (1e-13 * jnp.trace(G) / G.shape[0] + 1e-300) * jnp.eye(G.shape[0], dtype=G.dtype)
     return J.T @ jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(G), b)
@@ -279,8 +275,6 @@ def _min_norm_solve(J, b):
 
 def _retract(problem, theta, steps):
     """``steps`` Gauss-Newton minimum-norm steps onto {c = 0}."""
-    import jax
-
     def gn(_, th):
         J = jax.jacfwd(lambda x: _constraints(problem, x))(th)
         return th - _min_norm_solve(J, _constraints(problem, th))
@@ -292,8 +286,6 @@ def _riemannian_descent(problem, theta, eps, alpha, power, max_steps, retract_st
     """Gradient descent on Gamma: the gradient of s_eps projected on the tangent space (the null space of the
     constraints' Jacobian), a Gauss-Newton retraction, and a step size that grows by 1.5 after an accepted
     (Armijo) step and halves after a rejected one. Returns (theta, alpha, steps taken)."""
-    import jax
-
     s = lambda x: _sharpness_power(problem, x, power, eps)
 
     def body(carry):
@@ -315,16 +307,7 @@ def _riemannian_descent(problem, theta, eps, alpha, power, max_steps, retract_st
     return th, a, k
 
 
-_DESCENT = None
-
-
-def _descent():
-    global _DESCENT
-    if _DESCENT is None:
-        import jax
-
-        _DESCENT = jax.jit(_riemannian_descent, static_argnames=("power", "max_steps", "retract_steps"))
-    return _DESCENT
+_descent = jax.jit(_riemannian_descent, static_argnames=("power", "max_steps", "retract_steps"))
 
 
 def min_sharpness_on_manifold(problem: "AbstractProblem", theta0: ArrayLike, power: float = 1.0, *,
@@ -356,7 +339,7 @@ def min_sharpness_on_manifold(problem: "AbstractProblem", theta0: ArrayLike, pow
     start = float(_sharpness_power(problem, theta, power, 0.0))
     alpha, steps = jnp.asarray(alpha0, theta.dtype), 0
     for eps in (smoothing if power != 1.0 else smoothing[-1:]):
-        theta, alpha, k = _descent()(problem, theta, jnp.asarray(eps, theta.dtype), jnp.maximum(alpha, alpha0),
+        theta, alpha, k = _descent(problem, theta, jnp.asarray(eps, theta.dtype), jnp.maximum(alpha, alpha0),
                                      power=power, max_steps=max_steps, retract_steps=retract_steps)
         steps += int(k)
     viol = float(np.max(np.abs(np.asarray(problem.residuals(theta)))[active]))
