@@ -19,7 +19,9 @@ Where the time goes, and what the engine does about it (``benchmarks/bench_discr
   steps (:func:`_block_one`); inside a block each lane only carries a running "stayed finite and bounded"
   flag. A block in which an active lane left the bound, or which would overrun a lane's target, runs step
   by step instead (the plain path, :func:`_advance_one`), so divergence steps, frozen states and stopping
-  points are exactly those of the plain path.
+  points are exactly those of the plain path. The last block of a chunk is only as long as the steps left
+  in it: a full-length tail block, run unmasked and then replayed, cost up to two blocks of work per chunk
+  (256 step costs for 200 steps at ``block_steps`` = 32, the engine's whole overhead on short runs).
 - The parameters here are flat vectors, so the optax transform does not ravel or unravel (only Adam-mini's
   and Adalayer's block means ravel pytrees).
 
@@ -136,8 +138,8 @@ def _advance_one(problem, noise, method, eta, bound, state: PathState, target, n
     return jax.lax.fori_loop(0, n_steps, body, state)
 
 
-def _block_one(problem, noise, method, eta, bound, state: PathState, block: int):
-    """The fast path: ``block`` unmasked steps of one path, and whether theta stayed finite and within
+def _block_one(problem, noise, method, eta, bound, state: PathState, block):
+    """The fast path: ``block`` (an int, or a traced integer scalar) unmasked steps of one path, and whether theta stayed finite and within
     ``bound`` after every one of them (a running flag: no select on the state inside the block)."""
     tx = method.optax(eta)
 
@@ -168,13 +170,14 @@ def _advance(problem, noise, method, hypers, bound, state, target, n_steps, bloc
     ``n_steps`` (a traced scalar, so chunk lengths do not recompile).
 
     ``block`` (static) <= 1: the plain path, a masked and checked step at a time. ``block`` > 1: the steps go
-    in blocks of ``block``. A block runs unmasked (:func:`_block_one`) on every lane, and a lane keeps its
-    result when the block fits before its target and the lane has not diverged: the state is selected once
-    per block. The block runs on the plain path instead, from the block's start (a ``lax.cond`` on one flag
-    for all lanes), when a lane that kept it left the bound inside it, or when a live lane has fewer than
-    ``block`` steps left to its target. So divergence steps, frozen states and stopping points are those of
-    the plain path, and every lane advances by min(block, steps left) per block: ceil(n_steps / block)
-    blocks reach every target.
+    in blocks of k = min(``block``, the most steps any live lane has left) steps, so the last block of a
+    chunk is no longer than needed. A block runs unmasked (:func:`_block_one`) on every lane, and a lane
+    keeps its result when the block fits before its target and the lane has not diverged: the state is
+    selected once per block. The block runs on the plain path instead (a ``lax.cond`` on one flag for all
+    lanes): without the unmasked run when a live lane has fewer than k steps left to its target, and from
+    the block's start when a lane that kept it left the bound inside it. So divergence steps, frozen states
+    and stopping points are those of the plain path, and every lane advances by min(block, steps left) per
+    block: ceil(n_steps / block) blocks reach every target.
 
     ``sharding`` (static): the lanes' :class:`jax.sharding.NamedSharding`, kept on the returned state.
     """
@@ -186,15 +189,17 @@ def _advance(problem, noise, method, hypers, bound, state, target, n_steps, bloc
 
     def one_block(_, st):
         live = (st.step < target) & (st.diverged_step < 0)  # (n_cfg, n_paths)
-        fits = live & (st.step + block <= target)
-        new, ok = _per_cfg(lambda p, n, m, e, s: _block_one(p, n, m, e, bound, s, block), problem, noise, method,
-                           hypers, st)
+        # this block's length: ``block``, or fewer in the last block, when no live lane has ``block`` steps left
+        k = jnp.minimum(jnp.max(jnp.where(live, target - st.step, 0)), block).astype(n_steps.dtype)
+        fits = live & (st.step + k <= target)
 
-        def accept(_):
-            return jax.tree_util.tree_map(lambda a, b: jnp.where(_lanes(fits, a), a, b), new, st)
+        def fast(_):
+            new, ok = _per_cfg(lambda p, n, m, e, s: _block_one(p, n, m, e, bound, s, k), problem, noise, method,
+                               hypers, st)
+            accept = lambda _: jax.tree_util.tree_map(lambda a, b: jnp.where(_lanes(fits, a), a, b), new, st)
+            return jax.lax.cond(jnp.any(fits & ~ok), lambda _: plain(st, k), accept, None)
 
-        step_by_step = jnp.any(fits & ~ok) | jnp.any(live & ~fits)
-        return jax.lax.cond(step_by_step, lambda _: plain(st, jnp.asarray(block, n_steps.dtype)), accept, None)
+        return jax.lax.cond(jnp.any(live & ~fits), lambda _: plain(st, k), fast, None)
 
     return _constrain(jax.lax.fori_loop(0, (n_steps + block - 1) // block, one_block, state), sharding)
 

@@ -198,6 +198,21 @@ def test_fast_path_freezes_diverged_paths_at_the_plain_paths_step_and_state():
         np.testing.assert_array_equal(a.theta, b.theta)
 
 
+def test_short_last_blocks_give_the_plain_paths_numbers_and_divergence_steps():
+    """Every lane with one target (``steps``): intervals of 30 steps run as a block of 16 and a last block of
+    14 on the fast path. Paths that diverge inside that short last block stop at the plain path's step."""
+    kw = dict(steps=90, n_paths=4, key=1, n_record=3, divergence_bound=1e4, sweep={"eta": [0.3, 0.5, 0.6, 0.8]})
+    plain = discrete.simulate_discrete(NET, noise.label_noise(1.0), S.sgd(), block_steps=1, **kw)
+    fast = discrete.simulate_discrete(NET, noise.label_noise(1.0), S.sgd(), block_steps=16, **kw)
+    steps = np.concatenate([tr.diverged_step for tr in plain])
+    assert np.any((steps > 0) & ((steps - 1) % 30 >= 16)), steps  # some diverge inside a short last block
+    for a, b in zip(plain, fast):
+        np.testing.assert_array_equal(a.diverged_step, b.diverged_step)
+        np.testing.assert_array_equal(a.theta, b.theta)
+        for k in a.observables:
+            np.testing.assert_array_equal(a.observables[k], b.observables[k])
+
+
 def test_adam_square_root_matches_the_traced_power_to_rounding():
     """With lam = 1/2 fixed, the engine passes lam as a Python constant so S(v) compiles to a square root; a
     swept lam (or another value) stays an array, a traced power exp(lam log v). The two S agree to rounding."""
