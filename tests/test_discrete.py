@@ -213,6 +213,19 @@ def test_short_last_blocks_give_the_plain_paths_numbers_and_divergence_steps():
             np.testing.assert_array_equal(a.observables[k], b.observables[k])
 
 
+def test_runs_without_observables_give_the_same_states():
+    """``record_observables=False`` skips the observables and changes no number of the states."""
+    kw = dict(LANES, steps=50, key=5, n_record=2)
+    full = discrete.simulate_discrete(NET, LABEL, ADAM, **kw)
+    bare = discrete.simulate_discrete(NET, LABEL, ADAM, record_observables=False, **kw)
+    for a, b in zip(full, bare):
+        assert a.observables and not b.observables
+        np.testing.assert_array_equal(a.theta, b.theta)
+        np.testing.assert_array_equal(a.v, b.v)
+    with pytest.raises(S.ConfigError, match="record_observables"):
+        discrete.simulate_discrete(NET, LABEL, ADAM, record_observables="no", **kw)
+
+
 def test_adam_square_root_matches_the_traced_power_to_rounding():
     """With lam = 1/2 fixed, the engine passes lam as a Python constant so S(v) compiles to a square root; a
     swept lam (or another value) stays an array, a traced power exp(lam log v). The two S agree to rounding."""
