@@ -11,6 +11,8 @@ the hand loop's work only.
 Compile time is excluded (each is run once to warm up); the variants are timed in turn, best of --repeats.
 ``--ablate`` also times the engine's plain path (a masked, checked step at a time, ``block_steps=1``) with
 Adam's exponent as a constant and as a traced array (the engine as it was before the fast path).
+``--breakdown`` also prints the per-call pieces: a 1-step call, the initial state, one record's
+observables (with the copy to the host), and ``_advance`` over 0 and 1 steps (its dispatch).
 """
 import argparse
 import time
@@ -69,6 +71,27 @@ def timed_interleaved(fns, repeats=5):
     return best
 
 
+def breakdown(prob, nz, method, eta, n_paths, dtype, repeats):
+    """Milliseconds of the per-call pieces of ``simulate_discrete`` (best of ``repeats``, after a warm-up)."""
+    from _timing import best_time
+
+    m = discrete._static_sqrt(method, {})
+    grid, _ = discrete._grid(eta, None, dtype)
+    key, bound = jax.random.PRNGKey(0), np.asarray(1e10, dtype)
+    state = discrete._init_all(prob, nz, m, grid, None, "zeros", None, key, n_paths, n_paths)
+    advance = lambda k: discrete._advance(prob, nz, m, grid, bound, state, np.asarray([k], np.int64),
+                                          np.asarray(k, np.int64), block=32)
+    call = lambda obs: discrete.simulate_discrete(prob, nz, method, eta=eta, steps=1, n_paths=n_paths, key=0,
+                                                  n_record=1, record_state=False, progress=False, dtype=dtype,
+                                                  record_observables=obs).t
+    pieces = {"simulate_discrete, 1 step": lambda: call(True), "the same, no observables": lambda: call(False),
+              "initial state": lambda: discrete._init_all(prob, nz, m, grid, None, "zeros", None, key, n_paths, n_paths),
+              "observables of one record, to host":
+                  lambda: jax.tree_util.tree_map(np.asarray, discrete._observe(prob, nz, m, grid, state)),
+              "_advance, 0 steps": lambda: advance(0), "_advance, 1 step": lambda: advance(1)}
+    return "per call (ms): " + ", ".join(f"{k} {1e3 * best_time(f, repeats=repeats):.1f}" for k, f in pieces.items())
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--d", type=int, default=1000)
@@ -79,6 +102,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--ablate", action="store_true",
                     help="also time the plain path (block_steps=1) with and without a traced Adam exponent")
+    ap.add_argument("--breakdown", action="store_true", help="also time the per-call pieces of simulate_discrete")
     a = ap.parse_args()
     dtype = jnp.float64 if a.dtype == "float64" else jnp.float32
     prob = problems.diagonal_net(d=a.d, n=a.n, k=3, key=0, n_test=100)
@@ -100,6 +124,8 @@ def main():
 
         return run
 
+    if a.breakdown:
+        print(breakdown(prob, nz, sj.adam(beta1=beta1, beta2=beta2, eps=eps), eta, a.paths, dtype, a.repeats))
     fns = {"hand jit(vmap(scan)) loop": hand_loop(prob, delta, eta, beta1, beta2, eps, a.steps, a.paths, dtype),
            "simulate_discrete": engine(),
            "simulate_discrete, no observables": engine(observables=False)}
