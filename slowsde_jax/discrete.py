@@ -493,11 +493,12 @@ def load_checkpoint(path: Union[str, Path], fresh: DiscreteRun) -> DiscreteRun:
         raise ConfigError("checkpoint", f"'{path}' is corrupt or truncated ({why}); {restart}") from None
     if not np.array_equal(targets, fresh.targets):
         raise ConfigError("checkpoint", f"{path} belongs to a run with another schedule (steps, eta or n_record differ); {restart}")
-    saved = [_pad_lanes(a, x.shape[1]) for a, x in zip(saved, leaves)]  # device padding: repeats of path 0
-    if any(a.shape != x.shape for a, x in zip(saved, leaves)):
+    real = lambda x: x.shape[:1] + (fresh.n_paths,) + x.shape[2:] if fresh.n_paths is not None else x.shape
+    if any(a.shape != real(x) for a, x in zip(saved, leaves)):  # saved without the device padding
         raise ConfigError("checkpoint", f"{path} belongs to a run with other shapes (n_paths or the problem differ); {restart}")
     if not 1 <= done <= fresh.targets.shape[1] or any(len(v) != done for v in records.values()):
         raise ConfigError("checkpoint", f"'{path}' is inconsistent ({done} points done, records of other lengths); {restart}")
+    saved = [_pad_lanes(a, x.shape[1]) for a, x in zip(saved, leaves)]  # device padding: repeats of path 0
     restored = [jnp.asarray(a, dtype=x.dtype) for a, x in zip(saved, leaves)]
     return DiscreteRun(state=jax.tree_util.tree_unflatten(treedef, restored), targets=fresh.targets,
                        records=records, done=done, n_paths=fresh.n_paths, observables=fresh.observables)

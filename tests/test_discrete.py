@@ -259,3 +259,13 @@ def test_checkpoint_resume_is_bit_identical_on_the_fast_path(tmp_path):
     for a, b in zip(whole, resumed):
         np.testing.assert_array_equal(a.theta, b.theta)
         np.testing.assert_array_equal(a.v, b.v)
+
+
+def test_checkpoint_of_another_path_count_is_refused(tmp_path):
+    """A checkpoint holds the real paths only (no device padding); one with more or fewer paths is refused."""
+    ck = tmp_path / "run.npz"
+    kw = dict(LANES, steps=20, key=2, n_record=2)
+    discrete.simulate_discrete(NET, LABEL, ADAM, checkpoint=ck, checkpoint_every_s=0, **kw)
+    for n in (5, 7):
+        with pytest.raises(S.ConfigError, match="other shapes"):
+            discrete.simulate_discrete(NET, LABEL, ADAM, checkpoint=ck, **dict(kw, n_paths=n))
