@@ -3,10 +3,16 @@
     python benchmarks/bench_discrete.py [--d 1000] [--n 400] [--paths 1024] [--steps 2000] [--dtype float64] [--ablate]
 
 Prints path-steps per second for both and their ratio (engine / hand loop; 1.0 = no engine overhead).
-The engine adds: per-lane targets, the optax transform, the label-noise model and the divergence check.
+The engine adds: per-lane targets, the optax transform, the label-noise model and the divergence check,
+and per call the argument checks, the initial state and the records. ``simulate_discrete`` runs as a user
+calls it for the final state (``n_record=1``, ``record_state=False``): the problem's observables at t = 0
+and at the end, about one step's work per path each; "no observables" (``record_observables=False``) does
+the hand loop's work only.
 Compile time is excluded (each is run once to warm up); the variants are timed in turn, best of --repeats.
 ``--ablate`` also times the engine's plain path (a masked, checked step at a time, ``block_steps=1``) with
 Adam's exponent as a constant and as a traced array (the engine as it was before the fast path).
+``--breakdown`` also prints the per-call pieces: a 1-step call, the initial state, one record's
+observables (with the copy to the host), and ``_advance`` over 0 and 1 steps (its dispatch).
 """
 import argparse
 import time
@@ -65,6 +71,27 @@ def timed_interleaved(fns, repeats=5):
     return best
 
 
+def breakdown(prob, nz, method, eta, n_paths, dtype, repeats):
+    """Milliseconds of the per-call pieces of ``simulate_discrete`` (best of ``repeats``, after a warm-up)."""
+    from _timing import best_time
+
+    m = discrete._static_sqrt(method, {})
+    grid, _ = discrete._grid(eta, None, dtype)
+    key, bound = jax.random.PRNGKey(0), np.asarray(1e10, dtype)
+    state = discrete._init_all(prob, nz, m, grid, None, "zeros", None, key, n_paths, n_paths)
+    advance = lambda k: discrete._advance(prob, nz, m, grid, bound, state, np.asarray([k], np.int64),
+                                          np.asarray(k, np.int64), block=32)
+    call = lambda obs: discrete.simulate_discrete(prob, nz, method, eta=eta, steps=1, n_paths=n_paths, key=0,
+                                                  n_record=1, record_state=False, progress=False, dtype=dtype,
+                                                  record_observables=obs).t
+    pieces = {"simulate_discrete, 1 step": lambda: call(True), "the same, no observables": lambda: call(False),
+              "initial state": lambda: discrete._init_all(prob, nz, m, grid, None, "zeros", None, key, n_paths, n_paths),
+              "observables of one record, to host":
+                  lambda: jax.tree_util.tree_map(np.asarray, discrete._observe(prob, nz, m, grid, state)),
+              "_advance, 0 steps": lambda: advance(0), "_advance, 1 step": lambda: advance(1)}
+    return "per call (ms): " + ", ".join(f"{k} {1e3 * best_time(f, repeats=repeats):.1f}" for k, f in pieces.items())
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--d", type=int, default=1000)
@@ -75,13 +102,14 @@ def main():
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--ablate", action="store_true",
                     help="also time the plain path (block_steps=1) with and without a traced Adam exponent")
+    ap.add_argument("--breakdown", action="store_true", help="also time the per-call pieces of simulate_discrete")
     a = ap.parse_args()
     dtype = jnp.float64 if a.dtype == "float64" else jnp.float32
     prob = problems.diagonal_net(d=a.d, n=a.n, k=3, key=0, n_test=100)
     eta, beta1, beta2, eps, delta = 0.1, 0.9, 0.95, 1e-6, 0.5
     nz = noise.label_noise(delta)
 
-    def engine(block_steps=32, traced_lam=False):
+    def engine(block_steps=32, traced_lam=False, observables=True):
         # traced_lam: lam = 1/2 passed as a swept array, so S(v) is a power with a traced exponent (the engine
         # before the sqrt specialization); sweeping one value changes nothing else
         method = sj.adame(lam=0.5, beta1=beta1, beta2=beta2, eps=eps) if traced_lam else \
@@ -91,13 +119,16 @@ def main():
         def run():
             out = discrete.simulate_discrete(prob, nz, method, eta=eta, steps=a.steps, n_paths=a.paths, key=0,
                                              n_record=1, record_state=False, progress=False, dtype=dtype,
-                                             block_steps=block_steps, **kw)
+                                             block_steps=block_steps, record_observables=observables, **kw)
             return out
 
         return run
 
+    if a.breakdown:
+        print(breakdown(prob, nz, sj.adam(beta1=beta1, beta2=beta2, eps=eps), eta, a.paths, dtype, a.repeats))
     fns = {"hand jit(vmap(scan)) loop": hand_loop(prob, delta, eta, beta1, beta2, eps, a.steps, a.paths, dtype),
-           "simulate_discrete": engine()}
+           "simulate_discrete": engine(),
+           "simulate_discrete, no observables": engine(observables=False)}
     if a.ablate:
         fns["plain path, sqrt"] = engine(block_steps=1)
         fns["plain path, traced lam (old)"] = engine(block_steps=1, traced_lam=True)
@@ -107,7 +138,7 @@ def main():
     print(f"backend={jax.default_backend()} device={jax.devices()[0]} d={a.d} n={a.n} paths={a.paths} "
           f"steps={a.steps} dtype={a.dtype} repeats={a.repeats} date={time.strftime('%Y-%m-%d %H:%M')}")
     for name, sec in t.items():
-        print(f"{name:30s} {sec:8.3f} s  {ps / sec:.3e} path-steps/s  time / hand loop {sec / base:.2f}")
+        print(f"{name:34s} {sec:8.3f} s  {ps / sec:.3e} path-steps/s  time / hand loop {sec / base:.2f}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,9 @@ Where the time goes, and what the engine does about it (``benchmarks/bench_discr
   steps (:func:`_block_one`); inside a block each lane only carries a running "stayed finite and bounded"
   flag. A block in which an active lane left the bound, or which would overrun a lane's target, runs step
   by step instead (the plain path, :func:`_advance_one`), so divergence steps, frozen states and stopping
-  points are exactly those of the plain path.
+  points are exactly those of the plain path. The last block of a chunk is only as long as the steps left
+  in it: a full-length tail block, run unmasked and then replayed, cost up to two blocks of work per chunk
+  (256 step costs for 200 steps at ``block_steps`` = 32, the engine's whole overhead on short runs).
 - The parameters here are flat vectors, so the optax transform does not ravel or unravel (only Adam-mini's
   and Adalayer's block means ravel pytrees).
 
@@ -136,8 +138,8 @@ def _advance_one(problem, noise, method, eta, bound, state: PathState, target, n
     return jax.lax.fori_loop(0, n_steps, body, state)
 
 
-def _block_one(problem, noise, method, eta, bound, state: PathState, block: int):
-    """The fast path: ``block`` unmasked steps of one path, and whether theta stayed finite and within
+def _block_one(problem, noise, method, eta, bound, state: PathState, block):
+    """The fast path: ``block`` (an int, or a traced integer scalar) unmasked steps of one path, and whether theta stayed finite and within
     ``bound`` after every one of them (a running flag: no select on the state inside the block)."""
     tx = method.optax(eta)
 
@@ -168,13 +170,14 @@ def _advance(problem, noise, method, hypers, bound, state, target, n_steps, bloc
     ``n_steps`` (a traced scalar, so chunk lengths do not recompile).
 
     ``block`` (static) <= 1: the plain path, a masked and checked step at a time. ``block`` > 1: the steps go
-    in blocks of ``block``. A block runs unmasked (:func:`_block_one`) on every lane, and a lane keeps its
-    result when the block fits before its target and the lane has not diverged: the state is selected once
-    per block. The block runs on the plain path instead, from the block's start (a ``lax.cond`` on one flag
-    for all lanes), when a lane that kept it left the bound inside it, or when a live lane has fewer than
-    ``block`` steps left to its target. So divergence steps, frozen states and stopping points are those of
-    the plain path, and every lane advances by min(block, steps left) per block: ceil(n_steps / block)
-    blocks reach every target.
+    in blocks of k = min(``block``, the most steps any live lane has left) steps, so the last block of a
+    chunk is no longer than needed. A block runs unmasked (:func:`_block_one`) on every lane, and a lane
+    keeps its result when the block fits before its target and the lane has not diverged: the state is
+    selected once per block. The block runs on the plain path instead (a ``lax.cond`` on one flag for all
+    lanes): without the unmasked run when a live lane has fewer than k steps left to its target, and from
+    the block's start when a lane that kept it left the bound inside it. So divergence steps, frozen states
+    and stopping points are those of the plain path, and every lane advances by min(block, steps left) per
+    block: ceil(n_steps / block) blocks reach every target.
 
     ``sharding`` (static): the lanes' :class:`jax.sharding.NamedSharding`, kept on the returned state.
     """
@@ -186,15 +189,17 @@ def _advance(problem, noise, method, hypers, bound, state, target, n_steps, bloc
 
     def one_block(_, st):
         live = (st.step < target) & (st.diverged_step < 0)  # (n_cfg, n_paths)
-        fits = live & (st.step + block <= target)
-        new, ok = _per_cfg(lambda p, n, m, e, s: _block_one(p, n, m, e, bound, s, block), problem, noise, method,
-                           hypers, st)
+        # this block's length: ``block``, or fewer in the last block, when no live lane has ``block`` steps left
+        k = jnp.minimum(jnp.max(jnp.where(live, target - st.step, 0)), block).astype(n_steps.dtype)
+        fits = live & (st.step + k <= target)
 
-        def accept(_):
-            return jax.tree_util.tree_map(lambda a, b: jnp.where(_lanes(fits, a), a, b), new, st)
+        def fast(_):
+            new, ok = _per_cfg(lambda p, n, m, e, s: _block_one(p, n, m, e, bound, s, k), problem, noise, method,
+                               hypers, st)
+            accept = lambda _: jax.tree_util.tree_map(lambda a, b: jnp.where(_lanes(fits, a), a, b), new, st)
+            return jax.lax.cond(jnp.any(fits & ~ok), lambda _: plain(st, k), accept, None)
 
-        step_by_step = jnp.any(fits & ~ok) | jnp.any(live & ~fits)
-        return jax.lax.cond(step_by_step, lambda _: plain(st, jnp.asarray(block, n_steps.dtype)), accept, None)
+        return jax.lax.cond(jnp.any(live & ~fits), lambda _: plain(st, k), fast, None)
 
     return _constrain(jax.lax.fori_loop(0, (n_steps + block - 1) // block, one_block, state), sharding)
 
@@ -211,7 +216,12 @@ def _constrain(tree, sharding):
 
 
 @eqx.filter_jit
-def _init_all(problem, noise, method, hypers, theta0, v0_mode, v0, keys, sharding=None):
+def _init_all(problem, noise, method, hypers, theta0, v0_mode, v0, key, n_paths: int, n_lanes: int, sharding=None):
+    """Initial states (n_cfg, n_lanes, ...): path i from the i-th of ``n_paths`` keys split from ``key``; lanes
+    past ``n_paths`` (padding for the devices, see :func:`slowsde_jax.sharding.padded_paths`) repeat path 0."""
+    keys = jax.random.split(key, n_paths)
+    keys = jnp.concatenate([keys, jnp.repeat(keys[:1], n_lanes - n_paths, axis=0)])
+
     def per_cfg(h):
         p, n, m = apply_hypers(problem, noise, method, h)
         return jax.vmap(lambda k: _init_state(p, n, m, h["eta"], theta0, v0_mode, v0, k))(keys)
@@ -264,6 +274,8 @@ class DiscreteRun:
     records: dict  # name -> list of arrays (n_cfg, n_paths, ...) per recorded point (empty when streamed)
     done: int = 0
     stream: Optional[RecordStream] = None  # where the records go instead, when streamed
+    n_paths: Optional[int] = None  # the real paths: lanes past them (device padding) are left out of records
+    observables: bool = True  # record the problem's observables
 
 
 def simulate_discrete(problem: AbstractProblem, noise: AbstractNoise, method: Method, eta: Optional[float] = None,
@@ -275,7 +287,8 @@ def simulate_discrete(problem: AbstractProblem, noise: AbstractNoise, method: Me
                       dtype: Optional[DTypeLike] = None, on_chunk: Optional[Callable] = None,
                       checkpoint: Union[None, str, Path] = None, checkpoint_every_s: float = 30.0,
                       block_steps: int = 32, devices: Optional[Sequence[jax.Device]] = None,
-                      record_to: Union[None, str, Path] = None) -> Union[Trajectory, list[Trajectory]]:
+                      record_to: Union[None, str, Path] = None,
+                      record_observables: bool = True) -> Union[Trajectory, list[Trajectory]]:
     """Run the discrete AGM ``method`` on ``problem`` with gradient noise ``noise``.
 
     Runs K = round(T / eta^2) steps (or ``steps`` steps for every configuration) for ``n_paths`` independent
@@ -301,12 +314,14 @@ def simulate_discrete(problem: AbstractProblem, noise: AbstractNoise, method: Me
       at its end, replaying the block step by step when a path left the bound); 1 runs the plain path, a
       masked and checked step at a time. Both give the same numbers (see :func:`_advance`).
     - ``devices``: the devices to spread the (configuration, path) lanes over (default ``jax.devices()``; see
-      :func:`slowsde_jax.sharding.lane_mesh`, which uses as many as divide the lanes evenly). Paths keep
-      their keys whatever the devices, so the numbers do not depend on them.
+      :func:`slowsde_jax.sharding.lane_mesh`; path counts the devices do not divide are padded with lanes
+      that are dropped). Paths keep their keys whatever the devices, so the numbers do not depend on them.
     - ``record_to``: a folder. Records are written there as they are taken (one ``.npy`` per quantity, shape
       (n_t, n_cfg, n_paths, ...), see :class:`slowsde_jax.streaming.RecordStream`) instead of being kept in
       memory, and the returned trajectories read them from disk (memory maps). With ``checkpoint``, a
       resumed run continues the same folder.
+    - ``record_observables``: record the problem's observables (``Trajectory.observables``, each about the
+      cost of a step per path and record); False leaves them empty, for runs that only need the states.
 
     Returns a :class:`Trajectory`, or a list of them (one per grid point, in grid order) when ``sweep`` is given.
     """
@@ -324,6 +339,7 @@ def simulate_discrete(problem: AbstractProblem, noise: AbstractNoise, method: Me
         check_int("steps", steps, 1)
     check_int("block_steps", block_steps, 1)
     check_bool("record_state", record_state)
+    check_bool("record_observables", record_observables)
     if sweep is not None and not isinstance(sweep, dict):
         raise ConfigError("sweep", f"must be a dict name -> list of values, got {type(sweep).__name__}")
     grid, cfgs = _grid(eta, sweep, dtype)
@@ -361,9 +377,10 @@ def simulate_discrete(problem: AbstractProblem, noise: AbstractNoise, method: Me
     # loop
     mesh = _sharding.lane_mesh(len(cfgs), inputs.n_paths, devices)
     lanes = None if mesh is None else _sharding.lane_sharding(mesh)
-    keys = jax.random.split(inputs.key, inputs.n_paths)
-    state = _init_all(problem, noise, method, grid, inputs.theta0, inputs.v0_mode, inputs.v0, keys, sharding=lanes)
-    run = DiscreteRun(state=state, targets=targets, records={})
+    state = _init_all(problem, noise, method, grid, inputs.theta0, inputs.v0_mode, inputs.v0, inputs.key,
+                      inputs.n_paths, _sharding.padded_paths(inputs.n_paths, mesh), sharding=lanes)
+    run = DiscreteRun(state=state, targets=targets, records={}, n_paths=inputs.n_paths,
+                      observables=record_observables)
     resume = checkpoint is not None and Path(checkpoint).exists()
     if record_to is not None:
         run.stream = RecordStream(record_to, targets.shape[1], fresh=not resume)
@@ -398,14 +415,16 @@ def _static_sqrt(method, grid):
 def _record(run, problem, noise, method, grid, record_state):
     """Record point ``run.done``: observables, and theta and v when ``record_state``; into ``run.records``,
     or written to ``run.stream``."""
-    out = {"obs." + k: x for k, x in _observe(problem, noise, method, grid, run.state).items()}
+    out = {}
+    if run.observables:
+        out.update({"obs." + k: x for k, x in _observe(problem, noise, method, grid, run.state).items()})
     if record_state:
         out["theta"] = run.state.theta
         v = second_moment(run.state.opt, batch_ndim=2)  # (n_cfg, n_paths, D), None for SGD
         if v is not None:
             out["v"] = v
     for k, x in out.items():
-        x = _sharding.to_host(x)
+        x = _sharding.to_host(x)[:, : run.n_paths]
         if run.stream is None:
             run.records.setdefault(k, []).append(x)
         elif jax.process_index() == 0:
@@ -447,7 +466,7 @@ def save_checkpoint(path: Union[str, Path], run: DiscreteRun) -> None:
     from .runs import atomic_write
 
     leaves = jax.tree_util.tree_leaves(run.state)
-    arrays = {f"state.{i}": np.asarray(x) for i, x in enumerate(leaves)}
+    arrays = {f"state.{i}": _sharding.to_host(x)[:, : run.n_paths] for i, x in enumerate(leaves)}
     arrays.update({f"rec.{k}": np.stack(v) for k, v in run.records.items()})
     arrays.update(targets=run.targets, done=np.asarray(run.done))
     atomic_write(Path(path), lambda p: np.savez(p, **arrays))
@@ -474,13 +493,23 @@ def load_checkpoint(path: Union[str, Path], fresh: DiscreteRun) -> DiscreteRun:
         raise ConfigError("checkpoint", f"'{path}' is corrupt or truncated ({why}); {restart}") from None
     if not np.array_equal(targets, fresh.targets):
         raise ConfigError("checkpoint", f"{path} belongs to a run with another schedule (steps, eta or n_record differ); {restart}")
-    if any(a.shape != x.shape for a, x in zip(saved, leaves)):
+    real = lambda x: x.shape[:1] + (fresh.n_paths,) + x.shape[2:] if fresh.n_paths is not None else x.shape
+    if any(a.shape != real(x) for a, x in zip(saved, leaves)):  # saved without the device padding
         raise ConfigError("checkpoint", f"{path} belongs to a run with other shapes (n_paths or the problem differ); {restart}")
     if not 1 <= done <= fresh.targets.shape[1] or any(len(v) != done for v in records.values()):
         raise ConfigError("checkpoint", f"'{path}' is inconsistent ({done} points done, records of other lengths); {restart}")
+    saved = [_pad_lanes(a, x.shape[1]) for a, x in zip(saved, leaves)]  # device padding: repeats of path 0
     restored = [jnp.asarray(a, dtype=x.dtype) for a, x in zip(saved, leaves)]
     return DiscreteRun(state=jax.tree_util.tree_unflatten(treedef, restored), targets=fresh.targets,
-                       records=records, done=done)
+                       records=records, done=done, n_paths=fresh.n_paths, observables=fresh.observables)
+
+
+def _pad_lanes(a, n_lanes):
+    """``a`` (n_cfg, n_paths, ...) with its path 0 repeated up to ``n_lanes`` lanes (unchanged if it has as
+    many, or is no lane array)."""
+    if a.ndim < 2 or a.shape[1] >= n_lanes:
+        return a
+    return np.concatenate([a, np.repeat(a[:, :1], n_lanes - a.shape[1], axis=1)], axis=1)
 
 
 def _checkpointing(path, every_s, inner):
@@ -502,7 +531,7 @@ def _trajectories(run, cfgs, method, noise, problem, extra):
         rec = {k: np.stack(v, axis=2) for k, v in run.records.items()}  # (n_cfg, n_paths, n_t, ...)
     else:  # memory maps (n_t, n_cfg, n_paths, ...), seen as (n_cfg, n_paths, n_t, ...) without a copy
         rec = {k: np.moveaxis(run.stream.read(k), 0, 2) for k in run.stream.names()}
-    div = _sharding.to_host(run.state.diverged_step)
+    div = _sharding.to_host(run.state.diverged_step)[:, : run.n_paths]
     out = []
     for i, cfg in enumerate(cfgs):
         eta = cfg["eta"]

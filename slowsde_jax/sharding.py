@@ -9,6 +9,11 @@ collectives are the one-flag reductions at block ends, see :func:`slowsde_jax.di
 Several hosts: call ``jax.distributed.initialize()`` in every process first; ``jax.devices()`` then lists
 the devices of all hosts and the same call shards over all of them. :func:`to_host` gathers a sharded array
 onto every host for recording.
+
+Path counts that the devices do not divide are padded (:func:`padded_paths`): the engine adds lanes that
+repeat path 0 (its key, so its numbers) up to a multiple of the devices along the paths, and drops them
+from every record, checkpoint and result. Lanes never interact, so the real paths' numbers are those of
+one device.
 """
 from __future__ import annotations
 
@@ -20,21 +25,31 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import ArrayLike, PyTree
 
-__all__ = ["mesh_shape", "lane_mesh", "lane_sharding", "config_sharding", "place", "to_host"]
+__all__ = ["mesh_shape", "padded_paths", "lane_mesh", "lane_sharding", "config_sharding", "place", "to_host"]
 
 
 def mesh_shape(n_cfg: int, n_paths: int, n_devices: int) -> tuple[int, int]:
-    """(a, b): a = gcd(n_cfg, n_devices) devices along the configurations, b = gcd(n_paths, n_devices / a)
-    along the paths, so every device holds n_cfg / a x n_paths / b lanes."""
+    """(a, b): a = gcd(n_cfg, n_devices) devices along the configurations, b = min(n_devices / a, n_paths)
+    along the paths. Every device holds n_cfg / a configurations of ceil(n_paths / b) paths, the paths
+    padded to a multiple of b (:func:`padded_paths`); no other layout of the devices holds fewer lanes per
+    device."""
     a = math.gcd(int(n_cfg), int(n_devices))
-    return a, math.gcd(int(n_paths), int(n_devices) // a)
+    return a, max(1, min(int(n_devices) // a, int(n_paths)))
+
+
+def padded_paths(n_paths: int, mesh: Optional[Mesh]) -> int:
+    """The number of path lanes the engine runs: ``n_paths`` rounded up to a multiple of the mesh's "paths"
+    axis (``n_paths`` without a mesh). The extra lanes repeat path 0 and are dropped from the results."""
+    b = 1 if mesh is None else int(mesh.shape["paths"])
+    return -(-int(n_paths) // b) * b
 
 
 def lane_mesh(n_cfg: int, n_paths: int, devices: Optional[Sequence] = None) -> Optional[Mesh]:
     """A mesh ``("cfg", "paths")`` of shape (a, b) over ``devices`` (default: ``jax.devices()``), or None when
     it would hold a single device.
 
-    Every device gets the same number of lanes (see :func:`mesh_shape`); the first a * b devices are used.
+    The shape is :func:`mesh_shape`'s; the first a * b devices are used, each with the same number of lanes
+    once the paths are padded to :func:`padded_paths`.
     """
     devs = list(jax.devices() if devices is None else devices)
     if not devs:

@@ -198,6 +198,34 @@ def test_fast_path_freezes_diverged_paths_at_the_plain_paths_step_and_state():
         np.testing.assert_array_equal(a.theta, b.theta)
 
 
+def test_short_last_blocks_give_the_plain_paths_numbers_and_divergence_steps():
+    """Every lane with one target (``steps``): intervals of 30 steps run as a block of 16 and a last block of
+    14 on the fast path. Paths that diverge inside that short last block stop at the plain path's step."""
+    kw = dict(steps=90, n_paths=4, key=1, n_record=3, divergence_bound=1e4, sweep={"eta": [0.3, 0.5, 0.6, 0.8]})
+    plain = discrete.simulate_discrete(NET, noise.label_noise(1.0), S.sgd(), block_steps=1, **kw)
+    fast = discrete.simulate_discrete(NET, noise.label_noise(1.0), S.sgd(), block_steps=16, **kw)
+    steps = np.concatenate([tr.diverged_step for tr in plain])
+    assert np.any((steps > 0) & ((steps - 1) % 30 >= 16)), steps  # some diverge inside a short last block
+    for a, b in zip(plain, fast):
+        np.testing.assert_array_equal(a.diverged_step, b.diverged_step)
+        np.testing.assert_array_equal(a.theta, b.theta)
+        for k in a.observables:
+            np.testing.assert_array_equal(a.observables[k], b.observables[k])
+
+
+def test_runs_without_observables_give_the_same_states():
+    """``record_observables=False`` skips the observables and changes no number of the states."""
+    kw = dict(LANES, steps=50, key=5, n_record=2)
+    full = discrete.simulate_discrete(NET, LABEL, ADAM, **kw)
+    bare = discrete.simulate_discrete(NET, LABEL, ADAM, record_observables=False, **kw)
+    for a, b in zip(full, bare):
+        assert a.observables and not b.observables
+        np.testing.assert_array_equal(a.theta, b.theta)
+        np.testing.assert_array_equal(a.v, b.v)
+    with pytest.raises(S.ConfigError, match="record_observables"):
+        discrete.simulate_discrete(NET, LABEL, ADAM, record_observables="no", **kw)
+
+
 def test_adam_square_root_matches_the_traced_power_to_rounding():
     """With lam = 1/2 fixed, the engine passes lam as a Python constant so S(v) compiles to a square root; a
     swept lam (or another value) stays an array, a traced power exp(lam log v). The two S agree to rounding."""
@@ -231,3 +259,13 @@ def test_checkpoint_resume_is_bit_identical_on_the_fast_path(tmp_path):
     for a, b in zip(whole, resumed):
         np.testing.assert_array_equal(a.theta, b.theta)
         np.testing.assert_array_equal(a.v, b.v)
+
+
+def test_checkpoint_of_another_path_count_is_refused(tmp_path):
+    """A checkpoint holds the real paths only (no device padding); one with more or fewer paths is refused."""
+    ck = tmp_path / "run.npz"
+    kw = dict(LANES, steps=20, key=2, n_record=2)
+    discrete.simulate_discrete(NET, LABEL, ADAM, checkpoint=ck, checkpoint_every_s=0, **kw)
+    for n in (5, 7):
+        with pytest.raises(S.ConfigError, match="other shapes"):
+            discrete.simulate_discrete(NET, LABEL, ADAM, checkpoint=ck, **dict(kw, n_paths=n))

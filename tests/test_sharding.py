@@ -17,15 +17,17 @@ from slowsde_jax import discrete, noise, problems, sharding
 
 NET = problems.diagonal_net(d=4, n=3, k=1, key=0, n_test=10)
 RUN = dict(T=0.2, n_paths=6, key=3, n_record=3, sweep={"eta": [0.05, 0.07]})  # the shapes of test_discrete's
+# 5 paths of one configuration on 4 devices: padded to 8 lanes, 2 per device
+UNEVEN = dict(T=0.2, eta=0.05, n_paths=5, key=3, n_record=3)
 
 SCRIPT = textwrap.dedent("""
-    import json, sys
+    import json, shutil, sys
     import jax, numpy as np
     import slowsde_jax as S
     from slowsde_jax import discrete, noise, problems
     assert len(jax.devices()) == 4
     NET = problems.diagonal_net(d=4, n=3, k=1, key=0, n_test=10)
-    RUN = json.loads(sys.argv[1])
+    RUN, UNEVEN = json.loads(sys.argv[1]), json.loads(sys.argv[3])
     seen = set()
     record = lambda run: seen.add(len(run.state.theta.sharding.device_set))
     trajs = discrete.simulate_discrete(NET, noise.label_noise(0.5), S.adam(c=5.0), on_chunk=record, block_steps=8, **RUN)
@@ -42,7 +44,23 @@ SCRIPT = textwrap.dedent("""
     resumed = discrete.simulate_discrete(NET, noise.label_noise(0.5), S.adam(c=5.0), on_chunk=record, block_steps=8,
                                          checkpoint=ck, **RUN)
     same = all(np.array_equal(a.theta, b.theta) and np.array_equal(a.v, b.v) for a, b in zip(trajs, resumed))
+    # uneven: 5 paths padded to 8 lanes on the four devices; its interrupted checkpoint is resumed here and,
+    # from a copy, on one device by the test
+    lanes = set()
+    uneven = discrete.simulate_discrete(NET, noise.label_noise(0.5), S.adam(c=5.0), block_steps=8,
+                                        on_chunk=lambda run: lanes.add(run.state.theta.shape[1]), **UNEVEN)
+    ck2 = sys.argv[2] + ".uneven.npz"
+    try:
+        discrete.simulate_discrete(NET, noise.label_noise(0.5), S.adam(c=5.0), block_steps=8, checkpoint=ck2,
+                                   checkpoint_every_s=0, on_chunk=stop, **UNEVEN)
+    except KeyboardInterrupt:
+        pass
+    shutil.copy(ck2, sys.argv[2] + ".uneven_interrupted.npz")
+    uneven_resumed = discrete.simulate_discrete(NET, noise.label_noise(0.5), S.adam(c=5.0), block_steps=8,
+                                                checkpoint=ck2, on_chunk=record, **UNEVEN)
+    trajs = trajs + [uneven, uneven_resumed]
     np.savez(sys.argv[2], devices=np.asarray(sorted(seen)), resumed_same=np.asarray(same),
+             uneven_lanes=np.asarray(sorted(lanes)),
              **{f"{i}.{k}": x for i, tr in enumerate(trajs) for k, x in
                 [("theta", tr.theta), ("v", tr.v), ("div", tr.diverged_step), ("loss", tr.observables["train_loss"])]})
 """)
@@ -52,9 +70,10 @@ SCRIPT = textwrap.dedent("""
 def four_devices(tmp_path_factory):
     out = tmp_path_factory.mktemp("sharded") / "out.npz"
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(RUN), str(out)], check=True, env=env, timeout=600)
+    subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(RUN), str(out), json.dumps(UNEVEN)], check=True, env=env,
+                   timeout=600)
     with np.load(out) as f:
-        return dict(f)
+        return dict(f, interrupted=str(out) + ".uneven_interrupted.npz")
 
 
 def test_sharded_run_equals_the_single_device_run_bit_for_bit(four_devices):
@@ -71,10 +90,39 @@ def test_sharded_run_equals_the_single_device_run_bit_for_bit(four_devices):
         np.testing.assert_array_equal(four_devices[f"{i}.loss"], tr.observables["train_loss"])
 
 
-@pytest.mark.parametrize("n_cfg,n_paths,shape", [(1, 1024, (1, 8)), (4, 6, (4, 2)), (2, 3, (2, 1)),
-                                                 (3, 5, (1, 1)), (6, 1000, (2, 4)), (16, 7, (8, 1))])
-def test_mesh_shape_splits_configurations_then_paths_evenly(n_cfg, n_paths, shape):
+def test_uneven_paths_are_padded_on_the_devices_and_equal_the_single_device_run(four_devices, tmp_path):
+    """5 paths on 4 devices run as 8 lanes (2 per device, the padding repeats path 0): the 5 paths equal the
+    single-device run bit for bit, also resumed from a checkpoint on the four devices and on one device."""
+    assert four_devices["uneven_lanes"].tolist() == [8]
+    single = discrete.simulate_discrete(NET, noise.label_noise(0.5), S.adam(c=5.0), block_steps=8, **UNEVEN)
+    ck = tmp_path / "uneven.npz"
+    ck.write_bytes(open(four_devices["interrupted"], "rb").read())
+    with np.load(ck) as f:
+        assert f["state.0"].shape[1] == 5 and int(f["done"]) == 2  # saved without the padding, mid-run
+    resumed_here = discrete.simulate_discrete(NET, noise.label_noise(0.5), S.adam(c=5.0), block_steps=8, checkpoint=ck,
+                                              **UNEVEN)
+    assert single.theta.shape[0] == 5
+    for i in (2, 3):  # run on four devices, and resumed there
+        np.testing.assert_array_equal(four_devices[f"{i}.theta"], single.theta)
+        np.testing.assert_array_equal(four_devices[f"{i}.v"], single.v)
+        np.testing.assert_array_equal(four_devices[f"{i}.div"], single.diverged_step)
+        np.testing.assert_array_equal(four_devices[f"{i}.loss"], single.observables["train_loss"])
+    np.testing.assert_array_equal(resumed_here.theta, single.theta)
+    np.testing.assert_array_equal(resumed_here.v, single.v)
+
+
+@pytest.mark.parametrize("n_cfg,n_paths,shape,lanes", [(1, 1024, (1, 8), 1024), (4, 6, (4, 2), 6), (2, 3, (2, 3), 3),
+                                                       (3, 5, (1, 5), 5), (6, 1000, (2, 4), 1000),
+                                                       (16, 7, (8, 1), 7), (1, 13, (1, 8), 16), (2, 5, (2, 4), 8),
+                                                       (1, 1, (1, 1), 1)])
+def test_mesh_shape_splits_configurations_then_pads_the_paths(n_cfg, n_paths, shape, lanes):
+    """Configurations split evenly, the other devices along the paths, whose count is padded to fill them."""
     assert sharding.mesh_shape(n_cfg, n_paths, 8) == shape
+    from jax.sharding import Mesh
+
+    b = shape[1]
+    mesh = None if shape == (1, 1) else Mesh(np.asarray([object()] * (shape[0] * b)).reshape(shape), ("cfg", "paths"))
+    assert sharding.padded_paths(n_paths, mesh) == lanes
 
 
 def test_one_device_gives_no_mesh():
