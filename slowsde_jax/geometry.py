@@ -34,6 +34,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, Scalar
 
 from ._batching import factorized_size, map_paths
+from ._small_linalg import spd_solve
 from .validation import ConfigError
 
 __all__ = ["ProjectionError", "PROJECTION_STATUS", "projection_jacobian", "sigma_parallel", "sigma_diamond",
@@ -222,7 +223,7 @@ def _ls_gram_solve(Jw, w, S, y):
     diagonal so that their (zero) rows drop out."""
     SJt = _apply_S(S, Jw.T)
     Gram = Jw @ SJt
-    return SJt, jnp.linalg.solve(Gram + _gram_shift(Gram, w), y)
+    return SJt, spd_solve(Gram + _gram_shift(Gram, w), y)
 
 
 GRAM_RIDGE = 1e-13
