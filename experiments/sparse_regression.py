@@ -5,11 +5,12 @@ Reads a ``slowsde run`` config (``configs/exp1_sparse_*.yaml``): its problem, no
 sweep (n_train, and lam or delta) compiles once and is reused for every seed. For every grid point the last
 and the half-way states are projected onto Gamma along the grid point's preconditioner (Phi_S, with the
 grid point's lam), where the test loss, tr H and the method's own sharpness (tr(Diag H^{1-lam})) are measured; the plateau check compares the projected test loss at T/2
-and T. The threshold is the n from which the test loss stays below ``--level`` (absolute, or relative to the
+and T (``--at-t 50,100,200`` adds the thresholds at the records nearest those slow times, so one long run gives
+the whole curve). The threshold is the n from which the test loss stays below ``--level`` (absolute, or relative to the
 null loss |w*|^2 / 2 with ``--relative``). Writes ``results.json`` and ``test_loss_vs_n.png`` (symlog) to --out.
 
 Usage: python experiments/sparse_regression.py configs/exp1_sparse_cpu.yaml --seeds 0,1,2,3 --out OUT
-       [--set key=value ...] [--level 0.1 --relative]
+       [--set key=value ...] [--level 0.1 --relative] [--runs adam,sgd] [--at-t 50,100,200]
 """
 import argparse
 import json
