@@ -5,11 +5,12 @@ Reads a ``slowsde run`` config (``configs/exp1_sparse_*.yaml``): its problem, no
 sweep (n_train, and lam or delta) compiles once and is reused for every seed. For every grid point the last
 and the half-way states are projected onto Gamma along the grid point's preconditioner (Phi_S, with the
 grid point's lam), where the test loss, tr H and the method's own sharpness (tr(Diag H^{1-lam})) are measured; the plateau check compares the projected test loss at T/2
-and T. The threshold is the n from which the test loss stays below ``--level`` (absolute, or relative to the
+and T (``--at-t 50,100,200`` adds the thresholds at the records nearest those slow times, so one long run gives
+the whole curve). The threshold is the n from which the test loss stays below ``--level`` (absolute, or relative to the
 null loss |w*|^2 / 2 with ``--relative``). Writes ``results.json`` and ``test_loss_vs_n.png`` (symlog) to --out.
 
 Usage: python experiments/sparse_regression.py configs/exp1_sparse_cpu.yaml --seeds 0,1,2,3 --out OUT
-       [--set key=value ...] [--level 0.1 --relative]
+       [--set key=value ...] [--level 0.1 --relative] [--runs adam,sgd] [--at-t 50,100,200]
 """
 import argparse
 import json
@@ -36,6 +37,9 @@ def main():
     ap.add_argument("--relative", action="store_true")
     ap.add_argument("--runs", default=None, help="comma-separated subset of the config's runs")
     ap.add_argument("--out", default="exp1_out")
+    ap.add_argument("--at-t", default=None,
+                    help="comma-separated slow times t: also the projected-state threshold at the record nearest each "
+                         "(plateau curve from one run; keeps the trajectories)")
     ap.add_argument("--plot-only", action="store_true", help="redraw the figure from OUT/results.json")
     a = ap.parse_args()
     if a.plot_only:
@@ -57,7 +61,9 @@ def main():
         kw = dict(kw)
         kw.pop("record_state", None)
         t0 = time.perf_counter()
-        g = X.run_seed_grid(make, noise, method, seeds, record_state=True, tail_fraction=0.1, **kw)
+        at_t = [] if a.at_t is None else [float(x) for x in a.at_t.split(",")]
+        g = X.run_seed_grid(make, noise, method, seeds, record_state=True, tail_fraction=0.1,
+                            keep_trajectories=bool(at_t), **kw)
         # group grid points by everything but n_train: one curve each
         curves = {}
         for i, h in enumerate(g.hypers):
@@ -65,14 +71,19 @@ def main():
         for lab, idx in curves.items():
             n_grid = [g.hypers[i]["n_train"] for i in idx]
             lam = g.hypers[idx[0]].get("lam", None if method.lam is None else float(method.lam))
-            proj = {"end": [], "half": []}
+            proj = {"end": [], "half": [], **{("t", t): [] for t in at_t}}
             for si, s in enumerate(seeds):
-                rows, P = {"end": [], "half": []}, make(s)
+                rows, P = {tag: [] for tag in proj}, make(s)
                 for i in idx:  # each grid point projected and measured with its own problem and method (swept lam)
                     Pi, _, mi = X.grid_point(P, noise, method, g.hypers[i])
                     for tag, th, v in (("end", g.final_theta, g.final_v), ("half", g.half_theta, g.half_v)):
                         rows[tag].append(X.states_at_projection(Pi, mi, th[si, i], None if v is None else v[si, i],
                                                                 diverged=g.diverged[si, i]))
+                    for t in at_t:  # the record nearest t
+                        tr = g.trajectories[si][i]
+                        j = int(np.argmin(np.abs(np.asarray(tr.t) - t)))
+                        rows[("t", t)].append(X.states_at_projection(
+                            Pi, mi, tr.theta[:, j], None if tr.v is None else tr.v[:, j], diverged=g.diverged[si, i]))
                 for tag in proj:
                     proj[tag].append(rows[tag])
             measure, measure_label = own_sharpness(mi)
@@ -91,11 +102,19 @@ def main():
                  "threshold_proj_half": X.threshold_summary(n_grid, test_half / scale, a.level),
                  "threshold_tail": X.threshold_summary(n_grid, tail / scale, a.level),
                  "seconds_per_seed": g.seconds}
+            if at_t:
+                tr0 = g.trajectories[0][idx[0]]
+                c["threshold_proj_at_t"] = [
+                    {"t": float(tr0.t[int(np.argmin(np.abs(np.asarray(tr0.t) - t)))]),
+                     **X.threshold_summary(n_grid, pick(("t", t), "test_loss") / scale, a.level)} for t in at_t]
             results["curves"][lab] = c
             th, thh = c["threshold_proj"], c["threshold_proj_half"]
             print(f"{lab:22s} eta {c['eta']:<6g} t_end {c['t_end']:<8.4g} threshold n {th['mean']:.1f} ± {th['std']:.1f} "
                   f"(seeds {np.round(th['per_seed'], 1)}; at T/2: {thh['mean']:.1f}; raw tail: "
                   f"{c['threshold_tail']['mean']:.1f})", flush=True)
+            for r in c.get("threshold_proj_at_t", []):
+                print(f"    at t = {r['t']:<8.4g} threshold n {r['mean']:.1f} ± {r['std']:.1f} "
+                      f"(seeds {np.round(r['per_seed'], 1)})", flush=True)
         print(f"  [{name}: {time.perf_counter() - t0:.0f}s, per seed {np.round(g.seconds, 1)}]", flush=True)
         (out_dir / "results.json").write_text(json.dumps(results, indent=1))
     plot(results, out_dir / "test_loss_vs_n.png")
