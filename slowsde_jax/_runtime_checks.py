@@ -8,7 +8,8 @@ engines build these time grids themselves and check them on the host before the 
 (:func:`check_time_grid`); :func:`host_checked` traces their solves with equinox's run-time checks off
 (only while tracing, and only when ``EQX_ON_ERROR`` is left at its default "raise"). Checks of the user's
 input that can fail inside a solve (the covariance check of :func:`slowsde_jax.noise.psd_sqrt`) keep
-raising: they pass ``on_error=user_on_error()``.
+raising: they pass ``on_error=user_on_error()``. So must an ``error_if`` in a user's own loss or noise that
+should fire inside the slow-SDE engine (``on_error="raise"``); with the default it is traced off there.
 """
 from __future__ import annotations
 
