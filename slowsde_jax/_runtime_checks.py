@@ -5,11 +5,14 @@ diffrax checks its inputs at run time with ``equinox.error_if`` (``SaveAt(ts=...
 callback. JAX never writes a program with a host callback to its persistent compilation cache
 (:mod:`slowsde_jax.compile_cache`), so every process compiled the slow-SDE and ODE segments again. The
 engines build these time grids themselves and check them on the host before the call
-(:func:`check_time_grid`); :func:`host_checked` traces their solves with equinox's run-time checks off
-(only while tracing, and only when ``EQX_ON_ERROR`` is left at its default "raise"). Checks of the user's
+(:func:`check_time_grid`); :func:`host_checked` traces their solves with equinox's run-time checks
+returning NaN instead of calling the host (``EQX_ON_ERROR=nan``, only while tracing, and only when
+``EQX_ON_ERROR`` is left at its default "raise"). The branch taken computes the same numbers: the results
+are the same bit for bit. Checks of the user's
 input that can fail inside a solve (the covariance check of :func:`slowsde_jax.noise.psd_sqrt`) keep
-raising: they pass ``on_error=user_on_error()``. So must an ``error_if`` in a user's own loss or noise that
-should fire inside the slow-SDE engine (``on_error="raise"``); with the default it is traced off there.
+raising: they pass ``on_error=user_on_error()``. An ``error_if`` in a user's own loss or noise with the
+default ``on_error`` turns the state into NaN inside the slow-SDE engine (the path is frozen and reported
+as failed) instead of raising; pass ``on_error="raise"`` to keep the error.
 """
 from __future__ import annotations
 
@@ -36,14 +39,14 @@ def user_on_error() -> str:
 
 @contextlib.contextmanager
 def host_checked() -> Iterator[None]:
-    """Within: ``equinox.error_if`` with the default ``on_error`` traces to nothing (no host callback). Use only
-    around calls whose run-time checks the caller has made on the host."""
+    """Within: ``equinox.error_if`` with the default ``on_error`` traces to a NaN fill instead of a host
+    callback. Use only around calls whose run-time checks the caller has made on the host."""
     global _depth
     if _eqx_errors is None or getattr(_eqx_errors, "EQX_ON_ERROR", None) != "raise":
         yield
         return
     _depth += 1
-    _eqx_errors.EQX_ON_ERROR = "off"
+    _eqx_errors.EQX_ON_ERROR = "nan"
     try:
         yield
     finally:

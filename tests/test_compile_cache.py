@@ -142,3 +142,12 @@ def test_results_do_not_depend_on_host_checked():
     finally:
         sde._sde_segment = seg
     np.testing.assert_array_equal(a.theta, b.theta)
+
+
+def test_a_covariance_check_still_raises_inside_the_sde_engine():
+    """psd_sqrt's check of a user's covariance function fires inside the (host_checked) SDE segment."""
+    hyp = problems.hyperbola(y=1.0)
+    bad = noise.gaussian(lambda th: jnp.diag(jnp.stack([1.0 + 0.0 * th[0], th[1] - 10.0])))
+    with pytest.raises(Exception, match="positive semi-definite"):
+        sde.simulate_slow_sde(hyp, bad, sj.sgd(), T=0.01, theta0=np.array([1.2, 0.5]), dt=5e-3, n_record=1,
+                              progress=False)
