@@ -1,16 +1,19 @@
 """The ``slowsde`` command line.
 
-    slowsde run [CONFIG.yaml] [--set key=value ...] [--out DIR] [--quiet]
-    slowsde compare CONFIG.yaml [--set key=value ...] [--out DIR] [--quiet]
+    slowsde run [CONFIG.yaml] [--set key=value ...] [--out DIR] [--quiet] [--no-cache]
+    slowsde compare CONFIG.yaml [--set key=value ...] [--out DIR] [--quiet] [--no-cache]
     slowsde --version
 
 ``run`` runs a YAML config (the built-in default without CONFIG) and writes a run folder under DIR (default
-``runs/``): config.yaml, summary.json, trajectories.npz and observables.png; then prints a short table.
+``runs/``): config.yaml, summary.json, trajectories.npz and observables.png; it prints a short table as soon
+as the discrete runs are done.
 With ``slow_flow: true`` (the default config) each run is also seen at Phi_S(theta) and against its slow ODE:
 slow_flow.png and a second table.
 ``compare`` integrates the slow SDE of every run's method, runs the discrete method at each learning rate
 of the config's ``compare.etas`` on the same clock, and writes comparison.json (weak errors per eta and
 their fitted order, or "not resolved" when the errors are within noise), weak-error and cloud plots.
+Compiled programs are kept on disk between runs (:mod:`slowsde_jax.compile_cache`: ``$SLOWSDE_CACHE_DIR``,
+default ``~/.cache/slowsde_jax``; ``--no-cache`` or ``SLOWSDE_CACHE_DIR=off`` to compile afresh).
 Exit status: 0 done; 1 diverged paths in a ``--strict`` run, or a start that could not be projected; 2 a
 mistake in the input (config, ``--set``, ``--out``, a corrupt checkpoint), printed as one line naming the
 field, found before a run folder is made or anything is compiled; 3 a fault of the environment (disk full,
@@ -114,6 +117,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             runs.save_trajectories(done, {name: trajs[name]})
             (ckpts / f"{name}.npz").unlink(missing_ok=True)
         runs.save_trajectories(folder / "trajectories.npz", trajs)  # the discrete results, safe before what follows
+        run_summary = runs.summarize(trajs)
+        print(_table(run_summary), flush=True)  # the first result, before the slow flow compiles
         view = {}
         if cfg.get("slow_flow"):  # each run on Gamma and its slow flow (see slowsde_jax.observables)
             from .geometry import ProjectionError
@@ -138,11 +143,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             (ckpts / f"{name}.done.npz").unlink(missing_ok=True)
         if not any(ckpts.iterdir()):
             ckpts.rmdir()
-        summary.update(status="completed", runs=runs.summarize(trajs), elapsed_s=time.time() - t0)
+        summary.update(status="completed", runs=run_summary, elapsed_s=time.time() - t0)
         plot_observables(trajs, folder / "observables.png", log_y=LOSS_NAMES)
         runs.write_json(folder / "summary.json", summary)
         shutil.rmtree(folder / "records", ignore_errors=True)  # streamed while running; trajectories.npz has them
-    print(_table(summary["runs"]))
     if "slow_flow" in summary:
         from .observables import theory_table
 
@@ -263,6 +267,10 @@ EXAMPLES = """examples:
 documentation: docs/index.md (build the site with `mkdocs serve`)"""
 
 
+_NO_CACHE_HELP = ("compile everything afresh: do not use the compilation cache ($SLOWSDE_CACHE_DIR, default "
+                  "~/.cache/slowsde_jax; SLOWSDE_CACHE_DIR=off does the same)")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from . import __version__
 
@@ -278,16 +286,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p_run.add_argument("--quiet", action="store_true", help="no progress bar")
     p_run.add_argument("--resume", metavar="RUN_FOLDER", help="continue an interrupted run folder from its checkpoints")
     p_run.add_argument("--strict", action="store_true", help="exit with status 1 if any path diverged")
+    p_run.add_argument("--no-cache", action="store_true", help=_NO_CACHE_HELP)
     p_run.set_defaults(func=cmd_run)
     p_cmp = sub.add_parser("compare", help="compare discrete runs at several learning rates with the slow SDE")
     p_cmp.add_argument("config", help="YAML config with a 'compare:' section")
     p_cmp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config entry")
     p_cmp.add_argument("--out", default="runs", help="parent folder of the run folder (default: runs/)")
     p_cmp.add_argument("--quiet", action="store_true", help="no progress bars")
+    p_cmp.add_argument("--no-cache", action="store_true", help=_NO_CACHE_HELP)
     p_cmp.set_defaults(func=cmd_compare)
     sub.add_parser("default-config", help="print the built-in default config").set_defaults(
         func=lambda a: print(__import__("slowsde_jax.config", fromlist=["x"]).default_config_text(), end="") or 0)
     args = parser.parse_args(argv)
+    if args.command in ("run", "compare") and not args.no_cache:
+        from .compile_cache import enable_compilation_cache
+
+        enable_compilation_cache()
     try:
         return args.func(args)
     except ConfigError as e:

@@ -29,9 +29,9 @@ def project_trajectory(traj: Trajectory, problem: AbstractProblem, method: Metho
     if traj.theta is None:
         raise ConfigError("record_state", "projecting a trajectory needs its recorded states (record_state=True)")
     P, T, D = traj.theta.shape
-    theta = jnp.asarray(traj.theta.reshape(P * T, D))
-    v = jnp.asarray(traj.v.reshape(P * T, D)) if traj.v is not None else jnp.zeros_like(theta)
-    S = method.S(v)
+    theta = np.asarray(traj.theta.reshape(P * T, D))  # numpy: selecting the live rows compiles nothing
+    v = jnp.asarray(traj.v.reshape(P * T, D)) if traj.v is not None else jnp.zeros(theta.shape, theta.dtype)
+    S = np.asarray(method.S(v))
     residuals, weights = problem.residual_parts()
     ok = np.repeat(~traj.diverged, T)
     zeta = np.array(theta)

@@ -27,6 +27,7 @@ from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 
 from . import _precision
 from ._pattern import forbid_subclassing_final
+from ._runtime_checks import user_on_error
 from .problems import AbstractLeastSquares, AbstractProblem
 from .validation import ConfigError, check_choice, check_int, check_range
 
@@ -258,7 +259,8 @@ def psd_sqrt(S: Float[Array, "D D"]) -> Float[Array, "D D"]:
     scale = jnp.maximum(jnp.max(jnp.abs(lam), initial=0.0), jnp.finfo(lam.dtype).tiny)
     tol = max(1e3 * float(jnp.finfo(lam.dtype).eps), 1e-10) * scale  # the constant-cov check of gaussian() is 1e-10
     bad = (jnp.min(lam, initial=0.0) < -tol) | ~jnp.all(jnp.isfinite(S))
-    lam = eqx.error_if(lam, bad, "cov: the covariance matrix is not finite and positive semi-definite here")
+    lam = eqx.error_if(lam, bad, "cov: the covariance matrix is not finite and positive semi-definite here",
+                       on_error=user_on_error())  # raises also inside the engines' host_checked solves
     return Q * jnp.sqrt(jnp.maximum(lam, 0.0))
 
 

@@ -43,6 +43,7 @@ from . import geometry as geo
 from .brownian import GridBrownianPath
 from .validation import ConfigError, check_int, check_range
 from ._batching import factorized_size, map_paths
+from ._runtime_checks import check_time_grid, host_checked
 from .inputs import explain_start_failure, initial_v, parse_inputs, run_meta
 from .methods import Method
 from .noise import AbstractNoise
@@ -436,9 +437,14 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
     # (steps per record, Brownian grid intervals per step)
     levels = [(n_sub, per_step)] + ([(n_sub // 2, 2 * per_step)] if richardson else [])
     level_steps = []
-    for per_record, _ in levels:
+    check_time_grid(t_grid, 0.0, float(T), strict=alpha is not None)
+    for per_record, substeps in levels:
         t_steps = np.linspace(0.0, float(T), inputs.n_record * per_record + 1)
         t_steps[::per_record] = t_grid
+        if alpha is None:  # the solves' run-time checks, made here (see slowsde_jax._runtime_checks)
+            check_time_grid(t_steps, 0.0, float(T), strict=True, field="dt")
+            if np.any(np.round(np.diff(t_steps) / grid) > substeps):
+                raise ConfigError("brownian_dt", "a step covers more Brownian grid intervals than it should")
         level_steps.append(t_steps)
 
     # loop
@@ -468,13 +474,15 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
                 sl = slice(p0, min(p0 + paths_per_call, inputs.n_paths))
                 y = jax.tree_util.tree_map(lambda x: jnp.asarray(x[sl], inputs.dtype), run.y)
                 if alpha is None:
-                    seg = _sde_segment(model, solver, y, path_keys[sl],
-                                       jnp.asarray(t_steps[j0 * per_record: j1 * per_record + 1]),
-                                       jnp.asarray(t_grid[j0 + 1: j1 + 1]), jnp.asarray(grid, inputs.dtype),
-                                       substeps)
+                    with host_checked():
+                        seg = _sde_segment(model, solver, y, path_keys[sl],
+                                           jnp.asarray(t_steps[j0 * per_record: j1 * per_record + 1]),
+                                           jnp.asarray(t_grid[j0 + 1: j1 + 1]), jnp.asarray(grid, inputs.dtype),
+                                           substeps)
                 else:
-                    seg = _ode_segment(model, solver, controller, y, jnp.asarray(t_grid[j0: j1 + 1]),
-                                       max_steps * (j1 - j0))
+                    with host_checked():
+                        seg = _ode_segment(model, solver, controller, y, jnp.asarray(t_grid[j0: j1 + 1]),
+                                           max_steps * (j1 - j0))
                 ys.append(jax.tree_util.tree_map(np.asarray, seg[0]))
                 ok.append(np.asarray(seg[1]))
                 bar.update(float(t_grid[j1] - t_grid[j0]) * (sl.stop - sl.start))
