@@ -47,6 +47,7 @@ def _cli_run(tmp_path, *extra):
 def test_cli_keeps_compiled_programs_in_slowsde_cache_dir(tmp_path, monkeypatch, jax_cache_config):
     jax.config.update("jax_compilation_cache_dir", None)
     jax_cc.reset_cache()
+    jax.clear_caches()  # earlier tests may have compiled the same programs in this process: compile them again
     monkeypatch.setenv("SLOWSDE_CACHE_DIR", str(tmp_path / "cache"))
     assert _cli_run(tmp_path) == 0
     assert jax.config.jax_compilation_cache_dir == str(tmp_path / "cache")
