@@ -184,12 +184,17 @@ def test_fast_path_gives_the_plain_paths_numbers_bit_for_bit():
             np.testing.assert_array_equal(a.observables[k], b.observables[k])
 
 
+def _diverging_sgd_plain_and_fast(steps):
+    """SGD under strong label noise over an eta grid where some paths diverge: the plain path
+    (``block_steps=1``) and the fast path (blocks of 16), same keys."""
+    kw = dict(steps=steps, n_paths=4, key=1, n_record=3, divergence_bound=1e4, sweep={"eta": [0.3, 0.5, 0.6, 0.8]})
+    return tuple(discrete.simulate_discrete(NET, noise.label_noise(1.0), S.sgd(), block_steps=b, **kw) for b in (1, 16))
+
+
 def test_fast_path_freezes_diverged_paths_at_the_plain_paths_step_and_state():
     """SGD on the diagonal net over an eta grid: paths diverge in the first block, in later blocks (up to the
     tenth), or never. The step of divergence, the frozen state and the records equal the plain path's."""
-    kw = dict(steps=300, n_paths=4, key=1, n_record=3, divergence_bound=1e4, sweep={"eta": [0.3, 0.5, 0.6, 0.8]})
-    plain = discrete.simulate_discrete(NET, noise.label_noise(1.0), S.sgd(), block_steps=1, **kw)
-    fast = discrete.simulate_discrete(NET, noise.label_noise(1.0), S.sgd(), block_steps=16, **kw)
+    plain, fast = _diverging_sgd_plain_and_fast(steps=300)
     steps = np.concatenate([tr.diverged_step for tr in plain])
     assert np.any(steps == -1) and np.any((steps > 0) & (steps <= 16)) and np.any(steps > 64), steps
     for a, b in zip(plain, fast):
@@ -201,9 +206,7 @@ def test_fast_path_freezes_diverged_paths_at_the_plain_paths_step_and_state():
 def test_short_last_blocks_give_the_plain_paths_numbers_and_divergence_steps():
     """Every lane with one target (``steps``): intervals of 30 steps run as a block of 16 and a last block of
     14 on the fast path. Paths that diverge inside that short last block stop at the plain path's step."""
-    kw = dict(steps=90, n_paths=4, key=1, n_record=3, divergence_bound=1e4, sweep={"eta": [0.3, 0.5, 0.6, 0.8]})
-    plain = discrete.simulate_discrete(NET, noise.label_noise(1.0), S.sgd(), block_steps=1, **kw)
-    fast = discrete.simulate_discrete(NET, noise.label_noise(1.0), S.sgd(), block_steps=16, **kw)
+    plain, fast = _diverging_sgd_plain_and_fast(steps=90)
     steps = np.concatenate([tr.diverged_step for tr in plain])
     assert np.any((steps > 0) & ((steps - 1) % 30 >= 16)), steps  # some diverge inside a short last block
     for a, b in zip(plain, fast):
