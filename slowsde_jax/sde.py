@@ -18,7 +18,9 @@ The problem, noise and method reach the vector fields through diffrax's ``args``
   2 f(zeta^{h}) - f(zeta^{2h}): weak error O(h^2) instead of O(h).
 - Label noise (Sigma = alpha H on Gamma): no diffusion; the ODE d zeta/dt = -(alpha/4) dPhi_S S grad^3 L[S]
   is integrated with an adaptive solver (Tsit5 by default); on diagonal nets with an AGM in (log|x|, log v),
-  where the stiffness near u_j v_j = 0 (S ~ 1/eps) disappears; the saved states are retracted onto Gamma.
+  where the stiffness near u_j v_j = 0 (S ~ 1/eps) disappears; with an AGM on other problems the field
+  reads coordinates below the solver's tolerance as 0, so that coordinates driven to 0 (a factorization's
+  dead columns) stop being a stiff mode; the saved states are retracted onto Gamma.
 
 :func:`simulate_slow_sde` validates, schedules the recording grid, runs one ``diffeqsolve`` with
 ``SaveAt(ts=...)`` per group of paths and segment of records (all records at once unless checkpointing),
@@ -275,11 +277,36 @@ def _label_noise_log_field(t, z, args):
     return jnp.concatenate([h, model.c * (method.V(model.noise.covariance_diag(problem, x)) / v - 1.0)])
 
 
+ZERO_FLOOR_ATOLS = 10.0  # the label-noise ODE of an AGM reads |zeta_i| below this many atol as 0
+
+
+def _label_noise_field_with_floor(t: ArrayLike, y: State, args: tuple[SlowSDEModel, ArrayLike]) -> State:
+    """The label-noise ODE field evaluated at zeta with every coordinate |zeta_i| <= floor read as 0, where
+    floor = min(floor_abs, rel max_j |zeta_j|); ``args`` = (model, floor_abs, rel). By default floor_abs =
+    10 atol (:data:`ZERO_FLOOR_ATOLS`) and rel = rtol (see :func:`simulate_slow_sde`'s ``zero_floor``).
+    Used for AGMs on problems without the diagonal net's log coordinates.
+
+    Why: an AGM drives coordinates whose noise vanishes (a factorization's dead column pair u_k = v_k = 0)
+    to 0 while their S_i grows towards 1/eps; their linearised decay rate grows like S^2 (1e5 at S ~ 1e3), so
+    an explicit solver holds them at its noise level ~ atol and takes steps of 1/rate for ever after. Read as
+    0 they drop out of the field exactly (their Jacobian columns vanish, so the set where they are 0 is
+    invariant and their rate is exactly 0), and the stiff mode is gone. The field moves by at most the
+    Lipschitz constant times the floor, which is within the solver's own tolerance on the rest of the state;
+    a coordinate that is small but not held at 0 (one crossing 0, or growing from 0) still
+    gets its rate from the rest of the state and moves on."""
+    model, floor_abs, rel = args
+    zeta, v = y
+    floor = jnp.minimum(floor_abs, rel * jnp.max(jnp.abs(zeta)))
+    return label_noise_ode_field(t, (jnp.where(jnp.abs(zeta) <= floor, 0.0, zeta), v), model)
+
+
 @eqx.filter_jit
-def _ode_segment(model, solver, controller, y, t_save, max_steps):
+def _ode_segment(model, solver, controller, y, t_save, max_steps, floor=(0.0, 0.0)):
     """The label-noise ODE from t_save[0] through t_save[1:] for every path, one adaptive solve; each saved
     state retracted onto Gamma (the exact flow keeps Gamma invariant, so this only removes solver error).
-    On diagonal nets with an AGM the solve runs in (log|x|, log v) (:func:`_ode_in_log_coordinates`)."""
+    On diagonal nets with an AGM the solve runs in (log|x|, log v) (:func:`_ode_in_log_coordinates`); with
+    an AGM elsewhere the field reads coordinates below the solver's tolerance as 0
+    (:func:`_label_noise_field_with_floor`; ``floor`` = (floor_abs, rel), two scalars)."""
     problem, D = model.problem, model.problem.dim
     log = _ode_in_log_coordinates(problem, model.method)
     if log:
@@ -291,6 +318,8 @@ def _ode_segment(model, solver, controller, y, t_save, max_steps):
             z0 = jnp.log(jnp.maximum(jnp.abs(jnp.concatenate(y0)), _TINY))
             z0 = z0.at[:D].set(jnp.maximum(z0[:D], _LOG_FLOOR))
             term, start, args = diffrax.ODETerm(_label_noise_log_field), z0, (model, sign)
+        elif model.method.has_v:
+            term, start, args = diffrax.ODETerm(_label_noise_field_with_floor), y0, (model, *floor)
         else:
             term, start, args = diffrax.ODETerm(label_noise_ode_field), y0, model
         sol = diffrax.diffeqsolve(term, solver, t0=t_save[0], t1=t_save[-1], dt0=None, y0=start, args=args,
@@ -352,7 +381,8 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
                       v0: Union[str, Float[ArrayLike, "D"]] = "equilibrium", rank: Optional[int] = None,
                       solver: Union[None, str, diffrax.AbstractSolver] = None,
                       stepsize_controller: Optional[diffrax.AbstractStepSizeController] = None, rtol: float = 1e-8,
-                      atol: float = 1e-10, max_steps: int = 1_000_000, project_max_steps: int = 100_000,
+                      atol: float = 1e-10, zero_floor: Optional[float] = None, max_steps: int = 1_000_000,
+                      project_max_steps: int = 100_000,
                       force_sde: bool = False, richardson: bool = False, brownian_dt: Optional[float] = None,
                       record_state: bool = True, dtype: Optional[DTypeLike] = None,
                       paths_per_call: Optional[int] = None, records_per_call: Optional[int] = None,
@@ -364,6 +394,11 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
     - ``solver``: a diffrax solver or a name ("euler" for the SDE, the default; "tsit5", the ODE's default,
       or "kvaerno5", implicit, for stiff cases); ``stepsize_controller``: the ODE's, default
       ``PIDController(rtol, atol)``;
+    - ``zero_floor``: (label-noise ODE of an AGM, except on diagonal nets, which run in log coordinates)
+      coordinates of zeta with |zeta_i| at or below it are read as 0 by the vector field, so that
+      coordinates the method drives to 0 (a factorization's dead columns, where S grows towards 1/eps) do
+      not hold an explicit solver at steps of 1/S^2. Default min(10 atol, rtol max_i |zeta_i|); 0 turns
+      it off;
     - ``theta0``: start (D,) (default: the problem's initializer per path), projected: zeta(0) = Phi_{S(v0)}(theta0);
     - ``v0``: "equilibrium" (V(Sigma(zeta(0)))) or a positive array (D,); the slow SDE cannot start at v = 0;
     - ``rank``: the codimension of Gamma (default: the geometry module's rank rule);
@@ -397,10 +432,15 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
     check_range("dt", dt, low=0.0, low_open=True)
     check_int("project_max_steps", project_max_steps, 1)
     check_int("max_steps", max_steps, 1)
+    if zero_floor is not None:
+        check_range("zero_floor", zero_floor, low=0.0)
     alpha = None if force_sde else noise.label_noise_alpha(problem)
     solver = _solver(solver, "euler" if alpha is None else "tsit5")
     if alpha is not None:
         controller = stepsize_controller or diffrax.PIDController(rtol=rtol, atol=atol)
+        floor = ((ZERO_FLOOR_ATOLS * getattr(controller, "atol", atol), getattr(controller, "rtol", rtol))
+                 if zero_floor is None else (zero_floor, np.inf))
+        floor = tuple(jnp.asarray(f, inputs.dtype) for f in floor)  # traced: one program for every floor
     elif stepsize_controller is not None:
         raise ConfigError("stepsize_controller", "the general slow SDE takes fixed steps dt (projected Euler-Maruyama)")
     if method.has_v:
@@ -482,7 +522,7 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
                 else:
                     with host_checked():
                         seg = _ode_segment(model, solver, controller, y, jnp.asarray(t_grid[j0: j1 + 1]),
-                                           max_steps * (j1 - j0))
+                                           max_steps * (j1 - j0), floor)
                 ys.append(jax.tree_util.tree_map(np.asarray, seg[0]))
                 ok.append(np.asarray(seg[1]))
                 bar.update(float(t_grid[j1] - t_grid[j0]) * (sl.stop - sl.start))
