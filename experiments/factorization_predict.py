@@ -46,13 +46,8 @@ def with_spectrum(d1, d2, rank, n, measurement, sv=None, key=0, init_scale=0.1):
         Q1 = np.linalg.qr(rng.standard_normal((d1, len(sv))))[0]
         Q2 = np.linalg.qr(rng.standard_normal((d2, len(sv))))[0]
         W = jnp.asarray(Q1 @ np.diag(sv) @ Q2.T)
-    if p.A is None:  # redraw the mask until every row and column is observed (else W's row is free on Gamma)
-        rng = np.random.default_rng(2000 + key)
-        while True:
-            idx = rng.permutation(d1 * d2)[:n]
-            if len(set(idx // d2)) == d1 and len(set(idx % d2)) == d2:
-                break
-        rows, cols = jnp.asarray(idx // d2), jnp.asarray(idx % d2)
+    if p.A is None:  # a mask that observes every row and column
+        rows, cols = map(jnp.asarray, X.covering_entries(d1, d2, n, 2000 + key))
     y = W[rows, cols] if p.A is None else jnp.einsum("nij,ij->n", p.A, W)
     return problems.MatrixFactorization(y=y, n_active=p.n_active, W_star=W, rows=rows, cols=cols, A=p.A,
                                         init_scale=p.init_scale, shape=p.shape)

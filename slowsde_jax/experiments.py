@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = ["SeedGrid", "run_seed_grid", "threshold_n", "threshold_summary",
            "grid_point", "states_at_projection", "min_quasi_norm_interpolator", "min_quasi_norm_by_supports",
-           "diagonal_net_weights", "min_sharpness_on_manifold"]
+           "diagonal_net_weights", "covering_entries", "min_sharpness_on_manifold"]
 
 
 @dataclasses.dataclass
@@ -190,6 +190,18 @@ def states_at_projection(problem: "AbstractProblem", method: "Method", theta: Ar
     out = {k: np.where(div, np.nan, np.asarray(x)[:, 0]) for k, x in proj.observables.items()}
     out["zeta"] = np.where(div[:, None], np.nan, proj.theta[:, 0])
     return out
+
+
+def covering_entries(d1: int, d2: int, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols), each (n,): n distinct entries of a d1 x d2 matrix drawn uniformly (numpy generator
+    ``seed``) and redrawn until every row and every column is observed; otherwise a row of W is free on Gamma."""
+    if n < max(d1, d2) or n > d1 * d2:
+        raise ConfigError("n", f"must be between max(d1, d2) = {max(d1, d2)} and d1 d2 = {d1 * d2}, got {n}")
+    rng = np.random.default_rng(seed)
+    while True:
+        idx = rng.permutation(d1 * d2)[:n]
+        if len(set(idx // d2)) == d1 and len(set(idx % d2)) == d2:
+            return idx // d2, idx % d2
 
 
 def diagonal_net_weights(theta: ArrayLike) -> np.ndarray:

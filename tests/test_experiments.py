@@ -204,3 +204,13 @@ def test_min_sharpness_on_gamma_fully_observed_is_the_schatten_norm(power):
     np.testing.assert_allclose(info["sharpness"], want, rtol=1e-6)
     with pytest.raises(ConfigError, match="power"):
         X.min_sharpness_on_manifold(P, theta, 1.5)
+
+
+def test_covering_entries_observe_every_row_and_column_once_each_entry():
+    rows, cols = X.covering_entries(6, 4, 9, seed=3)
+    assert set(rows) == set(range(6)) and set(cols) == set(range(4))
+    assert len(set(zip(rows, cols))) == 9
+    r2, c2 = X.covering_entries(6, 4, 9, seed=3)
+    assert (rows == r2).all() and (cols == c2).all()  # the seed fixes the mask
+    with pytest.raises(ConfigError, match="n"):
+        X.covering_entries(6, 4, 5, seed=0)  # fewer entries than rows

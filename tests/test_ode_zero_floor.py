@@ -17,12 +17,7 @@ ADAM = S.adam(c=0.01 / 0.03**2, eps=1e-8)  # beta2 = 0.99 at lr 0.03, as in docs
 def make_problem():
     """A full-rank 5 x 5 Gaussian W*, 15 observed entries that cover every row and column."""
     p = problems.matrix_factorization(d1=D1, d2=D1, rank=D1, n=15, key=1, init_scale=0.1)
-    rng = np.random.default_rng(2001)
-    while True:
-        idx = rng.permutation(D1 * D1)[:15]
-        if len(set(idx // D1)) == D1 and len(set(idx % D1)) == D1:
-            break
-    rows, cols = jnp.asarray(idx // D1), jnp.asarray(idx % D1)
+    rows, cols = map(jnp.asarray, X.covering_entries(D1, D1, 15, 2001))
     return problems.MatrixFactorization(y=p.W_star[rows, cols], n_active=p.n_active, W_star=p.W_star, rows=rows,
                                         cols=cols, A=None, init_scale=p.init_scale, shape=p.shape)
 
