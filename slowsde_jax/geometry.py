@@ -210,10 +210,15 @@ def third_derivative_contraction(loss: LossFn, theta: Float[Array, "D"], M: Opti
 # ----- least squares on Gamma -------------------------------------------------------------------------------------------
 def ls_jacobian(residuals: ResidualFn, theta: Float[Array, "D"]) -> Float[Array, "n D"]:
     """J = d r / d theta, (n, D). Quadratic residuals r = B (x * x) - y (:func:`quadratic_structure`):
-    J = 2 B Diag(x), O(n D). Otherwise autodiff: reverse mode when n <= D (n passes), forward mode else."""
+    J = 2 B Diag(x), O(n D). A problem with a closed form declares it as a method ``residual_jacobian(theta)``
+    (``residuals`` is its bound method ``problem.residuals``). Otherwise autodiff: reverse mode when n <= D
+    (n passes), forward mode else."""
     quad = quadratic_structure(residuals)
     if quad is not None:
         return 2.0 * quad[0] * theta[None, :]
+    closed_form = getattr(getattr(residuals, "__self__", None), "residual_jacobian", None)
+    if closed_form is not None:
+        return closed_form(theta)
     n = jax.eval_shape(residuals, theta).shape[0]
     return (jax.jacrev if n <= theta.shape[0] else jax.jacfwd)(residuals)(theta)
 

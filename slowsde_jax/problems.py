@@ -341,6 +341,21 @@ class MatrixFactorization(AbstractRegression):
     def init(self, key: Optional[PRNGKeyArray]) -> Float[Array, "D"]:
         return self.init_scale * jax.random.normal(key, (self.dim,), self.y.dtype)
 
+    def residual_jacobian(self, theta: Float[Array, "D"]) -> Float[Array, "n D"]:
+        """d r / d theta in closed form, (n, D): d r_i / dU = A_i V and d r_i / dV = A_i^T U (for entries, A_i
+        is the indicator of (rows_i, cols_i)). Used by :func:`slowsde_jax.geometry.ls_jacobian` in place of
+        n reverse passes, which matters where the Jacobian is itself differentiated (the IMEX ODE solver)."""
+        d1, d2, r = self.shape
+        U, V = self.factors(theta)
+        n = self.y.shape[0]
+        if self.A is None:
+            i = jnp.arange(n)
+            dU = jnp.zeros((n, d1, r), theta.dtype).at[i, self.rows].set(V[self.cols])
+            dV = jnp.zeros((n, d2, r), theta.dtype).at[i, self.cols].set(U[self.rows])
+        else:
+            dU, dV = jnp.einsum("nij,jk->nik", self.A, V), jnp.einsum("nij,ik->njk", self.A, U)
+        return jnp.concatenate([dU.reshape(n, d1 * r), dV.reshape(n, d2 * r)], axis=1)
+
     def hessian_diag(self, theta: Float[Array, "D"]) -> Float[Array, "D"]:
         """Exact: f is linear in each single coordinate, so diag H = sum_i w_i (d f_i / d theta_k)^2."""
         J = jax.jacfwd(self.predict)(theta)

@@ -91,3 +91,47 @@ def test_discrete_adam_converges_to_the_ode(early):
 def test_zero_floor_is_checked():
     with pytest.raises(ConfigError, match="zero_floor"):
         sde.simulate_slow_sde(PROB, LABEL, ADAM, T=0.1, zero_floor=-1.0)
+
+
+# ----- the IMEX solver (solver="kencarp4"): zeta implicit with a structured Jacobian, v explicit ----------------
+def test_the_imex_solver_agrees_with_tsit5(early):
+    """Where Tsit5 still runs (before the dying column's rate gets large), KenCarp4 with the structured
+    Jacobian of sde._label_noise_implicit_drift gives the same trajectory to the tolerance."""
+    th0, v0 = early
+    runs = [sde.simulate_slow_sde(PROB, LABEL, ADAM, T=0.25, theta0=th0, v0=v0, n_record=1, max_steps=3000,
+                                  solver=s, zero_floor=0.0) for s in ("tsit5", "kencarp4")]
+    assert all(r.meta["failure_reasons"] == [] for r in runs)
+    np.testing.assert_allclose(runs[1].theta[0, -1], runs[0].theta[0, -1], rtol=0, atol=1e-7)
+
+
+def test_the_implicit_drift_has_the_exact_value_and_the_structured_jacobian():
+    """Its value is the drift; its Jacobian in zeta is -(alpha/4) dPhi_S S grad^2 tr(S J^T W J), which for a
+    factorization observed at entries is dPhi_S S times a diagonal matrix: 2 sum_i w_i S_partner."""
+    import jax
+    model = sde.SlowSDEModel(PROB, LABEL, ADAM, ADAM.c_at(None), alpha=LABEL.label_noise_alpha(PROB))
+    z = PROB.init(jax.random.PRNGKey(3))
+    v = jnp.abs(PROB.init(jax.random.PRNGKey(4))) + 1e-3
+    drift, zero = sde._label_noise_implicit_drift(0.0, (z, v), model)
+    np.testing.assert_array_equal(drift, sde.label_noise_ode_field(0.0, (z, v), model)[0])
+    np.testing.assert_array_equal(zero, 0.0)
+    jac = jax.jacfwd(lambda zz: sde._label_noise_implicit_drift(0.0, (zz, v), model)[0])(z)
+    S_ = np.asarray(ADAM.S(v))
+    d, r = D1, D1
+    SU, SV = S_[: d * r].reshape(d, r), S_[d * r:].reshape(d, r)
+    w = np.asarray(PROB.sample_weights())
+    rows, cols = np.asarray(PROB.rows), np.asarray(PROB.cols)
+    KU, KV = np.zeros((d, r)), np.zeros((d, r))
+    np.add.at(KU, rows, w[:, None] * SV[cols])
+    np.add.at(KV, cols, w[:, None] * SU[rows])
+    K = 2.0 * np.concatenate([KU.ravel(), KV.ravel()])
+    from slowsde_jax import geometry as geo
+    P = np.asarray(geo.ls_projection_jacobian(PROB.residual_jacobian(z), PROB.sample_weights(), jnp.asarray(S_)))
+    expected = -(model.alpha / 4.0) * P @ (S_[:, None] * np.diag(K))
+    np.testing.assert_allclose(jac, expected, rtol=1e-10, atol=1e-10 * np.abs(expected).max())
+
+
+def test_the_imex_solver_is_only_for_the_label_noise_ode_of_an_agm():
+    with pytest.raises(ConfigError, match="solver"):
+        sde.simulate_slow_sde(PROB, LABEL, S.sgd(), T=0.1, solver="kencarp4")
+    with pytest.raises(ConfigError, match="solver"):
+        sde.simulate_slow_sde(PROB, noise.gaussian(0.1 * np.ones(PROB.dim)), ADAM, T=0.1, solver="kencarp4")

@@ -132,3 +132,13 @@ def test_abstract_final_hierarchy():
     with pytest.raises(slowsde_jax.ConfigError, match="per_sample_losses"):
         problems.from_loss(lambda t: 0.0, jnp.ones(2), residuals=lambda t: t, per_sample_losses=lambda t: t)
     assert problems.Problem is problems.AbstractProblem  # older names stay for isinstance checks
+
+
+@pytest.mark.parametrize("measurement", ["entries", "gaussian"])
+def test_factorization_residual_jacobian_is_the_autodiff_one(measurement):
+    p = problems.matrix_factorization(d1=4, d2=3, rank=2, n=7, key=0, measurement=measurement)
+    theta = p.init(jax.random.PRNGKey(1))
+    np.testing.assert_allclose(p.residual_jacobian(theta), jax.jacrev(p.residuals)(theta), rtol=0, atol=1e-15)
+    from slowsde_jax import geometry as geo
+    assert geo.ls_jacobian(p.residuals, theta) is not None
+    np.testing.assert_array_equal(geo.ls_jacobian(p.residuals, theta), p.residual_jacobian(theta))
