@@ -16,7 +16,7 @@ a 10x10 Gaussian W*, 50 observed entries covering every row and column, label no
 
 Usage: python experiments/factorization_ode.py [--seeds 0,1,2] [--methods adam,sgd] [--paths 16]
        [--adam-etas 0.06,0.042,0.03] [--sgd-etas 0.4,0.28,0.2] [--adam-t0 2 --adam-T 40] [--sgd-t0 20 --sgd-T 4000]
-       [--d 10 --rank 10 --n 50] [--solver tsit5|kvaerno5] [--out FILE.json]
+       [--d 10 --rank 10 --n 50] [--solver tsit5|kencarp4|kvaerno5] [--out FILE.json]
 """
 import argparse
 import json
@@ -148,7 +148,8 @@ def main():
     ap.add_argument("--sgd-T", type=float, default=4000.0)
     ap.add_argument("--paths", type=int, default=16)
     ap.add_argument("--n-record", type=int, default=20)
-    ap.add_argument("--solver", default=None, help="the ODE's solver (default tsit5; kvaerno5 is implicit)")
+    ap.add_argument("--solver", default=None,
+                    help="the ODE's solver (default tsit5; kencarp4: IMEX, structured Jacobian; kvaerno5: implicit)")
     ap.add_argument("--max-steps", type=int, default=1_000_000, help="ODE solver steps per recording interval")
     ap.add_argument("--out", default="factorization_ode.json")
     a = ap.parse_args()

@@ -308,9 +308,10 @@ def _label_noise_implicit_drift(t: ArrayLike, y: State, model: SlowSDEModel) -> 
     stiff part -(alpha/4) dPhi_S S grad^2 phi with phi(zeta) = tr(S J^T W J), the preconditioned Gauss-Newton
     diagonal (grad phi is :func:`slowsde_jax.geometry.ls_third_derivative_tangent` with M = S; a problem's
     closed-form ``residual_jacobian`` makes grad^2 phi cheap), with dPhi_S and S frozen at the evaluation
-    point. Its eigenvalues grow like S^2 where an AGM drives coordinates
-    towards 0 (S -> 1/eps). The derivative of dPhi_S is left out: it costs a D x D x D contraction and only
-    changes how fast the stage's Newton iteration converges, never what it converges to."""
+    point. Its eigenvalues grow like S^2 where an AGM drives coordinates towards 0 (S -> 1/eps). The
+    derivative of dPhi_S is left out (D more passes through the Gram solve): an inexact Jacobian changes how
+    fast the stage's Newton iteration converges, not the root it converges to, since the stage equations use
+    the exact drift."""
     zeta, v = y
     residuals, weights = model.problem.residual_parts()
     drift, _ = label_noise_ode_field(t, y, model)
@@ -341,8 +342,8 @@ def imex_kencarp4(rtol: float = 1e-8, atol: float = 1e-10) -> diffrax.KenCarp4:
     """KenCarp4 (IMEX) with a full Newton iteration in its implicit stages, the solver ``solver="kencarp4"``
     names. The default chord iteration reuses one Jacobian for a whole step; on the label-noise ODE the stiff
     rates move with the state within a step, and the chord iteration then fails on most steps (measured: 749
-    rejected of 1381 steps against 6 of 94 with Newton, 5 x 5 factorization, t = 0 ... 0.5). The Newton
-    tolerances are the controller's divided by 100."""
+    rejected of 1381 steps against 6 of 94 with Newton on the 5 x 5 factorization of
+    tests/test_ode_zero_floor.py, t = 0 ... 0.5). The Newton tolerances are ``rtol`` and ``atol`` / 100."""
     return diffrax.KenCarp4(root_finder=optx.Newton(rtol=rtol / 100, atol=atol / 100))
 
 
