@@ -1,12 +1,13 @@
 """Adam's label-noise ODE on a matrix factorization, where the method kills column pairs (u_k, v_k) -> 0 and
 S = 1/(sqrt(v) + eps) grows towards 1/eps on them: the stiff mode that the ODE's zero floor removes
 (``simulate_slow_sde(zero_floor=...)``, ``sde._label_noise_field_with_floor``)."""
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import slowsde_jax as S
-from slowsde_jax import discrete, experiments as X, noise, problems, sde
+from slowsde_jax import discrete, experiments as X, geometry as geo, noise, problems, sde
 from slowsde_jax.validation import ConfigError
 
 D1 = 5
@@ -107,7 +108,6 @@ def test_the_imex_solver_agrees_with_tsit5(early):
 def test_the_implicit_drift_has_the_exact_value_and_the_structured_jacobian():
     """Its value is the drift; its Jacobian in zeta is -(alpha/4) dPhi_S S grad^2 tr(S J^T W J), which for a
     factorization observed at entries is dPhi_S S times a diagonal matrix: 2 sum_i w_i S_partner."""
-    import jax
     model = sde.SlowSDEModel(PROB, LABEL, ADAM, ADAM.c_at(None), alpha=LABEL.label_noise_alpha(PROB))
     z = PROB.init(jax.random.PRNGKey(3))
     v = jnp.abs(PROB.init(jax.random.PRNGKey(4))) + 1e-3
@@ -124,7 +124,6 @@ def test_the_implicit_drift_has_the_exact_value_and_the_structured_jacobian():
     np.add.at(KU, rows, w[:, None] * SV[cols])
     np.add.at(KV, cols, w[:, None] * SU[rows])
     K = 2.0 * np.concatenate([KU.ravel(), KV.ravel()])
-    from slowsde_jax import geometry as geo
     P = np.asarray(geo.ls_projection_jacobian(PROB.residual_jacobian(z), PROB.sample_weights(), jnp.asarray(S_)))
     expected = -(model.alpha / 4.0) * P @ (S_[:, None] * np.diag(K))
     np.testing.assert_allclose(jac, expected, rtol=1e-10, atol=1e-10 * np.abs(expected).max())
