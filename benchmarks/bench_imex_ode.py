@@ -9,7 +9,6 @@ Usage: python benchmarks/bench_imex_ode.py [--key 2] [--T 2] [--max-steps 3000]
 import argparse
 import time
 
-import jax.numpy as jnp
 import numpy as np
 
 import slowsde_jax as S
@@ -17,10 +16,9 @@ from slowsde_jax import discrete, experiments as X, noise, problems, sde
 
 
 def problem(key):
-    p = problems.matrix_factorization(d1=5, d2=5, rank=5, n=15, key=key, init_scale=0.1)
-    rows, cols = map(jnp.asarray, X.covering_entries(5, 5, 15, 2000 + key))
-    return problems.MatrixFactorization(y=p.W_star[rows, cols], n_active=p.n_active, W_star=p.W_star, rows=rows,
-                                        cols=cols, A=None, init_scale=p.init_scale, shape=p.shape)
+    """Full-rank Gaussian 5 x 5 W*, 15 entries that cover every row and column (key 1: the tests' problem)."""
+    return X.with_covering_entries(problems.matrix_factorization(d1=5, d2=5, rank=5, n=15, key=key, init_scale=0.1),
+                                   2000 + key)
 
 
 def main():

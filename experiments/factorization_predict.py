@@ -22,6 +22,7 @@ rank than W* (W* of high rank, or too few observations), since a lower-rank inte
 Usage: python experiments/factorization_predict.py [--settings NAME,...] [--seeds 3] [--out FILE.json]
 """
 import argparse
+import dataclasses
 import json
 import time
 
@@ -40,18 +41,14 @@ def with_spectrum(d1, d2, rank, n, measurement, sv=None, key=0, init_scale=0.1):
     ``sv`` None keeps matrix_factorization's Gaussian W* (rank ``rank``)."""
     p = problems.matrix_factorization(d1=d1, d2=d2, rank=rank, n=n, key=key, measurement=measurement,
                                       init_scale=init_scale)
-    W, rows, cols = p.W_star, p.rows, p.cols
     if sv is not None:
         rng = np.random.default_rng(1000 + key)
         Q1 = np.linalg.qr(rng.standard_normal((d1, len(sv))))[0]
         Q2 = np.linalg.qr(rng.standard_normal((d2, len(sv))))[0]
         W = jnp.asarray(Q1 @ np.diag(sv) @ Q2.T)
-    if p.A is None:  # a mask that observes every row and column
-        rows, cols = map(jnp.asarray, X.covering_entries(d1, d2, n, 2000 + key))
-    y = W[rows, cols] if p.A is None else jnp.einsum("nij,ij->n", p.A, W)
-    return problems.MatrixFactorization(y=y, n_active=p.n_active, W_star=W, rows=rows, cols=cols, A=p.A,
-                                        init_scale=p.init_scale, shape=p.shape)
-
+        y = p.y if p.A is None else jnp.einsum("nij,ij->n", p.A, W)  # entries: relabelled just below
+        p = dataclasses.replace(p, W_star=W, y=y)
+    return X.with_covering_entries(p, 2000 + key) if p.A is None else p
 
 # name -> problem_fn(seed)
 SETTINGS = {

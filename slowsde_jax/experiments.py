@@ -36,11 +36,11 @@ from .validation import ConfigError, check_range
 if TYPE_CHECKING:
     from .methods import Method
     from .noise import AbstractNoise
-    from .problems import AbstractProblem
+    from .problems import AbstractProblem, MatrixFactorization
 
 __all__ = ["SeedGrid", "run_seed_grid", "threshold_n", "threshold_summary",
            "grid_point", "states_at_projection", "min_quasi_norm_interpolator", "min_quasi_norm_by_supports",
-           "diagonal_net_weights", "covering_entries", "min_sharpness_on_manifold"]
+           "diagonal_net_weights", "covering_entries", "with_covering_entries", "min_sharpness_on_manifold"]
 
 
 @dataclasses.dataclass
@@ -202,6 +202,17 @@ def covering_entries(d1: int, d2: int, n: int, seed: int) -> tuple[np.ndarray, n
         idx = rng.permutation(d1 * d2)[:n]
         if len(set(idx // d2)) == d1 and len(set(idx % d2)) == d2:
             return idx // d2, idx % d2
+
+
+def with_covering_entries(problem: "MatrixFactorization", seed: int) -> "MatrixFactorization":
+    """``problem`` (a factorization observed at entries) observed instead at the same number of entries drawn by
+    :func:`covering_entries` with ``seed``, which see every row and column; labels y = W*[rows, cols]."""
+    if problem.A is not None:
+        raise ConfigError("problem", "with_covering_entries redraws an entry mask; this factorization has "
+                          "Gaussian measurements")
+    d1, d2, _ = problem.shape
+    rows, cols = map(jnp.asarray, covering_entries(d1, d2, problem.y.shape[0], seed))
+    return dataclasses.replace(problem, y=problem.W_star[rows, cols], rows=rows, cols=cols)
 
 
 def diagonal_net_weights(theta: ArrayLike) -> np.ndarray:

@@ -60,6 +60,13 @@ State = tuple[Float[Array, "D"], Float[Array, "D"]]  # the slow SDE's state y = 
 
 
 # ----- the coefficients -----------------------------------------------------------------------------------------
+def _v_rate(problem: AbstractProblem, noise: AbstractNoise, method: Method, zeta: Float[Array, "D"],
+           v: Float[Array, "D"], c: ArrayLike) -> Float[Array, "D"]:
+    """dv/dt = c (V(Sigma(zeta)) - v), shape (D,): v relaxes at the rate c towards its equilibrium at zeta;
+    0 for methods without v (SGD)."""
+    return c * (method.V(noise.covariance_diag(problem, zeta)) - v) if method.has_v else jnp.zeros_like(v)
+
+
 def slow_sde_coefficients(problem: AbstractProblem, noise: AbstractNoise, method: Method, zeta: Float[Array, "D"],
                           v: Float[Array, "D"], c: ArrayLike, rank: Optional[int] = None,
                           structured: Optional[bool] = None
@@ -83,7 +90,7 @@ def slow_sde_coefficients(problem: AbstractProblem, noise: AbstractNoise, method
         X = geo.sigma_diamond(H, G @ G.T, S, rank)
         drift = -0.5 * P @ (S * geo.third_derivative_contraction(problem.loss, zeta, X))
         A = P @ (S[:, None] * G)
-    dv = c * (method.V(noise.covariance_diag(problem, zeta)) - v) if method.has_v else jnp.zeros_like(v)
+    dv = _v_rate(problem, noise, method, zeta, v, c)
     return drift, dv, A
 
 
@@ -93,7 +100,7 @@ def label_noise_vector_field(problem: AbstractProblem, noise: AbstractNoise, met
     S = method.S(v)
     residuals, weights = problem.residual_parts()
     dz = geo.label_noise_drift(problem.loss, zeta, S, alpha, residuals=residuals, weights=weights)
-    dv = c * (method.V(noise.covariance_diag(problem, zeta)) - v) if method.has_v else jnp.zeros_like(v)
+    dv = _v_rate(problem, noise, method, zeta, v, c)
     return dz, dv
 
 
@@ -314,8 +321,8 @@ def _label_noise_implicit_drift(t: ArrayLike, y: State, model: SlowSDEModel) -> 
     the exact drift."""
     zeta, v = y
     residuals, weights = model.problem.residual_parts()
-    drift, _ = label_noise_ode_field(t, y, model)
     S = jax.lax.stop_gradient(model.method.S(v))
+    drift = geo.label_noise_drift(model.problem.loss, zeta, S, model.alpha, residuals=residuals, weights=weights)
     J = jax.lax.stop_gradient(geo.ls_jacobian(residuals, zeta))
 
     def phi(z):  # tr(S J^T W J); its gradient is S grad^3 L[S]'s structured part t3
@@ -332,7 +339,7 @@ def _label_noise_implicit_drift(t: ArrayLike, y: State, model: SlowSDEModel) -> 
 def _label_noise_explicit_v(t: ArrayLike, y: State, model: SlowSDEModel) -> State:
     """The explicit half of the IMEX split: (0, dv/dt). v relaxes at the rate c, which is not stiff."""
     zeta, v = y
-    return jnp.zeros_like(zeta), model.c * (model.method.V(model.noise.covariance_diag(model.problem, zeta)) - v)
+    return jnp.zeros_like(zeta), _v_rate(model.problem, model.noise, model.method, zeta, v, model.c)
 
 
 IMEX_SOLVERS = (diffrax.KenCarp3, diffrax.KenCarp4, diffrax.KenCarp5)
@@ -413,17 +420,19 @@ def _matrix_size(model) -> int:
 
 
 # ----- the front end: validate, schedule, loop, package ------------------------------------------------------------
-SOLVERS = {"euler": diffrax.Euler, "tsit5": diffrax.Tsit5, "kvaerno5": diffrax.Kvaerno5, "kencarp4": imex_kencarp4}
+# name -> solver from the ODE's (rtol, atol), which only the IMEX solver's stage iteration uses
+SOLVERS = {"euler": lambda rtol, atol: diffrax.Euler(), "tsit5": lambda rtol, atol: diffrax.Tsit5(),
+           "kvaerno5": lambda rtol, atol: diffrax.Kvaerno5(), "kencarp4": imex_kencarp4}
 
 
-def _solver(solver, default: str, rtol: float = 1e-8, atol: float = 1e-10):
+def _solver(solver, default: str, rtol: float, atol: float):
     """A diffrax solver from an instance, a name in :data:`SOLVERS`, or None (the engine's default)."""
     if isinstance(solver, diffrax.AbstractSolver):
         return solver
     name = default if solver is None else solver
     if name not in SOLVERS:
         raise ConfigError("solver", f"must be a diffrax solver or one of {', '.join(SOLVERS)}, got {solver!r}")
-    return SOLVERS[name](rtol, atol) if name == "kencarp4" else SOLVERS[name]()
+    return SOLVERS[name](rtol, atol)
 
 
 def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Method, T: float, n_paths: int = 1,

@@ -214,3 +214,15 @@ def test_covering_entries_observe_every_row_and_column_once_each_entry():
     assert (rows == r2).all() and (cols == c2).all()  # the seed fixes the mask
     with pytest.raises(ConfigError, match="n"):
         X.covering_entries(6, 4, 5, seed=0)  # fewer entries than rows
+
+
+def test_with_covering_entries_relabels_the_problem_at_the_covering_mask():
+    p = problems.matrix_factorization(d1=5, d2=4, rank=2, n=9, key=2)
+    q = X.with_covering_entries(p, seed=7)
+    rows, cols = X.covering_entries(5, 4, 9, seed=7)
+    np.testing.assert_array_equal(q.rows, rows)
+    np.testing.assert_array_equal(q.cols, cols)
+    np.testing.assert_array_equal(q.y, p.W_star[rows, cols])
+    np.testing.assert_array_equal(q.W_star, p.W_star)
+    with pytest.raises(ConfigError, match="problem"):
+        X.with_covering_entries(problems.matrix_factorization(d1=4, d2=4, rank=1, n=8, measurement="gaussian"), 0)

@@ -17,10 +17,8 @@ ADAM = S.adam(c=0.01 / 0.03**2, eps=1e-8)  # beta2 = 0.99 at lr 0.03, as in docs
 
 def make_problem():
     """A full-rank 5 x 5 Gaussian W*, 15 observed entries that cover every row and column."""
-    p = problems.matrix_factorization(d1=D1, d2=D1, rank=D1, n=15, key=1, init_scale=0.1)
-    rows, cols = map(jnp.asarray, X.covering_entries(D1, D1, 15, 2001))
-    return problems.MatrixFactorization(y=p.W_star[rows, cols], n_active=p.n_active, W_star=p.W_star, rows=rows,
-                                        cols=cols, A=None, init_scale=p.init_scale, shape=p.shape)
+    return X.with_covering_entries(problems.matrix_factorization(d1=D1, d2=D1, rank=D1, n=15, key=1, init_scale=0.1),
+                                   2001)
 
 
 PROB = make_problem()
