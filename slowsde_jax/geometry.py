@@ -39,7 +39,8 @@ from .validation import ConfigError
 
 __all__ = ["ProjectionError", "PROJECTION_STATUS", "projection_jacobian", "sigma_parallel", "sigma_diamond",
            "sharpness", "hessian", "third_derivative_contraction", "numerical_rank", "ls_jacobian",
-           "ls_apply_projection", "ls_projection_jacobian", "ls_third_derivative_tangent", "label_noise_drift",
+           "ls_apply_projection", "ls_projection_jacobian", "ls_third_derivative_tangent", "ls_gn_trace_hessian",
+           "label_noise_drift",
            "normal_frame", "newton_retraction_step", "project_flow", "project", "projection_failure_message"]
 
 
@@ -277,6 +278,28 @@ def ls_third_derivative_tangent(residuals: ResidualFn, w: Float[Array, "n"], the
         return jnp.sum(w * jnp.diagonal(jvps))
 
     return 2.0 * jax.grad(directional)(theta)
+
+
+def ls_gn_trace_hessian(residuals: ResidualFn, w: Float[Array, "n"], theta: Float[Array, "D"],
+                        S: Float[Array, "D"]) -> Float[Array, "D D"]:
+    """grad^2 phi at theta for phi(theta) = tr(S J^T W J) = sum_n w_n sum_i S_i (d_i r_n)^2 with the diagonal
+    S (D,) held fixed, shape (D, D). grad phi is :func:`ls_third_derivative_tangent` with M = S, so this is
+    the derivative of the label-noise drift's curvature term (the stiff part of Adam's ODE, see
+    ``slowsde_jax.sde``). Quadratic residuals r = B (x * x) - y: 8 Diag(sum_n w_n B_n^2 S), O(n D). A problem
+    with a closed form declares it as a method ``gn_trace_hessian(theta, S, w)``. Otherwise autodiff: D
+    forward passes through the gradient of phi."""
+    quad = quadratic_structure(residuals)
+    if quad is not None:
+        return jnp.diag(8.0 * S * (w @ quad[0] ** 2))
+    closed_form = getattr(getattr(residuals, "__self__", None), "gn_trace_hessian", None)
+    if closed_form is not None:
+        return closed_form(theta, S, w)
+
+    def phi(t):
+        J = ls_jacobian(residuals, t)
+        return jnp.sum(w[:, None] * J * J * S[None, :])
+
+    return jax.jacfwd(jax.grad(phi))(theta)
 
 
 def _ls_sample_eig(Jw, S, rank=None, rtol=DEFAULT_RTOL):

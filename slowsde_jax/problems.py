@@ -356,6 +356,25 @@ class MatrixFactorization(AbstractRegression):
             dU, dV = jnp.einsum("nij,jk->nik", self.A, V), jnp.einsum("nij,ik->njk", self.A, U)
         return jnp.concatenate([dU.reshape(n, d1 * r), dV.reshape(n, d2 * r)], axis=1)
 
+    def gn_trace_hessian(self, theta: Float[Array, "D"], S: Float[Array, "D"], w: Float[Array, "n"]
+                         ) -> Float[Array, "D D"]:
+        """grad^2 of phi = sum_i w_i sum_k S_k (d r_i / d theta_k)^2 at fixed S (D,), in closed form, (D, D); used
+        by :func:`slowsde_jax.geometry.ls_gn_trace_hessian`. The residuals are bilinear in (U, V), so phi is
+        quadratic and this does not depend on theta: the U-block is 2 sum_i w_i A_i Diag(S_V[:, k]) A_i^T in
+        every column k of U (and the V-block likewise), with no U-V coupling; for entries (A_i an indicator)
+        it is diagonal, 2 sum_i w_i S_partner."""
+        d1, d2, r = self.shape
+        SU, SV = S[: d1 * r].reshape(d1, r), S[d1 * r:].reshape(d2, r)
+        if self.A is None:
+            dU = jnp.zeros((d1, r), S.dtype).at[self.rows].add(w[:, None] * SV[self.cols])
+            dV = jnp.zeros((d2, r), S.dtype).at[self.cols].add(w[:, None] * SU[self.rows])
+            return jnp.diag(2.0 * jnp.concatenate([dU.ravel(), dV.ravel()]))
+        eye = jnp.eye(r, dtype=S.dtype)
+        HU = 2.0 * jnp.einsum("n,nij,jk,nlj,km->iklm", w, self.A, SV, self.A, eye).reshape(d1 * r, d1 * r)
+        HV = 2.0 * jnp.einsum("n,nij,ik,nil,km->jklm", w, self.A, SU, self.A, eye).reshape(d2 * r, d2 * r)
+        zero = jnp.zeros((d1 * r, d2 * r), S.dtype)
+        return jnp.block([[HU, zero], [zero.T, HV]])
+
     def hessian_diag(self, theta: Float[Array, "D"]) -> Float[Array, "D"]:
         """Exact: f is linear in each single coordinate, so diag H = sum_i w_i (d f_i / d theta_k)^2."""
         J = jax.jacfwd(self.predict)(theta)

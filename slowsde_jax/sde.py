@@ -308,32 +308,49 @@ def _label_noise_field_with_floor(t: ArrayLike, y: State, args: tuple[SlowSDEMod
     return label_noise_ode_field(t, (jnp.where(jnp.abs(zeta) <= floor, 0.0, zeta), v), model)
 
 
+@eqx.filter_custom_jvp
+def _drift_with_stiff_jvp(zeta: Float[Array, "D"], S: Float[Array, "D"], model: SlowSDEModel) -> Float[Array, "D"]:
+    """The label-noise drift -(alpha/4) dPhi_S S grad^3 L[S] at zeta, shape (D,), whose derivative in zeta is
+    the stiff part only (:func:`_label_noise_stiff_matrix`; the derivatives in S and the model are dropped)."""
+    residuals, weights = model.problem.residual_parts()
+    return geo.label_noise_drift(model.problem.loss, zeta, S, model.alpha, residuals=residuals, weights=weights)
+
+
+@_drift_with_stiff_jvp.def_jvp
+def _drift_with_stiff_jvp_jvp(primals, tangents):
+    zeta, S, model = primals
+    drift = _drift_with_stiff_jvp(zeta, S, model)
+    if tangents[0] is None:
+        return drift, jnp.zeros_like(drift)
+    # The matrix depends on the primals only: under jacfwd or linearize it is formed once, and each tangent
+    # costs one matrix-vector product.
+    return drift, _label_noise_stiff_matrix(zeta, S, model) @ tangents[0]
+
+
+def _label_noise_stiff_matrix(zeta: Float[Array, "D"], S: Float[Array, "D"], model: SlowSDEModel
+                              ) -> Float[Array, "D D"]:
+    """-(alpha/4) dPhi_S S grad^2 phi (D, D), phi(zeta) = tr(S J^T W J) (:func:`slowsde_jax.geometry.
+    ls_gn_trace_hessian`, in closed form where the problem declares one) with dPhi_S and S frozen: the stiff
+    part of the derivative of the label-noise drift of an AGM on least squares."""
+    residuals, weights = model.problem.residual_parts()
+    J = geo.ls_jacobian(residuals, zeta)
+    curvature = S[:, None] * geo.ls_gn_trace_hessian(residuals, weights, zeta, S)
+    return -(model.alpha / 4.0) * geo.ls_apply_projection(J, weights, S, curvature)
+
+
 def _label_noise_implicit_drift(t: ArrayLike, y: State, model: SlowSDEModel) -> State:
     """The implicit half of the IMEX split of the label-noise ODE of an AGM on least squares: (d zeta/dt, 0).
 
     Its value is the exact drift. Its derivative, which diffrax's implicit stages take by ``jacfwd``, is the
     stiff part -(alpha/4) dPhi_S S grad^2 phi with phi(zeta) = tr(S J^T W J), the preconditioned Gauss-Newton
-    diagonal (grad phi is :func:`slowsde_jax.geometry.ls_third_derivative_tangent` with M = S; a problem's
-    closed-form ``residual_jacobian`` makes grad^2 phi cheap), with dPhi_S and S frozen at the evaluation
-    point. Its eigenvalues grow like S^2 where an AGM drives coordinates towards 0 (S -> 1/eps). The
-    derivative of dPhi_S is left out (D more passes through the Gram solve): an inexact Jacobian changes how
-    fast the stage's Newton iteration converges, not the root it converges to, since the stage equations use
-    the exact drift."""
+    trace (:func:`_label_noise_stiff_matrix`), with dPhi_S and S frozen at the evaluation point: one (D, D)
+    matrix per Jacobian, then a product per column (a custom JVP), and nothing for the v half. Its
+    eigenvalues grow like S^2 where an AGM drives coordinates towards 0 (S -> 1/eps). The derivative of
+    dPhi_S is left out (D more passes through the Gram solve): an inexact Jacobian changes how fast the
+    stage's Newton iteration converges, not the root it converges to, since the stage equations use the
+    exact drift."""
     zeta, v = y
-    residuals, weights = model.problem.residual_parts()
-    S = jax.lax.stop_gradient(model.method.S(v))
-    drift = geo.label_noise_drift(model.problem.loss, zeta, S, model.alpha, residuals=residuals, weights=weights)
-    J = jax.lax.stop_gradient(geo.ls_jacobian(residuals, zeta))
-
-    def phi(z):  # tr(S J^T W J); its gradient is S grad^3 L[S]'s structured part t3
-        Jz = geo.ls_jacobian(residuals, z)
-        return jnp.sum(weights[:, None] * Jz * Jz * S[None, :])
-
-    def stiff_part(z):
-        return -(model.alpha / 4.0) * geo.ls_apply_projection(J, weights, S, S * jax.grad(phi)(z))
-
-    lin = stiff_part(zeta)
-    return jax.lax.stop_gradient(drift - lin) + lin, jnp.zeros_like(v)
+    return _drift_with_stiff_jvp(zeta, jax.lax.stop_gradient(model.method.S(v)), model), jnp.zeros_like(v)
 
 
 def _label_noise_explicit_v(t: ArrayLike, y: State, model: SlowSDEModel) -> State:

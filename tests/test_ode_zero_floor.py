@@ -127,6 +127,29 @@ def test_the_implicit_drift_has_the_exact_value_and_the_structured_jacobian():
     np.testing.assert_allclose(jac, expected, rtol=1e-10, atol=1e-10 * np.abs(expected).max())
 
 
+def test_the_implicit_drift_jacobian_on_a_generic_least_squares_loss():
+    """The same stiff Jacobian on residuals without a closed form (from_loss, codimension 1 and not bilinear),
+    against dPhi_S S times jax.hessian of tr(S J^T W J)."""
+    prob = problems.from_loss(lambda t: (t["a"] * t["b"] * t["c"] - 1.0) ** 2 / 2, {"a": 1.5, "b": 1.0, "c": 1 / 1.5},
+                              residuals=lambda t: jnp.atleast_1d(t["a"] * t["b"] * t["c"] - 1.0))
+    model = sde.SlowSDEModel(prob, LABEL, ADAM, ADAM.c_at(None), alpha=LABEL.label_noise_alpha(prob))
+    z, v = jnp.array([1.5, 1.0, 1 / 1.5]), jnp.array([0.3, 0.02, 1.1])
+    jac = jax.jacfwd(lambda zz: sde._label_noise_implicit_drift(0.0, (zz, v), model)[0])(z)
+    jac_v = jax.jacfwd(lambda vv: sde._label_noise_implicit_drift(0.0, (z, vv), model)[0])(v)
+    S_ = ADAM.S(v)
+    residuals, w = prob.residual_parts()
+
+    def phi(t):
+        J = jax.jacrev(residuals)(t)
+        return jnp.sum(w[:, None] * J * J * S_[None, :])
+
+    P = geo.ls_projection_jacobian(jax.jacrev(residuals)(z), w, S_)
+    expected = -(model.alpha / 4.0) * P @ (S_[:, None] * jax.hessian(phi)(z))
+    assert np.abs(expected).max() > 1.0
+    np.testing.assert_allclose(jac, expected, rtol=1e-12, atol=1e-12 * np.abs(expected).max())
+    np.testing.assert_array_equal(jac_v, 0.0)  # S is frozen
+
+
 def test_the_imex_solver_is_only_for_the_label_noise_ode_of_an_agm():
     with pytest.raises(ConfigError, match="solver"):
         sde.simulate_slow_sde(PROB, LABEL, S.sgd(), T=0.1, solver="kencarp4")

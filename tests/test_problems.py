@@ -140,3 +140,45 @@ def test_factorization_residual_jacobian_is_the_autodiff_one(measurement):
     theta = p.init(jax.random.PRNGKey(1))
     np.testing.assert_allclose(p.residual_jacobian(theta), jax.jacrev(p.residuals)(theta), rtol=0, atol=1e-15)
     np.testing.assert_array_equal(geometry.ls_jacobian(p.residuals, theta), p.residual_jacobian(theta))
+
+
+def _gn_trace_hessian_by_autodiff(residuals, w, theta, S):
+    """grad^2 of sum_n w_n sum_i S_i (d_i r_n)^2 at fixed S, by jax.hessian through jacrev."""
+    def phi(t):
+        J = jax.jacrev(residuals)(t)
+        return jnp.sum(w[:, None] * J * J * S[None, :])
+    return jax.hessian(phi)(theta)
+
+
+@pytest.mark.parametrize("measurement", ["entries", "gaussian"])
+def test_factorization_gn_trace_hessian_is_the_autodiff_one(measurement):
+    """The closed form (block diagonal in the factor columns; diagonal for entries), with unequal weights and
+    a masked sample, against jax.hessian; geometry.ls_gn_trace_hessian uses it."""
+    p = problems.matrix_factorization(d1=4, d2=3, rank=2, n=7, key=0, measurement=measurement, n_train=6)
+    theta = p.init(jax.random.PRNGKey(1))
+    S = jnp.exp(jax.random.normal(jax.random.PRNGKey(2), theta.shape))
+    w = p.sample_weights() * jnp.linspace(0.5, 1.5, 7)
+    expected = _gn_trace_hessian_by_autodiff(p.residuals, w, theta, S)
+    assert np.abs(expected).max() > 0.1
+    np.testing.assert_allclose(p.gn_trace_hessian(theta, S, w), expected, rtol=0, atol=1e-13)
+    np.testing.assert_array_equal(geometry.ls_gn_trace_hessian(p.residuals, w, theta, S), p.gn_trace_hessian(theta, S, w))
+
+
+def test_gn_trace_hessian_of_quadratic_and_generic_residuals():
+    """The quadratic-residual branch (diagonal net) and the autodiff branch (any residuals; cubic here, where
+    phi's Hessian has the third-derivative term too) against jax.hessian."""
+    p = problems.diagonal_net(d=5, n=3, k=1, key=0)
+    theta = p.init(jax.random.PRNGKey(1)) + 0.3
+    S = jnp.exp(jax.random.normal(jax.random.PRNGKey(2), theta.shape))
+    w = jnp.array([0.5, 1.0, 2.0])
+    np.testing.assert_allclose(geometry.ls_gn_trace_hessian(p.residuals, w, theta, S),
+                               _gn_trace_hessian_by_autodiff(p.residuals, w, theta, S), rtol=1e-13, atol=1e-13)
+
+    def cubic(t):
+        return jnp.array([t[0] * t[1] * t[2] - 1.0, t[0] ** 3 + t[1] - 2.0])
+
+    theta = jnp.array([1.1, 0.7, -0.4])
+    S = jnp.array([0.5, 2.0, 1.5])
+    w = jnp.array([0.5, 1.5])
+    np.testing.assert_allclose(geometry.ls_gn_trace_hessian(cubic, w, theta, S),
+                               _gn_trace_hessian_by_autodiff(cubic, w, theta, S), rtol=1e-13, atol=1e-13)
