@@ -16,7 +16,7 @@ a 10x10 Gaussian W*, 50 observed entries covering every row and column, label no
 
 Usage: python experiments/factorization_ode.py [--seeds 0,1,2] [--methods adam,sgd] [--paths 16]
        [--adam-etas 0.06,0.042,0.03] [--sgd-etas 0.4,0.28,0.2] [--adam-t0 2 --adam-T 40] [--sgd-t0 20 --sgd-T 4000]
-       [--d 10 --rank 10 --n 50] [--solver tsit5|kencarp4|kvaerno5] [--out FILE.json]
+       [--d 10 --rank 10 --n 50] [--solver tsit5|kencarp4|kvaerno5] [--rtol 1e-8] [--out FILE.json]
 """
 import argparse
 import json
@@ -52,7 +52,7 @@ def timed(fn):
     return out, time.perf_counter() - t0
 
 
-def one(P, L, m, eta_ref, etas, t0, T, paths, key, solver, n_record, max_steps=1_000_000):
+def one(P, L, m, eta_ref, etas, t0, T, paths, key, solver, n_record, max_steps=1_000_000, rtol=1e-8):
     """Steps 1-4 for one problem and method; returns a JSON-able dict."""
     early = discrete.simulate_discrete(P, L, m, eta=eta_ref, T=t0, v0="zeros", key=key, n_record=1, progress=False)
     th0 = early.theta[0, -1]
@@ -61,7 +61,8 @@ def one(P, L, m, eta_ref, etas, t0, T, paths, key, solver, n_record, max_steps=1
            "early_test_error": float(early.observables["test_error"][0, -1])}
 
     ode_run = lambda: sde.simulate_slow_sde(P, L, m, T=T, theta0=th0, n_record=n_record, solver=solver,
-                                            max_steps=max_steps, progress=False, **kw)
+                                            max_steps=max_steps, rtol=rtol, atol=rtol / 100, progress=False,
+                                            **kw)
     ode, t_ode_cold = timed(ode_run)
     _, t_ode = timed(ode_run)
     zeta = ode.theta[0]
@@ -151,6 +152,7 @@ def main():
     ap.add_argument("--solver", default=None,
                     help="the ODE's solver (default tsit5; kencarp4: IMEX, structured Jacobian; kvaerno5: implicit)")
     ap.add_argument("--max-steps", type=int, default=1_000_000, help="ODE solver steps per recording interval")
+    ap.add_argument("--rtol", type=float, default=1e-8, help="the ODE's relative tolerance (atol = rtol / 100)")
     ap.add_argument("--out", default="factorization_ode.json")
     a = ap.parse_args()
     L = noise.label_noise(a.delta)
@@ -164,7 +166,7 @@ def main():
         for name in a.methods.split(","):
             m, eta_ref, etas, t0, T = methods[name]
             res[name] = one(P, L, m, eta_ref, [float(e) for e in etas.split(",")], t0, T, a.paths, seed, a.solver,
-                            a.n_record, a.max_steps)
+                            a.n_record, a.max_steps, a.rtol)
             report(name, seed, res[name])
             with open(a.out, "w") as fh:
                 json.dump(results, fh, indent=1)
