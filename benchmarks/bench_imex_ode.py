@@ -4,12 +4,24 @@ tests/test_ode_zero_floor.py (full-rank Gaussian W*, 15 entries that cover every
 draws W* and the mask). Prints, per solver, how far it got, its wall time with compilation, and the test
 error per record; then the largest difference between the two solvers over the records both reached.
 
+With ``--exp2-seed S``: instead, the cost of one KenCarp4 step on experiment 2's 10 x 10 problem (D = 200,
+``experiments/factorization_predict.with_spectrum``), from the ODE's state at t = 1 after the t0 = 2 start of
+``experiments/factorization_ode.py``: the implicit term's Jacobian, its stiff matrix, the LU factorization
+of a stage matrix, one drift, and a compiled solve from t = 1 to 2 (steps and time per step).
+
 Usage: python benchmarks/bench_imex_ode.py [--key 2] [--T 2] [--max-steps 3000]
+       python benchmarks/bench_imex_ode.py --exp2-seed 1
 """
 import argparse
+import os
+import sys
 import time
 
+import diffrax
+import jax
+import jax.numpy as jnp
 import numpy as np
+from _timing import best_time, timed
 
 import slowsde_jax as S
 from slowsde_jax import discrete, experiments as X, noise, problems, sde
@@ -21,12 +33,53 @@ def problem(key):
                                    2000 + key)
 
 
+def step_cost(seed):
+    """Per-step cost of KenCarp4 on experiment 2's problem for ``seed`` (see the module docstring)."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "experiments"))
+    from factorization_predict import with_spectrum
+
+    P, L, m = with_spectrum(10, 10, 10, 50, "entries", key=seed), noise.label_noise(1.0), S.adam(c=0.01 / 0.03**2, eps=1e-8)
+    early = discrete.simulate_discrete(P, L, m, eta=0.03, T=2.0, v0="zeros", key=seed, n_record=1, progress=False)
+    r = sde.simulate_slow_sde(P, L, m, T=1.0, theta0=early.theta[0, -1], v0=np.maximum(early.v[0, -1], 1e-300),
+                              n_record=1, solver="kencarp4", progress=False)
+    y = (jnp.asarray(r.theta[0, -1]), jnp.asarray(r.v[0, -1]))
+    model = sde.SlowSDEModel(P, L, m, m.c_at(None), alpha=L.label_noise_alpha(P))
+    D = P.dim
+
+    def implicit_flat(yf):
+        return jnp.concatenate(sde._label_noise_implicit_drift(0.0, (yf[:D], yf[D:]), model))
+
+    yf = jnp.concatenate(y)
+    jac = jax.jit(jax.jacfwd(implicit_flat))
+    A = jac(yf)
+    parts = {
+        "Jacobian of the implicit term (2D x 2D)": (jac, yf),
+        "  of which the stiff matrix (D x D)": (jax.jit(lambda z, s: sde._label_noise_stiff_matrix(z, s, model)),
+                                                y[0], m.S(y[1])),
+        "LU of a stage matrix I - h A (2D x 2D)": (jax.jit(lambda A: jax.scipy.linalg.lu_factor(jnp.eye(2 * D) - 0.01 * A)), A),
+        "one evaluation of the implicit term": (jax.jit(implicit_flat), yf),
+    }
+    for name, (fn, *args) in parts.items():
+        print(f"{name:42s} {best_time(fn, *args, repeats=20) * 1e3:7.2f} ms")
+    term = diffrax.MultiTerm(diffrax.ODETerm(sde._label_noise_explicit_v), diffrax.ODETerm(sde._label_noise_implicit_drift))
+    solve = jax.jit(lambda y0: diffrax.diffeqsolve(
+        term, sde.imex_kencarp4(), 1.0, 2.0, None, y0, args=model, max_steps=20000, throw=False,
+        stepsize_controller=diffrax.PIDController(rtol=1e-8, atol=1e-10), saveat=diffrax.SaveAt(t1=True)))
+    seconds, sol = timed(lambda: jax.block_until_ready(solve(y)))
+    n = int(sol.stats["num_steps"])
+    print(f"KenCarp4 from t = 1 to 2, compiled: {seconds:.2f} s, {n} steps ({int(sol.stats['num_rejected_steps'])} "
+          f"rejected), {seconds / n * 1e3:.1f} ms per step; test error at t = 2 {float(P.test_error(sol.ys[0][-1])):.6f}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--key", type=int, default=2)
     ap.add_argument("--T", type=float, default=2.0)
     ap.add_argument("--max-steps", type=int, default=3000)
+    ap.add_argument("--exp2-seed", type=int, default=None)
     a = ap.parse_args()
+    if a.exp2_seed is not None:
+        return step_cost(a.exp2_seed)
     P, L, m = problem(a.key), noise.label_noise(1.0), S.adam(c=0.01 / 0.03**2, eps=1e-8)
     early = discrete.simulate_discrete(P, L, m, eta=0.03, T=1.0, v0="zeros", key=0, n_record=1, progress=False)
     th0, v0 = early.theta[0, -1], np.maximum(early.v[0, -1], 1e-300)
