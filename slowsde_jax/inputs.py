@@ -306,7 +306,7 @@ def initial_v(problem: AbstractProblem, noise: AbstractNoise, method: Method, th
 
 # The keys of Trajectory.meta, the same for every engine (None where a key does not apply).
 META_KEYS = ("engine", "method", "noise", "problem", "eta", "T", "n_paths", "v0", "hypers", "steps", "record_steps",
-             "dt", "steps_per_record", "c", "alpha", "solver", "richardson", "failure_reasons")
+             "dt", "steps_per_record", "c", "alpha", "solver", "imex_fallback_solves", "richardson", "failure_reasons")
 
 
 def run_meta(engine: str, problem: AbstractProblem, noise: AbstractNoise, method: Method,

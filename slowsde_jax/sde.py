@@ -362,6 +362,12 @@ def _label_noise_explicit_v(t: ArrayLike, y: State, model: SlowSDEModel) -> Stat
 IMEX_SOLVERS = (diffrax.KenCarp3, diffrax.KenCarp4, diffrax.KenCarp5)
 
 
+def _imex_applies(problem: AbstractProblem, method: Method) -> bool:
+    """Whether the IMEX split applies to the label-noise ODE: an AGM (it has v) on least squares, except the
+    diagonal nets' log coordinates (:func:`_ode_in_log_coordinates`), where nothing is stiff."""
+    return method.has_v and problem.residual_parts()[0] is not None and not _ode_in_log_coordinates(problem, method)
+
+
 def imex_kencarp4(rtol: float = 1e-8, atol: float = 1e-10) -> diffrax.KenCarp4:
     """KenCarp4 (IMEX) whose implicit stages each take a fresh Jacobian (optimistix's chord iteration, one
     Jacobian per stage), the solver ``solver="kencarp4"`` names. diffrax's default keeps one Jacobian for a
@@ -472,7 +478,10 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
       "kvaerno5", implicit; "kencarp4" (:func:`imex_kencarp4`) or any diffrax KenCarp solver, IMEX, for the
       label-noise ODE of an AGM on least squares where coordinates are driven to 0 with S -> 1/eps: zeta
       implicit with a structured Jacobian (:func:`_label_noise_implicit_drift`), v explicit, no zero floor
-      needed); ``stepsize_controller``: the ODE's, default ``PIDController(rtol, atol)``;
+      needed). With the default (None) on such an ODE, a path whose Tsit5 solve fails (a stiff stretch that
+      exhausts ``max_steps``) is solved again with KenCarp4 from the start of that compiled call (the whole
+      run unless ``records_per_call`` or a ``checkpoint`` cuts it); ``meta["imex_fallback_solves"]`` counts
+      these (path, call) solves; ``stepsize_controller``: the ODE's, default ``PIDController(rtol, atol)``;
     - ``zero_floor``: (label-noise ODE of an AGM, except on diagonal nets, which run in log coordinates)
       coordinates of zeta with |zeta_i| at or below it are read as 0 by the vector field, so that
       coordinates the method drives to 0 (a factorization's dead columns, where S grows towards 1/eps) do
@@ -514,9 +523,9 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
     if zero_floor is not None:
         check_range("zero_floor", zero_floor, low=0.0)
     alpha = None if force_sde else noise.label_noise_alpha(problem)
+    solver_given = solver is not None
     solver = _solver(solver, "euler" if alpha is None else "tsit5", rtol, atol)
-    if isinstance(solver, IMEX_SOLVERS) and (alpha is None or not method.has_v or problem.residual_parts()[0] is None
-                                             or _ode_in_log_coordinates(problem, method)):
+    if isinstance(solver, IMEX_SOLVERS) and (alpha is None or not _imex_applies(problem, method)):
         raise ConfigError("solver", f"{type(solver).__name__} (IMEX) is for the label-noise ODE of an AGM on a "
                           "least-squares problem other than a diagonal net (those run in log coordinates)")
     if alpha is not None:
@@ -524,6 +533,9 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
         floor = ((ZERO_FLOOR_ATOLS * getattr(controller, "atol", atol), getattr(controller, "rtol", rtol))
                  if zero_floor is None else (zero_floor, np.inf))
         floor = tuple(jnp.asarray(f, inputs.dtype) for f in floor)  # traced: one program for every floor
+        # The default solver hands a failed interval to the IMEX solver where that applies (see the docstring).
+        fallback = (imex_kencarp4(getattr(controller, "rtol", rtol), getattr(controller, "atol", atol))
+                    if not solver_given and _imex_applies(problem, method) else None)
     elif stepsize_controller is not None:
         raise ConfigError("stepsize_controller", "the general slow SDE takes fixed steps dt (projected Euler-Maruyama)")
     if method.has_v:
@@ -589,6 +601,7 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
     work = inputs.n_paths * len(levels)  # path-time units per unit of SDE time (x2 with Richardson)
     bar = progress_bar(float(T) * work, f"slow {'SDE' if alpha is None else 'ODE'} ({method.name})",
                        progress=progress, unit="path·t", initial=float(t_grid[runs[0].done]) * work)
+    n_fallback = 0  # (path, call) solves the default ODE solver handed to the IMEX solver
     while runs[0].done < inputs.n_record:
         j0, j1 = runs[0].done, min(runs[0].done + records_per_call, inputs.n_record)
         for run, (per_record, substeps), t_steps in zip(runs, levels, level_steps):
@@ -603,9 +616,17 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
                                            jnp.asarray(t_grid[j0 + 1: j1 + 1]), jnp.asarray(grid, inputs.dtype),
                                            substeps)
                 else:
+                    t_save = jnp.asarray(t_grid[j0: j1 + 1])
                     with host_checked():
-                        seg = _ode_segment(model, solver, controller, y, jnp.asarray(t_grid[j0: j1 + 1]),
-                                           max_steps * (j1 - j0), floor)
+                        seg = _ode_segment(model, solver, controller, y, t_save, max_steps * (j1 - j0), floor)
+                    if fallback is not None and not np.all(seg[1]):
+                        with host_checked():
+                            imex = _ode_segment(model, fallback, controller, y, t_save, max_steps * (j1 - j0))
+                        redo = ~np.asarray(seg[1])
+                        n_fallback += int(redo.sum())
+                        seg = (jax.tree_util.tree_map(lambda a, b: np.where(redo.reshape((-1,) + (1,) * (a.ndim - 1)),
+                                                                            b, a), seg[0], imex[0]),
+                               np.where(redo, imex[1], seg[1]))
                 ys.append(jax.tree_util.tree_map(np.asarray, seg[0]))
                 ok.append(np.asarray(seg[1]))
                 bar.update(float(t_grid[j1] - t_grid[j0]) * (sl.stop - sl.start))
@@ -630,6 +651,7 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
                     v0=v0 if isinstance(v0, str) else "given", dt=float(h) if alpha is None else None,
                     steps_per_record=n_sub if alpha is None else None, c=float(c),
                     alpha=None if alpha is None else float(alpha), solver=type(solver).__name__,
+                    imex_fallback_solves=None if alpha is None else n_fallback,
                     richardson=bool(richardson),
                     failure_reasons=[f"path {i}: {r}" for i, r in enumerate(reasons) if r])
     return Trajectory(t=t_grid, theta=zeta if record_state else None,
@@ -681,7 +703,7 @@ class _SDERun:
                                if sde or solver_ok[i] else
                                f"solver failed between t = {lo:.6g} and {hi:.6g} (step budget max_steps exhausted or "
                                "step size collapsed: a stiff region; raise max_steps, or try solver='kencarp4' (an AGM "
-                               "on least squares) or 'kvaerno5')")
+                               "on least squares; the default solver falls back to it there) or 'kvaerno5')")
         for k in range(n_new):
             frozen = ~np.isnan(self.failed_time) & (~alive | (first_bad <= k))
             self.zeta.append(np.where(frozen[:, None], self.zeta[-1], zeta[:, k]))

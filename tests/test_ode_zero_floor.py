@@ -47,8 +47,14 @@ def test_the_ode_passes_a_dead_column_with_the_floor_and_stalls_without_it(early
     assert run.meta["failure_reasons"] == []
     prod = np.sort(column_products(run.theta[0, -1]))
     assert prod[0] < 1e-12 < 0.1 < prod[1]  # one column pair is dead, the other four are alive
-    stiff = ode(early, 2.0, zero_floor=0.0)  # the plain field: the dead column holds the solver at tiny steps
+    stiff = ode(early, 2.0, zero_floor=0.0, solver="tsit5")  # the plain field: the dead column holds Tsit5
     assert stiff.meta["failure_reasons"] and stiff.diverged_time[0] <= 1.0
+    assert stiff.meta["imex_fallback_solves"] == 0  # a solver the user names is used as named
+    # the default solver hands the failed path to KenCarp4, which has no floor and needs none
+    fallback = ode(early, 2.0, zero_floor=0.0)
+    assert fallback.meta["failure_reasons"] == [] and fallback.meta["imex_fallback_solves"] == 1
+    np.testing.assert_allclose(fallback.theta[0], run.theta[0], rtol=0, atol=1e-6)
+    assert run.meta["imex_fallback_solves"] == 0
 
 
 def test_the_floor_moves_the_solution_by_less_than_the_tolerance(early):
