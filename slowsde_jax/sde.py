@@ -364,7 +364,8 @@ IMEX_SOLVERS = (diffrax.KenCarp3, diffrax.KenCarp4, diffrax.KenCarp5)
 
 def _imex_applies(problem: AbstractProblem, method: Method) -> bool:
     """Whether the IMEX split applies to the label-noise ODE: an AGM (it has v) on least squares, except the
-    diagonal nets' log coordinates (:func:`_ode_in_log_coordinates`), where nothing is stiff."""
+    diagonal nets, whose ODE runs in log coordinates (:func:`_ode_in_log_coordinates`) that remove the
+    stiffness instead."""
     return method.has_v and problem.residual_parts()[0] is not None and not _ode_in_log_coordinates(problem, method)
 
 
