@@ -267,11 +267,15 @@ def ls_third_derivative_tangent(residuals: ResidualFn, w: Float[Array, "n"], the
 
     (The full contraction adds J^T(...), which dPhi_S S annihilates; r = 0 on Gamma removes the rest.)
     Cost: n Jacobian-vector products of r, then one gradient: O(n) passes of r. Quadratic residuals
-    r = B (x * x) - y (Hess r_n = 2 Diag(B_n)): 4 sum_n w_n B_n * (M grad r_n), O(n D).
+    r = B (x * x) - y (Hess r_n = 2 Diag(B_n)): 4 sum_n w_n B_n * (M grad r_n), O(n D). A problem with a
+    closed form declares sum_n w_n Hess r_n a_n as a method ``residual_hessian_sum(theta, w, a)``, a (D, n).
     """
     quad = quadratic_structure(residuals)
     if quad is not None:
         return 4.0 * jnp.sum(quad[0] * (w[:, None] * MJt.T), axis=0)
+    closed_form = getattr(getattr(residuals, "__self__", None), "residual_hessian_sum", None)
+    if closed_form is not None:
+        return 2.0 * closed_form(theta, w, MJt)
 
     def directional(t):  # sum_n w_n <grad r_n(t), a_n> with a_n = MJt[:, n] fixed
         jvps = jax.vmap(lambda a: jax.jvp(residuals, (t,), (a,))[1], in_axes=1)(MJt)  # (n, n): row k = J(t) a_k

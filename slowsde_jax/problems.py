@@ -356,6 +356,20 @@ class MatrixFactorization(AbstractRegression):
             dU, dV = jnp.einsum("nij,jk->nik", self.A, V), jnp.einsum("nij,ik->njk", self.A, U)
         return jnp.concatenate([dU.reshape(n, d1 * r), dV.reshape(n, d2 * r)], axis=1)
 
+    def residual_hessian_sum(self, theta: Float[Array, "D"], w: Float[Array, "n"], a: Float[Array, "D n"]
+                             ) -> Float[Array, "D"]:
+        """sum_i w_i Hess r_i a_i in closed form, (D,), for directions a (D, n) (column i for residual i); used
+        by :func:`slowsde_jax.geometry.ls_third_derivative_tangent`. r_i is bilinear, so Hess r_i maps
+        (a_U, a_V) to (A_i a_V, A_i^T a_U), whatever theta."""
+        d1, d2, r = self.shape
+        aU, aV = a[: d1 * r].T.reshape(-1, d1, r), a[d1 * r:].T.reshape(-1, d2, r)  # (n, d1, r), (n, d2, r)
+        if self.A is None:
+            U = jnp.zeros((d1, r), a.dtype).at[self.rows].add(w[:, None] * aV[jnp.arange(w.shape[0]), self.cols])
+            V = jnp.zeros((d2, r), a.dtype).at[self.cols].add(w[:, None] * aU[jnp.arange(w.shape[0]), self.rows])
+        else:
+            U, V = jnp.einsum("n,nij,njk->ik", w, self.A, aV), jnp.einsum("n,nij,nik->jk", w, self.A, aU)
+        return jnp.concatenate([U.ravel(), V.ravel()])
+
     def gn_trace_hessian(self, theta: Float[Array, "D"], S: Float[Array, "D"], w: Float[Array, "n"]
                          ) -> Float[Array, "D D"]:
         """grad^2 of phi = sum_i w_i sum_k S_k (d r_i / d theta_k)^2 at fixed S (D,), in closed form, (D, D); used

@@ -164,6 +164,22 @@ def test_factorization_gn_trace_hessian_is_the_autodiff_one(measurement):
     np.testing.assert_array_equal(geometry.ls_gn_trace_hessian(p.residuals, w, theta, S), p.gn_trace_hessian(theta, S, w))
 
 
+@pytest.mark.parametrize("measurement", ["entries", "gaussian"])
+def test_factorization_residual_hessian_sum_is_the_autodiff_one(measurement):
+    """sum_i w_i Hess r_i a_i in closed form against jax's residual Hessians; ls_third_derivative_tangent
+    (the label-noise drift's t3) uses it and equals its autodiff path."""
+    p = problems.matrix_factorization(d1=4, d2=3, rank=2, n=7, key=0, measurement=measurement, n_train=6)
+    theta = p.init(jax.random.PRNGKey(1))
+    w = p.sample_weights() * jnp.linspace(0.5, 1.5, 7)
+    a = jax.random.normal(jax.random.PRNGKey(2), (p.dim, 7))
+    expected = jnp.einsum("n,nij,jn->i", w, jax.jacfwd(jax.jacrev(p.residuals))(theta), a)
+    assert np.abs(expected).max() > 0.1
+    np.testing.assert_allclose(p.residual_hessian_sum(theta, w, a), expected, rtol=0, atol=1e-14)
+    generic = geometry.ls_third_derivative_tangent(lambda t: p.residuals(t), w, theta, a)  # not a bound method
+    np.testing.assert_allclose(geometry.ls_third_derivative_tangent(p.residuals, w, theta, a), generic,
+                               rtol=0, atol=1e-14)
+
+
 def test_gn_trace_hessian_of_quadratic_and_generic_residuals():
     """The quadratic-residual branch (diagonal net) and the autodiff branch (any residuals; cubic here, where
     phi's Hessian has the third-derivative term too) against jax.hessian."""
