@@ -147,7 +147,7 @@ def _gn_trace_hessian_by_autodiff(residuals, w, theta, S):
     def phi(t):
         J = jax.jacrev(residuals)(t)
         return jnp.sum(w[:, None] * J * J * S[None, :])
-    return jax.hessian(phi)(theta)
+    return jax.jit(jax.hessian(phi))(theta)
 
 
 @pytest.mark.parametrize("measurement", ["entries", "gaussian"])
@@ -172,7 +172,7 @@ def test_factorization_residual_hessian_sum_is_the_autodiff_one(measurement):
     theta = p.init(jax.random.PRNGKey(1))
     w = p.sample_weights() * jnp.linspace(0.5, 1.5, 7)
     a = jax.random.normal(jax.random.PRNGKey(2), (p.dim, 7))
-    expected = jnp.einsum("n,nij,jn->i", w, jax.jacfwd(jax.jacrev(p.residuals))(theta), a)
+    expected = jnp.einsum("n,nij,jn->i", w, jax.jit(jax.jacfwd(jax.jacrev(p.residuals)))(theta), a)
     assert np.abs(expected).max() > 0.1
     np.testing.assert_allclose(p.residual_hessian_sum(theta, w, a), expected, rtol=0, atol=1e-14)
     generic = geometry.ls_third_derivative_tangent(lambda t: p.residuals(t), w, theta, a)  # not a bound method
@@ -187,7 +187,7 @@ def test_gn_trace_hessian_of_quadratic_and_generic_residuals():
     theta = p.init(jax.random.PRNGKey(1)) + 0.3
     S = jnp.exp(jax.random.normal(jax.random.PRNGKey(2), theta.shape))
     w = jnp.array([0.5, 1.0, 2.0])
-    np.testing.assert_allclose(geometry.ls_gn_trace_hessian(p.residuals, w, theta, S),
+    np.testing.assert_allclose(jax.jit(lambda *a: geometry.ls_gn_trace_hessian(p.residuals, *a))(w, theta, S),
                                _gn_trace_hessian_by_autodiff(p.residuals, w, theta, S), rtol=1e-13, atol=1e-13)
 
     def cubic(t):
@@ -196,5 +196,5 @@ def test_gn_trace_hessian_of_quadratic_and_generic_residuals():
     theta = jnp.array([1.1, 0.7, -0.4])
     S = jnp.array([0.5, 2.0, 1.5])
     w = jnp.array([0.5, 1.5])
-    np.testing.assert_allclose(geometry.ls_gn_trace_hessian(cubic, w, theta, S),
+    np.testing.assert_allclose(jax.jit(lambda *a: geometry.ls_gn_trace_hessian(cubic, *a))(w, theta, S),
                                _gn_trace_hessian_by_autodiff(cubic, w, theta, S), rtol=1e-13, atol=1e-13)
