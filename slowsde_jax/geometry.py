@@ -217,7 +217,7 @@ def ls_jacobian(residuals: ResidualFn, theta: Float[Array, "D"]) -> Float[Array,
     quad = quadratic_structure(residuals)
     if quad is not None:
         return 2.0 * quad[0] * theta[None, :]
-    closed_form = getattr(getattr(residuals, "__self__", None), "residual_jacobian", None)
+    closed_form = _declared(residuals, "residual_jacobian")
     if closed_form is not None:
         return closed_form(theta)
     n = jax.eval_shape(residuals, theta).shape[0]
@@ -273,7 +273,7 @@ def ls_third_derivative_tangent(residuals: ResidualFn, w: Float[Array, "n"], the
     quad = quadratic_structure(residuals)
     if quad is not None:
         return 4.0 * jnp.sum(quad[0] * (w[:, None] * MJt.T), axis=0)
-    closed_form = getattr(getattr(residuals, "__self__", None), "residual_hessian_sum", None)
+    closed_form = _declared(residuals, "residual_hessian_sum")
     if closed_form is not None:
         return 2.0 * closed_form(theta, w, MJt)
 
@@ -295,7 +295,7 @@ def ls_gn_trace_hessian(residuals: ResidualFn, w: Float[Array, "n"], theta: Floa
     quad = quadratic_structure(residuals)
     if quad is not None:
         return jnp.diag(8.0 * S * (w @ quad[0] ** 2))
-    closed_form = getattr(getattr(residuals, "__self__", None), "gn_trace_hessian", None)
+    closed_form = _declared(residuals, "gn_trace_hessian")
     if closed_form is not None:
         return closed_form(theta, S, w)
 
@@ -489,9 +489,14 @@ def quadratic_structure(residuals):
 
     A problem declares it with a method ``quadratic_residuals()`` returning (B, y); ``residuals`` is its bound
     method ``problem.residuals`` (as :meth:`Problem.residual_parts` returns it)."""
-    owner = getattr(residuals, "__self__", None)
-    get = getattr(owner, "quadratic_residuals", None)
+    get = _declared(residuals, "quadratic_residuals")
     return None if get is None else get()
+
+
+def _declared(residuals, name):
+    """The method ``name`` of the problem whose bound method ``residuals`` is (a structure or closed form the
+    problem declares), or None."""
+    return getattr(getattr(residuals, "__self__", None), name, None)
 
 
 def _dual_flow_limit(x0, S, B, y, w, tol=1e-10, max_iter=200):
