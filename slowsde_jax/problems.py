@@ -356,6 +356,14 @@ class MatrixFactorization(AbstractRegression):
             dU, dV = jnp.einsum("nij,jk->nik", self.A, V), jnp.einsum("nij,ik->njk", self.A, U)
         return jnp.concatenate([dU.reshape(n, d1 * r), dV.reshape(n, d2 * r)], axis=1)
 
+    def _entry_sums(self, to_rows: Float[Array, "r n"], to_cols: Float[Array, "r n"]) -> Float[Array, "D"]:
+        """(U, V) raveled, (D,): U[rows_i] += to_rows[:, i] and V[cols_i] += to_cols[:, i] over the observed
+        entries i, the sums both closed forms below take for entry observations."""
+        d1, d2, r = self.shape
+        U = jnp.zeros((d1, r), to_rows.dtype).at[self.rows].add(to_rows.T)
+        V = jnp.zeros((d2, r), to_cols.dtype).at[self.cols].add(to_cols.T)
+        return jnp.concatenate([U.ravel(), V.ravel()])
+
     def residual_hessian_sum(self, theta: Float[Array, "D"], w: Float[Array, "n"], a: Float[Array, "D n"]
                              ) -> Float[Array, "D"]:
         """sum_i w_i Hess r_i a_i in closed form, (D,), for directions a (D, n) (column i for residual i); used
@@ -364,10 +372,9 @@ class MatrixFactorization(AbstractRegression):
         d1, d2, r = self.shape
         aU, aV = a[: d1 * r].T.reshape(-1, d1, r), a[d1 * r:].T.reshape(-1, d2, r)  # (n, d1, r), (n, d2, r)
         if self.A is None:
-            U = jnp.zeros((d1, r), a.dtype).at[self.rows].add(w[:, None] * aV[jnp.arange(w.shape[0]), self.cols])
-            V = jnp.zeros((d2, r), a.dtype).at[self.cols].add(w[:, None] * aU[jnp.arange(w.shape[0]), self.rows])
-        else:
-            U, V = jnp.einsum("n,nij,njk->ik", w, self.A, aV), jnp.einsum("n,nij,nik->jk", w, self.A, aU)
+            i = jnp.arange(w.shape[0])
+            return self._entry_sums(w * aV[i, self.cols].T, w * aU[i, self.rows].T)
+        U, V = jnp.einsum("n,nij,njk->ik", w, self.A, aV), jnp.einsum("n,nij,nik->jk", w, self.A, aU)
         return jnp.concatenate([U.ravel(), V.ravel()])
 
     def gn_trace_hessian(self, theta: Float[Array, "D"], S: Float[Array, "D"], w: Float[Array, "n"]
@@ -380,9 +387,7 @@ class MatrixFactorization(AbstractRegression):
         d1, d2, r = self.shape
         SU, SV = S[: d1 * r].reshape(d1, r), S[d1 * r:].reshape(d2, r)
         if self.A is None:
-            dU = jnp.zeros((d1, r), S.dtype).at[self.rows].add(w[:, None] * SV[self.cols])
-            dV = jnp.zeros((d2, r), S.dtype).at[self.cols].add(w[:, None] * SU[self.rows])
-            return jnp.diag(2.0 * jnp.concatenate([dU.ravel(), dV.ravel()]))
+            return jnp.diag(2.0 * self._entry_sums(w * SV[self.cols].T, w * SU[self.rows].T))
         eye = jnp.eye(r, dtype=S.dtype)
         HU = 2.0 * jnp.einsum("n,nij,jk,nlj,km->iklm", w, self.A, SV, self.A, eye).reshape(d1 * r, d1 * r)
         HV = 2.0 * jnp.einsum("n,nij,ik,nil,km->jklm", w, self.A, SU, self.A, eye).reshape(d2 * r, d2 * r)
