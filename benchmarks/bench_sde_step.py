@@ -67,7 +67,7 @@ def breakdown(prob, nz, m, x0, P):
 def per_step(run, steps, repeats):
     """Seconds per step of ``run(k)`` (k steps): (time of 2 steps runs - time of steps runs) / steps."""
     t1, t2 = (best_time(lambda k=k: run(k).t, repeats=repeats) for k in (steps, 2 * steps))
-    return max(t2 - t1, 1e-9) / steps  # (a floor: at a few steps the difference can drown in the noise)
+    return (t2 - t1) / steps if t2 > t1 else float("nan")  # NaN: the difference drowned in the noise
 
 
 def main():
@@ -97,6 +97,9 @@ def main():
                                               v0="equilibrium", progress=False, record_state=False)
 
         s, q = (per_step(run, a.steps, a.repeats) for run in (slow, fast))
+        if not (s > 0 and q > 0):
+            print(f"D={2 * d} n={n} paths={P}: a per-step time drowned in the noise; rerun with more --steps")
+            continue
         print(f"D={2 * d} n={n} paths={P}: SDE step {1e3 * s:.3f} ms, discrete step {1e3 * q:.4f} ms, "
               f"ratio {s / q:.1f}; per unit of SDE time at eta={eta}: SDE {s / dt:.3g} s, discrete "
               f"{q / eta**2:.3g} s (discrete/SDE {q / eta**2 / (s / dt):.2f})", flush=True)
