@@ -482,7 +482,7 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
       needed). With the default (None) on such an ODE, a path whose Tsit5 solve fails (a stiff stretch that
       exhausts ``max_steps``) is solved again with KenCarp4 from the start of that compiled call (the whole
       run unless ``records_per_call`` or a ``checkpoint`` cuts it); ``meta["imex_fallback_solves"]`` counts
-      these (path, call) solves; ``stepsize_controller``: the ODE's, default ``PIDController(rtol, atol)``;
+      these (path, call) solves, those before a resume included; ``stepsize_controller``: the ODE's, default ``PIDController(rtol, atol)``;
     - ``zero_floor``: (label-noise ODE of an AGM, except on diagonal nets, which run in log coordinates)
       coordinates of zeta with |zeta_i| at or below it are read as 0 by the vector field, so that
       coordinates the method drives to 0 (a factorization's dead columns, where S grows towards 1/eps) do
@@ -602,7 +602,6 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
     work = inputs.n_paths * len(levels)  # path-time units per unit of SDE time (x2 with Richardson)
     bar = progress_bar(float(T) * work, f"slow {'SDE' if alpha is None else 'ODE'} ({method.name})",
                        progress=progress, unit="path·t", initial=float(t_grid[runs[0].done]) * work)
-    n_fallback = 0  # (path, call) solves the default ODE solver handed to the IMEX solver
     while runs[0].done < inputs.n_record:
         j0, j1 = runs[0].done, min(runs[0].done + records_per_call, inputs.n_record)
         for run, (per_record, substeps), t_steps in zip(runs, levels, level_steps):
@@ -624,7 +623,7 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
                         with host_checked():
                             imex = _ode_segment(model, fallback, controller, y, t_save, max_steps * (j1 - j0))
                         redo = ~np.asarray(seg[1])
-                        n_fallback += int(redo.sum())
+                        run.fallback_solves += int(redo.sum())
                         seg = (jax.tree_util.tree_map(lambda a, b: np.where(redo.reshape((-1,) + (1,) * (a.ndim - 1)),
                                                                             b, a), seg[0], imex[0]),
                                np.where(redo, imex[1], seg[1]))
@@ -652,7 +651,7 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
                     v0=v0 if isinstance(v0, str) else "given", dt=float(h) if alpha is None else None,
                     steps_per_record=n_sub if alpha is None else None, c=float(c),
                     alpha=None if alpha is None else float(alpha), solver=type(solver).__name__,
-                    imex_fallback_solves=None if alpha is None else n_fallback,
+                    imex_fallback_solves=None if alpha is None else sum(r.fallback_solves for r in runs),
                     richardson=bool(richardson),
                     failure_reasons=[f"path {i}: {r}" for i, r in enumerate(reasons) if r])
     return Trajectory(t=t_grid, theta=zeta if record_state else None,
@@ -674,6 +673,7 @@ class _SDERun:
         self.zeta, self.v, self.reasons = [], [], []
         self.failed_time = None
         self.y = None
+        self.fallback_solves = 0  # (path, call) solves the default ODE solver handed to the IMEX solver
 
     @property
     def done(self) -> int:
@@ -720,7 +720,7 @@ def _save_checkpoint(path, runs):
     for i, run in enumerate(runs):
         p = "" if i == 0 else f"level{i}_"
         arrays.update({p + "zeta": np.stack(run.zeta), p + "v": np.stack(run.v), p + "failed_time": run.failed_time,
-                       p + "reasons": np.array(json.dumps(run.reasons))})
+                       p + "reasons": np.array(json.dumps(run.reasons)), p + "fallback_solves": run.fallback_solves})
     arrays["t_grid"] = runs[0].t_grid
     atomic_write(Path(path), lambda p: np.savez(p, **arrays))
 
@@ -742,6 +742,7 @@ def _load_checkpoint(path, t_grid, n_paths, D, n_levels) -> list:
             run.zeta, run.v = list(zeta), list(v)
             run.failed_time, run.reasons = arrays[p + "failed_time"], json.loads(str(arrays[p + "reasons"]))
             run.y = (run.zeta[-1], run.v[-1])
+            run.fallback_solves = int(arrays.get(p + "fallback_solves", 0))  # (absent from older checkpoints)
             runs.append(run)
         if f"level{n_levels}_zeta" in arrays:
             raise ConfigError("checkpoint", f"{path} belongs to another run (richardson differs)")

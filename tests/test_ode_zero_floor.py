@@ -42,7 +42,7 @@ def ode(early, T, **kw):
     return sde.simulate_slow_sde(PROB, LABEL, ADAM, T=T, theta0=th0, v0=v0, n_record=4, max_steps=3000, **kw)
 
 
-def test_the_ode_passes_a_dead_column_with_the_floor_and_stalls_without_it(early):
+def test_the_ode_passes_a_dead_column_with_the_floor_and_stalls_without_it(early, tmp_path):
     run = ode(early, 2.0)
     assert run.meta["failure_reasons"] == []
     prod = np.sort(column_products(run.theta[0, -1]))
@@ -54,8 +54,12 @@ def test_the_ode_passes_a_dead_column_with_the_floor_and_stalls_without_it(early
     stiff = sde.simulate_slow_sde(PROB, LABEL, ADAM, solver="tsit5", **plain)
     assert stiff.meta["failure_reasons"] and stiff.meta["imex_fallback_solves"] == 0  # a named solver is kept
     # the default solver hands the failed path to KenCarp4, which has no floor and needs none
-    fallback = sde.simulate_slow_sde(PROB, LABEL, ADAM, **plain)
+    fallback = sde.simulate_slow_sde(PROB, LABEL, ADAM, checkpoint=tmp_path / "ode.npz", **plain)
     assert fallback.meta["failure_reasons"] == [] and fallback.meta["imex_fallback_solves"] == 1
+    # the count lives in the checkpoint: a resumed (here: already finished) run reports the solves before it
+    resumed = sde.simulate_slow_sde(PROB, LABEL, ADAM, checkpoint=tmp_path / "ode.npz", **plain)
+    assert resumed.meta["imex_fallback_solves"] == 1
+    np.testing.assert_array_equal(resumed.theta, fallback.theta)
     np.testing.assert_allclose(fallback.theta[0, -1], run.theta[0, 2], rtol=0, atol=1e-6)  # t = 1
     assert run.meta["imex_fallback_solves"] == 0
 
