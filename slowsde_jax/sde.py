@@ -381,7 +381,8 @@ def imex_kencarp4(rtol: float = 1e-8, atol: float = 1e-10) -> diffrax.KenCarp4:
 
 @eqx.filter_jit
 def _ode_segment(model, solver, controller, y, t_save, max_steps, floor=(0.0, 0.0)):
-    """The label-noise ODE from t_save[0] through t_save[1:] for every path, one adaptive solve; each saved
+    """The label-noise ODE from t_save[0] through t_save[1:] (shape (m + 1,), or (P, m + 1): one grid per
+    path, whose repeated leading times save the start) for every path, one adaptive solve; each saved
     state retracted onto Gamma (the exact flow keeps Gamma invariant, so this only removes solver error).
     On diagonal nets with an AGM the solve runs in (log|x|, log v) (:func:`_ode_in_log_coordinates`); with
     an AGM elsewhere the field reads coordinates below the solver's tolerance as 0
@@ -391,7 +392,7 @@ def _ode_segment(model, solver, controller, y, t_save, max_steps, floor=(0.0, 0.
     if log:
         solver = _ErrorInX(solver, getattr(controller, "rtol", 1e-8), getattr(controller, "atol", 1e-10))
 
-    def one(y0):
+    def one(y0, t_save):
         if log:
             sign = jnp.where(y0[0] < 0, -1.0, 1.0).astype(y0[0].dtype)
             z0 = jnp.log(jnp.maximum(jnp.abs(jnp.concatenate(y0)), _TINY))
@@ -411,7 +412,32 @@ def _ode_segment(model, solver, controller, y, t_save, max_steps, floor=(0.0, 0.
         ys = jax.vmap(lambda y1: retract_onto_gamma(y1, y1, model))(ys)
         return ys, sol.result == diffrax.RESULTS.successful
 
-    return map_paths(one, y, _matrix_size(model))
+    if t_save.ndim == 2:  # a save grid per path
+        return map_paths(lambda a: one(*a), (y, t_save), _matrix_size(model))
+    return map_paths(lambda y0: one(y0, t_save), y, _matrix_size(model))
+
+
+def _redo_failed_solves(model, solver, controller, y, t_save, seg, max_steps):
+    """``seg`` = ((zeta, v) records (P, m, D), solved (P,)) of one ODE call from the states ``y`` at
+    t_save[0] through t_save[1:] (m + 1,), with the paths whose solve failed solved again by ``solver``, each
+    from its last record before the failure (the call's start if there is none): the records a path reached
+    are kept, and the redone stretch is the failed one, not the whole call. A path that did not fail runs
+    only its last interval (from its record m - 1; the result is discarded), so that under ``vmap`` it does
+    not set the solve's length."""
+    (zeta, v), solved = jax.tree_util.tree_map(np.asarray, seg)
+    m = zeta.shape[1]
+    finite = np.all(np.isfinite(zeta), axis=2) & np.all(np.isfinite(v), axis=2)  # (P, m)
+    reached = np.argmin(np.concatenate([finite, np.zeros((len(finite), 1), bool)], axis=1), axis=1)
+    k = np.where(solved, m - 1, np.minimum(reached, m - 1))  # restart from record k - 1 (or the start) at t_k
+    start = tuple(np.where((k > 0)[:, None], rec[np.arange(len(k)), np.maximum(k - 1, 0)], np.asarray(y0))
+                  for rec, y0 in ((zeta, y[0]), (v, y[1])))
+    ts = np.maximum(np.asarray(t_save)[None, :], np.asarray(t_save)[k][:, None])  # (P, m + 1), from t_k on
+    with host_checked():
+        (z2, v2), ok2 = jax.tree_util.tree_map(np.asarray, _ode_segment(
+            model, solver, controller, tuple(jnp.asarray(a) for a in start), jnp.asarray(ts), max_steps))
+    redone = ~solved[:, None] & (np.arange(m)[None, :] >= k[:, None])  # (P, m): records taken from the redo
+    return ((np.where(redone[..., None], z2, zeta), np.where(redone[..., None], v2, v)),
+            np.where(solved, solved, ok2))
 
 
 @eqx.filter_jit
@@ -480,8 +506,8 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
       label-noise ODE of an AGM on least squares where coordinates are driven to 0 with S -> 1/eps: zeta
       implicit with a structured Jacobian (:func:`_label_noise_implicit_drift`), v explicit, no zero floor
       needed). With the default (None) on such an ODE, a path whose Tsit5 solve fails (a stiff stretch that
-      exhausts ``max_steps``) is solved again with KenCarp4 from the start of that compiled call (the whole
-      run unless ``records_per_call`` or a ``checkpoint`` cuts it); ``meta["imex_fallback_solves"]`` counts
+      exhausts ``max_steps``) is solved again with KenCarp4 from its last record before the failure;
+      ``meta["imex_fallback_solves"]`` counts
       these (path, call) solves, those before a resume included; ``stepsize_controller``: the ODE's, default ``PIDController(rtol, atol)``;
     - ``zero_floor``: (label-noise ODE of an AGM, except on diagonal nets, which run in log coordinates)
       coordinates of zeta with |zeta_i| at or below it are read as 0 by the vector field, so that
@@ -620,13 +646,9 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
                     with host_checked():
                         seg = _ode_segment(model, solver, controller, y, t_save, max_steps * (j1 - j0), floor)
                     if fallback is not None and not np.all(seg[1]):
-                        with host_checked():
-                            imex = _ode_segment(model, fallback, controller, y, t_save, max_steps * (j1 - j0))
-                        redo = ~np.asarray(seg[1])
-                        run.fallback_solves += int(redo.sum())
-                        seg = (jax.tree_util.tree_map(lambda a, b: np.where(redo.reshape((-1,) + (1,) * (a.ndim - 1)),
-                                                                            b, a), seg[0], imex[0]),
-                               np.where(redo, imex[1], seg[1]))
+                        run.fallback_solves += int(np.sum(~np.asarray(seg[1])))
+                        seg = _redo_failed_solves(model, fallback, controller, y, t_grid[j0: j1 + 1], seg,
+                                                  max_steps * (j1 - j0))
                 ys.append(jax.tree_util.tree_map(np.asarray, seg[0]))
                 ok.append(np.asarray(seg[1]))
                 bar.update(float(t_grid[j1] - t_grid[j0]) * (sl.stop - sl.start))
