@@ -28,7 +28,7 @@ if [ "$QUICK" = 1 ]; then
     W3SDE="--paths 400 --bias-paths 400 --timing-paths 100 --etas 0.08 0.04"
 else
     STEP16="--d 8 --n 4 --paths 1024 --steps 50 --repeats 3 --breakdown"
-    STEP2K="--d 1000 --n 40 --paths 1024 --steps 10 --repeats 2 --breakdown"
+    STEP2K="--d 1000 --n 40 --paths 1024 --steps 4 --repeats 1 --breakdown"  # (a looped batched eigh would cost ~1 s a step)
     STEP2E4="--d 10000 --n 200 --paths 64 --steps 5 --repeats 2"
     W3="--etas 0.04 0.02 0.01 --paths 2000"
     W3SDE=""
