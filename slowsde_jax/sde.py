@@ -286,6 +286,10 @@ def _label_noise_log_field(t, z, args):
 
 
 ZERO_FLOOR_ATOLS = 10.0  # the label-noise ODE of an AGM reads |zeta_i| below this many atol as 0
+# The default ODE solver's step budget per record interval before it hands a path to the IMEX solver (a stiff
+# stretch holds Tsit5 at its stability limit until any budget runs out; on experiment 2's factorization a
+# non-stiff interval of length 2 took at most 1926 steps)
+EXPLICIT_STEPS_BEFORE_IMEX = 20_000
 
 
 def _label_noise_field_with_floor(t: ArrayLike, y: State, args: tuple[SlowSDEModel, ArrayLike]) -> State:
@@ -505,10 +509,13 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
       "kvaerno5", implicit; "kencarp4" (:func:`imex_kencarp4`) or any diffrax KenCarp solver, IMEX, for the
       label-noise ODE of an AGM on least squares where coordinates are driven to 0 with S -> 1/eps: zeta
       implicit with a structured Jacobian (:func:`_label_noise_implicit_drift`), v explicit, no zero floor
-      needed). With the default (None) on such an ODE, a path whose Tsit5 solve fails (a stiff stretch that
-      exhausts ``max_steps``) is solved again with KenCarp4 from its last record before the failure;
-      ``meta["imex_fallback_solves"]`` counts
-      these (path, call) solves, those before a resume included; ``stepsize_controller``: the ODE's, default ``PIDController(rtol, atol)``;
+      needed). With the default (None) on such an ODE, Tsit5 gets at most
+      min(``max_steps``, :data:`EXPLICIT_STEPS_BEFORE_IMEX`) steps per record interval; a path whose Tsit5
+      solve fails (a stiff stretch runs out of any budget) is solved again with KenCarp4 from its last
+      record before the failure, and its group of ``paths_per_call`` paths stays on KenCarp4 for the rest
+      of the run (the stiffness does not go away). ``meta["imex_fallback_solves"]`` counts the (path, call)
+      solves made by KenCarp4 in place of Tsit5, those before a resume included;
+    - ``stepsize_controller``: the ODE's, default ``PIDController(rtol, atol)``;
     - ``zero_floor``: (label-noise ODE of an AGM, except on diagonal nets, which run in log coordinates)
       coordinates of zeta with |zeta_i| at or below it are read as 0 by the vector field, so that
       coordinates the method drives to 0 (a factorization's dead columns, where S grows towards 1/eps) do
@@ -563,6 +570,7 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
         # The default solver hands a failed interval to the IMEX solver where that applies (see the docstring).
         fallback = (imex_kencarp4(getattr(controller, "rtol", rtol), getattr(controller, "atol", atol))
                     if not solver_given and _imex_applies(problem, method) else None)
+        explicit_steps = max_steps if fallback is None else min(max_steps, EXPLICIT_STEPS_BEFORE_IMEX)
     elif stepsize_controller is not None:
         raise ConfigError("stepsize_controller", "the general slow SDE takes fixed steps dt (projected Euler-Maruyama)")
     if method.has_v:
@@ -643,10 +651,19 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
                                            substeps)
                 else:
                     t_save = jnp.asarray(t_grid[j0: j1 + 1])
-                    with host_checked():
-                        seg = _ode_segment(model, solver, controller, y, t_save, max_steps * (j1 - j0), floor)
-                    if fallback is not None and not np.all(seg[1]):
-                        run.fallback_solves += int(np.sum(~np.asarray(seg[1])))
+                    on_imex = fallback is not None and run.imex[sl].any()
+                    if on_imex:  # a path of this group was stiff for Tsit5: it stays so; the group stays on IMEX
+                        with host_checked():
+                            seg = _ode_segment(model, fallback, controller, y, t_save, max_steps * (j1 - j0))
+                        run.fallback_solves += sl.stop - sl.start
+                    else:
+                        with host_checked():
+                            seg = _ode_segment(model, solver, controller, y, t_save, explicit_steps * (j1 - j0),
+                                               floor)
+                    if fallback is not None and not on_imex and not np.all(seg[1]):
+                        failed = ~np.asarray(seg[1])
+                        run.fallback_solves += int(failed.sum())
+                        run.imex[sl] |= failed
                         seg = _redo_failed_solves(model, fallback, controller, y, t_grid[j0: j1 + 1], seg,
                                                   max_steps * (j1 - j0))
                 ys.append(jax.tree_util.tree_map(np.asarray, seg[0]))
@@ -696,6 +713,7 @@ class _SDERun:
         self.failed_time = None
         self.y = None
         self.fallback_solves = 0  # (path, call) solves the default ODE solver handed to the IMEX solver
+        self.imex = None  # (n_paths,) bool: the paths the default ODE solver has handed to the IMEX solver
 
     @property
     def done(self) -> int:
@@ -707,6 +725,7 @@ class _SDERun:
         self.zeta, self.v = [self.y[0]], [self.y[1]]
         self.failed_time = np.full(n_paths, np.nan)
         self.reasons = [None] * n_paths
+        self.imex = np.zeros(n_paths, bool)
 
     def extend(self, ys, solver_ok, j0, sde: bool):
         """Append the records ys = (zeta, v), each (n_paths, n_new, D), of intervals j0+1 ... A path whose
@@ -742,7 +761,8 @@ def _save_checkpoint(path, runs):
     for i, run in enumerate(runs):
         p = "" if i == 0 else f"level{i}_"
         arrays.update({p + "zeta": np.stack(run.zeta), p + "v": np.stack(run.v), p + "failed_time": run.failed_time,
-                       p + "reasons": np.array(json.dumps(run.reasons)), p + "fallback_solves": run.fallback_solves})
+                       p + "reasons": np.array(json.dumps(run.reasons)), p + "fallback_solves": run.fallback_solves,
+                       p + "imex": run.imex})
     arrays["t_grid"] = runs[0].t_grid
     atomic_write(Path(path), lambda p: np.savez(p, **arrays))
 
@@ -765,6 +785,7 @@ def _load_checkpoint(path, t_grid, n_paths, D, n_levels) -> list:
             run.failed_time, run.reasons = arrays[p + "failed_time"], json.loads(str(arrays[p + "reasons"]))
             run.y = (run.zeta[-1], run.v[-1])
             run.fallback_solves = int(arrays.get(p + "fallback_solves", 0))  # (absent from older checkpoints)
+            run.imex = np.asarray(arrays.get(p + "imex", np.zeros(n_paths, bool)), bool)
             runs.append(run)
         if f"level{n_levels}_zeta" in arrays:
             raise ConfigError("checkpoint", f"{path} belongs to another run (richardson differs)")

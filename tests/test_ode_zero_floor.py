@@ -42,29 +42,43 @@ def ode(early, T, **kw):
     return sde.simulate_slow_sde(PROB, LABEL, ADAM, T=T, theta0=th0, v0=v0, n_record=4, max_steps=3000, **kw)
 
 
-def test_the_ode_passes_a_dead_column_with_the_floor_and_stalls_without_it(early, tmp_path):
+def test_the_ode_passes_a_dead_column_with_the_floor_and_stalls_without_it(early, tmp_path, monkeypatch):
     run = ode(early, 2.0)
-    assert run.meta["failure_reasons"] == []
+    assert run.meta["failure_reasons"] == [] and run.meta["imex_fallback_solves"] == 0
     prod = np.sort(column_products(run.theta[0, -1]))
     assert prod[0] < 1e-12 < 0.1 < prod[1]  # one column pair is dead, the other four are alive
     # The plain field: the dead column holds Tsit5 at tiny steps before t = 1.
     th0, v0 = early
     plain = dict(T=1.0, theta0=th0, v0=v0, n_record=4, max_steps=3000, zero_floor=0.0)
-    stiff = sde.simulate_slow_sde(PROB, LABEL, ADAM, solver="tsit5", **plain)
-    assert stiff.meta["failure_reasons"] and stiff.meta["imex_fallback_solves"] == 0  # a named solver is kept
-    reached = int(np.searchsorted(stiff.t, stiff.diverged_time[0]))  # it failed in (t[reached - 1], t[reached]]
-    assert 1 < reached <= 4  # after the record at t = 0.25
-    # The default solver hands the failed path to KenCarp4 (no floor, and none needed), from the last record
-    # Tsit5 reached: the records before it are Tsit5's, bit for bit, all four in one call.
-    fallback = sde.simulate_slow_sde(PROB, LABEL, ADAM, checkpoint=tmp_path / "ode.npz", records_per_call=4, **plain)
-    assert fallback.meta["failure_reasons"] == [] and fallback.meta["imex_fallback_solves"] == 1
-    np.testing.assert_array_equal(fallback.theta[:, :reached], stiff.theta[:, :reached])
-    np.testing.assert_allclose(fallback.theta[0, -1], run.theta[0, 2], rtol=0, atol=1e-6)  # t = 1
-    assert run.meta["imex_fallback_solves"] == 0
-    # the count lives in the checkpoint: a resumed (here: already finished) run reports the solves before it
-    resumed = sde.simulate_slow_sde(PROB, LABEL, ADAM, checkpoint=tmp_path / "ode.npz", records_per_call=4, **plain)
-    assert resumed.meta["imex_fallback_solves"] == 1
-    np.testing.assert_array_equal(resumed.theta, fallback.theta)
+    for per_call in (4, 1):  # the four records in one call; one record per call
+        stiff = sde.simulate_slow_sde(PROB, LABEL, ADAM, solver="tsit5", records_per_call=per_call, **plain)
+        assert stiff.meta["failure_reasons"] and stiff.meta["imex_fallback_solves"] == 0  # a named solver is kept
+        reached = int(np.searchsorted(stiff.t, stiff.diverged_time[0]))  # it failed in (t[reached - 1], t[reached]]
+        assert 1 < reached <= 4  # after the record at t = 0.25
+        # The default solver hands the failed path to KenCarp4 (no floor, and none needed) from the last
+        # record Tsit5 reached: the records before it are Tsit5's, bit for bit. After that the path stays on
+        # KenCarp4: Tsit5 is not tried again on the later calls.
+        solvers = []
+
+        def segment(model, solver, *args, _segment=sde._ode_segment):
+            solvers.append(type(solver).__name__)
+            return _segment(model, solver, *args)
+
+        monkeypatch.setattr(sde, "_ode_segment", segment)
+        ckpt = tmp_path / f"ode{per_call}.npz"
+        fallback = sde.simulate_slow_sde(PROB, LABEL, ADAM, checkpoint=ckpt, records_per_call=per_call, **plain)
+        monkeypatch.undo()
+        calls = 4 // per_call
+        failed_call = (reached - 1) // per_call  # the call whose Tsit5 solve failed
+        assert solvers == ["Tsit5"] * (failed_call + 1) + ["KenCarp4"] * (calls - failed_call)
+        assert fallback.meta["failure_reasons"] == []
+        assert fallback.meta["imex_fallback_solves"] == calls - failed_call
+        np.testing.assert_array_equal(fallback.theta[:, :reached], stiff.theta[:, :reached])
+        np.testing.assert_allclose(fallback.theta[0, -1], run.theta[0, 2], rtol=0, atol=1e-6)  # t = 1
+        # the count lives in the checkpoint: a resumed (here: already finished) run reports the solves before it
+        resumed = sde.simulate_slow_sde(PROB, LABEL, ADAM, checkpoint=ckpt, records_per_call=per_call, **plain)
+        assert resumed.meta["imex_fallback_solves"] == fallback.meta["imex_fallback_solves"]
+        np.testing.assert_array_equal(resumed.theta, fallback.theta)
 
 
 def test_the_floor_moves_the_solution_by_less_than_the_tolerance(early):
