@@ -286,9 +286,9 @@ def _label_noise_log_field(t, z, args):
 
 
 ZERO_FLOOR_ATOLS = 10.0  # the label-noise ODE of an AGM reads |zeta_i| below this many atol as 0
-# The default ODE solver's step budget per record interval before it hands a path to the IMEX solver (a stiff
-# stretch holds Tsit5 at its stability limit until any budget runs out; on experiment 2's factorization a
-# non-stiff interval of length 2 took at most 1926 steps)
+# The default ODE solver's step budget per compiled call before it hands a path to the IMEX solver: a stiff
+# stretch holds Tsit5 at its stability limit until any budget runs out. (On experiment 2's factorization,
+# seed 2, Tsit5 took about 3 000 steps from t = 0 to 40, at most 1 926 in one interval of length 2.)
 EXPLICIT_STEPS_BEFORE_IMEX = 20_000
 
 
@@ -510,11 +510,12 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
       label-noise ODE of an AGM on least squares where coordinates are driven to 0 with S -> 1/eps: zeta
       implicit with a structured Jacobian (:func:`_label_noise_implicit_drift`), v explicit, no zero floor
       needed). With the default (None) on such an ODE, Tsit5 gets at most
-      min(``max_steps``, :data:`EXPLICIT_STEPS_BEFORE_IMEX`) steps per record interval; a path whose Tsit5
-      solve fails (a stiff stretch runs out of any budget) is solved again with KenCarp4 from its last
-      record before the failure, and its group of ``paths_per_call`` paths stays on KenCarp4 for the rest
-      of the run (the stiffness does not go away). ``meta["imex_fallback_solves"]`` counts the (path, call)
-      solves made by KenCarp4 in place of Tsit5, those before a resume included;
+      :data:`EXPLICIT_STEPS_BEFORE_IMEX` (20 000) steps per compiled call (or ``max_steps`` per interval
+      if fewer); a path whose Tsit5 solve fails (a stiff stretch runs out of any budget) is solved again
+      with KenCarp4 from its last record before the failure, and its group of ``paths_per_call`` paths
+      stays on KenCarp4 for the rest of the run (the stiffness does not go away).
+      ``meta["imex_fallback_solves"]`` counts the (path, call) solves made by KenCarp4 in place of Tsit5,
+      those before a resume included;
     - ``stepsize_controller``: the ODE's, default ``PIDController(rtol, atol)``;
     - ``zero_floor``: (label-noise ODE of an AGM, except on diagonal nets, which run in log coordinates)
       coordinates of zeta with |zeta_i| at or below it are read as 0 by the vector field, so that
@@ -570,7 +571,6 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
         # The default solver hands a failed interval to the IMEX solver where that applies (see the docstring).
         fallback = (imex_kencarp4(getattr(controller, "rtol", rtol), getattr(controller, "atol", atol))
                     if not solver_given and _imex_applies(problem, method) else None)
-        explicit_steps = max_steps if fallback is None else min(max_steps, EXPLICIT_STEPS_BEFORE_IMEX)
     elif stepsize_controller is not None:
         raise ConfigError("stepsize_controller", "the general slow SDE takes fixed steps dt (projected Euler-Maruyama)")
     if method.has_v:
@@ -658,8 +658,9 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
                         run.fallback_solves += sl.stop - sl.start
                     else:
                         with host_checked():
-                            seg = _ode_segment(model, solver, controller, y, t_save, explicit_steps * (j1 - j0),
-                                               floor)
+                            budget = max_steps * (j1 - j0)  # (before the IMEX fallback: at most its share)
+                            budget = budget if fallback is None else min(budget, EXPLICIT_STEPS_BEFORE_IMEX)
+                            seg = _ode_segment(model, solver, controller, y, t_save, budget, floor)
                     if fallback is not None and not on_imex and not np.all(seg[1]):
                         failed = ~np.asarray(seg[1])
                         run.fallback_solves += int(failed.sum())
