@@ -441,7 +441,7 @@ def _redo_failed_solves(model, solver, controller, y, t_save, seg, max_steps):
             model, solver, controller, tuple(jnp.asarray(a) for a in start), jnp.asarray(ts), max_steps))
     redone = ~solved[:, None] & (np.arange(m)[None, :] >= k[:, None])  # (P, m): records taken from the redo
     return ((np.where(redone[..., None], z2, zeta), np.where(redone[..., None], v2, v)),
-            np.where(solved, solved, ok2))
+            solved | ok2)
 
 
 @eqx.filter_jit
@@ -658,7 +658,7 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
                         run.fallback_solves += sl.stop - sl.start
                     else:
                         with host_checked():
-                            budget = max_steps * (j1 - j0)  # (before the IMEX fallback: at most its share)
+                            budget = max_steps * (j1 - j0)  # capped where a stiff path goes to the IMEX solver
                             budget = budget if fallback is None else min(budget, EXPLICIT_STEPS_BEFORE_IMEX)
                             seg = _ode_segment(model, solver, controller, y, t_save, budget, floor)
                     if fallback is not None and not on_imex and not np.all(seg[1]):
