@@ -421,27 +421,48 @@ def _ode_segment(model, solver, controller, y, t_save, max_steps, floor=(0.0, 0.
     return map_paths(lambda y0: one(y0, t_save), y, _matrix_size(model))
 
 
-def _redo_failed_solves(model, solver, controller, y, t_save, seg, max_steps):
-    """``seg`` = ((zeta, v) records (P, m, D), solved (P,)) of one ODE call from the states ``y`` at
-    t_save[0] through t_save[1:] (m + 1,), with the paths whose solve failed solved again by ``solver``, each
-    from its last record before the failure (the call's start if there is none): the records a path reached
-    are kept, and the redone stretch is the failed one, not the whole call. A path that did not fail runs
-    only its last interval (from its record m - 1; the result is discarded), so that under ``vmap`` it does
-    not set the solve's length."""
+def _ode_call(model, solver, fallback, controller, y, t_save, max_steps, floor, on_imex):
+    """One compiled call of the label-noise ODE for a group of P paths from the states ``y`` at t_save[0]
+    through t_save[1:] (m + 1,), with the default solver's IMEX ``fallback`` (None: ``solver`` alone).
+    ``on_imex`` (P,) bool: the paths already handed to the fallback. Returns (((zeta, v) records (P, m, D),
+    solved (P,)), the new ``on_imex``, the number of solves the fallback made).
+
+    A group with a path on the fallback runs on it (a stiffness that held Tsit5 does not go away). Otherwise
+    ``solver`` gets at most :data:`EXPLICIT_STEPS_BEFORE_IMEX` steps, and a path whose solve fails is solved
+    again by the fallback from its last record before the failure (the call's start if there is none): the
+    records it reached are kept. A path that did not fail runs only its last interval there (from its record
+    m - 1; the result is discarded), so that under ``vmap`` it does not set the solve's length. Every
+    fallback solve takes a save grid per path, so the fallback compiles once per number of records."""
+    m, steps = len(t_save) - 1, max_steps * (len(t_save) - 1)
+    t_save = np.asarray(t_save)
+    if fallback is not None and on_imex.any():
+        with host_checked():
+            seg = _ode_segment(model, fallback, controller, y, jnp.asarray(np.tile(t_save, (len(on_imex), 1))),
+                               steps)
+        return seg, on_imex, len(on_imex)
+    with host_checked():
+        seg = _ode_segment(model, solver, controller, y, jnp.asarray(t_save),
+                           steps if fallback is None else min(steps, EXPLICIT_STEPS_BEFORE_IMEX), floor)
     (zeta, v), solved = jax.tree_util.tree_map(np.asarray, seg)
-    m = zeta.shape[1]
-    finite = np.all(np.isfinite(zeta), axis=2) & np.all(np.isfinite(v), axis=2)  # (P, m)
-    reached = np.argmin(np.concatenate([finite, np.zeros((len(finite), 1), bool)], axis=1), axis=1)
+    if fallback is None or solved.all():
+        return seg, on_imex, 0
+    reached = np.argmin(np.concatenate([_finite_records(zeta, v), np.zeros((len(solved), 1), bool)], axis=1),
+                        axis=1)  # records before the first non-finite one
     k = np.where(solved, m - 1, np.minimum(reached, m - 1))  # restart from record k - 1 (or the start) at t_k
     start = tuple(np.where((k > 0)[:, None], rec[np.arange(len(k)), np.maximum(k - 1, 0)], np.asarray(y0))
                   for rec, y0 in ((zeta, y[0]), (v, y[1])))
-    ts = np.maximum(np.asarray(t_save)[None, :], np.asarray(t_save)[k][:, None])  # (P, m + 1), from t_k on
+    ts = np.maximum(t_save[None, :], t_save[k][:, None])  # (P, m + 1), from t_k on
     with host_checked():
         (z2, v2), ok2 = jax.tree_util.tree_map(np.asarray, _ode_segment(
-            model, solver, controller, tuple(jnp.asarray(a) for a in start), jnp.asarray(ts), max_steps))
+            model, fallback, controller, tuple(jnp.asarray(a) for a in start), jnp.asarray(ts), steps))
     redone = ~solved[:, None] & (np.arange(m)[None, :] >= k[:, None])  # (P, m): records taken from the redo
-    return ((np.where(redone[..., None], z2, zeta), np.where(redone[..., None], v2, v)),
-            solved | ok2)
+    return (((np.where(redone[..., None], z2, zeta), np.where(redone[..., None], v2, v)), solved | ok2),
+            on_imex | ~solved, int(np.sum(~solved)))
+
+
+def _finite_records(zeta, v):
+    """(P, m) bool: the records (P, m, D) of zeta and v whose entries are all finite."""
+    return np.all(np.isfinite(zeta), axis=2) & np.all(np.isfinite(v), axis=2)
 
 
 @eqx.filter_jit
@@ -650,23 +671,9 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
                                            jnp.asarray(t_grid[j0 + 1: j1 + 1]), jnp.asarray(grid, inputs.dtype),
                                            substeps)
                 else:
-                    t_save = jnp.asarray(t_grid[j0: j1 + 1])
-                    on_imex = fallback is not None and run.imex[sl].any()
-                    if on_imex:  # a path of this group was stiff for Tsit5: it stays so; the group stays on IMEX
-                        with host_checked():
-                            seg = _ode_segment(model, fallback, controller, y, t_save, max_steps * (j1 - j0))
-                        run.fallback_solves += sl.stop - sl.start
-                    else:
-                        with host_checked():
-                            budget = max_steps * (j1 - j0)  # capped where a stiff path goes to the IMEX solver
-                            budget = budget if fallback is None else min(budget, EXPLICIT_STEPS_BEFORE_IMEX)
-                            seg = _ode_segment(model, solver, controller, y, t_save, budget, floor)
-                    if fallback is not None and not on_imex and not np.all(seg[1]):
-                        failed = ~np.asarray(seg[1])
-                        run.fallback_solves += int(failed.sum())
-                        run.imex[sl] |= failed
-                        seg = _redo_failed_solves(model, fallback, controller, y, t_grid[j0: j1 + 1], seg,
-                                                  max_steps * (j1 - j0))
+                    seg, run.imex[sl], imex_solves = _ode_call(model, solver, fallback, controller, y,
+                                                               t_grid[j0: j1 + 1], max_steps, floor, run.imex[sl])
+                    run.fallback_solves += imex_solves
                 ys.append(jax.tree_util.tree_map(np.asarray, seg[0]))
                 ok.append(np.asarray(seg[1]))
                 bar.update(float(t_grid[j1] - t_grid[j0]) * (sl.stop - sl.start))
@@ -733,7 +740,7 @@ class _SDERun:
         solver failed or whose state turned non-finite stays frozen at its last good record."""
         zeta, v = ys
         n_new = zeta.shape[1]
-        finite = np.all(np.isfinite(zeta), axis=2) & np.all(np.isfinite(v), axis=2)  # (n_paths, n_new)
+        finite = _finite_records(zeta, v)  # (n_paths, n_new)
         bad = ~finite
         bad[~solver_ok & finite.all(axis=1), -1] = True  # a failed solve with finite saves: flag its last record
         first_bad = np.where(bad.any(axis=1), bad.argmax(axis=1), n_new)
