@@ -328,6 +328,7 @@ def simulate_discrete(problem: AbstractProblem, noise: AbstractNoise, method: Me
     # validate
     inputs = parse_inputs(problem, noise, method, key=key, n_paths=n_paths, n_record=n_record, theta0=theta0,
                           v0=v0, dtype=dtype)
+    method = method.for_problem(problem)  # block ids from the problem's own parameter leaves
     dtype = inputs.dtype
     if (T is None) == (steps is None):
         raise ConfigError("T", "give exactly one of T (SDE time) and steps")

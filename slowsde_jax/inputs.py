@@ -298,7 +298,7 @@ def initial_v(problem: AbstractProblem, noise: AbstractNoise, method: Method, th
     if not method.has_v:
         return None
     if v0_mode == "equilibrium":
-        return method.V(noise.covariance_diag(problem, theta))
+        return method.for_problem(problem).V(noise.covariance_diag(problem, theta))
     if v0_mode == "zeros":
         return jnp.zeros_like(theta)
     return jnp.broadcast_to(jnp.asarray(v0, theta.dtype), theta.shape)

@@ -35,6 +35,7 @@ vectors over the raveled parameters (shape (D,)).
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, NamedTuple, Optional, Union, final
 
@@ -205,14 +206,22 @@ class Method(eqx.Module):
         return self.c if self.c is not None else (1.0 - self.beta2) / jnp.asarray(eta) ** 2
 
     def block_ids(self, params: PyTree) -> tuple[np.ndarray, int]:
-        """Block id of every raveled coordinate (numpy int array, shape (D,)) and the number of blocks."""
+        """Block id of every raveled coordinate of ``params`` (numpy int array, shape (D,)) and the number of
+        blocks. ``"leaf"`` and per-leaf ids read the leaves of ``params``: pass the parameter pytree, or use
+        :meth:`for_problem`, which takes them from the problem."""
         leaves = jax.tree_util.tree_leaves(params)
-        sizes = [int(np.prod(np.shape(x))) for x in leaves]
+        return self._ids_from_leaves([int(np.prod(np.shape(x))) for x in leaves], None)
+
+    def _ids_from_leaves(self, sizes, names) -> tuple[np.ndarray, int]:
         if self.blocks == "leaf":
             ids = np.repeat(np.arange(len(sizes)), sizes)
         elif self.blocks[0] == "per_leaf":
+            given_names = self.blocks[2] if len(self.blocks) > 2 else None
             if len(self.blocks[1]) != len(sizes):
                 raise ConfigError("blocks", f"needs one block id per parameter leaf ({len(sizes)}), got {len(self.blocks[1])}")
+            if names is not None and given_names is not None and tuple(given_names) != tuple(names):
+                raise ConfigError("blocks", f"the block ids are given for the leaves {', '.join(given_names)}, but the "
+                                            f"problem's parameters have the leaves {', '.join(names)}")
             ids = np.repeat(np.asarray(self.blocks[1]), sizes)
         else:
             ids = np.asarray(self.blocks, dtype=np.int64)
@@ -221,18 +230,39 @@ class Method(eqx.Module):
         uniq, ids = np.unique(ids, return_inverse=True)
         return ids.reshape(-1), len(uniq)
 
+    def for_problem(self, problem: AbstractProblem) -> "Method":
+        """This method with its blocks resolved on ``problem``'s parameters: ``"leaf"`` and per-leaf ids become
+        one explicit id per raveled coordinate, from the problem's declared leaves (``problem.leaf_sizes``).
+        The engines, the geometry and the observables work on the flat (D,) vector, so they call this first;
+        ConfigError("blocks") when the ids do not fit the problem."""
+        if self.blocks is None:
+            return self
+        ids, _ = self._ids_from_leaves(list(problem.leaf_sizes), list(problem.leaf_names))
+        if isinstance(self.blocks, tuple) and self.blocks and not isinstance(self.blocks[0], str) \
+                and self.blocks == tuple(int(i) for i in ids):
+            return self
+        return dataclasses.replace(self, blocks=tuple(int(i) for i in ids))
+
+    @property
+    def bound(self) -> bool:
+        """True when the blocks need no parameter pytree (no blocks, or one explicit id per coordinate)."""
+        return self.blocks is None or (self.blocks != "leaf" and self.blocks[0] != "per_leaf")
+
     def check(self, problem: AbstractProblem) -> None:
-        """Raise ConfigError("blocks", ...) when explicit block ids do not cover the problem's D parameters."""
-        if self.blocks is not None:
-            self.block_ids(jnp.zeros(problem.dim))
+        """Raise ConfigError("blocks", ...) when the block ids do not fit the problem's parameters."""
+        self.for_problem(problem)
 
     def V(self, diag: Float[Array, "D"], params: Optional[PyTree] = None) -> Float[Array, "D"]:
         """V(M) from diag(M) (shape (D,)): the identity for Adam, the block mean for Adam-mini/Adalayer.
 
-        ``params`` (a pytree of the parameter shapes) is only needed for ``blocks="leaf"`` on pytrees.
+        For ``blocks="leaf"`` or per-leaf ids, ``params`` (a pytree of the parameter shapes) says where the
+        leaves are; without it, bind the method first (:meth:`for_problem`): a flat vector has no leaves.
         """
         if self.blocks is None:
             return diag
+        if params is None and not self.bound:
+            raise ValueError(f"{self.name} with blocks={self.blocks[0] if self.blocks[0] == 'per_leaf' else 'leaf'!r} "
+                             "needs the parameter leaves: call method.for_problem(problem) first, or pass params")
         ids, n_blocks = self.block_ids(diag if params is None else params)
         ids = jnp.asarray(ids)
         sums = jax.ops.segment_sum(diag, ids, num_segments=n_blocks)
@@ -319,7 +349,11 @@ def _blocks_spec(blocks):
     if isinstance(blocks, dict) or (isinstance(blocks, (list, tuple)) and any(np.ndim(b) for b in blocks)):
         leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(blocks)]
         if all(x.ndim == 0 for x in leaves):  # one id per parameter leaf, in the params' leaf order
-            return ("per_leaf", tuple(int(x) for x in leaves))
+            names = tuple(jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(blocks))
+            ids = np.asarray(leaves)
+            if ids.dtype.kind not in "iu" and not (ids.dtype.kind == "f" and np.all(ids == np.round(ids))):
+                raise ConfigError("blocks", "block ids must be integers")
+            return ("per_leaf", tuple(int(x) for x in leaves), names if isinstance(blocks, dict) else None)
         arr = np.concatenate([x.ravel() for x in leaves])  # id arrays per leaf, raveled like the params
     else:
         arr = np.asarray(blocks)

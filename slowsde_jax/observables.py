@@ -76,7 +76,7 @@ def sharpness_values(problem: AbstractProblem, theta: ArrayLike, method: Optiona
         if name == "trace_diag_H_pow":
             out[name] = geo.sharpness(hdiag, "trace_diag_pow", lam=method.lam, diagonal=True)
         elif name == "block_sharpness":
-            ids, _ = method.block_ids(jnp.zeros(problem.dim))
+            ids = np.asarray(method.for_problem(problem).blocks)
             out[name] = geo.sharpness(hdiag, "block", blocks=ids, diagonal=True)
     return {k: np.asarray(x).reshape(theta.shape[:-1]) for k, x in out.items()}
 

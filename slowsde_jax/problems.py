@@ -67,6 +67,17 @@ class AbstractProblem(eqx.Module):
     def init(self, key: Optional[PRNGKeyArray]) -> Float[Array, "D"]:
         """The initial parameters, shape (D,)."""
 
+    @property
+    def leaf_sizes(self) -> tuple[int, ...]:
+        """The sizes of the parameter pytree's leaves, in ravel order (they sum to D): the layers that
+        Adalayer and ``blocks="leaf"`` average over. One leaf (the flat theta) unless a problem declares more."""
+        return (self.dim,)
+
+    @property
+    def leaf_names(self) -> tuple[str, ...]:
+        """A name per parameter leaf, in ravel order (``jax.tree_util.keystr`` of its path for a user pytree)."""
+        return ("theta",) if len(self.leaf_sizes) == 1 else tuple(f"leaf{i}" for i in range(len(self.leaf_sizes)))
+
     @abc.abstractmethod
     def hessian_diag(self, theta: Float[Array, "D"]) -> Float[Array, "D"]:
         """diag of the Hessian of L at theta, shape (D,)."""
@@ -323,6 +334,16 @@ class MatrixFactorization(AbstractRegression):
         d1, d2, r = self.shape
         return (d1 + d2) * r
 
+    @property
+    def leaf_sizes(self) -> tuple[int, ...]:
+        """Two layers, U (d1 r) and V (d2 r)."""
+        d1, d2, r = self.shape
+        return (d1 * r, d2 * r)
+
+    @property
+    def leaf_names(self) -> tuple[str, ...]:
+        return ("U", "V")
+
     def factors(self, theta: Float[Array, "D"]) -> tuple[Float[Array, "d1 r"], Float[Array, "d2 r"]]:
         d1, d2, r = self.shape
         return theta[: d1 * r].reshape(d1, r), theta[d1 * r :].reshape(d2, r)
@@ -445,10 +466,22 @@ class _AbstractUserLoss(AbstractProblem):
     theta0: eqx.AbstractVar[Float[Array, "D"]]
     unravel: eqx.AbstractVar[Callable]
     observables_fn: eqx.AbstractVar[Optional[Callable]]
+    param_sizes: eqx.AbstractVar[tuple]
+    param_names: eqx.AbstractVar[tuple]
 
     @property
     def dim(self) -> int:
         return int(self.theta0.shape[0])
+
+    @property
+    def leaf_sizes(self) -> tuple[int, ...]:
+        """The sizes of the user's parameter leaves (``params0``), in ravel order."""
+        return self.param_sizes or (self.dim,)
+
+    @property
+    def leaf_names(self) -> tuple[str, ...]:
+        """``jax.tree_util.keystr`` of each leaf's path in ``params0`` ("" for a bare array)."""
+        return self.param_names or ("",) * len(self.leaf_sizes)
 
     def loss(self, theta: Float[Array, "D"]) -> Scalar:
         return self.loss_fn(self.unravel(theta))
@@ -480,6 +513,8 @@ class FromLoss(_AbstractUserLoss):
     observables_fn: Optional[Callable]
     per_sample_fn: Optional[Callable] = None
     n: int = eqx.field(static=True, default=0)
+    param_sizes: tuple = eqx.field(static=True, default=())
+    param_names: tuple = eqx.field(static=True, default=())
 
     def per_sample_losses(self, theta: Float[Array, "D"]) -> Float[Array, "n"]:
         """Per-sample losses l_i (shape (n,)) with L = sum_i w_i l_i; needed for minibatch noise."""
@@ -507,6 +542,8 @@ class FromResiduals(_AbstractUserLoss, AbstractLeastSquares):
     observables_fn: Optional[Callable]
     residuals_fn: Callable
     n: int = eqx.field(static=True)
+    param_sizes: tuple = eqx.field(static=True, default=())
+    param_names: tuple = eqx.field(static=True, default=())
 
     @property
     def n_active(self) -> Float[Array, ""]:
@@ -538,18 +575,52 @@ def from_loss(loss: Callable[[PyTree], Scalar], params0: PyTree, residuals: Opti
     ``params0 = {"b": (2,), "w": (2, 3)}``, theta = [b0, b1, w00, w01, w02, w10, w11, w12].
     """
     params0 = as_float_params(params0)
+    for name, fn in (("loss", loss), ("residuals", residuals), ("per_sample_losses", per_sample_losses),
+                     ("observables", observables)):
+        if fn is not None and not callable(fn):
+            raise ConfigError(name, f"must be a function of the parameters, got {type(fn).__name__}")
     flat, unravel = ravel_pytree(params0)
     flat = flat.astype(_precision.default_float())
+    with_paths = jax.tree_util.tree_leaves_with_path(params0)
+    sizes = tuple(int(np.size(x)) for _, x in with_paths)
+    names = tuple(jax.tree_util.keystr(path) for path, _ in with_paths)
+    _check_user_output("loss", loss, params0, scalar=True)
     if residuals is not None:
         if per_sample_losses is not None:
             raise ConfigError("per_sample_losses", "give residuals or per_sample_losses, not both (with residuals "
                                                    "the per-sample losses are r_i^2 / 2)")
-        n = int(jax.eval_shape(residuals, params0).shape[0])
+        n = _check_user_output("residuals", residuals, params0, scalar=False)
         return FromResiduals(loss_fn=loss, theta0=flat, unravel=unravel, residuals_fn=residuals, n=n,
-                             observables_fn=observables)
-    n = 0 if per_sample_losses is None else int(jax.eval_shape(per_sample_losses, params0).shape[0])
+                             observables_fn=observables, param_sizes=sizes, param_names=names)
+    n = 0 if per_sample_losses is None else _check_user_output("per_sample_losses", per_sample_losses, params0,
+                                                                scalar=False)
     return FromLoss(loss_fn=loss, theta0=flat, unravel=unravel, observables_fn=observables,
-                    per_sample_fn=per_sample_losses, n=n)
+                    per_sample_fn=per_sample_losses, n=n, param_sizes=sizes,
+                    param_names=names)
+
+
+def _check_user_output(field: str, fn: Callable, params0: PyTree, *, scalar: bool) -> int:
+    """ConfigError naming ``field`` unless ``fn(params0)`` is a real float scalar (``scalar``) or a real float
+    vector of shape (n,) with n >= 1, finite at ``params0``; returns n (0 for a scalar). ``fn`` is traced
+    once for the shape and evaluated once for the value."""
+    want = "a real scalar" if scalar else "a real vector of shape (n,), one entry per sample"
+    try:
+        out = jax.eval_shape(fn, params0)
+    except Exception as e:  # noqa: BLE001 - any failure of the user's function is reported, not raised raw
+        raise ConfigError(field, f"failed on params0 with {type(e).__name__}: {e}") from None
+    shape, dtype = getattr(out, "shape", None), getattr(out, "dtype", None)
+    if shape is None or dtype is None:
+        raise ConfigError(field, f"must return {want}, got {type(out).__name__}")
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ConfigError(field, f"must return {want} of a float dtype, got dtype {dtype}")
+    if scalar and shape != ():
+        raise ConfigError(field, f"must return {want}, got shape {shape}")
+    if not scalar and (len(shape) != 1 or shape[0] < 1):
+        raise ConfigError(field, f"must return {want}, got shape {shape}")
+    value = np.asarray(fn(params0))
+    if not np.all(np.isfinite(value)):
+        raise ConfigError(field, f"is not finite at params0 (got {value.ravel()[~np.isfinite(value.ravel())][0]})")
+    return 0 if scalar else int(shape[0])
 
 
 PROBLEMS = {"hyperbola": hyperbola, "diagonal_net": diagonal_net, "matrix_factorization": matrix_factorization}

@@ -64,7 +64,9 @@ def _v_rate(problem: AbstractProblem, noise: AbstractNoise, method: Method, zeta
            v: Float[Array, "D"], c: ArrayLike) -> Float[Array, "D"]:
     """dv/dt = c (V(Sigma(zeta)) - v), shape (D,): v relaxes at the rate c towards its equilibrium at zeta;
     0 for methods without v (SGD)."""
-    return c * (method.V(noise.covariance_diag(problem, zeta)) - v) if method.has_v else jnp.zeros_like(v)
+    if not method.has_v:
+        return jnp.zeros_like(v)
+    return c * (method.for_problem(problem).V(noise.covariance_diag(problem, zeta)) - v)
 
 
 def slow_sde_coefficients(problem: AbstractProblem, noise: AbstractNoise, method: Method, zeta: Float[Array, "D"],
@@ -282,7 +284,7 @@ def _label_noise_log_field(t, z, args):
     w = problem.residual_parts()[1]
     x, v = sign * jnp.exp(jnp.maximum(z[:D], _LOG_FLOOR)), jnp.exp(z[D:])
     h = geo.quadratic_label_noise_rate(B, y_lab, w, x, method.S(v), model.alpha)
-    return jnp.concatenate([h, model.c * (method.V(model.noise.covariance_diag(problem, x)) / v - 1.0)])
+    return jnp.concatenate([h, model.c * (method.for_problem(problem).V(model.noise.covariance_diag(problem, x)) / v - 1.0)])
 
 
 ZERO_FLOOR_ATOLS = 10.0  # the label-noise ODE of an AGM reads |zeta_i| below this many atol as 0
@@ -572,6 +574,7 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
     # validate
     inputs = parse_inputs(problem, noise, method, key=key, n_paths=n_paths, n_record=n_record, theta0=theta0,
                           v0=v0, dtype=dtype, v0_modes=("equilibrium",))
+    method = method.for_problem(problem)  # block ids from the problem's own parameter leaves
     check_range("T", T, low=0.0, low_open=True)
     check_range("dt", dt, low=0.0, low_open=True)
     check_int("project_max_steps", project_max_steps, 1)
