@@ -230,7 +230,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         for name, method, kw in plan.runs:
             sde_traj = simulate_slow_sde(problem, noise, method, T=T, n_paths=cmp.get("sde_paths", cfg.get("n_paths", 1)),
                                          key=seed + 1, eta=min(cmp["etas"]), dt=cmp.get("dt", 1e-3), n_record=n_record,
-                                         solver=cmp.get("solver", "tsit5"), rtol=cmp.get("rtol", 1e-8), atol=cmp.get("atol", 1e-10),
+                                         solver=cmp.get("solver"), rtol=cmp.get("rtol", 1e-8), atol=cmp.get("atol", 1e-10),
                                          progress=None if not args.quiet else False)
             names = cmp.get("observables") or sorted(sde_traj.observables)
             res = eta_sweep(problem, noise, method, cmp["etas"], T, cfg.get("n_paths", 1), seed, sde_traj, names,

@@ -314,7 +314,8 @@ def _validate_compare(cmp):
             check_number(f"compare.{k}", cmp[k], low=0.0, low_open=True)
     if "sde_paths" in cmp:
         check_int("compare.sde_paths", cmp["sde_paths"], 1)
-    check_choice("compare.solver", cmp.get("solver", "tsit5"), ("tsit5", "kvaerno5"))
+    if "solver" in cmp:
+        check_choice("compare.solver", cmp["solver"], ("euler", "tsit5", "kvaerno5", "kencarp4"))
     if "project" in cmp:
         check_bool("compare.project", cmp["project"])
 
@@ -436,7 +437,7 @@ def prepare(cfg: dict, command: str = "run") -> Prepared:
         _check_run(cfg, name, run, problem, nz, method, etas)
         planned.append((name, method, _run_kwargs(cfg, run)))
     if command == "compare":
-        _check_compare(cfg, problem)
+        _check_compare(cfg, problem, nz)
     if cfg.get("slow_flow") and command == "run":
         _check_slow_flow(cfg, planned)
     return Prepared(problem=problem, noise=nz, runs=planned)
@@ -461,14 +462,19 @@ def _check_slow_flow(cfg, planned):
                               "S = 1/(sqrt(v) + eps) is infinite and the states cannot be mapped onto Gamma)")
 
 
-def _check_compare(cfg, problem):
+def _check_compare(cfg, problem, nz):
     import jax
     import jax.numpy as jnp
 
     from .inputs import check_memory
 
+    from .sde import _solver
+
     _expect(cfg.get("seed", 0) + 1 < 2**64, "seed", "compare seeds the slow SDE with seed + 1: must be < 2**64 - 1")
     cmp = cfg["compare"]
+    if "solver" in cmp:  # a solver name must fit the slow side this noise gets (the SDE or the label-noise ODE)
+        with within("compare."):
+            _solver(cmp["solver"], nz.label_noise_alpha(problem) is not None, 1e-8, 1e-10)
     check_memory("compare.sde_paths", dim=problem.dim, n_cfg=1, n_paths=cmp.get("sde_paths", cfg.get("n_paths", 1)),
                  n_record=cfg.get("n_record", 10), record_state=True, has_v=True)
 

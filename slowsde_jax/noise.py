@@ -168,7 +168,10 @@ class Minibatch(AbstractNoise):
         return ((G.T * w) @ G - jnp.outer(g, g)) / self.batch_size
 
     def covariance_diag(self, problem: AbstractProblem, theta: Float[Array, "D"]) -> Float[Array, "D"]:
-        return jnp.diag(self.covariance(problem, theta))
+        """The row sums of squares of :meth:`covariance_factor`, shape (D,): non-negative to the last bit
+        (the diagonal of ``covariance`` is a difference of two sums and rounds to -1e-17 where the
+        per-sample gradients agree, which made S(v) = 1/(sqrt(v) + eps) NaN)."""
+        return jnp.sum(self.covariance_factor(problem, theta) ** 2, axis=1)
 
     def covariance_factor(self, problem: AbstractProblem, theta: Float[Array, "D"]) -> Float[Array, "D K"]:
         """G (D, n) with G G^T = covariance: column i is sqrt(w_i / B) (grad l_i - g) (weights sum to 1)."""

@@ -44,7 +44,7 @@ from jaxtyping import Array, ArrayLike, Float, PyTree
 
 from . import geometry as geo
 from .brownian import GridBrownianPath
-from .validation import ConfigError, check_int, check_range
+from .validation import ConfigError, check_bool, check_int, check_range, suggest
 from ._batching import factorized_size, map_paths
 from ._runtime_checks import check_time_grid, host_checked
 from .inputs import explain_start_failure, initial_v, parse_inputs, run_meta
@@ -185,6 +185,12 @@ class _AbstractPostStepSolver(diffrax.AbstractWrappedSolver):
     def term_compatible_contr_kwargs(self):
         return self.solver.term_compatible_contr_kwargs
 
+    @property
+    def root_finder(self):
+        """The wrapped implicit solver's root finder: diffrax reads it through the wrapper (a wrapped implicit
+        solver is an ``AbstractImplicitSolver`` to ``isinstance``); see :func:`_with_root_tolerances`."""
+        return self.solver.root_finder
+
     def order(self, terms):
         return self.solver.order(terms)
 
@@ -257,6 +263,20 @@ class _ErrorInX(_AbstractPostStepSolver):
         # shrink the step; a NaN would poison its step-size factor and stall it
         err = jnp.where(jnp.isfinite(err) & jnp.all(jnp.isfinite(y1)), err, 1e10)
         return y1, err, dense, state, result
+
+
+def _with_root_tolerances(solver, rtol, atol, norm):
+    """An implicit ``solver`` whose root finder takes the controller's ``rtol``/``atol`` where it was left to
+    take them from the controller (diffrax fills them in only for an unwrapped solver); others unchanged."""
+    if not isinstance(solver, diffrax.AbstractImplicitSolver):
+        return solver
+    from diffrax._root_finder import use_stepsize_tol
+
+    given = {"rtol": rtol, "atol": atol, "norm": norm}
+    for attr, value in given.items():
+        if getattr(solver.root_finder, attr) is use_stepsize_tol:
+            solver = eqx.tree_at(lambda s: getattr(s.root_finder, attr), solver, value)
+    return solver
 
 
 def _ode_in_log_coordinates(problem, method):
@@ -396,7 +416,9 @@ def _ode_segment(model, solver, controller, y, t_save, max_steps, floor=(0.0, 0.
     problem, D = model.problem, model.problem.dim
     log = _ode_in_log_coordinates(problem, model.method)
     if log:
-        solver = _ErrorInX(solver, getattr(controller, "rtol", 1e-8), getattr(controller, "atol", 1e-10))
+        rtol, atol = getattr(controller, "rtol", 1e-8), getattr(controller, "atol", 1e-10)
+        norm = getattr(controller, "norm", optx.rms_norm)
+        solver = _ErrorInX(_with_root_tolerances(solver, rtol, atol, norm), rtol, atol)
 
     def one(y0, t_save):
         if log:
@@ -502,14 +524,53 @@ SOLVERS = {"euler": lambda rtol, atol: diffrax.Euler(), "tsit5": lambda rtol, at
            "kvaerno5": lambda rtol, atol: diffrax.Kvaerno5(), "kencarp4": imex_kencarp4}
 
 
-def _solver(solver, default: str, rtol: float, atol: float):
-    """A diffrax solver from an instance, a name in :data:`SOLVERS`, or None (the engine's default)."""
-    if isinstance(solver, diffrax.AbstractSolver):
+SDE_SOLVER_NAMES = ("euler",)  # the general slow SDE: projected Euler-Maruyama only
+ODE_SOLVER_NAMES = ("tsit5", "kvaerno5", "kencarp4")  # the label-noise ODE
+
+
+def _solver(solver, ode: bool, rtol: float, atol: float):
+    """A diffrax solver for the general SDE (``ode`` False) or the label-noise ODE, from an instance, a name,
+    or None (the engine's default); ConfigError("solver") for anything that does not give that engine's
+    scheme.
+
+    The general slow SDE is an Ito SDE integrated by projected Euler-Maruyama: diffrax's ``Euler`` with a
+    retraction after each step. Any other diffrax solver would converge to another solution (Runge-Kutta
+    stages reuse one Brownian increment: a Stratonovich scheme), so it is refused. The label-noise ODE
+    takes an adaptive ODE solver (an error estimate for its step-size controller), not an SDE solver."""
+    names = ODE_SOLVER_NAMES if ode else SDE_SOLVER_NAMES
+    what = ("the label-noise ODE takes an adaptive diffrax ODE solver (Tsit5, Dopri5, Kvaerno5, KenCarp4, ...) "
+            f"or one of {', '.join(repr(n) for n in names)}") if ode else (
+            "the general slow SDE is integrated by projected Euler-Maruyama (an Ito scheme): give solver=None, "
+            "'euler' or diffrax.Euler(); other solvers, Runge-Kutta ones included, converge to the Stratonovich "
+            "solution")
+    if solver is None:
+        solver = names[0]
+    if isinstance(solver, str):
+        if solver not in names:
+            raise ConfigError("solver", f"unknown or inapplicable solver {solver!r}{suggest(solver, names)}: {what}")
+        return SOLVERS[solver](rtol, atol)
+    if not isinstance(solver, diffrax.AbstractSolver):
+        raise ConfigError("solver", f"must be a diffrax solver or a name, got {type(solver).__name__}: {what}")
+    if not ode:
+        if type(solver) is not diffrax.Euler:
+            raise ConfigError("solver", f"{type(solver).__name__} does not give the slow SDE's scheme: {what}")
         return solver
-    name = default if solver is None else solver
-    if name not in SOLVERS:
-        raise ConfigError("solver", f"must be a diffrax solver or one of {', '.join(SOLVERS)}, got {solver!r}")
-    return SOLVERS[name](rtol, atol)
+    sde_only = (diffrax.AbstractSRK, diffrax.AbstractItoSolver, diffrax.SemiImplicitEuler, diffrax.Sil3)
+    if isinstance(solver, sde_only) or not isinstance(solver, diffrax.AbstractAdaptiveSolver):
+        raise ConfigError("solver", f"{type(solver).__name__} is not an adaptive ODE solver with an error estimate: "
+                                    f"{what}")
+    return solver
+
+
+def _controller(controller, rtol, atol):
+    """The label-noise ODE's step-size controller: ``controller`` (an adaptive diffrax controller) or
+    ``PIDController(rtol, atol)``; ConfigError("stepsize_controller") otherwise."""
+    if controller is None:
+        return diffrax.PIDController(rtol=rtol, atol=atol)
+    if not isinstance(controller, diffrax.AbstractAdaptiveStepSizeController):
+        raise ConfigError("stepsize_controller", f"must be an adaptive diffrax step-size controller (e.g. "
+                                                 f"diffrax.PIDController(rtol, atol)), got {type(controller).__name__}")
+    return controller
 
 
 def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Method, T: float, n_paths: int = 1,
@@ -581,14 +642,19 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
     check_int("max_steps", max_steps, 1)
     if zero_floor is not None:
         check_range("zero_floor", zero_floor, low=0.0)
+    check_range("rtol", rtol, low=0.0, low_open=True)
+    check_range("atol", atol, low=0.0, low_open=True)
+    check_bool("force_sde", force_sde)
+    check_bool("richardson", richardson)
+    check_bool("record_state", record_state)
     alpha = None if force_sde else noise.label_noise_alpha(problem)
     solver_given = solver is not None
-    solver = _solver(solver, "euler" if alpha is None else "tsit5", rtol, atol)
+    solver = _solver(solver, alpha is not None, rtol, atol)
     if isinstance(solver, IMEX_SOLVERS) and (alpha is None or not _imex_applies(problem, method)):
         raise ConfigError("solver", f"{type(solver).__name__} (IMEX) is for the label-noise ODE of an AGM on a "
                           "least-squares problem other than a diagonal net (those run in log coordinates)")
     if alpha is not None:
-        controller = stepsize_controller or diffrax.PIDController(rtol=rtol, atol=atol)
+        controller = _controller(stepsize_controller, rtol, atol)
         floor = ((ZERO_FLOOR_ATOLS * getattr(controller, "atol", atol), getattr(controller, "rtol", rtol))
                  if zero_floor is None else (zero_floor, np.inf))
         floor = tuple(jnp.asarray(f, inputs.dtype) for f in floor)  # traced: one program for every floor
