@@ -45,7 +45,7 @@ import numpy as np
 import yaml
 
 from . import methods, noise, problems
-from .inputs import MAX_STEPS
+from .inputs import check_steps
 from .validation import (ConfigError, check_bool, check_choice, check_file_name, check_int, check_number, show,
                          suggest, within)
 
@@ -209,7 +209,7 @@ def validate(cfg: Any) -> dict:
         if k in cfg:
             check_int(k, cfg[k], 1)
     if "steps" in cfg:
-        _expect(cfg["steps"] <= MAX_STEPS, "steps", f"must be <= 2**62 (the step counter is 64-bit), got {cfg['steps']}")
+        check_steps(cfg["steps"], "steps", "steps")
     if "T" in cfg:
         check_number("T", cfg["T"], low=0.0, low_open=True)
     if "checkpoint_every_s" in cfg:
@@ -278,7 +278,7 @@ def validate(cfg: Any) -> dict:
             if k in run:
                 check_int(f"{f}.{k}", run[k], 1)
         if "steps" in run:
-            _expect(run["steps"] <= MAX_STEPS, f"{f}.steps", f"must be <= 2**62 (the step counter is 64-bit), got {run['steps']}")
+            check_steps(run["steps"], f"{f}.steps", "steps")
         if "T" in run:
             check_number(f"{f}.T", run["T"], low=0.0, low_open=True)
         has_T = "T" in run or ("T" in cfg and "steps" not in run)

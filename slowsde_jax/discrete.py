@@ -46,12 +46,14 @@ from jaxtyping import ArrayLike, Float
 
 from . import _precision
 from . import methods as _methods, noise as _noise, problems as _problems, sharding as _sharding
+from ._io import atomic_write, read_npz
 from .streaming import RecordStream
-from .validation import ConfigError, check_bool, check_int, check_range, suggest
+from .validation import ConfigError, check_bool, check_int, check_optional_bool, check_range, suggest
 from .methods import Method, second_moment
 from .noise import AbstractNoise
 from .problems import AbstractProblem
-from .inputs import check_step_count, check_sweep_value, initial_v, parse_inputs, run_meta
+from .inputs import (check_devices, check_path, check_step_count, check_steps, check_sweep_value, initial_v,
+                     parse_inputs, run_meta)
 from .trajectory import Trajectory
 
 __all__ = ["simulate_discrete", "apply_hypers", "SWEEPABLE", "PathState", "DiscreteRun", "save_checkpoint",
@@ -238,6 +240,19 @@ def _observe(problem, noise, method, hypers, state):
     return jax.vmap(per_cfg)(hypers, state)
 
 
+@eqx.filter_jit
+def _flag_non_finite_loss(problem, noise, method, hypers, state):
+    """``state`` with every live lane whose loss is not finite (a loss that returns inf or NaN at a finite
+    theta, which the divergence check on theta cannot see) marked diverged at its current step, so it is
+    frozen and flagged like a diverged path."""
+    def per_cfg(h, st):
+        p, _, _ = apply_hypers(problem, noise, method, h)
+        return jax.vmap(p.loss)(st.theta)
+
+    bad = ~jnp.isfinite(jax.vmap(per_cfg)(hypers, state)) & (state.diverged_step < 0)
+    return eqx.tree_at(lambda s: s.diverged_step, state, jnp.where(bad, state.step, state.diverged_step))
+
+
 def _grid(eta, sweep, dtype):
     """Cartesian grid of hyperparameters: dict name -> array (n_cfg,), and the list of per-config dicts."""
     sweep = dict(sweep or {})
@@ -332,13 +347,25 @@ def simulate_discrete(problem: AbstractProblem, noise: AbstractNoise, method: Me
     dtype = inputs.dtype
     if (T is None) == (steps is None):
         raise ConfigError("T", "give exactly one of T (SDE time) and steps")
-    if eta is None and not (sweep and "eta" in sweep):
+    if eta is None and not (isinstance(sweep, dict) and "eta" in sweep):
         raise ConfigError("eta", "a learning rate is required")
+    if eta is not None:
+        check_range("eta", eta, low=0.0, low_open=True)
     if T is not None:
         check_range("T", T, low=0.0, low_open=True)
     else:
         check_int("steps", steps, 1)
+        check_steps(steps, "steps", "steps")
     check_int("block_steps", block_steps, 1)
+    check_int("chunk_steps", chunk_steps, 1)
+    check_range("divergence_bound", divergence_bound, low=0.0, low_open=True)
+    check_range("checkpoint_every_s", checkpoint_every_s, low=0.0)
+    check_optional_bool("progress", progress)
+    if on_chunk is not None and not callable(on_chunk):
+        raise ConfigError("on_chunk", f"must be a function of the run, got {type(on_chunk).__name__}")
+    check_path("checkpoint", checkpoint)
+    check_path("record_to", record_to)
+    devices = check_devices(devices)
     check_bool("record_state", record_state)
     check_bool("record_observables", record_observables)
     if sweep is not None and not isinstance(sweep, dict):
@@ -415,7 +442,8 @@ def _static_sqrt(method, grid):
 
 def _record(run, problem, noise, method, grid, record_state):
     """Record point ``run.done``: observables, and theta and v when ``record_state``; into ``run.records``,
-    or written to ``run.stream``."""
+    or written to ``run.stream``. A lane whose loss is not finite there is flagged as diverged first."""
+    run.state = _flag_non_finite_loss(problem, noise, method, grid, run.state)
     out = {}
     if run.observables:
         out.update({"obs." + k: x for k, x in _observe(problem, noise, method, grid, run.state).items()})
@@ -464,8 +492,6 @@ def _continue(run, problem, noise, method, grid, record_state, chunk_steps, prog
 
 def save_checkpoint(path: Union[str, Path], run: DiscreteRun) -> None:
     """Write the run's state, schedule and records to ``path`` (npz), atomically (write, then rename)."""
-    from .runs import atomic_write
-
     leaves = jax.tree_util.tree_leaves(run.state)
     arrays = {f"state.{i}": _sharding.to_host(x)[:, : run.n_paths] for i, x in enumerate(leaves)}
     arrays.update({f"rec.{k}": np.stack(v) for k, v in run.records.items()})
@@ -483,8 +509,7 @@ def load_checkpoint(path: Union[str, Path], fresh: DiscreteRun) -> DiscreteRun:
 
     restart = f"delete it to restart this run from its beginning (rm '{path}')"
     try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = dict(f)
+        arrays = read_npz(path, "checkpoint", "checkpoint")
         targets, done = np.asarray(arrays["targets"]), int(arrays["done"])
         leaves, treedef = jax.tree_util.tree_flatten(fresh.state)
         saved = [np.asarray(arrays[f"state.{i}"]) for i in range(len(leaves))]

@@ -10,6 +10,8 @@ allocated; :func:`explain_start_failure` says why a slow-SDE start could not be 
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 import jax
@@ -74,6 +76,49 @@ def as_float_params(params0: PyTree[ArrayLike], field: str = "params0") -> PyTre
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
+FLOAT_DTYPES = ("float64", "float32")
+
+
+def check_dtype(dtype: Any) -> np.dtype:
+    """The run's float dtype: None (the default precision, float64), or float64 / float32 by name or as a
+    dtype; ConfigError("dtype") for anything else (an integer dtype would give paths that never move)."""
+    if dtype is None:
+        return np.dtype(_precision.default_float())
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt.name not in FLOAT_DTYPES:
+        raise ConfigError("dtype", f"must be 'float64' or 'float32', got {show(dtype)}")
+    return dt
+
+
+def check_path(field: str, value: Any) -> Optional[Path]:
+    """None, or ``value`` (a str or path-like, not empty) as a Path; ConfigError naming ``field`` otherwise."""
+    if value is None:
+        return None
+    if not isinstance(value, (str, os.PathLike)) or str(value) == "":
+        raise ConfigError(field, f"must be a file path (a string or pathlib.Path), got {show(value)}")
+    return Path(value)
+
+
+def check_devices(devices: Any) -> Optional[list]:
+    """None (every device of ``jax.devices()``) or a non-empty sequence of distinct jax devices."""
+    if devices is None:
+        return None
+    if isinstance(devices, (str, bytes)) or not hasattr(devices, "__iter__"):
+        raise ConfigError("devices", f"must be a list of jax devices (e.g. jax.devices()[:2]), got {show(devices)}")
+    devices = list(devices)
+    if not devices:
+        raise ConfigError("devices", "must hold at least one device, got an empty list")
+    for i, d in enumerate(devices):
+        if not isinstance(d, jax.Device):
+            raise ConfigError(f"devices[{i}]", f"must be a jax device (an entry of jax.devices()), got {show(d)}")
+    if len(set(devices)) != len(devices):
+        raise ConfigError("devices", "lists a device twice")
+    return devices
+
+
 @dataclasses.dataclass(frozen=True)
 class Inputs:
     """The validated shared arguments of a run.
@@ -98,10 +143,10 @@ def parse_inputs(problem: AbstractProblem, noise: AbstractNoise, method: Method,
 
     ``v0_modes``: the string modes this engine accepts (the slow SDE cannot start at v = 0).
     """
+    dtype = check_dtype(dtype)
     key = as_key(key)
     n_paths = check_int("n_paths", n_paths, 1)
     n_record = check_int("n_record", n_record, 1)
-    dtype = dtype or _precision.default_float()
     check_compatible(problem, noise, method)
     D = problem.dim
     check_memory("n_paths", dim=D, n_cfg=1, n_paths=n_paths, n_record=0, record_state=False, has_v=method.has_v,
@@ -238,18 +283,43 @@ def explain_start_failure(problem: AbstractProblem, noise: AbstractNoise, method
 
 
 MAX_STEPS = 2**62  # the engines count steps in int64; a schedule past this would overflow
+DEFAULT_STEP_LIMIT = 10**10  # steps per path a run may take unless SLOWSDE_MAX_STEPS raises it
+STEP_LIMIT_ENV = "SLOWSDE_MAX_STEPS"
+
+
+def step_limit() -> int:
+    """The most steps per path a discrete run may take: ``$SLOWSDE_MAX_STEPS`` if set (the explicit opt-in
+    to longer runs, at most 2**62), else :data:`DEFAULT_STEP_LIMIT` (10^10: hours per path even at the
+    fastest rates measured; more is a mistyped eta far more often than a plan)."""
+    raw = os.environ.get(STEP_LIMIT_ENV)
+    if raw is None:
+        return DEFAULT_STEP_LIMIT
+    try:
+        value = int(float(raw))
+    except ValueError:
+        raise ConfigError(STEP_LIMIT_ENV, f"must be a whole number of steps, got {raw!r}") from None
+    if not 1 <= value <= MAX_STEPS:
+        raise ConfigError(STEP_LIMIT_ENV, f"must lie in [1, 2**62], got {raw!r}")
+    return value
+
+
+def check_steps(steps: float, field: str, how: str) -> None:
+    """ConfigError naming ``field`` when a run of ``steps`` steps per path (``how`` says where the number
+    comes from) is beyond :func:`step_limit`."""
+    limit = step_limit()
+    if not steps <= limit:
+        raise ConfigError(field, f"{how} = {steps:.3g} steps per path, more than the limit of {limit:.3g}; check eta "
+                                 f"and T, or set {STEP_LIMIT_ENV} to a larger number of steps to run it anyway")
 
 
 def check_step_count(T: ArrayLike, eta: ArrayLike, field: str = "eta", T_field: str = "T") -> None:
-    """ConfigError naming ``field`` when T / eta^2 steps would overflow the engines' 64-bit step counter, or
-    round to no step at all."""
+    """ConfigError naming ``field`` when T / eta^2 steps round to no step at all, or exceed the step limit
+    (:func:`step_limit`, below the engines' 64-bit step counter)."""
     steps = float(T) / float(eta) ** 2
     if steps < 0.5:
         raise ConfigError(field, f"T / eta^2 = {steps:.3g} rounds to 0 steps at eta = {show(eta)}; lower eta or raise "
                                  f"{T_field}")
-    if not steps <= MAX_STEPS:
-        raise ConfigError(field, f"T / eta^2 = {steps:.3g} steps overflows the 64-bit step counter (at most 2**62 "
-                                 f"= {MAX_STEPS:.3g}); raise eta or lower {T_field}")
+    check_steps(steps, field, f"T / eta^2 at eta = {show(eta)}")
 
 
 def check_sweep_value(problem: AbstractProblem, nz: AbstractNoise, method: Method, k: str, v: ArrayLike,

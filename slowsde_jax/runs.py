@@ -21,40 +21,9 @@ from typing import Any, Callable, Iterator, Optional, Union
 
 import numpy as np
 
+from ._io import RunIOError, atomic_write, describe_os_error, read_npz  # noqa: F401  (re-exported for the app layer)
+from .validation import ConfigError
 from .trajectory import Trajectory, jsonable, mean_se
-
-
-class RunIOError(OSError):
-    """A file of a run could not be written or read (disk full, permissions, I/O error); the message names
-    the file and the cause. An environment fault, not a mistake in the config."""
-
-    def __str__(self):
-        return str(self.strerror)
-
-
-def describe_os_error(e: OSError, path: Optional[Union[str, os.PathLike]] = None) -> str:
-    """One line for an OSError: the file, the cause, and what to do for a full disk."""
-    where = path or e.filename
-    why = e.strerror or str(e) or type(e).__name__
-    hint = "; free some space and run again (or resume the run folder)" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
-    return f"cannot write {where}: {why}{hint}" if where else f"{why}{hint}"
-
-
-def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
-    """Call ``write(tmp_path)`` and rename the result onto ``path``. If anything fails, the temporary file is
-    removed and ``path`` keeps its previous content; the error is re-raised as a :class:`RunIOError`
-    naming ``path`` (other exceptions pass through unchanged)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(e, OSError) and not isinstance(e, RunIOError):
-            raise RunIOError(e.errno, describe_os_error(e, path)) from e
-        raise
 
 
 def write_json(path: Union[str, os.PathLike], obj: Any) -> None:
@@ -156,20 +125,31 @@ def save_trajectories(path: Union[str, os.PathLike], trajs: dict[str, list[Traje
 
 def read_trajectories(path: Union[str, os.PathLike]) -> dict[str, list[Trajectory]]:
     """Read a file written by :func:`save_trajectories`: run name -> list of Trajectories."""
-    with np.load(path) as f:
-        arrays = dict(f)
-    prefixes = sorted({tuple(k.split("/")[:2]) for k in arrays}, key=lambda p: (p[0], int(p[1])))
-    trajs: dict = {}
-    for name, idx in prefixes:
-        trajs.setdefault(name, []).append(Trajectory.from_arrays(arrays, prefix=f"{name}/{idx}/"))
+    arrays = read_npz(path, "path", "run record")
+    try:
+        prefixes = sorted({tuple(k.split("/")[:2]) for k in arrays}, key=lambda p: (p[0], int(p[1])))
+        trajs: dict = {}
+        for name, idx in prefixes:
+            trajs.setdefault(name, []).append(Trajectory.from_arrays(arrays, prefix=f"{name}/{idx}/"))
+    except (KeyError, ValueError, TypeError, IndexError) as e:
+        raise ConfigError("path", f"'{path}' is not a file of slowsde_jax trajectories ({type(e).__name__}: {e})") from None
     return trajs
 
 
 def load_run(path: Union[str, os.PathLike]) -> tuple[dict[str, Union[Trajectory, list[Trajectory]]], dict[str, Any]]:
     """Read a run folder: returns ``(trajectories, summary)`` where ``trajectories`` maps each run name to a
     Trajectory (or a list of them for a sweep or an eta-sweep) and ``summary`` is the parsed ``summary.json``."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ConfigError("path", f"must be a run folder (a string or pathlib.Path), got {type(path).__name__}")
     folder = Path(path)
-    summary = json.loads((folder / "summary.json").read_text())
+    if not folder.is_dir():
+        raise ConfigError("path", f"'{folder}' is not a run folder" + (" (no such folder)" if not folder.exists() else ""))
+    try:
+        summary = json.loads((folder / "summary.json").read_text())
+    except FileNotFoundError:
+        raise ConfigError("path", f"'{folder}' is not a run folder: it has no summary.json") from None
+    except (OSError, ValueError) as e:
+        raise ConfigError("path", f"'{folder / 'summary.json'}' cannot be read ({type(e).__name__}: {e})") from None
     npz = folder / "trajectories.npz"
     trajs = read_trajectories(npz) if npz.exists() else {}
     return {k: (v if len(v) > 1 else v[0]) for k, v in trajs.items()}, summary

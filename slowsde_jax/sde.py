@@ -43,11 +43,12 @@ from jax.typing import DTypeLike
 from jaxtyping import Array, ArrayLike, Float, PyTree
 
 from . import geometry as geo
+from ._io import atomic_write, read_npz
 from .brownian import GridBrownianPath
-from .validation import ConfigError, check_bool, check_int, check_range, suggest
+from .validation import ConfigError, check_bool, check_int, check_optional_bool, check_range, suggest
 from ._batching import factorized_size, map_paths
 from ._runtime_checks import check_time_grid, host_checked
-from .inputs import explain_start_failure, initial_v, parse_inputs, run_meta
+from .inputs import check_path, explain_start_failure, initial_v, parse_inputs, run_meta
 from .methods import Method
 from .noise import AbstractNoise
 from .problems import AbstractProblem, observe_batch
@@ -644,6 +645,14 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
         check_range("zero_floor", zero_floor, low=0.0)
     check_range("rtol", rtol, low=0.0, low_open=True)
     check_range("atol", atol, low=0.0, low_open=True)
+    if eta is not None:
+        check_range("eta", eta, low=0.0, low_open=True)
+    if rank is not None:
+        check_int("rank", rank, 1)
+        if rank > problem.dim:
+            raise ConfigError("rank", f"the codimension of Gamma is at most D = {problem.dim}, got {rank}")
+    check_optional_bool("progress", progress)
+    check_path("checkpoint", checkpoint)
     check_bool("force_sde", force_sde)
     check_bool("richardson", richardson)
     check_bool("record_state", record_state)
@@ -756,7 +765,7 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
     run = runs[0]
     zeta, v = np.stack(run.zeta, axis=1), np.stack(run.v, axis=1)
     observables = _observe(problem, zeta)
-    failed_time, reasons = run.failed_time, run.reasons
+    failed_time, reasons = _flag_non_finite_loss(problem, zeta, t_grid, run.failed_time, run.reasons)
     if richardson:
         coarse = _observe(problem, np.stack(runs[1].zeta, axis=1))
         observables = {k: 2.0 * x - coarse[k] for k, x in observables.items()}
@@ -773,6 +782,24 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Me
     return Trajectory(t=t_grid, theta=zeta if record_state else None,
                       v=v if (record_state and method.has_v) else None, observables=observables,
                       diverged_time=failed_time, meta=meta)
+
+
+def _flag_non_finite_loss(problem, zeta, t_grid, failed_time, reasons):
+    """(failed_time, reasons) with every path whose loss is not finite at a record (at a finite state, which
+    the solver's checks cannot see) failed at the first such record's time, unless it failed before."""
+    loss = np.asarray(_batch_loss(problem, jnp.asarray(zeta.reshape(-1, problem.dim)))).reshape(zeta.shape[:2])
+    failed_time, reasons = np.array(failed_time, dtype=float), list(reasons)
+    for i in np.flatnonzero(~np.all(np.isfinite(loss), axis=1)):
+        j = int(np.argmax(~np.isfinite(loss[i])))
+        if not failed_time[i] <= t_grid[j]:
+            failed_time[i] = t_grid[j]
+            reasons[i] = f"the loss is not finite ({loss[i, j]}) at t = {t_grid[j]:.6g}"
+    return failed_time, reasons
+
+
+@eqx.filter_jit
+def _batch_loss(problem, theta):
+    return jax.vmap(problem.loss)(theta)
 
 
 def _observe(problem, zeta) -> dict:
@@ -832,8 +859,6 @@ class _SDERun:
 
 def _save_checkpoint(path, runs):
     """The runs' records, states and failures (one run per step-size level) as an npz, written atomically."""
-    from .runs import atomic_write
-
     arrays = {}
     for i, run in enumerate(runs):
         p = "" if i == 0 else f"level{i}_"
@@ -846,8 +871,7 @@ def _save_checkpoint(path, runs):
 
 def _load_checkpoint(path, t_grid, n_paths, D, n_levels) -> list:
     try:
-        with np.load(path) as f:
-            arrays = dict(f)
+        arrays = read_npz(path, "checkpoint", "checkpoint")
         runs = []
         for i in range(n_levels):
             p = "" if i == 0 else f"level{i}_"

@@ -15,24 +15,30 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import ArrayLike
 
+from ._io import RunIOError, claim_file, describe_os_error, owned_files, owned_folder
+
 __all__ = ["RecordStream"]
 
 
 class RecordStream:
     """A folder of per-quantity ``.npy`` files of shape (n_t, *record_shape), written one record at a time.
 
-    ``folder``: created if missing; ``n_t``: number of records per quantity; ``fresh``: remove the
-    folder's ``.npy`` files first (a new run), else keep them (a resumed run continues them).
+    ``folder``: created if missing; a folder that holds files the library did not write is refused
+    (ConfigError naming ``field``), so no user file is ever replaced. ``n_t``: number of records per
+    quantity; ``fresh``: remove the record files this library wrote there first (a new run), else keep them
+    (a resumed run continues them).
     """
 
-    def __init__(self, folder, n_t: int, fresh: bool = True):
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+    def __init__(self, folder, n_t: int, fresh: bool = True, field: str = "record_to"):
+        self.folder = owned_folder(folder, field)
         self.n_t = int(n_t)
         self._offsets: dict = {}
         if fresh:
-            for f in self.folder.glob("*.npy"):
-                f.unlink()
+            try:
+                for name in owned_files(self.folder) or []:
+                    (self.folder / name).unlink(missing_ok=True)
+            except OSError as e:
+                raise RunIOError(e.errno, describe_os_error(e, self.folder)) from None
 
     def path(self, name: str) -> Path:
         return self.folder / f"{name}.npy"
@@ -53,6 +59,7 @@ class RecordStream:
                     self._offsets[name] = f.tell()
                     return self._offsets[name]
         header = {"descr": np.lib.format.dtype_to_descr(x.dtype), "fortran_order": False, "shape": shape}
+        claim_file(self.folder, path.name)
         with open(path, "wb") as f:
             np.lib.format.write_array_header_2_0(f, header)
             offset = f.tell()
@@ -61,16 +68,23 @@ class RecordStream:
         return offset
 
     def write(self, j: int, name: str, x: ArrayLike) -> None:
-        """Write record ``j`` (0 <= j < n_t) of quantity ``name`` (an array of the same shape every time)."""
+        """Write record ``j`` (0 <= j < n_t) of quantity ``name`` (an array of the same shape every time); an
+        OSError (a full disk) becomes a :class:`~slowsde_jax._io.RunIOError` naming the file."""
         x = np.ascontiguousarray(x)
-        offset = self._open(name, x)
-        with open(self.path(name), "r+b") as f:
-            f.seek(offset + j * x.nbytes)
-            f.write(x.tobytes())
+        try:
+            offset = self._open(name, x)
+            with open(self.path(name), "r+b") as f:
+                f.seek(offset + j * x.nbytes)
+                f.write(x.tobytes())
+        except RunIOError:
+            raise
+        except OSError as e:
+            raise RunIOError(e.errno, describe_os_error(e, self.path(name))) from None
 
     def names(self) -> list[str]:
         """The quantities in the folder."""
-        return sorted(f.stem for f in self.folder.glob("*.npy"))
+        return sorted(Path(n).stem for n in owned_files(self.folder) or [] if n.endswith(".npy")
+                      and (self.folder / n).exists())
 
     def read(self, name: str) -> np.ndarray:
         """The records of ``name``, shape (n_t, *record_shape), as a read-only memory map."""

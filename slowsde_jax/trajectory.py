@@ -8,6 +8,8 @@ from typing import Any, Mapping, Union
 
 import numpy as np
 
+from ._io import read_npz
+
 __all__ = ["Trajectory", "mean_se", "jsonable"]
 
 
@@ -125,8 +127,7 @@ class Trajectory:
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike]) -> "Trajectory":
-        with np.load(path) as f:
-            return cls.from_arrays(dict(f))
+        return cls.from_arrays(read_npz(path, "path", "trajectory"))
 
 
 def jsonable(x: Any) -> Any:

@@ -85,6 +85,11 @@ def check_bool(field: str, value: Any) -> bool:
     return bool(value)
 
 
+def check_optional_bool(field: str, value: Any) -> Optional[bool]:
+    """``value`` unless it is neither None nor a bool."""
+    return None if value is None else check_bool(field, value)
+
+
 def check_file_name(field: str, value: Any) -> str:
     """``value`` if it can be used as one file name inside a folder: a non-empty string without path
     separators, not ``.`` or ``..``, without control characters, at most 200 characters."""

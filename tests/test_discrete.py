@@ -29,6 +29,7 @@ def projected_v(traj, method):
     (S.adam(beta1=0.9, c=10.0, eps=0.0), 0.7459, None),
     (S.sgd(momentum=0.9), 0.7021, None),
 ])
+@pytest.mark.slow
 def test_hyperbola_reproduces_the_discrete_column_of_section_7(method, reference, se_reference):
     """Adam (eta = 0.01, beta1 = 0.9) and SGD (beta1 = 0.9) on the toy hyperbola with label noise, T = 0.5.
 

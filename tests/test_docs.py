@@ -12,6 +12,8 @@ import yaml
 import slowsde_jax
 from slowsde_jax import cli
 
+pytestmark = pytest.mark.slow  # the science tier: pytest -m slow
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

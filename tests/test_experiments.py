@@ -9,6 +9,8 @@ import slowsde_jax as S
 from slowsde_jax import ConfigError, discrete, experiments as X, geometry as geo, noise, problems
 from slowsde_jax.observables import own_sharpness, sharpness_values
 
+pytestmark = pytest.mark.slow  # the science tier: pytest -m slow
+
 
 # ----- threshold_n -------------------------------------------------------------------------------------------
 def test_threshold_interpolates_in_log_loss():

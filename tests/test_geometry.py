@@ -93,6 +93,7 @@ def nonpoly_loss(theta):
     return jnp.sum(jnp.log(jnp.cosh(B @ theta))) + jnp.exp(0.3 * jnp.sum(theta)) + jnp.sum(jnp.sin(theta) * theta**2)
 
 
+@pytest.mark.slow
 def test_third_derivative_contraction_against_finite_differences():
     rng = np.random.default_rng(1)
     theta = jnp.asarray(rng.normal(size=D) * 0.5)
@@ -123,6 +124,7 @@ def diag_net_on_manifold(d=5, n=3, seed=0, a=0.2):
     return prob, jnp.asarray(x)
 
 
+@pytest.mark.slow
 def test_structured_least_squares_path_agrees_with_dense():
     prob, x = diag_net_on_manifold()
     w = prob.sample_weights()
@@ -188,6 +190,7 @@ def test_block_sharpness():
         G.sharpness(H, "bogus")
 
 
+@pytest.mark.slow
 def test_project_lands_on_gamma_and_matches_a_long_preconditioned_gradient_descent():
     prob, x = diag_net_on_manifold(d=4, n=2, seed=1)
     theta = x + 0.05 * jnp.asarray(np.random.default_rng(0).normal(size=x.size))

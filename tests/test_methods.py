@@ -208,6 +208,7 @@ LEGACY_METHODS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bias_correction", [False, True])
 @pytest.mark.parametrize("name", list(LEGACY_METHODS))
 @pytest.mark.parametrize("layout", ["flat", "tree"])
@@ -266,6 +267,7 @@ def leaf_ids(params):
     return np.repeat(np.arange(len(jax.tree.leaves(params))), [x.size for x in jax.tree.leaves(params)])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("clip", ["global_norm", "elementwise"])
 @pytest.mark.parametrize("name", ["adam", "adalayer"])
 def test_clipping_chain_on_an_equinox_mlp(clip, name):

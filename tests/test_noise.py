@@ -37,6 +37,7 @@ def _assert_moments(nz, problem=PROBLEM, theta=THETA, n=N_SAMPLES, z_max=5.0):
                              [0, 0, 0, 0.1, 0, 0], [0, 0, 0, 0, 0.0, 0], [0, 0, 0, 0, 0, 0.3]])),
     noise.gaussian(lambda th: jnp.diag(0.1 + th**2)),
 ], ids=["label", "label_gauss", "label_minibatch", "minibatch", "gaussian_const", "gaussian_fn"])
+@pytest.mark.slow
 def test_covariance_matches_samples(nz):
     _assert_moments(nz)
 

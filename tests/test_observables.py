@@ -113,6 +113,7 @@ def showcase(tmp_path_factory):
     return S.adam(beta1=0.9, c=10.0, eps=0.0), trajs, summary, folder, out.getvalue(), err.getvalue()
 
 
+@pytest.mark.slow
 def test_showcase_run_writes_the_slow_flow_and_tells_the_story(showcase):
     adam, trajs, summary, folder, out, err = showcase
     assert {"slow_flow.png", "observables.png", "trajectories.npz"} <= {p.name for p in folder.iterdir()}

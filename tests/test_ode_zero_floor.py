@@ -10,6 +10,8 @@ import slowsde_jax as S
 from slowsde_jax import discrete, experiments as X, geometry as geo, noise, problems, sde
 from slowsde_jax.validation import ConfigError
 
+pytestmark = pytest.mark.slow  # the science tier: pytest -m slow
+
 D1 = 5
 LABEL = noise.label_noise(1.0)
 ADAM = S.adam(c=0.01 / 0.03**2, eps=1e-8)  # beta2 = 0.99 at lr 0.03, as in docs/experiments.md section 2

@@ -77,6 +77,7 @@ def test_hyperbola():
     np.testing.assert_allclose(prob.hessian_diag(x), jnp.diag(jax.hessian(prob.loss)(x)), rtol=1e-13)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("measurement", ["entries", "gaussian"])
 def test_matrix_factorization(measurement):
     prob = problems.matrix_factorization(d1=4, d2=3, rank=1, n=8, key=0, measurement=measurement)

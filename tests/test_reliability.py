@@ -23,6 +23,7 @@ RESUME_CFG = {
 }
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_bit_for_bit(tmp_path):
     cfg_path = tmp_path / "cfg.yaml"
     cfg_path.write_text(yaml.safe_dump(RESUME_CFG))
@@ -448,6 +449,7 @@ def test_slow_sde_start_failures_each_say_why(hyp):
     assert str(nonfinite).startswith("theta0: the start from the problem's initializer is not finite")
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_completed_run_and_skips_temporary_files(tmp_path, capsys):
     out = tmp_path / "out"
     argv = sum((["--set", s] for s in SMALL), [])

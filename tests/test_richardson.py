@@ -16,6 +16,8 @@ from slowsde_jax import noise, sde
 from slowsde_jax.brownian import GridBrownianPath
 from slowsde_jax.errors import ConfigError
 
+pytestmark = pytest.mark.slow  # the science tier: pytest -m slow
+
 
 def test_grid_path_is_one_path_at_every_step():
     """A step of 2h is the sum of its two h steps, exactly; increments have variance t1 - t0."""

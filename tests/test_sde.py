@@ -16,6 +16,7 @@ GAUSS = noise.gaussian([0.7**2, 0.3**2])
     (S.adame(lam=0.25, c=10.0, eps=0.0), 0.7158),
     (S.sgd(momentum=0.9), 0.7020),
 ])
+@pytest.mark.slow
 def test_label_noise_ode_reproduces_the_ode_column_of_section_7(method, ode_value):
     traj = sde.simulate_slow_sde(HYP, LABEL, method, T=0.5, n_paths=1, n_record=5)
     assert traj.meta["engine"] == "label_noise_ode" and traj.meta["alpha"] == 0.25
@@ -76,6 +77,7 @@ def test_gaussian_noise_sde_matches_discrete_adam_and_the_gap_shrinks_with_eta()
     assert g2 < 0.5 * g1 + 3 * np.hypot(s1, s2)
 
 
+@pytest.mark.slow
 def test_eta_sweep_measures_weak_order_one_on_the_hyperbola(tmp_path):
     """§7: the Adam gap to the ODE halves when eta halves (weak error O(eta))."""
     m = S.adam(beta1=0.9, c=10.0, eps=0.0)

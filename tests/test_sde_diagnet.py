@@ -7,6 +7,8 @@ import pytest
 import slowsde_jax as S
 from slowsde_jax import comparison, discrete, geometry, noise, problems, sde
 
+pytestmark = pytest.mark.slow  # the science tier: pytest -m slow
+
 PROB = problems.diagonal_net(d=5, n=3, k=2, key=0, features="gaussian", n_test=100)
 LABEL = noise.label_noise(0.5)
 

@@ -17,6 +17,8 @@ import pytest
 import slowsde_jax as S
 from slowsde_jax import comparison, discrete, noise, problems, sde
 
+pytestmark = pytest.mark.slow  # the science tier: pytest -m slow
+
 T, N_SDE, N_DISC = 0.5, 1000, 2000
 
 

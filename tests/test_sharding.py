@@ -76,6 +76,7 @@ def four_devices(tmp_path_factory):
         return dict(f, interrupted=str(out) + ".uneven_interrupted.npz")
 
 
+@pytest.mark.slow
 def test_sharded_run_equals_the_single_device_run_bit_for_bit(four_devices):
     """2 configurations x 6 paths on a (cfg 2, paths 2) mesh of 4 devices, with per-configuration targets:
     every record equals the single-device run's, and so does a sharded run resumed from a checkpoint."""

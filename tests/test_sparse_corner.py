@@ -7,6 +7,8 @@ import pytest
 import slowsde_jax as S
 from slowsde_jax import comparison, discrete, noise, problems, sde
 
+pytestmark = pytest.mark.slow  # the science tier: pytest -m slow
+
 D_ = 8
 PROB = problems.diagonal_net(d=D_, n=4, k=2, key=4, n_test=200)  # w* on {0, 1}; Adam ends on {0, 3}
 LABEL = noise.label_noise(0.5)

@@ -10,6 +10,8 @@ import slowsde_jax  # noqa: F401
 from slowsde_jax import geometry as G
 from slowsde_jax import noise, problems
 
+pytestmark = pytest.mark.slow  # the science tier: pytest -m slow
+
 RTOL = 1e-10
 
 
