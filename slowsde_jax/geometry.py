@@ -35,7 +35,7 @@ from jaxtyping import Array, ArrayLike, Float, Int, Scalar
 
 from ._batching import factorized_size, map_paths
 from ._small_linalg import spd_solve
-from .validation import ConfigError
+from .validation import ConfigError, check_int, check_range
 
 __all__ = ["ProjectionError", "PROJECTION_STATUS", "projection_jacobian", "sigma_parallel", "sigma_diamond",
            "sharpness", "hessian", "third_derivative_contraction", "numerical_rank", "ls_jacobian",
@@ -676,7 +676,18 @@ def project(loss: LossFn, theta: Float[ArrayLike, "*batch D"], S: ArrayLike, tol
     ``max_steps``: the flow's step budget per point.
     """
     theta, S = _check_project_args(loss, theta, S, residuals, weights)
+    check_range("tol", tol, low=0.0, low_open=True)
+    check_int("max_steps", max_steps, 1)
+    if not np.all(np.isfinite(np.asarray(S))):
+        raise ConfigError("S", "must be finite")
+    if S.shape[-1:] == theta.shape[-1:] and not (S.ndim >= 2 and S.shape[-2:] == (theta.shape[-1],) * 2) \
+            and np.any(np.asarray(S) <= 0):
+        raise ConfigError("S", "a diagonal preconditioner must be positive")
     batch, D = theta.shape[:-1], theta.shape[-1]
+    if rank is not None:
+        check_int("rank", rank, 1)
+        if rank > D:
+            raise ConfigError("rank", f"the codimension of Gamma is at most D = {D}, got {rank}")
     th = theta.reshape(-1, D)
     if S.shape in (theta.shape, theta.shape + (D,)):  # one S per point (diagonal or matrix)
         s = S.reshape((th.shape[0],) + S.shape[len(batch):])

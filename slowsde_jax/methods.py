@@ -381,7 +381,10 @@ def adalayer(beta1: ArrayLike = 0.9, beta2: Optional[ArrayLike] = None, c: Optio
 
 def sgd(momentum: ArrayLike = 0.0, bias_correction: bool = False) -> Method:
     """SGD, S = I, with optional EMA momentum m <- momentum m + (1 - momentum) g (the AGM form)."""
-    return _make("sgd", momentum, None, None, 0.0, None, bias_correction=bias_correction)
+    try:
+        return _make("sgd", momentum, None, None, 0.0, None, bias_correction=bias_correction)
+    except ConfigError as e:  # SGD's beta1 is its momentum
+        raise ConfigError("momentum" if e.field == "beta1" else e.field, e.reason) from None
 
 
 FACTORIES = {"adam": adam, "adam_mini": adam_mini, "adalayer": adalayer, "adame": adame,

@@ -29,7 +29,7 @@ from . import _precision
 from ._pattern import forbid_subclassing_final
 from ._runtime_checks import user_on_error
 from .problems import AbstractLeastSquares, AbstractProblem
-from .validation import ConfigError, check_choice, check_int, check_range
+from .validation import ConfigError, check_choice, check_int, check_range, show
 
 __all__ = ["AbstractNoise", "LabelNoise", "Minibatch", "Gaussian", "Noise", "label_noise", "minibatch", "gaussian",
            "psd_sqrt", "NOISES"]
@@ -295,7 +295,10 @@ def gaussian(cov: Any) -> Gaussian:
     (its diagonal), or a function theta -> (D, D)."""
     if callable(cov):
         return Gaussian(cov=None, cov_fn=_CovarianceFunction(cov))
-    c = np.asarray(cov, dtype=float)
+    try:
+        c = np.asarray(cov, dtype=float)
+    except (TypeError, ValueError):
+        raise ConfigError("cov", f"must be a matrix or a vector of real numbers, or a function, got {show(cov)}") from None
     if c.ndim == 1:
         c = np.diag(c)
     if c.ndim != 2 or c.shape[0] != c.shape[1]:

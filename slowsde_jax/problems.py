@@ -211,6 +211,8 @@ def hyperbola(y: float = 1.0, theta0: Optional[ArrayLike] = None,
     (the problem has no random data) and accepted for a uniform signature."""
     f = _precision.default_float()
     check_range("y", y, low=-1e300)
+    if np.ndim(y) != 0:
+        raise ConfigError("y", f"must be a number, got {y!r}")
     if theta0 is None:
         theta0 = [np.sqrt(y + 1.0), 1.0] if y + 1.0 >= 0 else [0.0, np.sqrt(-y)]
     check_range("theta0", theta0)  # numbers, finite
@@ -278,6 +280,18 @@ class DiagonalNet(AbstractRegression):
                 **sharpness_observables(self.hessian_diag(theta))}
 
 
+def _check_data_size(sizes: dict[str, int], n_entries: int) -> None:
+    """ConfigError naming the largest of ``sizes`` (field -> value) when the problem's data arrays
+    (``n_entries`` float64 numbers) would not fit in the memory that is free, before anything is allocated."""
+    from .inputs import available_memory
+
+    need, have = 8.0 * n_entries, available_memory()["host"]
+    if need > 0.5 * have:
+        field = max(sizes, key=sizes.get)
+        raise ConfigError(field, f"the problem's data would need {need / 2**30:.3g} GiB, and {have / 2**30:.3g} GiB "
+                                 "are free")
+
+
 def _features(key, shape, kind, dtype):
     check_choice("features", kind, ("rademacher", "gaussian"))
     if kind == "rademacher":
@@ -299,6 +313,7 @@ def diagonal_net(d: int = 100, n: int = 40, k: int = 3, key: Union[int, PRNGKeyA
     if k > d:
         raise ConfigError("k", f"must be <= d = {d}, got {k}")
     check_range("init_scale", init_scale, low=0.0, low_open=True)
+    _check_data_size({"d": d, "n": n, "n_test": n_test}, (n + n_test) * d)
     f = _precision.default_float()
     k_supp, k_val, k_z, k_test = jax.random.split(as_key(key), 4)
     support = jax.random.permutation(k_supp, d)[:k]
@@ -436,10 +451,13 @@ def matrix_factorization(d1: int = 10, d2: int = 10, rank: int = 2, n: int = 60,
     observed entries drawn without replacement (``measurement="entries"``) or n Gaussian measurements
     <A_i, W*> with A_i standard normal (``"gaussian"``). The model has rank ``model_rank`` (default
     min(d1, d2), overparametrized) and starts at init_scale * N(0, I)."""
-    model_rank = min(d1, d2) if model_rank is None else model_rank
-    for name, val in (("d1", d1), ("d2", d2), ("rank", rank), ("n", n), ("model_rank", model_rank)):
+    for name, val in (("d1", d1), ("d2", d2), ("rank", rank), ("n", n)):
         check_int(name, val, 1)
+    model_rank = min(d1, d2) if model_rank is None else check_int("model_rank", model_rank, 1)
     check_choice("measurement", measurement, ("entries", "gaussian"))
+    check_range("init_scale", init_scale, low=0.0, low_open=True)
+    _check_data_size({"d1": d1, "d2": d2, "rank": rank, "model_rank": model_rank, "n": n},
+                     d1 * d2 * (n if measurement == "gaussian" else 2) + (d1 + d2) * (rank + model_rank))
     if measurement == "entries" and n > d1 * d2:
         raise ConfigError("n", f"at most d1*d2 = {d1 * d2} entries can be observed, got {n}")
     f = _precision.default_float()

@@ -143,11 +143,13 @@ def check_range(field: str, value: Any, low: Optional[float] = None, high: Optio
         raise ConfigError(field, f"must be {'<' if high_open else '<='} {show(high)}, got {show(value)}")
 
 
-def check_int(field: str, value: Any, low: Optional[int] = None) -> int:
-    """``value`` as an int; ConfigError unless it is an integer (Python or numpy, not a bool) ``>= low``."""
+def check_int(field: str, value: Any, low: Optional[int] = None, high: Optional[int] = None) -> int:
+    """``value`` as an int; ConfigError unless it is an integer (Python or numpy, not a bool) in [low, high]."""
     ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
     if not ok or (low is not None and value < low):
         raise ConfigError(field, f"must be an integer{'' if low is None else f' >= {low}'}, got {show(value)}")
+    if high is not None and value > high:
+        raise ConfigError(field, f"must be an integer <= {high}, got {show(value)}")
     return int(value)
 
 

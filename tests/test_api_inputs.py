@@ -264,3 +264,48 @@ def test_a_step_count_beyond_the_limit_needs_an_opt_in(monkeypatch):
     with pytest.raises(S.ConfigError, match="limit of 10"):
         S.simulate_discrete(HYP, LABEL, S.adam(), eta=0.1, steps=11, progress=False)
     S.simulate_discrete(HYP, LABEL, S.adam(), eta=0.1, steps=10, n_record=1, progress=False)
+
+
+# ----- the factories and project: any bad value of any argument is a ConfigError naming it ---------------------
+FACTORY_BAD = ["abc", None, math.nan, -1, 0, 1.5, [1, 2], True, 1 + 1j, 10**30]
+FACTORIES = [
+    (problems.hyperbola, ["y", "theta0"], {}),
+    (problems.diagonal_net, ["d", "n", "k", "n_test", "init_scale", "n_train", "features", "key"], {"n_test": 10}),
+    (problems.matrix_factorization, ["d1", "d2", "rank", "n", "model_rank", "init_scale", "n_train", "measurement",
+                                     "key"], {}),
+    (noise.label_noise, ["delta", "distribution", "batch_size"], {}),
+    (noise.minibatch, ["batch_size"], {}),
+    (noise.gaussian, ["cov"], {}),
+    (S.adam, ["beta1", "beta2", "c", "eps", "bias_correction"], {}),
+    (S.adame, ["lam", "beta1"], {}),
+    (S.sgd, ["momentum", "bias_correction"], {}),
+    (S.adam_mini, ["blocks"], {}),
+    (S.adalayer, ["blocks", "eps"], {}),
+]
+FACTORY_CASES = [(f, a, v, base) for f, args, base in FACTORIES for a in args for v in FACTORY_BAD]
+
+
+@pytest.mark.parametrize("factory,arg,value,base", FACTORY_CASES,
+                         ids=[f"{f.__name__}-{a}={v!r}"[:50] for f, a, v, _ in FACTORY_CASES])
+def test_factories_accept_or_name_the_argument(factory, arg, value, base):
+    """Every bad value is refused with the argument's name, or (where it is a valid value, e.g. None for an
+    optional argument, 0 for a seed) accepted; never a raw exception."""
+    try:
+        factory(**{**base, arg: value})
+    except S.ConfigError as e:
+        assert e.field == arg or e.field.startswith(arg + "["), (e.field, str(e))
+
+
+@pytest.mark.parametrize("kw,field", [
+    (dict(theta="a"), "theta"), (dict(theta=[1.0]), "theta"), (dict(S="a"), "S"), (dict(S=[1.0, 2.0, 3.0]), "S"),
+    (dict(S=[-1.0, 1.0]), "S"), (dict(S=[math.nan, 1.0]), "S"), (dict(tol=-1.0), "tol"), (dict(tol="a"), "tol"),
+    (dict(max_steps=0), "max_steps"), (dict(max_steps=1.5), "max_steps"), (dict(rank=5), "rank"),
+    (dict(rank=0), "rank"),
+])
+def test_project_names_the_bad_argument(kw, field):
+    from slowsde_jax import geometry
+
+    args = {"theta": jnp.array([1.5, 1.0]), "S": jnp.ones(2), **kw}
+    with pytest.raises(S.ConfigError) as e:
+        geometry.project(HYP.loss, args.pop("theta"), args.pop("S"), residuals=HYP.residuals, **args)
+    assert e.value.field == field
