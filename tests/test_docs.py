@@ -12,11 +12,10 @@ import yaml
 import slowsde_jax
 from slowsde_jax import cli
 
-pytestmark = pytest.mark.slow  # the science tier: pytest -m slow
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_docs_site_builds_strict(tmp_path):
     pytest.importorskip("mkdocs")
     pytest.importorskip("mkdocstrings")

@@ -438,9 +438,11 @@ def test_slow_sde_start_failures_each_say_why(hyp):
     loss = lambda p: (p[0] ** 2 - 1) ** 2 + 0.0 * jnp.sqrt(p[1])  # NaN where p1 < 0
     keys = jax.random.split(jax.random.PRNGKey(0), 2)
     gauss = noise.gaussian([1.0, 1.0])
-    why = lambda problem, status: inputs.explain_start_failure(problem, gauss, S.adam(), None, "equilibrium", None,
-                                                              keys, np.array(status), 7)
-    nan_loss = why(problems.from_loss(loss, np.array([3.0, -1.0])), [2, 2])
+    why = lambda problem, status, theta0=None: inputs.explain_start_failure(problem, gauss, S.adam(), theta0,
+                                                                           "equilibrium", None, keys,
+                                                                           np.array(status), 7)
+    # from_loss refuses a loss that is NaN at params0, so the NaN start comes in as theta0
+    nan_loss = why(problems.from_loss(loss, np.array([3.0, 2.0])), [2, 2], jnp.array([3.0, -1.0]))
     assert isinstance(nan_loss, S.ConfigError) and str(nan_loss).startswith("loss: the loss is not finite (got nan)")
     budget = why(problems.from_loss(loss, np.array([3.0, 2.0])), [0, 3])
     assert isinstance(budget, S.ProjectionError) and "budget (7) ran out" in str(budget) and "1 of 2" in str(budget)
