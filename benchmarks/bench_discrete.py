@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import slowsde_jax as sj
-from slowsde_jax import discrete, noise, problems
+from slowsde_jax import discrete, noise, problems, sweep
 
 
 def hand_loop(prob, delta, eta, beta1, beta2, eps, steps, n_paths, dtype):
@@ -76,7 +76,7 @@ def breakdown(prob, nz, method, eta, n_paths, dtype, repeats):
     from _timing import best_time
 
     m = discrete._static_sqrt(method, {})
-    grid, _ = discrete._grid(eta, None, dtype)
+    grid, _ = sweep.sweep_grid(eta, None, dtype)
     key, bound = jax.random.PRNGKey(0), np.asarray(1e10, dtype)
     state = discrete._init_all(prob, nz, m, grid, None, "zeros", None, key, n_paths, n_paths)
     advance = lambda k: discrete._advance(prob, nz, m, grid, bound, state, np.asarray([k], np.int64),

@@ -10,14 +10,16 @@ from .trajectory import Trajectory, mean_se
 from .discrete import simulate_discrete
 from .runs import load_run
 from .sde import simulate_slow_sde
-from .comparison import compare, eta_sweep, project_trajectory
+from .comparison import compare, eta_sweep, weak_order
+from .observables import at_projection, project_trajectory, sharpness_values
 from .geometry import ProjectionError
 from .compile_cache import enable_compilation_cache
+from .problems import from_loss
 from . import geometry, noise, plotting, problems
-
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = ["ConfigError", "Method", "ProjectionError", "ScaleByAGMState", "Trajectory", "adalayer", "adam",
-           "adam_mini", "adame", "compare", "enable_compilation_cache", "eta_sweep", "geometry", "load_run",
-           "make_method", "mean_se", "noise", "plotting", "problems", "project_trajectory", "rmsprop",
-           "scale_by_agm", "second_moment", "sgd", "simulate_discrete", "simulate_slow_sde"]
+           "adam_mini", "adame", "at_projection", "compare", "enable_compilation_cache", "eta_sweep", "from_loss",
+           "geometry", "load_run", "make_method", "mean_se", "noise", "plotting", "problems", "project_trajectory",
+           "rmsprop", "scale_by_agm", "second_moment", "sgd", "sharpness_values", "simulate_discrete",
+           "simulate_slow_sde", "weak_order"]

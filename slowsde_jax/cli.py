@@ -208,7 +208,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from . import config as cfgmod
     from . import runs
     from .comparison import describe_order, eta_sweep
-    from .plotting import plot_cloud
+    from .plotting import plot_cloud, plot_sweep
     from .sde import simulate_slow_sde
 
     cfg = cfgmod.apply_overrides(cfgmod.load_config(args.config), args.set)
@@ -234,9 +234,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
                                          progress=None if not args.quiet else False)
             names = cmp.get("observables") or sorted(sde_traj.observables)
             res = eta_sweep(problem, noise, method, cmp["etas"], T, cfg.get("n_paths", 1), seed, sde_traj, names,
-                            project=cmp.get("project", True), plot_path=str(folder / f"weak_error_{name}_{{name}}.png"),
+                            project=cmp.get("project", True),
                             v0=cfg.get("v0", "equilibrium"), progress=None if not args.quiet else False)
             for obs in names:
+                plot_sweep(res, obs, folder / f"weak_error_{name}_{obs}.png")
                 plot_cloud(res["trajectories"][-1], sde_traj, obs, folder / f"cloud_{name}_{obs}.png")
             result[name] = {"sde_engine": sde_traj.meta["engine"], "etas": res["etas"], "observables": res["observables"],
                             "final": {f"{e:g}": c.summary() for e, c in zip(res["etas"], res["comparisons"])}}
@@ -272,7 +273,7 @@ _NO_CACHE_HELP = ("compile everything afresh: do not use the compilation cache (
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from . import __version__
+    from ._version import __version__
 
     parser = argparse.ArgumentParser(prog="slowsde", description=__doc__.split("\n\n")[0], epilog=EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -2,46 +2,22 @@
 from __future__ import annotations
 
 import dataclasses
-from os import PathLike
 from typing import Any, Optional, Sequence, Union
 
-import jax.numpy as jnp
 import numpy as np
 from jaxtyping import ArrayLike, PRNGKeyArray
 
-from . import geometry as geo
 from .validation import ConfigError
-from .plotting import NOT_RESOLVED
 from .methods import Method
 from .noise import AbstractNoise
-from .problems import AbstractProblem, observe_batch
+from .problems import AbstractProblem
+from .discrete import simulate_discrete
+from .observables import project_trajectory
 from .trajectory import Trajectory
 
-__all__ = ["Comparison", "compare", "describe_order", "eta_sweep", "fit_order", "project_trajectory", "weak_order"]
+__all__ = ["Comparison", "compare", "describe_order", "eta_sweep", "fit_order", "weak_order", "NOT_RESOLVED"]
 
-
-def project_trajectory(traj: Trajectory, problem: AbstractProblem, method: Method, tol: float = 1e-10,
-                       max_steps: int = 100_000, rank: Optional[int] = None) -> Trajectory:
-    """The discrete trajectory seen on Gamma: theta_k -> Phi_{S(v_k)}(theta_k) at every recorded time, with
-    the problem's observables recomputed there (docs/math.md#the-slow-sde: (theta_k, v_k) corresponds to (zeta(k eta^2), v)).
-    Needs a trajectory recorded with ``record_state=True``. Diverged paths are left as they are.
-    ``max_steps`` and ``rank``: see :func:`slowsde_jax.geometry.project`."""
-    if traj.theta is None:
-        raise ConfigError("record_state", "projecting a trajectory needs its recorded states (record_state=True)")
-    P, T, D = traj.theta.shape
-    theta = np.asarray(traj.theta.reshape(P * T, D))  # numpy: selecting the live rows compiles nothing
-    v = jnp.asarray(traj.v.reshape(P * T, D)) if traj.v is not None else jnp.zeros(theta.shape, theta.dtype)
-    S = np.asarray(method.S(v))
-    residuals, weights = problem.residual_parts()
-    ok = np.repeat(~traj.diverged, T)
-    zeta = np.array(theta)
-    if ok.any():
-        zeta[ok] = np.asarray(geo.project(problem.loss, theta[ok], S[ok], tol=tol, max_steps=max_steps,
-                                          residuals=residuals, weights=weights, rank=rank))
-    obs = observe_batch(problem, jnp.asarray(zeta))
-    observables = {k: np.asarray(x).reshape(P, T) for k, x in obs.items()}
-    return dataclasses.replace(traj, theta=zeta.reshape(P, T, D), observables=observables,
-                               meta={**traj.meta, "projected": True})
+NOT_RESOLVED = "order: not resolved (errors within noise)"
 
 
 @dataclasses.dataclass
@@ -125,20 +101,16 @@ def describe_order(entry: dict) -> str:
 
 def eta_sweep(problem: AbstractProblem, noise: AbstractNoise, method: Method, etas: Sequence[float], T: float,
               n_paths: int, key: Union[int, PRNGKeyArray], sde_traj: Trajectory,
-              observables: Union[str, Sequence[str]], project: bool = True,
-              plot_path: Union[None, str, PathLike] = None, **discrete_kw: Any) -> dict[str, Any]:
+              observables: Union[str, Sequence[str]], project: bool = True, **discrete_kw: Any) -> dict[str, Any]:
     """Run the discrete method at every eta in ``etas`` (one compiled sweep, recorded on ``sde_traj``'s
     times), compare each with ``sde_traj``, and fit the order of the weak error at the final time in eta
     (see :func:`weak_order`: only etas whose error exceeds 2 s.e. enter the fit).
 
-    ``observables``: a name or a list of names. ``plot_path``: a PNG path, or a format string with
-    ``{name}`` for one log-log plot per observable (:func:`slowsde_jax.plotting.plot_weak_error`; or call
-    :func:`slowsde_jax.plotting.plot_sweep` on the result). Returns a dict: ``etas``, ``method``, ``T``,
+    ``observables``: a name or a list of names (plot the result with :func:`slowsde_jax.plotting.plot_sweep`).
+    Returns a dict: ``etas``, ``method``, ``T``,
     ``observables`` (name -> ``weak_error``, ``se``, ``order``, ``constant``, ``order_resolved``,
     ``resolved``; ``order`` and ``constant`` are None when not resolved), ``comparisons`` and
     ``trajectories`` (one per eta)."""
-    from .discrete import simulate_discrete
-
     names = [observables] if isinstance(observables, str) else list(observables)
     trajs = simulate_discrete(problem, noise, method, T=T, n_paths=n_paths, key=key, sweep={"eta": list(etas)},
                               n_record=sde_traj.t.size - 1, **discrete_kw)
@@ -152,9 +124,4 @@ def eta_sweep(problem: AbstractProblem, noise: AbstractNoise, method: Method, et
         per[name] = {"weak_error": err.tolist(), "se": se.tolist(), **weak_order(etas, err, se)}
     out = {"etas": list(map(float, etas)), "method": method.name, "T": float(T), "observables": per,
            "comparisons": comps, "trajectories": trajs}
-    if plot_path is not None:
-        from .plotting import plot_sweep
-
-        for name in names:
-            plot_sweep(out, name, str(plot_path).format(name=name) if "{name}" in str(plot_path) else plot_path)
     return out

@@ -46,7 +46,8 @@ import yaml
 
 from . import methods, noise, problems
 from .inputs import check_steps
-from .validation import (ConfigError, check_bool, check_choice, check_file_name, check_int, check_number, show,
+from .sweep import SWEEPABLE
+from .validation import (ConfigError, check_bool, check_bound, check_choice, check_file_name, check_int, check_number, show,
                          suggest, within)
 
 TOP_KEYS = {"name", "seed", "problem", "noise", "steps", "T", "n_paths", "n_record", "runs", "dtype",
@@ -224,7 +225,9 @@ def validate(cfg: Any) -> dict:
     if "v0" in cfg:
         _check_v0("v0", cfg["v0"])
     if "divergence_bound" in cfg:
-        check_number("divergence_bound", cfg["divergence_bound"], low=0.0, low_open=True)
+        _expect(isinstance(cfg["divergence_bound"], (int, float)) and not isinstance(cfg["divergence_bound"], bool),
+                "divergence_bound", f"must be a number, got {show(cfg['divergence_bound'])}")
+        check_bound("divergence_bound", cfg["divergence_bound"])
 
     prob = cfg["problem"]
     _expect(isinstance(prob, dict) and "kind" in prob, "problem", "must be a mapping with a 'kind'")
@@ -284,7 +287,6 @@ def validate(cfg: Any) -> dict:
         has_T = "T" in run or ("T" in cfg and "steps" not in run)
         has_steps = "steps" in run or ("steps" in cfg and "T" not in run)
         _expect(has_T != has_steps, f"{f}.steps", "give exactly one of steps and T (here or at the top level)")
-        from .discrete import SWEEPABLE
 
         for k, vals in sweep.items():
             _expect(isinstance(k, str) and k in SWEEPABLE, f"{f}.sweep.{k}",
@@ -369,7 +371,8 @@ def _source(f, run, k):
 
 def _check_run(cfg, name, run, problem, nz, method, etas):
     """Every grid point of one run: swept values, c*eta^2 < 1 at every eta, the step count, the memory."""
-    from .inputs import check_memory, check_step_count, check_sweep_value, parse_inputs
+    from .inputs import check_memory, check_step_count, parse_inputs
+    from .sweep import check_sweep_value
 
     f = f"runs.{name}"
     sweep = run.get("sweep") or {}

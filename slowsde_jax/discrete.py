@@ -31,7 +31,6 @@ Lanes are spread over devices with :mod:`slowsde_jax.sharding`; records can be s
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 import time
 from pathlib import Path
@@ -45,46 +44,20 @@ from jax.typing import DTypeLike
 from jaxtyping import ArrayLike, Float
 
 from . import _precision
-from . import methods as _methods, noise as _noise, problems as _problems, sharding as _sharding
+from . import sharding as _sharding
 from ._io import atomic_write, read_npz
 from .streaming import RecordStream
-from .validation import ConfigError, check_bool, check_int, check_optional_bool, check_range, suggest
+from .validation import ConfigError, check_bool, check_bound, check_int, check_optional_bool, check_range
 from .methods import Method, second_moment
 from .noise import AbstractNoise
 from .problems import AbstractProblem
-from .inputs import (check_devices, check_path, check_step_count, check_steps, check_sweep_value, initial_v,
+from .sweep import apply_hypers, check_sweep_value, sweep_grid
+from .inputs import (check_devices, check_path, check_step_count, check_steps, initial_v,
                      parse_inputs, run_meta)
 from .trajectory import Trajectory
 
-__all__ = ["simulate_discrete", "apply_hypers", "SWEEPABLE", "PathState", "DiscreteRun", "save_checkpoint",
+__all__ = ["simulate_discrete", "PathState", "DiscreteRun", "save_checkpoint",
            "load_checkpoint"]
-
-# What a sweep may vary, as the classes declare it (``sweepable``: sweep name -> field), and which of
-# (problem, noise, method) owns each name. ``eta`` is the engine's own.
-_SWEEP_OWNERS = {"method": _methods.Method, "noise": _noise.LabelNoise, "problem": _problems.AbstractRegression}
-_OWNER = {name: owner for owner, cls in _SWEEP_OWNERS.items() for name in cls.sweepable}
-SWEEPABLE = ("eta", *_OWNER)
-
-
-def apply_hypers(problem: AbstractProblem, noise: AbstractNoise, method: Method,
-                 hypers: dict) -> tuple[AbstractProblem, AbstractNoise, Method]:
-    """Return (problem, noise, method) with the hyperparameters in ``hypers`` (arrays) substituted into the
-    fields their classes declare sweepable (``type(x).sweepable``: sweep name -> field name)."""
-    objs = {"problem": problem, "noise": noise, "method": method}
-    for name, value in hypers.items():
-        if name == "eta":
-            continue
-        if name not in _OWNER:
-            raise ConfigError("sweep", f"cannot sweep '{name}'; sweepable: {', '.join(SWEEPABLE)}")
-        owner = _OWNER[name]
-        obj = objs[owner]
-        field = type(obj).sweepable.get(name)
-        if field is None or getattr(obj, field) is None:
-            what = method.name if owner == "method" else type(obj).__name__
-            raise ConfigError(name, f"{owner} {what} has no '{name}' to sweep")
-        objs[owner] = eqx.tree_at(lambda o: getattr(o, field), obj, value)
-    return objs["problem"], objs["noise"], objs["method"]
-
 
 class PathState(eqx.Module):
     """State of one path: parameters, optimizer state, PRNG key, step count, divergence step (-1 if none)."""
@@ -253,29 +226,6 @@ def _flag_non_finite_loss(problem, noise, method, hypers, state):
     return eqx.tree_at(lambda s: s.diverged_step, state, jnp.where(bad, state.step, state.diverged_step))
 
 
-def _grid(eta, sweep, dtype):
-    """Cartesian grid of hyperparameters: dict name -> array (n_cfg,), and the list of per-config dicts."""
-    sweep = dict(sweep or {})
-    if "eta" not in sweep:
-        sweep["eta"] = [eta]
-    for k in sweep:
-        if k not in SWEEPABLE:
-            raise ConfigError(f"sweep.{k}", f"not sweepable{suggest(k, SWEEPABLE)}; sweepable: {', '.join(SWEEPABLE)}")
-    names = list(sweep)
-    values = []
-    for k in names:
-        try:
-            values.append(np.atleast_1d(np.asarray(sweep[k], dtype=float)))
-        except (TypeError, ValueError):
-            raise ConfigError(f"sweep.{k}", f"must be a list of numbers, got {sweep[k]!r}") from None
-    for k, v in zip(names, values):
-        if v.ndim != 1 or v.size == 0:
-            raise ConfigError(f"sweep.{k}", "must be a non-empty list of numbers")
-    combos = list(itertools.product(*values))
-    grid = {k: jnp.asarray([c[i] for c in combos], dtype) for i, k in enumerate(names)}
-    return grid, [dict(zip(names, map(float, c))) for c in combos]
-
-
 @dataclasses.dataclass
 class DiscreteRun:
     """A discrete run in progress: the device state, the schedule and the records so far.
@@ -358,7 +308,7 @@ def simulate_discrete(problem: AbstractProblem, noise: AbstractNoise, method: Me
         check_steps(steps, "steps", "steps")
     check_int("block_steps", block_steps, 1)
     check_int("chunk_steps", chunk_steps, 1)
-    check_range("divergence_bound", divergence_bound, low=0.0, low_open=True)
+    check_bound("divergence_bound", divergence_bound)
     check_range("checkpoint_every_s", checkpoint_every_s, low=0.0)
     check_optional_bool("progress", progress)
     if on_chunk is not None and not callable(on_chunk):
@@ -370,7 +320,7 @@ def simulate_discrete(problem: AbstractProblem, noise: AbstractNoise, method: Me
     check_bool("record_observables", record_observables)
     if sweep is not None and not isinstance(sweep, dict):
         raise ConfigError("sweep", f"must be a dict name -> list of values, got {type(sweep).__name__}")
-    grid, cfgs = _grid(eta, sweep, dtype)
+    grid, cfgs = sweep_grid(eta, sweep, dtype)
     for k, values in (sweep or {}).items():  # every swept value through its factory's checks
         for i, v in enumerate(np.atleast_1d(np.asarray(values, dtype=float))):
             if k == "eta":

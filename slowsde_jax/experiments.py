@@ -158,9 +158,9 @@ def grid_point(problem: "AbstractProblem", noise: "AbstractNoise", method: "Meth
                hypers: dict) -> tuple["AbstractProblem", "AbstractNoise", "Method"]:
     """(problem, noise, method) at one grid point: the swept values in ``hypers`` (one entry of
     :attr:`SeedGrid.hypers`, e.g. ``{"eta": 0.1, "lam": 0.001, "n_train": 20}``) substituted as float arrays
-    (:func:`slowsde_jax.discrete.apply_hypers`). A swept lam changes the method's preconditioner S, so a
+    (:func:`slowsde_jax.sweep.apply_hypers`). A swept lam changes the method's preconditioner S, so a
     grid point's states must be projected with this method, not the run's base one."""
-    from .discrete import apply_hypers
+    from .sweep import apply_hypers
 
     return apply_hypers(problem, noise, method, {k: jnp.asarray(float(v)) for k, v in hypers.items()})
 

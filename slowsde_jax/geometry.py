@@ -35,7 +35,8 @@ from jaxtyping import Array, ArrayLike, Float, Int, Scalar
 
 from ._batching import factorized_size, map_paths
 from ._small_linalg import spd_solve
-from .validation import ConfigError, check_int, check_range
+from ._structure import declared, ls_jacobian, quadratic_structure  # noqa: F401  (part of the geometry's face)
+from .validation import ConfigError, as_float_array, check_int, check_range
 
 __all__ = ["ProjectionError", "PROJECTION_STATUS", "projection_jacobian", "sigma_parallel", "sigma_diamond",
            "sharpness", "hessian", "third_derivative_contraction", "numerical_rank", "ls_jacobian",
@@ -209,21 +210,6 @@ def third_derivative_contraction(loss: LossFn, theta: Float[Array, "D"], M: Opti
 
 
 # ----- least squares on Gamma -------------------------------------------------------------------------------------------
-def ls_jacobian(residuals: ResidualFn, theta: Float[Array, "D"]) -> Float[Array, "n D"]:
-    """J = d r / d theta, (n, D). Quadratic residuals r = B (x * x) - y (:func:`quadratic_structure`):
-    J = 2 B Diag(x), O(n D). A problem with a closed form declares it as a method ``residual_jacobian(theta)``
-    (``residuals`` is its bound method ``problem.residuals``). Otherwise autodiff: reverse mode when n <= D
-    (n passes), forward mode else."""
-    quad = quadratic_structure(residuals)
-    if quad is not None:
-        return 2.0 * quad[0] * theta[None, :]
-    closed_form = _declared(residuals, "residual_jacobian")
-    if closed_form is not None:
-        return closed_form(theta)
-    n = jax.eval_shape(residuals, theta).shape[0]
-    return (jax.jacrev if n <= theta.shape[0] else jax.jacfwd)(residuals)(theta)
-
-
 def _ls_gram_solve(Jw, w, S, y):
     """(S J_w^T, z) with (J_w S J_w^T) z = y for J_w = Diag(sqrt w) J; masked samples (w = 0) get a unit
     diagonal so that their (zero) rows drop out."""
@@ -273,7 +259,7 @@ def ls_third_derivative_tangent(residuals: ResidualFn, w: Float[Array, "n"], the
     quad = quadratic_structure(residuals)
     if quad is not None:
         return 4.0 * jnp.sum(quad[0] * (w[:, None] * MJt.T), axis=0)
-    closed_form = _declared(residuals, "residual_hessian_sum")
+    closed_form = declared(residuals, "residual_hessian_sum")
     if closed_form is not None:
         return 2.0 * closed_form(theta, w, MJt)
 
@@ -295,7 +281,7 @@ def ls_gn_trace_hessian(residuals: ResidualFn, w: Float[Array, "n"], theta: Floa
     quad = quadratic_structure(residuals)
     if quad is not None:
         return jnp.diag(8.0 * S * (w @ quad[0] ** 2))
-    closed_form = _declared(residuals, "gn_trace_hessian")
+    closed_form = declared(residuals, "gn_trace_hessian")
     if closed_form is not None:
         return closed_form(theta, S, w)
 
@@ -484,21 +470,6 @@ PROJECTION_STATUS = {
 }
 
 
-def quadratic_structure(residuals):
-    """``(B, y)`` when the residuals are r(x) = B (x * x) - y (diagonal nets, the hyperbola), else None.
-
-    A problem declares it with a method ``quadratic_residuals()`` returning (B, y); ``residuals`` is its bound
-    method ``problem.residuals`` (as :meth:`Problem.residual_parts` returns it)."""
-    get = _declared(residuals, "quadratic_residuals")
-    return None if get is None else get()
-
-
-def _declared(residuals, name):
-    """The method ``name`` of the problem whose bound method ``residuals`` is (a structure or closed form the
-    problem declares), or None."""
-    return getattr(getattr(residuals, "__self__", None), name, None)
-
-
 def _dual_flow_limit(x0, S, B, y, w, tol=1e-10, max_iter=200):
     """The limit of dx/ds = -S grad L for L = sum_i w_i r_i^2 / 2, r(x) = B (x * x) - y, S diagonal (D,).
 
@@ -637,12 +608,11 @@ def projection_failure_message(status: ArrayLike, max_steps: int) -> str:
 def _check_project_args(loss, theta, S, residuals, weights):
     """theta and S as float arrays, checked against the loss: ConfigError for non-numbers, a scalar theta, a
     last axis that is not the dimension of the problem owning ``loss``, or a loss that is not a scalar."""
-    from .inputs import _numeric
     from . import _precision
 
-    theta = _numeric("theta", theta, None)
+    theta = as_float_array("theta", theta, None)
     theta = theta.astype(_precision.default_float()) if not jnp.issubdtype(theta.dtype, jnp.floating) else theta
-    S = _numeric("S", S, theta.dtype)
+    S = as_float_array("S", S, theta.dtype)
     if theta.ndim == 0 or theta.shape[-1] == 0:
         raise ConfigError("theta", f"must be a vector (D,) or a batch (..., D), got shape {tuple(theta.shape)}")
     D = theta.shape[-1]
@@ -678,8 +648,6 @@ def project(loss: LossFn, theta: Float[ArrayLike, "*batch D"], S: ArrayLike, tol
     theta, S = _check_project_args(loss, theta, S, residuals, weights)
     check_range("tol", tol, low=0.0, low_open=True)
     check_int("max_steps", max_steps, 1)
-    if not np.all(np.isfinite(np.asarray(S))):
-        raise ConfigError("S", "must be finite")
     if S.shape[-1:] == theta.shape[-1:] and not (S.ndim >= 2 and S.shape[-2:] == (theta.shape[-1],) * 2) \
             and np.any(np.asarray(S) <= 0):
         raise ConfigError("S", "a diagonal preconditioner must be positive")

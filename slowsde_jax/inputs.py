@@ -18,62 +18,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import DTypeLike
-from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from . import _precision
-from .validation import ConfigError, check_compatible, check_int, show
+from ._memory import available_memory
+from .validation import ConfigError, as_float_array, as_key, check_int, show
 
 if TYPE_CHECKING:  # annotations only; problems imports this module
     from .methods import Method
     from .noise import AbstractNoise
     from .problems import AbstractProblem
 
-__all__ = ["Inputs", "as_key", "as_float_params", "parse_inputs", "initial_v", "run_meta", "META_KEYS", "memory_estimate",
-           "available_memory", "check_memory", "explain_start_failure", "check_sweep_value",
+__all__ = ["Inputs", "check_compatible", "parse_inputs", "initial_v", "run_meta", "META_KEYS", "memory_estimate",
+           "check_memory", "explain_start_failure",
            "check_step_count", "MAX_STEPS"]
 
 V0_MODES = ("zeros", "equilibrium")
-
-
-def as_key(key: Union[int, PRNGKeyArray]) -> PRNGKeyArray:
-    """A jax PRNG key from an int seed (0 <= seed < 2**64) or a key; ConfigError otherwise."""
-    if isinstance(key, (bool, np.bool_)):
-        raise ConfigError("key", f"must be an integer seed or a jax PRNG key, got {key!r}")
-    if isinstance(key, (int, np.integer)):
-        if not 0 <= int(key) < 2**64:
-            raise ConfigError("key", f"an integer seed must lie in [0, 2**64), got {key}")
-        return jax.random.PRNGKey(int(key) if int(key) < 2**63 else int(key) - 2**64)
-    if isinstance(key, jax.core.Tracer):  # inside jit/vmap: the caller's key, checked by shape only
-        if key.shape == (2,) or (jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ()):
-            return key
-    elif isinstance(key, (jax.Array, np.ndarray)):
-        if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-            if key.shape == ():
-                return key
-            raise ConfigError("key", f"must be a single PRNG key, got a batch of keys of shape {key.shape}")
-        if key.shape == (2,) and key.dtype == np.uint32:
-            return jnp.asarray(key)
-        raise ConfigError("key", f"a raw PRNG key must have shape (2,) and dtype uint32, got shape {key.shape} "
-                                 f"and dtype {key.dtype}")
-    raise ConfigError("key", f"must be an integer seed or a jax PRNG key (jax.random.key or PRNGKey), got "
-                             f"{type(key).__name__} {show(key)}")
-
-
-def as_float_params(params0: PyTree[ArrayLike], field: str = "params0") -> PyTree[Float[Array, "..."]]:
-    """``params0`` (any pytree of arrays) with every leaf a finite float array of the default precision:
-    integer and bool leaves are converted (gradients need floats); strings, objects, complex and non-finite
-    entries raise ConfigError naming the leaf."""
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(params0)
-    if not leaves:
-        raise ConfigError(field, "has no array leaves (nothing to optimize)")
-    out = []
-    for path, x in leaves:
-        name = field + jax.tree_util.keystr(path)
-        a = _real_array(name, x)
-        if not np.all(np.isfinite(a)):
-            raise ConfigError(name, "must be finite")
-        out.append(jnp.asarray(a, _precision.default_float() if a.dtype.kind in "biu" else a.dtype))
-    return jax.tree_util.tree_unflatten(treedef, out)
 
 
 FLOAT_DTYPES = ("float64", "float32")
@@ -152,7 +112,7 @@ def parse_inputs(problem: AbstractProblem, noise: AbstractNoise, method: Method,
     check_memory("n_paths", dim=D, n_cfg=1, n_paths=n_paths, n_record=0, record_state=False, has_v=method.has_v,
                  itemsize=np.dtype(dtype).itemsize)
     if theta0 is not None:
-        theta0 = _numeric("theta0", theta0, dtype)
+        theta0 = as_float_array("theta0", theta0, dtype)
         if theta0.shape != (D,):
             raise ConfigError("theta0", f"must have shape ({D},), got {theta0.shape}")
         if not bool(jnp.all(jnp.isfinite(theta0))):
@@ -163,7 +123,7 @@ def parse_inputs(problem: AbstractProblem, noise: AbstractNoise, method: Method,
             raise ConfigError("v0", f"must be {' or '.join(repr(m) for m in v0_modes)} or an array, got {v0!r}")
         v0_mode = v0
     else:
-        v0_mode, v0_arr = "given", _numeric("v0", v0, dtype)
+        v0_mode, v0_arr = "given", as_float_array("v0", v0, dtype)
         if v0_arr.shape not in ((D,), ()):
             raise ConfigError("v0", f"must have shape ({D},), got {v0_arr.shape}")
         if not bool(jnp.all(jnp.isfinite(v0_arr))):
@@ -176,23 +136,6 @@ def parse_inputs(problem: AbstractProblem, noise: AbstractNoise, method: Method,
                   dtype=dtype)
 
 
-def _real_array(field, x) -> np.ndarray:
-    """``x`` as a numpy array of real numbers (bool, int or float); ConfigError for strings, objects, complex
-    numbers and ragged lists."""
-    try:
-        a = np.asarray(x)
-    except (ValueError, TypeError):
-        raise ConfigError(field, f"must be an array of numbers, got {show(x)}") from None
-    if a.dtype.kind not in "biuf":
-        raise ConfigError(field, f"must be an array of real numbers, got {show(x)}")
-    return a
-
-
-def _numeric(field, x, dtype):
-    """``x`` as a float array of ``dtype``; ConfigError for strings, objects and other non-numbers."""
-    return jnp.asarray(_real_array(field, x), dtype)
-
-
 # ----- memory ------------------------------------------------------------------------------------------------
 def memory_estimate(*, dim: int, n_cfg: int, n_paths: int, n_record: int, record_state: bool, has_v: bool,
                     itemsize: int = 8, n_observables: int = 8) -> dict:
@@ -203,34 +146,6 @@ def memory_estimate(*, dim: int, n_cfg: int, n_paths: int, n_record: int, record
     state = lanes * dim * itemsize * (2 + bool(has_v))
     per_record = lanes * ((dim * (1 + bool(has_v)) if record_state else 0) * itemsize + n_observables * 8)
     return {"device": 4.0 * state, "host": 2.0 * per_record * (n_record + 1) + state}
-
-
-def available_memory() -> dict:
-    """Bytes free now: ``host`` (MemAvailable, or the physical memory) and ``device`` (the accelerator's
-    free memory when jax reports it; on the CPU backend, the host's)."""
-    host = None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    host = float(line.split()[1]) * 1024
-    except OSError:
-        pass
-    if host is None:
-        try:
-            import os
-
-            host = float(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-        except (ValueError, OSError, AttributeError):
-            host = float("inf")
-    device = host
-    try:
-        stats = jax.devices()[0].memory_stats()
-        if stats and "bytes_limit" in stats:
-            device = float(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
-    except Exception:  # noqa: BLE001 - a backend without memory stats: use the host's figure
-        pass
-    return {"host": host, "device": device}
 
 
 def check_memory(field: str, **sizes) -> None:
@@ -322,45 +237,6 @@ def check_step_count(T: ArrayLike, eta: ArrayLike, field: str = "eta", T_field: 
     check_steps(steps, field, f"T / eta^2 at eta = {show(eta)}")
 
 
-def check_sweep_value(problem: AbstractProblem, nz: AbstractNoise, method: Method, k: str, v: ArrayLike,
-                      field: Optional[str] = None) -> None:
-    """ConfigError naming ``field`` (default ``sweep.<k>``) unless the value ``v`` of sweep ``k`` passes the
-    checks of the factory that owns ``k`` (:func:`slowsde_jax.methods.adam` and co. for ``beta1``, ``beta2``,
-    ``c``, ``eps``, ``lam``; :func:`~slowsde_jax.noise.label_noise` for ``delta``; a whole number of samples in
-    [1, n] for ``n_train``), and the object it sets has that field. ``eta`` is checked by the caller (> 0 and
-    c*eta^2 in (0, 1) with the method's c)."""
-    from . import methods, noise, problems
-    from .discrete import _OWNER
-
-    field = field or f"sweep.{k}"
-
-    owner = _OWNER.get(k)
-    if owner == "method":
-        fields = {n: (None if getattr(method, n) is None else float(getattr(method, n)))
-                  for n in ("beta1", "beta2", "c", "eps", "lam")}
-        if fields[k] is None:
-            raise ConfigError(field, f"method {method.name} has no '{k}' to sweep")
-        fields[k] = v
-        try:
-            methods._make(method.name, fields["beta1"], fields["beta2"], fields["c"], fields["eps"], fields["lam"],
-                          blocks=method.blocks, bias_correction=method.bias_correction)
-        except ConfigError as e:
-            raise ConfigError(field if e.field == k else f"{field} ({e.field})", e.reason) from None
-    elif owner == "noise":
-        if not isinstance(nz, noise.LabelNoise):
-            raise ConfigError(field, f"noise {type(nz).__name__} has no '{k}' to sweep")
-        try:
-            noise.label_noise(v, nz.distribution, nz.batch_size)
-        except ConfigError as e:
-            raise ConfigError(field, e.reason) from None
-    elif owner == "problem":
-        if not isinstance(problem, problems.AbstractRegression):
-            raise ConfigError(field, f"problem {type(problem).__name__} has no '{k}' to sweep")
-        n = problem.n_samples
-        if float(v) != round(float(v)) or not 1 <= v <= n:
-            raise ConfigError(field, f"must be a whole number of samples in [1, {n}] (n = {n}), got {show(v)}")
-
-
 def initial_v(problem: AbstractProblem, noise: AbstractNoise, method: Method, theta: Float[Array, "D"], v0_mode: str,
               v0: Optional[ArrayLike] = None) -> Optional[Float[Array, "D"]]:
     """The second moment at the start, flat (D,): zeros, the equilibrium V(Sigma(theta)) of the v-equation at
@@ -390,3 +266,9 @@ def run_meta(engine: str, problem: AbstractProblem, noise: AbstractNoise, method
     meta.update(engine=engine, method=method.name, noise=type(noise).__name__, problem=type(problem).__name__)
     meta.update(fields)
     return meta
+
+
+def check_compatible(problem: AbstractProblem, noise: AbstractNoise, method: Method) -> None:
+    """Raise :class:`ConfigError` naming the field when the three inputs do not fit together."""
+    method.check(problem)
+    noise.check(problem)

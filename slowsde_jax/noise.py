@@ -28,6 +28,7 @@ from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 from . import _precision
 from ._pattern import forbid_subclassing_final
 from ._runtime_checks import user_on_error
+from ._structure import ls_jacobian
 from .problems import AbstractLeastSquares, AbstractProblem
 from .validation import ConfigError, check_choice, check_int, check_range, show
 
@@ -108,8 +109,6 @@ class LabelNoise(AbstractNoise):
         return vjp(jnp.zeros_like(r).at[idx].add(coef))[0]
 
     def _parts(self, problem, theta):
-        from .geometry import ls_jacobian
-
         return problem.residuals(theta), ls_jacobian(problem.residuals, theta), problem.sample_weights()
 
     def covariance(self, problem: AbstractLeastSquares, theta: Float[Array, "D"]) -> Float[Array, "D D"]:

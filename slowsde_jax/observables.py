@@ -32,8 +32,9 @@ from numpy.typing import ArrayLike
 from . import geometry as geo
 from .methods import Method
 from .noise import AbstractNoise
-from .problems import AbstractProblem
-from .trajectory import Trajectory
+from .problems import AbstractProblem, observe_batch
+from .sde import simulate_slow_sde
+from .trajectory import Trajectory, mean_se
 from .validation import ConfigError
 
 __all__ = ["own_sharpness", "sharpness_values", "at_projection", "slow_ode_from_records", "theory_view",
@@ -42,6 +43,31 @@ __all__ = ["own_sharpness", "sharpness_values", "at_projection", "slow_ode_from_
 #: Readable names of the sharpness observables (also used by :func:`slowsde_jax.plotting.label`).
 MEASURE_LABELS = {"trace_H": "tr H", "trace_sqrt_diag_H": "tr(Diag H^{1/2})",
                   "trace_diag_H_pow": "tr(Diag H^{1-λ})", "block_sharpness": "Σ_B √(|B| tr H_BB)"}
+
+
+def project_trajectory(traj: Trajectory, problem: AbstractProblem, method: Method, tol: float = 1e-10,
+                       max_steps: int = 100_000, rank: Optional[int] = None) -> Trajectory:
+    """The discrete trajectory seen on Gamma: theta_k -> Phi_{S(v_k)}(theta_k) at every recorded time, with
+    the problem's observables recomputed there (docs/math.md#the-slow-sde: (theta_k, v_k) corresponds to (zeta(k eta^2), v)).
+    Needs a trajectory recorded with ``record_state=True``. Diverged paths are left as they are.
+    ``max_steps`` and ``rank``: see :func:`slowsde_jax.geometry.project`."""
+    if traj.theta is None:
+        raise ConfigError("record_state", "projecting a trajectory needs its recorded states (record_state=True)")
+    P, T, D = traj.theta.shape
+    theta = np.asarray(traj.theta.reshape(P * T, D))  # numpy: selecting the live rows compiles nothing
+    v = jnp.asarray(traj.v.reshape(P * T, D)) if traj.v is not None else jnp.zeros(theta.shape, theta.dtype)
+    S = np.asarray(method.S(v))
+    residuals, weights = problem.residual_parts()
+    ok = np.repeat(~traj.diverged, T)
+    zeta = np.array(theta)
+    if ok.any():
+        zeta[ok] = np.asarray(geo.project(problem.loss, theta[ok], S[ok], tol=tol, max_steps=max_steps,
+                                          residuals=residuals, weights=weights, rank=rank))
+    obs = observe_batch(problem, jnp.asarray(zeta))
+    observables = {k: np.asarray(x).reshape(P, T) for k, x in obs.items()}
+    return dataclasses.replace(traj, theta=zeta.reshape(P, T, D), observables=observables,
+                               meta={**traj.meta, "projected": True})
+
 
 
 def own_sharpness(method: Method) -> tuple[str, str]:
@@ -83,11 +109,9 @@ def sharpness_values(problem: AbstractProblem, theta: ArrayLike, method: Optiona
 
 def at_projection(traj: Trajectory, problem: AbstractProblem, method: Method, **project_kw: Any) -> Trajectory:
     """``traj`` seen on Gamma: every recorded theta_k replaced by Phi_{S(v_k)}(theta_k)
-    (:func:`slowsde_jax.comparison.project_trajectory`), its observables recomputed there, and the sharpness
+    (:func:`project_trajectory`), its observables recomputed there, and the sharpness
     measures of :func:`sharpness_values` (with ``method``'s own) added. Needs ``record_state=True``.
     ``meta["projected"]`` is True. ``project_kw``: ``tol``, ``max_steps``, ``rank`` of the projection."""
-    from .comparison import project_trajectory
-
     proj = project_trajectory(traj, problem, method, **project_kw)
     return _with_sharpness(proj, problem, method)
 
@@ -108,8 +132,6 @@ def slow_ode_from_records(traj: Trajectory, problem: AbstractProblem, noise: Abs
 
     Under label noise this is the deterministic ODE, so the paths differ only by their starting points.
     ``sde_kw`` goes to :func:`slowsde_jax.simulate_slow_sde` (``rtol``, ``atol``, ``progress``, ...)."""
-    from .sde import simulate_slow_sde
-
     if traj.theta is None:
         raise ConfigError("record_state", "starting the slow flow from a run needs its recorded states (record_state=True)")
     n_t = traj.t.size
@@ -175,8 +197,6 @@ def _value(traj, name, j):
     x = traj.observables[name][ok, j]
     if x.size == 0:
         return float("nan"), float("nan")
-    from .trajectory import mean_se
-
     m, se = mean_se(x, traj.deterministic)
     return float(m), float(se)
 

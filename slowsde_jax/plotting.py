@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Collection, Optional, Sequence, Union
 import numpy as np
 from numpy.typing import ArrayLike
 
+from .comparison import NOT_RESOLVED
 from .observables import MEASURE_LABELS
 from .trajectory import Trajectory
 
@@ -31,7 +32,6 @@ __all__ = ["plot_observables", "plot_cloud", "plot_weak_error", "plot_sweep", "p
 
 T_LABEL = "SDE time t = kη²"
 BAND_LABEL = "10–90 % of paths"
-NOT_RESOLVED = "order: not resolved (errors within noise)"
 #: Observables that the CLI draws on a log scale (losses and errors span decades).
 LOSS_NAMES = ("loss", "train_loss", "test_loss", "test_error")
 

@@ -34,12 +34,12 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, PyTree, Scalar
 
 from . import _precision
+from ._memory import available_memory
 from ._pattern import forbid_subclassing_final
-from .inputs import as_float_params, as_key
-from .validation import ConfigError, check_choice, check_int, check_range
+from .validation import ConfigError, as_float_params, as_key, check_choice, check_int, check_range
 
 __all__ = ["AbstractProblem", "AbstractLeastSquares", "AbstractRegression", "Hyperbola", "DiagonalNet",
-           "MatrixFactorization", "FromLoss", "FromResiduals", "Problem", "LeastSquares", "hyperbola",
+           "MatrixFactorization", "FromLoss", "FromResiduals", "hyperbola",
            "diagonal_net", "matrix_factorization", "from_loss", "observe_batch", "sharpness_observables",
            "dense_hessian_diag", "PROBLEMS"]
 
@@ -168,12 +168,6 @@ class AbstractRegression(AbstractLeastSquares):
         return eqx.tree_at(lambda p: p.n_active, self, jnp.asarray(n_train, self.y.dtype))
 
 
-Problem = AbstractProblem
-"""Older name of :class:`AbstractProblem` (for ``isinstance`` checks and annotations)."""
-LeastSquares = AbstractRegression
-"""Older name of :class:`AbstractRegression` (for ``isinstance`` checks and annotations)."""
-
-
 # ----- the toy hyperbola -----------------------------------------------------------------------------------
 @final
 class Hyperbola(AbstractRegression):
@@ -283,8 +277,6 @@ class DiagonalNet(AbstractRegression):
 def _check_data_size(sizes: dict[str, int], n_entries: int) -> None:
     """ConfigError naming the largest of ``sizes`` (field -> value) when the problem's data arrays
     (``n_entries`` float64 numbers) would not fit in the memory that is free, before anything is allocated."""
-    from .inputs import available_memory
-
     need, have = 8.0 * n_entries, available_memory()["host"]
     if need > 0.5 * have:
         field = max(sizes, key=sizes.get)

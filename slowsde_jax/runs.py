@@ -10,14 +10,13 @@ write that fails (a full disk) removes its temporary file and leaves the previou
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import platform
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Union
+from typing import Any, Iterator, Union
 
 import numpy as np
 
@@ -74,7 +73,7 @@ def environment() -> dict:
     import jax
     import optax
 
-    from . import __version__
+    from ._version import __version__
 
     return {"slowsde_jax": __version__, "jax": jax.__version__, "optax": optax.__version__,
             "diffrax": diffrax.__version__, "equinox": equinox.__version__, "numpy": np.__version__,

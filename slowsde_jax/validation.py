@@ -8,31 +8,28 @@ names the offending field and says why, so that the CLI can print one line and e
 - :func:`check_number`: a Python int or float (not a bool, as YAML gives them), then :func:`check_range`.
 - :func:`check_choice`: one of a few names.
 - :func:`suggest`: the " (did you mean 'x'?)" hint for misspelled names.
-- :func:`check_compatible`: a problem, a noise model and a method fit together; each noise and the method
-  check themselves (``noise.check(problem)``, ``method.check(problem)``).
+- :func:`as_key`, :func:`as_float_params`, :func:`as_real_array`: coerce a seed, a parameter pytree, an
+  array of real numbers.
 - :func:`check_bool`, :func:`check_file_name`: true/false flags and names that become file names.
 - :func:`within`: re-raise the ConfigErrors of a block with a path prefix (``runs.adam.`` + ``beta1``).
 - :func:`show`: a value as a message prints it (``1.5``, not ``Array(1.5, dtype=float64)``).
-
-``slowsde_jax.errors`` re-exports the first names for older imports.
 """
 from __future__ import annotations
 
 import contextlib
 import difflib
 import os
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional, Union
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 
-if TYPE_CHECKING:  # annotations only; importing these at run time would be circular
-    from .methods import Method
-    from .noise import AbstractNoise
-    from .problems import AbstractProblem
+from . import _precision
 
 __all__ = ["ConfigError", "suggest", "check_range", "check_int", "check_number", "check_choice",
-           "check_compatible", "check_bool", "check_file_name", "within", "show"]
+           "as_key", "as_float_params", "as_real_array", "as_float_array", "check_optional_bool", "check_bool", "check_file_name", "within", "show"]
 
 
 class ConfigError(ValueError):
@@ -143,6 +140,15 @@ def check_range(field: str, value: Any, low: Optional[float] = None, high: Optio
         raise ConfigError(field, f"must be {'<' if high_open else '<='} {show(high)}, got {show(value)}")
 
 
+def check_bound(field: str, value: Any) -> None:
+    """ConfigError unless ``value`` is a number > 0; +inf is allowed (no bound), NaN is not."""
+    a = _concrete(field, value)
+    if a is None:
+        return
+    if a.ndim != 0 or np.isnan(a) or a <= 0:
+        raise ConfigError(field, f"must be a number > 0 (inf for no bound), got {show(value)}")
+
+
 def check_int(field: str, value: Any, low: Optional[int] = None, high: Optional[int] = None) -> int:
     """``value`` as an int; ConfigError unless it is an integer (Python or numpy, not a bool) in [low, high]."""
     ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
@@ -169,7 +175,62 @@ def check_choice(field: str, value: Any, choices: Iterable[str]) -> None:
         raise ConfigError(field, f"must be {listed}, got {show(value)}")
 
 
-def check_compatible(problem: AbstractProblem, noise: AbstractNoise, method: Method) -> None:
-    """Raise :class:`ConfigError` naming the field when the three inputs do not fit together."""
-    method.check(problem)
-    noise.check(problem)
+# ----- coercers ----------------------------------------------------------------------------------------------
+def as_key(key: Union[int, PRNGKeyArray]) -> PRNGKeyArray:
+    """A jax PRNG key from an int seed (0 <= seed < 2**64) or a key; ConfigError otherwise."""
+    if isinstance(key, (bool, np.bool_)):
+        raise ConfigError("key", f"must be an integer seed or a jax PRNG key, got {key!r}")
+    if isinstance(key, (int, np.integer)):
+        if not 0 <= int(key) < 2**64:
+            raise ConfigError("key", f"an integer seed must lie in [0, 2**64), got {key}")
+        return jax.random.PRNGKey(int(key) if int(key) < 2**63 else int(key) - 2**64)
+    if isinstance(key, jax.core.Tracer):  # inside jit/vmap: the caller's key, checked by shape only
+        if key.shape == (2,) or (jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ()):
+            return key
+    elif isinstance(key, (jax.Array, np.ndarray)):
+        if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+            if key.shape == ():
+                return key
+            raise ConfigError("key", f"must be a single PRNG key, got a batch of keys of shape {key.shape}")
+        if key.shape == (2,) and key.dtype == np.uint32:
+            return jnp.asarray(key)
+        raise ConfigError("key", f"a raw PRNG key must have shape (2,) and dtype uint32, got shape {key.shape} "
+                                 f"and dtype {key.dtype}")
+    raise ConfigError("key", f"must be an integer seed or a jax PRNG key (jax.random.key or PRNGKey), got "
+                             f"{type(key).__name__} {show(key)}")
+
+
+def as_float_params(params0: PyTree[ArrayLike], field: str = "params0") -> PyTree[Float[Array, "..."]]:
+    """``params0`` (any pytree of arrays) with every leaf a finite float array of the default precision:
+    integer and bool leaves are converted (gradients need floats); strings, objects, complex and non-finite
+    entries raise ConfigError naming the leaf."""
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params0)
+    if not leaves:
+        raise ConfigError(field, "has no array leaves (nothing to optimize)")
+    out = []
+    for path, x in leaves:
+        name = field + jax.tree_util.keystr(path)
+        a = as_real_array(name, x)
+        if not np.all(np.isfinite(a)):
+            raise ConfigError(name, "must be finite")
+        out.append(jnp.asarray(a, _precision.default_float() if a.dtype.kind in "biu" else a.dtype))
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def as_real_array(field: str, x: Any) -> np.ndarray:
+    """``x`` as a numpy array of real numbers (bool, int or float); ConfigError for strings, objects, complex
+    numbers and ragged lists."""
+    try:
+        a = np.asarray(x)
+    except (ValueError, TypeError):
+        raise ConfigError(field, f"must be an array of numbers, got {show(x)}") from None
+    if a.dtype.kind not in "biuf":
+        raise ConfigError(field, f"must be an array of real numbers, got {show(x)}")
+    return a
+
+
+def as_float_array(field: str, x: Any, dtype: Any) -> Array:
+    """``x`` as a float array of ``dtype``; ConfigError for strings, objects and other non-numbers."""
+    return jnp.asarray(as_real_array(field, x), dtype)
+
+

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import slowsde_jax as S
-from slowsde_jax import discrete, geometry, noise, problems
+from slowsde_jax import discrete, geometry, noise, problems, sweep
 from slowsde_jax.methods import second_moment
 
 HYP = problems.hyperbola(y=1.0)
@@ -125,7 +125,7 @@ def test_sweep_over_every_declared_field_compiles_once():
 
 
 def test_sweep_names_come_from_the_classes_that_declare_them():
-    assert discrete.SWEEPABLE == ("eta", "lam", "c", "beta1", "beta2", "eps", "delta", "n_train")
+    assert sweep.SWEEPABLE == ("eta", "lam", "c", "beta1", "beta2", "eps", "delta", "n_train")
     assert noise.LabelNoise.sweepable == {"delta": "delta"} and noise.Minibatch.sweepable == {}
     assert problems.DiagonalNet.sweepable == {"n_train": "n_active"}
     with pytest.raises(S.ConfigError, match="delta"):

@@ -65,7 +65,7 @@ def test_gaussian_covariance_must_be_symmetric_psd():
 
 
 def test_each_noise_checks_its_problem():
-    from slowsde_jax.validation import check_compatible
+    from slowsde_jax.inputs import check_compatible
 
     plain = problems.from_loss(lambda t: jnp.sum(t**2), jnp.ones(2))
     with pytest.raises(slowsde_jax.ConfigError, match="noise: label noise needs per-sample residuals"):

@@ -132,7 +132,6 @@ def test_abstract_final_hierarchy():
     np.testing.assert_allclose(per_sample.per_sample_losses(jnp.array([1.0, 2.0])), [1.0, 4.0])
     with pytest.raises(slowsde_jax.ConfigError, match="per_sample_losses"):
         problems.from_loss(lambda t: 0.0, jnp.ones(2), residuals=lambda t: t, per_sample_losses=lambda t: t)
-    assert problems.Problem is problems.AbstractProblem  # older names stay for isinstance checks
 
 
 @pytest.mark.parametrize("measurement", ["entries", "gaussian"])

@@ -214,9 +214,9 @@ def _cli_rejects(tmp_path, capsys, argv, field, command="run"):
     (["runs.sgd.sweep={beta2: [0.5]}"], "runs.sgd.sweep.beta2[0]:", "no 'beta2'"),
     (["runs.adam.sweep={bogus: [1]}"], "runs.adam.sweep.bogus:", "not sweepable"),
     (["runs.adam.beta2=null", "runs.adam.sweep={eta: [0.1, 0.5]}"], "runs.adam.sweep.eta[1]:", "c*eta^2"),  # c = 10
-    (["steps=null", "T=1.0", "runs.adam.eta=1e-12"], "runs.adam.eta:", "overflows"),
-    (["steps=null", "T=1.0", "runs.sgd.sweep={eta: [0.1, 1e-13]}"], "runs.sgd.sweep.eta[1]:", "overflows"),
-    (["steps=9223372036854775807"], "steps:", "2**62"), (["steps=null", "T=0.001"], "runs.adam.eta:", "0 steps"),
+    (["steps=null", "T=1.0", "runs.adam.eta=1e-12"], "runs.adam.eta:", "SLOWSDE_MAX_STEPS"),
+    (["steps=null", "T=1.0", "runs.sgd.sweep={eta: [0.1, 1e-13]}"], "runs.sgd.sweep.eta[1]:", "SLOWSDE_MAX_STEPS"),
+    (["steps=9223372036854775807"], "steps:", "SLOWSDE_MAX_STEPS"), (["steps=null", "T=5.0", "runs.adam.sweep.eta=[1e-8]"], "runs.adam.sweep.eta[0]:", "limit"), (["steps=null", "T=0.001"], "runs.adam.eta:", "0 steps"),
     (["record_state='no'"], "record_state:", "true or false"),
     (["runs.adam.record_state='no'"], "runs.adam.record_state:", "true or false"),
     (["runs.adam.lr=0.1"], "runs.adam.lr:", "did you mean 'eta'?"), (["lr=0.1"], "lr:", "runs.<name>.eta"),

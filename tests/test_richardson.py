@@ -14,7 +14,7 @@ import pytest
 import slowsde_jax as sj
 from slowsde_jax import noise, sde
 from slowsde_jax.brownian import GridBrownianPath
-from slowsde_jax.errors import ConfigError
+from slowsde_jax import ConfigError
 
 pytestmark = pytest.mark.slow  # the science tier: pytest -m slow
 
