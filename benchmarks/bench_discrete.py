@@ -81,9 +81,7 @@ def breakdown(prob, nz, method, eta, n_paths, dtype, repeats):
     state = discrete._init_all(prob, nz, m, grid, None, "zeros", None, key, n_paths, n_paths)
     advance = lambda k: discrete._advance(prob, nz, m, grid, bound, state, np.asarray([k], np.int64),
                                           np.asarray(k, np.int64), block=32)
-    call = lambda obs: discrete.simulate_discrete(prob, nz, method, eta=eta, steps=1, n_paths=n_paths, key=0,
-                                                  n_record=1, record_state=False, progress=False, dtype=dtype,
-                                                  record_observables=obs).t
+    call = lambda obs: sj.simulate_discrete(prob, nz, method, eta=eta, steps=1, n_paths=n_paths, key=0, n_record=1, recording=sj.Recording(record_state=False, record_observables=obs), execution=sj.Execution(progress=False, dtype=dtype)).t
     pieces = {"simulate_discrete, 1 step": lambda: call(True), "the same, no observables": lambda: call(False),
               "initial state": lambda: discrete._init_all(prob, nz, m, grid, None, "zeros", None, key, n_paths, n_paths),
               "observables of one record, to host":
@@ -117,9 +115,7 @@ def main():
         kw = dict(sweep={"lam": [0.5]}) if traced_lam else {}
 
         def run():
-            out = discrete.simulate_discrete(prob, nz, method, eta=eta, steps=a.steps, n_paths=a.paths, key=0,
-                                             n_record=1, record_state=False, progress=False, dtype=dtype,
-                                             block_steps=block_steps, record_observables=observables, **kw)
+            out = sj.simulate_discrete(prob, nz, method, eta=eta, steps=a.steps, n_paths=a.paths, key=0, n_record=1, **kw, recording=sj.Recording(record_state=False, record_observables=observables), execution=sj.Execution(progress=False, dtype=dtype, block_steps=block_steps))
             return out
 
         return run

@@ -49,16 +49,13 @@ def main():
     a = ap.parse_args()
     P = with_spectrum(10, 10, 10, 50, "entries", key=a.seed)
     label, adam = noise.label_noise(1.0), sj.adam(c=(1 - 0.99) / 0.03**2, eps=1e-8)
-    early = discrete.simulate_discrete(P, label, adam, eta=0.03, T=2.0, v0="zeros", key=a.seed, n_record=1,
-                                       progress=False)
+    early = sj.simulate_discrete(P, label, adam, eta=0.03, T=2.0, key=a.seed, n_record=1, start=sj.Start(v0="zeros"), execution=sj.Execution(progress=False))
     th0, v0 = early.theta[0, -1], np.maximum(early.v[0, -1], 1e-300)
     sde.diffrax = reporting_diffrax()  # (the engine reads diffrax from its module namespace)
     for solver in (None, "kencarp4"):
         print(f"solver={solver or 'default'}:", flush=True)
         t0 = time.perf_counter()
-        run = sde.simulate_slow_sde(P, label, adam, T=a.T, theta0=th0, v0=v0, n_record=a.n_record, solver=solver,
-                                    records_per_call=a.records_per_call, rtol=a.rtol, atol=a.rtol / 100,
-                                    progress=False)
+        run = sj.simulate_slow_sde(P, label, adam, T=a.T, n_record=a.n_record, start=sj.Start(theta0=th0, v0=v0), execution=sj.Execution(records_per_call=a.records_per_call, progress=False), integrator=sj.LabelNoiseODE(solver=solver, rtol=a.rtol, atol=a.rtol / 100))
         print(f"  {time.perf_counter() - t0:.1f} s with compilation; test error at T "
               f"{run.observables['test_error'][0, -1]:.6f}; KenCarp4 solves in place of Tsit5 "
               f"{run.meta['imex_fallback_solves']}; failures {run.meta['failure_reasons']}", flush=True)

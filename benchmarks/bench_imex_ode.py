@@ -39,9 +39,8 @@ def step_cost(seed):
     from factorization_predict import with_spectrum
 
     P, L, m = with_spectrum(10, 10, 10, 50, "entries", key=seed), noise.label_noise(1.0), S.adam(c=0.01 / 0.03**2, eps=1e-8)
-    early = discrete.simulate_discrete(P, L, m, eta=0.03, T=2.0, v0="zeros", key=seed, n_record=1, progress=False)
-    r = sde.simulate_slow_sde(P, L, m, T=1.0, theta0=early.theta[0, -1], v0=np.maximum(early.v[0, -1], 1e-300),
-                              n_record=1, solver="kencarp4", progress=False)
+    early = S.simulate_discrete(P, L, m, eta=0.03, T=2.0, key=seed, n_record=1, start=S.Start(v0="zeros"), execution=S.Execution(progress=False))
+    r = S.simulate_slow_sde(P, L, m, T=1.0, n_record=1, start=S.Start(theta0=early.theta[0, -1], v0=np.maximum(early.v[0, -1], 1e-300)), execution=S.Execution(progress=False), integrator=S.LabelNoiseODE(solver="kencarp4"))
     y = (jnp.asarray(r.theta[0, -1]), jnp.asarray(r.v[0, -1]))
     model = sde.SlowSDEModel(P, L, m, m.c_at(None), alpha=L.label_noise_alpha(P))
     D = P.dim
@@ -81,13 +80,12 @@ def main():
     if a.exp2_seed is not None:
         return step_cost(a.exp2_seed)
     P, L, m = problem(a.key), noise.label_noise(1.0), S.adam(c=0.01 / 0.03**2, eps=1e-8)
-    early = discrete.simulate_discrete(P, L, m, eta=0.03, T=1.0, v0="zeros", key=0, n_record=1, progress=False)
+    early = S.simulate_discrete(P, L, m, eta=0.03, T=1.0, key=0, n_record=1, start=S.Start(v0="zeros"), execution=S.Execution(progress=False))
     th0, v0 = early.theta[0, -1], np.maximum(early.v[0, -1], 1e-300)
     runs = {}
     for solver in ("tsit5", "kencarp4"):
         t0 = time.perf_counter()
-        r = runs[solver] = sde.simulate_slow_sde(P, L, m, T=a.T, theta0=th0, v0=v0, n_record=4, solver=solver,
-                                                 max_steps=a.max_steps, progress=False)
+        r = runs[solver] = S.simulate_slow_sde(P, L, m, T=a.T, n_record=4, start=S.Start(theta0=th0, v0=v0), execution=S.Execution(progress=False), integrator=S.LabelNoiseODE(solver=solver, max_steps=a.max_steps))
         dt = time.perf_counter() - t0
         status = r.meta["failure_reasons"][0] if r.meta["failure_reasons"] else f"reached T = {a.T:g}"
         print(f"{solver:9s} {dt:.1f} s (with compilation), {status}\n          test error per record "

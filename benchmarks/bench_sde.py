@@ -34,9 +34,8 @@ def main():
     D = prob.dim
     gz = noise.gaussian(np.full(D, 0.01))
     theta0 = prob.init(jax.random.PRNGKey(0))
-    t_sde, _ = timed(lambda: sde.simulate_slow_sde(prob, gz, m, T=a.T, n_paths=a.paths, n_record=1, dt=1e-3, theta0=theta0))
-    t_dis, _ = timed(lambda: discrete.simulate_discrete(prob, gz, m, eta=0.01, T=a.T, n_paths=a.paths, n_record=1,
-                                                        theta0=theta0, v0="equilibrium", progress=False))
+    t_sde, _ = timed(lambda: sj.simulate_slow_sde(prob, gz, m, T=a.T, n_paths=a.paths, n_record=1, start=sj.Start(theta0=theta0), integrator=sj.ProjectedEulerMaruyama(dt=1e-3)))
+    t_dis, _ = timed(lambda: sj.simulate_discrete(prob, gz, m, eta=0.01, T=a.T, n_paths=a.paths, n_record=1, start=sj.Start(theta0=theta0, v0="equilibrium"), execution=sj.Execution(progress=False)))
     n_sde, n_dis = a.T / 1e-3, a.T / 1e-4
     print(f"gaussian noise, D={D}: SDE {t_sde:.3f} s ({n_sde:.0f} steps, {1e6 * t_sde / n_sde:.1f} us/step), "
           f"discrete {t_dis:.3f} s ({n_dis:.0f} steps, {1e6 * t_dis / n_dis:.1f} us/step); ratio {t_sde / t_dis:.2f}")
@@ -45,9 +44,8 @@ def main():
     w = np.asarray(big.w_star)
     x0 = jnp.asarray(np.concatenate([np.sqrt(np.maximum(w, 0) + 0.3), np.sqrt(np.maximum(-w, 0) + 0.3)]))
     ln = noise.label_noise(0.5)
-    t_ode, ode = timed(lambda: sde.simulate_slow_sde(big, ln, m, T=a.T, n_paths=1, n_record=1, theta0=x0))
-    t_dis2, _ = timed(lambda: discrete.simulate_discrete(big, ln, m, eta=0.01, T=a.T, n_paths=a.paths, n_record=1,
-                                                         theta0=x0, v0="equilibrium", progress=False, record_state=False))
+    t_ode, ode = timed(lambda: sj.simulate_slow_sde(big, ln, m, T=a.T, n_paths=1, n_record=1, start=sj.Start(theta0=x0)))
+    t_dis2, _ = timed(lambda: sj.simulate_discrete(big, ln, m, eta=0.01, T=a.T, n_paths=a.paths, n_record=1, start=sj.Start(theta0=x0, v0="equilibrium"), recording=sj.Recording(record_state=False), execution=sj.Execution(progress=False)))
     print(f"label noise, D={big.dim}: ODE (1 path) {t_ode:.3f} s, discrete ({a.paths} paths, {n_dis:.0f} steps) "
           f"{t_dis2:.3f} s; ratio {t_ode / t_dis2:.2f}; ODE failed paths: {int(ode.diverged.sum())}")
 

@@ -89,12 +89,10 @@ def main():
         dt, eta = 1e-4, 0.01
 
         def slow(k):
-            return sde.simulate_slow_sde(prob, ln, m, T=k * dt, n_paths=P, n_record=1, dt=dt, theta0=x0,
-                                         force_sde=True, record_state=False)
+            return sj.simulate_slow_sde(prob, ln, m, T=k * dt, n_paths=P, n_record=1, start=sj.Start(theta0=x0), recording=sj.Recording(record_state=False), integrator=sj.ProjectedEulerMaruyama(dt=dt))
 
         def fast(k):
-            return discrete.simulate_discrete(prob, ln, m, eta=eta, steps=k, n_paths=P, n_record=1, theta0=x0,
-                                              v0="equilibrium", progress=False, record_state=False)
+            return sj.simulate_discrete(prob, ln, m, eta=eta, steps=k, n_paths=P, n_record=1, start=sj.Start(theta0=x0, v0="equilibrium"), recording=sj.Recording(record_state=False), execution=sj.Execution(progress=False))
 
         s, q = (per_step(run, a.steps, a.repeats) for run in (slow, fast))
         if not (s > 0 and q > 0):

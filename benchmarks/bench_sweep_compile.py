@@ -34,12 +34,12 @@ def main():
     rows = []
     for label, g in [("sweep, first grid", grid), ("sweep, new values", {k: v[::-1] for k, v in grid.items()})]:
         t0, n0 = time.perf_counter(), traces()
-        discrete.simulate_discrete(prob, noise.label_noise(0.5), sj.adame(lam=0.5, c=5.0), sweep=g, **kw)
+        sj.simulate_discrete(prob, noise.label_noise(0.5), sj.adame(lam=0.5, c=5.0), sweep=g, **kw)
         rows.append((label, traces() - n0, time.perf_counter() - t0))
     combos = list(itertools.product(*grid.values()))
     t0, n0 = time.perf_counter(), traces()
     for eta, lam, c, delta, n_train in combos:
-        discrete.simulate_discrete(prob.with_n_train(n_train), noise.label_noise(delta), sj.adame(lam=lam, c=c),
+        sj.simulate_discrete(prob.with_n_train(n_train), noise.label_noise(delta), sj.adame(lam=lam, c=c),
                                    eta=eta, **kw)
     rows.append((f"baseline: {len(combos)} single runs", traces() - n0, time.perf_counter() - t0))
     print(f"date={time.strftime('%Y-%m-%d %H:%M')} configurations={len(combos)} paths={a.paths} steps={a.steps} "

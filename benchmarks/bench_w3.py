@@ -30,13 +30,11 @@ from _timing import timed
 
 
 def case(name, prob, nz, m, T, obs, etas, paths, slow_paths, dt=1e-3, theta0=None, target=None):
-    t_slow, slow = timed(lambda: sde.simulate_slow_sde(prob, nz, m, T=T, n_paths=slow_paths, n_record=1, dt=dt,
-                                                       theta0=theta0, key=1))
+    t_slow, slow = timed(lambda: sj.simulate_slow_sde(prob, nz, m, T=T, n_paths=slow_paths, n_record=1, key=1, start=sj.Start(theta0=theta0), integrator=sj.ProjectedEulerMaruyama(dt=dt)))
     print(f"{name}: slow {slow.meta['engine']} {t_slow:.3f} s ({slow_paths} path(s))")
     rows = []
     for eta in etas:
-        run = lambda: discrete.simulate_discrete(prob, nz, m, eta=eta, T=T, n_paths=paths, n_record=1,  # noqa: E731
-                                                 theta0=theta0, v0="equilibrium", key=2, progress=False)
+        run = lambda: sj.simulate_discrete(prob, nz, m, eta=eta, T=T, n_paths=paths, n_record=1, key=2, start=sj.Start(theta0=theta0, v0="equilibrium"), execution=sj.Execution(progress=False))
         t_d, tr = timed(run)
         c = comparison.compare(comparison.project_trajectory(tr, prob, m), slow, [obs])
         print(f"  eta={eta:g}: discrete {t_d:.3f} s ({paths} paths, {int(round(T / eta**2))} steps), weak error "
@@ -55,7 +53,7 @@ def w3_at(prob, nz, m, T, obs, slow, t_slow, theta0, rows, target):
         print(f"  W3 at eta={target:g}: fewer than two weak errors are resolved; no accuracy target can be set")
         return
     err_target = fit["constant"] * target ** fit["order"]
-    tight = sde.simulate_slow_sde(prob, nz, m, T=T, n_record=1, theta0=theta0, key=1, rtol=1e-11, atol=1e-13)
+    tight = sj.simulate_slow_sde(prob, nz, m, T=T, n_record=1, key=1, start=sj.Start(theta0=theta0), integrator=sj.LabelNoiseODE(rtol=1e-11, atol=1e-13))
     self_err = abs(float(np.mean(slow.observables[obs][:, -1]) - np.mean(tight.observables[obs][:, -1])))
     t_dis = float(np.median(per_step)) * T / target**2
     print(f"  W3 at eta={target:g}: discrete weak error ~ C eta^p = {err_target:.1e} (p = {fit['order']:.2f}, C = "

@@ -46,16 +46,14 @@ def main():
     dt_ref = T / 256
 
     # 1. reference
-    ref = sde.simulate_slow_sde(prob, nz, m, T=T, n_paths=a.paths, n_record=1, dt=dt_ref, richardson=True,
-                                brownian_dt=dt_ref, key=1)
+    ref = sj.simulate_slow_sde(prob, nz, m, T=T, n_paths=a.paths, n_record=1, key=1, integrator=sj.ProjectedEulerMaruyama(dt=dt_ref, richardson=True, brownian_dt=dt_ref))
     r = v_end(ref)
     print(f"reference: E u(T) = {r.mean():.5f} +- {r.std() / np.sqrt(a.paths):.1e} (Richardson, dt = T/256)")
 
     # 2. the discrete weak error and its slope
     etas, errs, ses = [], [], []
     for eta in a.etas:
-        tr = discrete.simulate_discrete(prob, nz, m, eta=eta, T=T, n_paths=a.paths, n_record=1, v0="equilibrium",
-                                        key=2, progress=False)
+        tr = sj.simulate_discrete(prob, nz, m, eta=eta, T=T, n_paths=a.paths, n_record=1, key=2, start=sj.Start(v0="equilibrium"), execution=sj.Execution(progress=False))
         d = v_end(comparison.project_trajectory(tr, prob, m))
         e, se = d.mean() - r.mean(), np.sqrt(d.var() / a.paths + r.var() / a.paths)
         etas.append(eta), errs.append(e), ses.append(se)
@@ -68,26 +66,22 @@ def main():
     print(f"  fit e = C1 eta: C1 = {C1:.3f} +- {C1_se:.3f}; weak error to match at eta = {a.eta:g}: {target:.2e}")
 
     # 3. the slow SDE's own bias at coarse dt (paired with the reference: same Brownian grid, same key)
-    ref_small = sde.simulate_slow_sde(prob, nz, m, T=T, n_paths=a.bias_paths, n_record=1, dt=dt_ref,
-                                      richardson=True, brownian_dt=dt_ref, key=1)
+    ref_small = sj.simulate_slow_sde(prob, nz, m, T=T, n_paths=a.bias_paths, n_record=1, key=1, integrator=sj.ProjectedEulerMaruyama(dt=dt_ref, richardson=True, brownian_dt=dt_ref))
     rs = v_end(ref_small)
     P = a.timing_paths
-    t_step, _ = timed(lambda: discrete.simulate_discrete(prob, nz, m, eta=0.01, T=T, n_paths=P, n_record=1,
-                                                         v0="equilibrium", key=4, progress=False))
+    t_step, _ = timed(lambda: sj.simulate_discrete(prob, nz, m, eta=0.01, T=T, n_paths=P, n_record=1, key=4, start=sj.Start(v0="equilibrium"), execution=sj.Execution(progress=False)))
     t_step /= round(T / 0.01**2)
     print(f"timing, {P} paths: discrete {1e3 * t_step:.3f} ms per step (eta = 0.01 run)")
     for k in (4, 8, 16, 32, 64):
         dt, line = T / k, f"  dt = T/{k}:"
         for rich in (False, True):
-            tr = sde.simulate_slow_sde(prob, nz, m, T=T, n_paths=a.bias_paths, n_record=1, dt=dt, richardson=rich,
-                                       brownian_dt=dt_ref, key=1)
+            tr = sj.simulate_slow_sde(prob, nz, m, T=T, n_paths=a.bias_paths, n_record=1, key=1, integrator=sj.ProjectedEulerMaruyama(dt=dt, richardson=rich, brownian_dt=dt_ref))
             d = v_end(tr) - rs
             b, se = d.mean(), d.std() / np.sqrt(a.bias_paths)
             line += f" {'Richardson' if rich else 'Euler'} bias {b:+.1e} +- {se:.0e};"
         bound = abs(b) + 2 * se  # the Richardson run's bias, at most
         eta_match = bound / abs(C1)  # the discrete run is as accurate only for eta <= eta_match
-        t_sde, _ = timed(lambda: sde.simulate_slow_sde(prob, nz, m, T=T, n_paths=P, n_record=1, dt=dt,
-                                                       richardson=True, key=3))
+        t_sde, _ = timed(lambda: sj.simulate_slow_sde(prob, nz, m, T=T, n_paths=P, n_record=1, key=3, integrator=sj.ProjectedEulerMaruyama(dt=dt, richardson=True)))
         t_dis = t_step * T / eta_match**2
         line += (f" |bias| <= {bound:.1e} = weak error of eta {eta_match:.2g}; SDE {1e3 * t_sde:.0f} ms, discrete "
                  f"{t_dis:.3g} s ({T / eta_match**2:.3g} steps): W3 = {t_dis / t_sde:.0f}x"

@@ -27,13 +27,13 @@ for i, (d, n, k, key, eps, meth) in enumerate(cases):
         prob = problems.diagonal_net(d=d, n=n, k=k, key=key, n_test=50)
         m = {"adam": S.adam(c=10.0, eps=eps), "adame25": S.adame(0.25, c=10.0, eps=eps), "adame75": S.adame(0.75, c=10.0, eps=eps)}[meth]
         ln = noise.label_noise(0.5)
-        tr = discrete.simulate_discrete(prob, ln, m, eta=0.05, T=2.0, v0="equilibrium", key=key, n_paths=16, n_record=5)
+        tr = S.simulate_discrete(prob, ln, m, eta=0.05, T=2.0, key=key, n_paths=16, n_record=5, start=S.Start(v0="equilibrium"))
         pr = comparison.project_trajectory(tr, prob, m)
         okp = np.all(np.isfinite(pr.theta))
         th0, v0 = tr.theta[0, -1], tr.v[0, -1]
         res = []
         for nr in (1, 7):
-            run = sde.simulate_slow_sde(prob, ln, m, T=1.0, theta0=th0, v0=v0, n_record=nr)
+            run = S.simulate_slow_sde(prob, ln, m, T=1.0, n_record=nr, start=S.Start(theta0=th0, v0=v0))
             res.append((bool(run.diverged[0]), run.theta[0, -1]))
         gap = float(np.max(np.abs(res[0][1] - res[1][1])))
         print(f"case {i} d={d} n={n} k={k} key={key} eps={eps} {meth}: proj_ok={okp} ode_div={[r[0] for r in res]} nrec_gap={gap:.2e} "

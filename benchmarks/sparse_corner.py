@@ -19,10 +19,10 @@ a = ap.parse_args()
 d = 8
 P = problems.diagonal_net(d=d, n=4, k=2, key=a.key, n_test=500)
 L, m = noise.label_noise(0.5), S.adam(c=10.0, eps=a.eps)
-early = discrete.simulate_discrete(P, L, m, eta=0.02, T=0.25, v0="equilibrium", n_paths=1, key=0, n_record=1)
+early = S.simulate_discrete(P, L, m, eta=0.02, T=0.25, n_paths=1, key=0, n_record=1, start=S.Start(v0="equilibrium"))
 th0, v0 = early.theta[0, -1], early.v[0, -1]
 t = time.time()
-ode = sde.simulate_slow_sde(P, L, m, T=a.T, theta0=th0, v0=v0, n_record=4)
+ode = S.simulate_slow_sde(P, L, m, T=a.T, n_record=4, start=S.Start(theta0=th0, v0=v0))
 x = ode.theta[0, -1]
 w_ode, test_ode = x[:d] ** 2 - x[d:] ** 2, ode.observables["test_loss"][0, -1]
 print(f"ODE {time.time() - t:.1f}s  w* = {np.round(np.asarray(P.w_star), 4)}\n    w_ode = {np.round(w_ode, 4)}  test = {test_ode:.2e}")
@@ -30,8 +30,7 @@ etas = [float(e) for e in a.etas.split(",")]
 rows = []
 for eta in etas:
     t = time.time()
-    tr = comparison.project_trajectory(discrete.simulate_discrete(P, L, m, eta=eta, T=a.T, theta0=th0, v0=v0,
-                                                                  n_paths=a.paths, key=2, n_record=4), P, m)
+    tr = comparison.project_trajectory(S.simulate_discrete(P, L, m, eta=eta, T=a.T, n_paths=a.paths, key=2, n_record=4, start=S.Start(theta0=th0, v0=v0)), P, m)
     z = tr.theta[:, -1]
     w = z[:, :d] ** 2 - z[:, d:] ** 2
     j = np.argmax(np.abs(w.mean(0) - w_ode))

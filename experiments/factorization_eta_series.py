@@ -29,12 +29,11 @@ def main():
     a = ap.parse_args()
     P, L = with_spectrum(10, 10, 10, 50, "entries", key=a.seed), noise.label_noise(1.0)
     m = S.adam(c=0.01 / 0.03**2, eps=1e-8)  # beta2 = 0.99 at the reference lr 0.03, as factorization_ode.py
-    early = discrete.simulate_discrete(P, L, m, eta=0.03, T=2.0, v0="zeros", key=a.seed, n_record=1, progress=False)
+    early = S.simulate_discrete(P, L, m, eta=0.03, T=2.0, key=a.seed, n_record=1, start=S.Start(v0="zeros"), execution=S.Execution(progress=False))
     th0, v0 = early.theta[0, -1], np.maximum(early.v[0, -1], 1e-300)
 
     t_start = time.perf_counter()
-    ode = sde.simulate_slow_sde(P, L, m, T=a.T, theta0=th0, v0=v0, n_record=a.n_record, solver="kencarp4",
-                                rtol=a.rtol, atol=a.rtol / 100, progress=False)
+    ode = S.simulate_slow_sde(P, L, m, T=a.T, n_record=a.n_record, start=S.Start(theta0=th0, v0=v0), execution=S.Execution(progress=False), integrator=S.LabelNoiseODE(solver="kencarp4", rtol=a.rtol, atol=a.rtol / 100))
     sv = np.linalg.svd(np.asarray(P.matrix(ode.theta[0, -1])), compute_uv=False)
     print(f"seed {a.seed}, t = {np.round(ode.t, 2).tolist()}\nODE ({time.perf_counter() - t_start:.0f} s)"
           + (f" FAILED {ode.meta['failure_reasons']}" if ode.meta["failure_reasons"] else "")
@@ -43,8 +42,7 @@ def main():
           f"\n  singular values of W at T {np.round(sv, 3).tolist()}", flush=True)
     for eta in (float(e) for e in a.etas.split(",")):
         t_start = time.perf_counter()
-        tr = discrete.simulate_discrete(P, L, m, eta=eta, T=a.T, theta0=th0, v0=v0, n_paths=a.paths,
-                                        key=a.seed + 1000, n_record=a.n_record, progress=False)
+        tr = S.simulate_discrete(P, L, m, eta=eta, T=a.T, n_paths=a.paths, key=a.seed + 1000, n_record=a.n_record, start=S.Start(theta0=th0, v0=v0), execution=S.Execution(progress=False))
         test, se = [], []
         for k in range(tr.theta.shape[1]):
             pr = X.states_at_projection(P, m, tr.theta[:, k], tr.v[:, k])

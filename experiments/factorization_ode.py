@@ -54,15 +54,13 @@ def timed(fn):
 
 def one(P, L, m, eta_ref, etas, t0, T, paths, key, solver, n_record, max_steps=1_000_000, rtol=1e-8):
     """Steps 1-4 for one problem and method; returns a JSON-able dict."""
-    early = discrete.simulate_discrete(P, L, m, eta=eta_ref, T=t0, v0="zeros", key=key, n_record=1, progress=False)
+    early = S.simulate_discrete(P, L, m, eta=eta_ref, T=t0, key=key, n_record=1, start=S.Start(v0="zeros"), execution=S.Execution(progress=False))
     th0 = early.theta[0, -1]
     kw = {} if early.v is None else {"v0": np.maximum(early.v[0, -1], 1e-300)}
     out = {"t0": t0, "T": T, "eta_ref": eta_ref, "early_train_loss": float(early.observables["train_loss"][0, -1]),
            "early_test_error": float(early.observables["test_error"][0, -1])}
 
-    ode_run = lambda: sde.simulate_slow_sde(P, L, m, T=T, theta0=th0, n_record=n_record, solver=solver,
-                                            max_steps=max_steps, rtol=rtol, atol=rtol / 100, progress=False,
-                                            **kw)
+    ode_run = lambda: S.simulate_slow_sde(P, L, m, T=T, n_record=n_record, **kw, start=S.Start(theta0=th0), execution=S.Execution(progress=False), integrator=S.LabelNoiseODE(solver=solver, max_steps=max_steps, rtol=rtol, atol=rtol / 100))
     ode, t_ode_cold = timed(ode_run)
     _, t_ode = timed(ode_run)
     zeta = ode.theta[0]
@@ -77,8 +75,7 @@ def one(P, L, m, eta_ref, etas, t0, T, paths, key, solver, n_record, max_steps=1
                   "seconds": t_ode, "seconds_cold": t_ode_cold, "solver": ode.meta["solver"]}
     ode_end = {k: float(ob[k][-1]) for k in QUANTITIES}
 
-    sweep = lambda T_: discrete.simulate_discrete(P, L, m, T=T_, theta0=th0, n_paths=paths, key=key + 1000,
-                                                  n_record=1, sweep={"eta": etas}, progress=False, **kw)
+    sweep = lambda T_: S.simulate_discrete(P, L, m, T=T_, n_paths=paths, key=key + 1000, n_record=1, sweep={"eta": etas}, **kw, start=S.Start(theta0=th0), execution=S.Execution(progress=False))
     _, t_warm = timed(lambda: sweep(max(etas) ** 2 * 10))  # compiles (10 steps at the largest eta)
     trs, t_disc = timed(lambda: sweep(T))
     rows = []

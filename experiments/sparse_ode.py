@@ -59,13 +59,13 @@ def main():
 def ode_vs_discrete(a, P, L, sharp, out):
     """Parts 1-3: Adam's ODE against the discrete eta sweep, and their cost."""
     m = S.adam(c=a.c, eps=a.eps)
-    early = discrete.simulate_discrete(P, L, m, eta=0.02, T=a.t_early, v0="equilibrium", key=0, n_record=1)
+    early = S.simulate_discrete(P, L, m, eta=0.02, T=a.t_early, key=0, n_record=1, start=S.Start(v0="equilibrium"))
     th0, v0 = early.theta[0, -1], early.v[0, -1]
     t0 = time.perf_counter()
-    ode = sde.simulate_slow_sde(P, L, m, T=a.T, theta0=th0, v0=v0, n_record=8)
+    ode = S.simulate_slow_sde(P, L, m, T=a.T, n_record=8, start=S.Start(theta0=th0, v0=v0))
     t_ode_cold = time.perf_counter() - t0
     t0 = time.perf_counter()
-    sde.simulate_slow_sde(P, L, m, T=a.T, theta0=th0, v0=v0, n_record=8)  # compiled: the solve alone
+    S.simulate_slow_sde(P, L, m, T=a.T, n_record=8, start=S.Start(theta0=th0, v0=v0))  # compiled: the solve alone
     t_ode = time.perf_counter() - t0
     x = ode.theta[0, -1]
     w_ode = X.diagonal_net_weights(x)
@@ -79,8 +79,7 @@ def ode_vs_discrete(a, P, L, sharp, out):
     print("ODE plateau: max_j |w_j(t) - w_j(T)| at t =", ", ".join(
         f"{t:.2f}: {np.abs(np.asarray(ode_end['w_by_time'][i]) - w_ode).max():.1e}" for i, t in enumerate(ode.t)))
     etas = [float(e) for e in a.etas.split(",")]
-    run = lambda: discrete.simulate_discrete(P, L, m, T=a.T, theta0=th0, v0=v0, n_paths=a.paths, key=2, n_record=8,
-                                             sweep={"eta": etas}, progress=False)
+    run = lambda: S.simulate_discrete(P, L, m, T=a.T, n_paths=a.paths, key=2, n_record=8, sweep={"eta": etas}, start=S.Start(theta0=th0, v0=v0), execution=S.Execution(progress=False))
     t0 = time.perf_counter()
     trs = run()
     t_disc_cold = time.perf_counter() - t0
@@ -133,10 +132,9 @@ def fixed_points(a, P, L):
     fps = []
     for lam in (float(s) for s in a.lams.split(",")):
         ml = S.adame(lam=lam, c=a.c, eps=a.eps)
-        e = discrete.simulate_discrete(P, L, ml, eta=0.02, T=a.t_early, v0="equilibrium", key=0, n_record=1)
+        e = S.simulate_discrete(P, L, ml, eta=0.02, T=a.t_early, key=0, n_record=1, start=S.Start(v0="equilibrium"))
         t0 = time.perf_counter()
-        o = sde.simulate_slow_sde(P, L, ml, T=a.T_fixed, theta0=e.theta[0, -1], v0=e.v[0, -1],
-                                  n_record=max(2, int(round(a.T_fixed))))
+        o = S.simulate_slow_sde(P, L, ml, T=a.T_fixed, n_record=max(2, int(round(a.T_fixed))), start=S.Start(theta0=e.theta[0, -1], v0=e.v[0, -1]))
         w_t = X.diagonal_net_weights(o.theta[0])
         w_o = w_t[-1]
         at_3 = int(np.argmin(np.abs(o.t - a.T)))  # the end at the horizon of parts 1-3

@@ -9,6 +9,8 @@ import time
 
 import jax
 
+import slowsde_jax
+
 from slowsde_jax import config as cfgmod
 from slowsde_jax.discrete import simulate_discrete
 
@@ -24,8 +26,7 @@ def main():
     print(f"{jax.devices()[0]}  problem D = {problem.dim}")
     for name, method, kw in cfgmod.build_runs(cfg):
         kw = {k: v for k, v in kw.items() if k in ("eta", "sweep", "n_paths")}
-        run = lambda steps: simulate_discrete(problem, noise, method, steps=steps, n_record=1, record_state=False,
-                                              progress=False, key=0, **kw)
+        run = lambda steps: simulate_discrete(problem, noise, method, steps=steps, n_record=1, key=0, **kw, recording=slowsde_jax.Recording(record_state=False), execution=slowsde_jax.Execution(progress=False))
         run(a.steps)  # compile and warm up
         secs = []
         for steps in (a.steps, 3 * a.steps):

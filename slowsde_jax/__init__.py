@@ -9,7 +9,9 @@ from .methods import (Method, ScaleByAGMState, adalayer, adam, adam_mini, adame,
 from .trajectory import Trajectory, mean_se
 from .discrete import simulate_discrete
 from .runs import load_run
-from .sde import simulate_slow_sde
+from .slow_engine import simulate_slow_sde
+from .integrators import LabelNoiseODE, ProjectedEulerMaruyama
+from .options import Execution, Recording, Start
 from .comparison import compare, eta_sweep, weak_order
 from .observables import at_projection, project_trajectory, sharpness_values
 from .geometry import ProjectionError
@@ -18,7 +20,7 @@ from .problems import from_loss
 from . import geometry, noise, plotting, problems
 from ._version import __version__
 
-__all__ = ["ConfigError", "Method", "ProjectionError", "ScaleByAGMState", "Trajectory", "adalayer", "adam",
+__all__ = ["ConfigError", "Execution", "LabelNoiseODE", "ProjectedEulerMaruyama", "Recording", "Start", "Method", "ProjectionError", "ScaleByAGMState", "Trajectory", "adalayer", "adam",
            "adam_mini", "adame", "at_projection", "compare", "enable_compilation_cache", "eta_sweep", "from_loss",
            "geometry", "load_run", "make_method", "mean_se", "noise", "plotting", "problems", "project_trajectory",
            "rmsprop", "scale_by_agm", "second_moment", "sgd", "sharpness_values", "simulate_discrete",

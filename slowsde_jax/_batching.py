@@ -5,7 +5,7 @@ thread pool once batch * cost >= 200 000 (cost 5 m^3 for an m x m eigh, m^3 for 
 calling thread, itself usually a worker of that pool, until the pieces finish. When every worker of the
 pool sits in such a call at once, the pieces can never run and the program hangs with no CPU use, at a
 time that depends on thread scheduling. ``benchmarks/repro_cpu_lapack_deadlock.py`` reproduces it in pure
-JAX. :func:`map_paths` keeps each batched linear-algebra call below that size on the CPU by mapping over
+JAX. ``map_paths`` keeps each batched linear-algebra call below that size on the CPU by mapping over
 groups of paths (``jax.lax.map`` with ``batch_size``); on other backends it is a plain ``jax.vmap``.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ def factorized_size(theta, residuals=None) -> int:
 
 def map_paths(f, xs, matrix_size: int):
     """``jax.vmap(f)(xs)`` over the leading axis of the pytree ``xs``; on the CPU in groups of at most
-    :func:`safe_batch` (``matrix_size``) paths (sequential groups, each vmapped)."""
+    ``safe_batch`` (``matrix_size``) paths (sequential groups, each vmapped)."""
     n = jax.tree_util.tree_leaves(xs)[0].shape[0]
     b = safe_batch(matrix_size)
     if jax.default_backend() != "cpu" or n <= b:

@@ -1,7 +1,7 @@
 """File writes that never leave a half-written file, and the one wording of an OS error (a leaf module).
 
-:func:`atomic_write` writes to a temporary name and renames it into place; an OSError on the way becomes a
-:class:`RunIOError` that names the file and the cause. :func:`owned_folder` claims a folder for the library's
+``atomic_write`` writes to a temporary name and renames it into place; an OSError on the way becomes a
+``RunIOError`` that names the file and the cause. ``owned_folder`` claims a folder for the library's
 own files (a marker file lists them), so that a later write never replaces a file the user put there.
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ def describe_os_error(e: OSError, path: Optional[Union[str, os.PathLike]] = None
 
 def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
     """Call ``write(tmp_path)`` and rename the result onto ``path``. If anything fails, the temporary file is
-    removed and ``path`` keeps its previous content; the error is re-raised as a :class:`RunIOError`
+    removed and ``path`` keeps its previous content; the error is re-raised as a ``RunIOError``
     naming ``path`` (other exceptions pass through unchanged)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
@@ -70,7 +70,7 @@ def owned_files(folder: Path) -> Optional[list[str]]:
 def owned_folder(folder: Union[str, os.PathLike], field: str) -> Path:
     """``folder``, created if missing and claimed for the library's files. ConfigError naming ``field`` when it
     is a file, or when it already holds files the library did not write (nothing is then written); an
-    OSError (permissions, a full disk) becomes a :class:`RunIOError`."""
+    OSError (permissions, a full disk) becomes a ``RunIOError``."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ConfigError(field, f"{folder} is an existing file, not a folder")

@@ -3,13 +3,13 @@
 diffrax checks its inputs at run time with ``equinox.error_if`` (``SaveAt(ts=...)`` increasing and within
 [t0, t1]; ``StepTo(ts=...)`` strictly increasing, from t0 to t1), and ``error_if`` compiles to a host
 callback. JAX never writes a program with a host callback to its persistent compilation cache
-(:mod:`slowsde_jax.compile_cache`), so every process compiled the slow-SDE and ODE segments again. The
+(``slowsde_jax.compile_cache``), so every process compiled the slow-SDE and ODE segments again. The
 engines build these time grids themselves and check them on the host before the call
-(:func:`check_time_grid`); :func:`host_checked` traces their solves with equinox's run-time checks
+(``check_time_grid``); ``host_checked`` traces their solves with equinox's run-time checks
 returning NaN instead of calling the host (``EQX_ON_ERROR=nan``, only while tracing, and only when
 ``EQX_ON_ERROR`` is left at its default "raise"). The branch taken computes the same numbers: the results
 are the same bit for bit. Checks of the user's
-input that can fail inside a solve (the covariance check of :func:`slowsde_jax.noise.psd_sqrt`) keep
+input that can fail inside a solve (the covariance check of ``slowsde_jax.noise.psd_sqrt``) keep
 raising: they pass ``on_error=user_on_error()``. An ``error_if`` in a user's own loss or noise with the
 default ``on_error`` turns the state into NaN inside the slow-SDE engine (the path is frozen and reported
 as failed) instead of raising; pass ``on_error="raise"`` to keep the error.
@@ -32,7 +32,7 @@ _depth = 0
 
 
 def user_on_error() -> str:
-    """The ``on_error`` of a check that must keep its user-visible behaviour inside :func:`host_checked`:
+    """The ``on_error`` of a check that must keep its user-visible behaviour inside ``host_checked``:
     equinox's own setting (EQX_ON_ERROR) as it was outside."""
     return "raise" if _depth else "default"
 

@@ -4,7 +4,7 @@ The slow-SDE step solves with the n x n Gram matrix J S J^T of the residuals sev
 step (three Gauss-Newton retraction steps). For the few samples of the toy problems (n <= 8) a batched
 LAPACK call costs far more than its arithmetic on the CPU (getrf plus two trsm calls per solve, each a
 loop over the batch), and it is one of the calls that can deadlock XLA:CPU (see ``_batching``).
-:func:`spd_solve` unrolls the Cholesky factorization and the two triangular solves into scalar arithmetic
+``spd_solve`` unrolls the Cholesky factorization and the two triangular solves into scalar arithmetic
 instead, which ``vmap`` turns into a few fused elementwise loops over the paths; larger systems go to
 ``jnp.linalg.solve``.
 """
@@ -19,7 +19,7 @@ SMALL_N = 8  # the largest n solved by the unrolled Cholesky factorization
 def spd_solve(A: Float[Array, "n n"], b: Float[Array, "n *k"]) -> Float[Array, "n *k"]:
     """x with A x = b for a symmetric positive definite A (n, n); b is (n,) or (n, k).
 
-    n <= :data:`SMALL_N`: unrolled Cholesky A = L L^T and two substitutions (n^3/6 multiply-adds, no
+    n <= ``SMALL_N``: unrolled Cholesky A = L L^T and two substitutions (n^3/6 multiply-adds, no
     pivoting, which a positive definite A does not need). A matrix that is not positive definite to
     rounding gives NaN (the square root of a negative pivot), never a silent wrong answer. Otherwise
     ``jnp.linalg.solve`` (LU with partial pivoting).

@@ -2,7 +2,7 @@
 
 A least-squares problem's ``residuals`` is its bound method, and the problem may declare closed forms next to
 it: ``quadratic_residuals()`` (r = B (x * x) - y), ``residual_jacobian(theta)``, ``residual_hessian_sum``,
-``gn_trace_hessian``. :func:`declared` finds them; :func:`ls_jacobian` and :func:`quadratic_structure` are the
+``gn_trace_hessian``. ``declared`` finds them; ``ls_jacobian`` and ``quadratic_structure`` are the
 two every layer above needs (the noise models and the geometry).
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ def quadratic_structure(residuals):
     """``(B, y)`` when the residuals are r(x) = B (x * x) - y (diagonal nets, the hyperbola), else None.
 
     A problem declares it with a method ``quadratic_residuals()`` returning (B, y); ``residuals`` is its bound
-    method ``problem.residuals`` (as :meth:`Problem.residual_parts` returns it)."""
+    method ``problem.residuals`` (as ``Problem.residual_parts`` returns it)."""
     get = declared(residuals, "quadratic_residuals")
     return None if get is None else get()
 
@@ -33,7 +33,7 @@ def declared(residuals, name):
 
 
 def ls_jacobian(residuals: ResidualFn, theta: Float[Array, "D"]) -> Float[Array, "n D"]:
-    """J = d r / d theta, (n, D). Quadratic residuals r = B (x * x) - y (:func:`quadratic_structure`):
+    """J = d r / d theta, (n, D). Quadratic residuals r = B (x * x) - y (``quadratic_structure``):
     J = 2 B Diag(x), O(n D). A problem with a closed form declares it as a method ``residual_jacobian(theta)``
     (``residuals`` is its bound method ``problem.residuals``). Otherwise autodiff: reverse mode when n <= D
     (n passes), forward mode else."""

@@ -1,10 +1,10 @@
 """Brownian motion on a fixed time grid, shared between step sizes.
 
-:class:`GridBrownianPath` draws one standard normal per grid interval [i h, (i + 1) h), keyed by the path's key
+``GridBrownianPath`` draws one standard normal per grid interval [i h, (i + 1) h), keyed by the path's key
 and the interval's index i. An increment over [t0, t1], with t0 and t1 on the grid, is the sum of the draws of
 the intervals it covers, times sqrt(h). So two fixed-step solves with steps h and 2 h (``substeps`` 1 and 2)
 see the same Brownian path: the coupling that the Richardson extrapolation of the slow SDE in
-:func:`slowsde_jax.sde.simulate_slow_sde` needs, where the difference of the two solutions must have a small
+``slowsde_jax.sde.simulate_slow_sde`` needs, where the difference of the two solutions must have a small
 variance. A run cut into segments (checkpoints, groups of records) draws the same path as one long call.
 """
 from __future__ import annotations

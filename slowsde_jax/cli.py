@@ -12,7 +12,7 @@ slow_flow.png and a second table.
 ``compare`` integrates the slow SDE of every run's method, runs the discrete method at each learning rate
 of the config's ``compare.etas`` on the same clock, and writes comparison.json (weak errors per eta and
 their fitted order, or "not resolved" when the errors are within noise), weak-error and cloud plots.
-Compiled programs are kept on disk between runs (:mod:`slowsde_jax.compile_cache`: ``$SLOWSDE_CACHE_DIR``,
+Compiled programs are kept on disk between runs (``slowsde_jax.compile_cache``: ``$SLOWSDE_CACHE_DIR``,
 default ``~/.cache/slowsde_jax``; ``--no-cache`` or ``SLOWSDE_CACHE_DIR=off`` to compile afresh).
 Exit status: 0 done; 1 diverged paths in a ``--strict`` run, or a start that could not be projected; 2 a
 mistake in the input (config, ``--set``, ``--out``, a corrupt checkpoint), printed as one line naming the
@@ -28,6 +28,18 @@ import time
 from typing import Optional, Sequence
 
 
+from . import config as cfgmod
+from . import runs
+from ._io import RunIOError, describe_os_error
+from ._version import __version__
+from .comparison import describe_order, eta_sweep
+from .compile_cache import enable_compilation_cache
+from .discrete import simulate_discrete
+from .geometry import ProjectionError
+from .observables import theory_summary, theory_table, theory_view
+from .options import Execution, Recording, Start
+from .plotting import LOSS_NAMES, plot_cloud, plot_observables, plot_slow_flow, plot_sweep
+from .slow_engine import simulate_slow_sde
 from .validation import ConfigError, within
 
 
@@ -58,11 +70,6 @@ def _table(summary_runs) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from pathlib import Path
-
-    from . import config as cfgmod
-    from . import runs
-    from .discrete import simulate_discrete
-    from .plotting import LOSS_NAMES, plot_observables
 
     if args.resume:
         folder = Path(args.resume)
@@ -107,12 +114,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             if done.exists():  # finished before an interruption
                 trajs[name] = _read_done(done, name)
                 continue
+            start = Start(v0=kw.pop("v0", "zeros"))
+            recording = Recording(record_state=kw.pop("record_state", True), record_to=folder / "records" / name)
+            execution = Execution(dtype=dtype, progress=None if not args.quiet else False,
+                                  chunk_steps=cfg.get("chunk_steps", 1_000_000),
+                                  divergence_bound=cfg.get("divergence_bound", 1e10), checkpoint=ckpts / f"{name}.npz",
+                                  checkpoint_every_s=cfg.get("checkpoint_every_s", 30.0))
             out = simulate_discrete(problem, noise, method, n_paths=kw.pop("n_paths", 1), key=cfg.get("seed", 0),
-                                    dtype=dtype, progress=None if not args.quiet else False,
-                                    chunk_steps=cfg.get("chunk_steps", 1_000_000),
-                                    divergence_bound=cfg.get("divergence_bound", 1e10),
-                                    checkpoint=ckpts / f"{name}.npz", record_to=folder / "records" / name,
-                                    checkpoint_every_s=cfg.get("checkpoint_every_s", 30.0), **kw)
+                                    start=start, recording=recording, execution=execution, **kw)
             trajs[name] = out if isinstance(out, list) else [out]
             runs.save_trajectories(done, {name: trajs[name]})
             (ckpts / f"{name}.npz").unlink(missing_ok=True)
@@ -121,10 +130,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(_table(run_summary), flush=True)  # the first result, before the slow flow compiles
         view = {}
         if cfg.get("slow_flow"):  # each run on Gamma and its slow flow (see slowsde_jax.observables)
-            from .geometry import ProjectionError
-            from .observables import theory_summary, theory_view
-            from .plotting import plot_slow_flow
-
             methods = {name: method for name, method, _ in planned}
             try:
                 view = theory_view(trajs, methods, problem, noise, progress=None if not args.quiet else False)
@@ -148,8 +153,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         runs.write_json(folder / "summary.json", summary)
         shutil.rmtree(folder / "records", ignore_errors=True)  # streamed while running; trajectories.npz has them
     if "slow_flow" in summary:
-        from .observables import theory_table
-
         print()
         print(theory_table(summary["slow_flow"]))
     n_div = sum(e["n_diverged"] for entries in summary["runs"].values() for e in entries)
@@ -195,8 +198,6 @@ def _read_done(path, name):
     """The trajectories of a run that finished before an interruption; ConfigError if the file is damaged."""
     import zipfile
 
-    from . import runs
-
     try:
         return runs.read_trajectories(path)[name]
     except (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile) as e:
@@ -205,12 +206,6 @@ def _read_done(path, name):
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from . import config as cfgmod
-    from . import runs
-    from .comparison import describe_order, eta_sweep
-    from .plotting import plot_cloud, plot_sweep
-    from .sde import simulate_slow_sde
-
     cfg = cfgmod.apply_overrides(cfgmod.load_config(args.config), args.set)
     if "compare" not in cfg:
         raise ConfigError("compare", "a compare config needs a 'compare:' section with etas (see configs/hyperbola_compare.yaml)")
@@ -228,14 +223,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     with runs.status_guard(folder, summary):
         result, trajs = {}, {}
         for name, method, kw in plan.runs:
+            progress = Execution(progress=None if not args.quiet else False)
             sde_traj = simulate_slow_sde(problem, noise, method, T=T, n_paths=cmp.get("sde_paths", cfg.get("n_paths", 1)),
-                                         key=seed + 1, eta=min(cmp["etas"]), dt=cmp.get("dt", 1e-3), n_record=n_record,
-                                         solver=cmp.get("solver"), rtol=cmp.get("rtol", 1e-8), atol=cmp.get("atol", 1e-10),
-                                         progress=None if not args.quiet else False)
+                                         key=seed + 1, eta=min(cmp["etas"]), n_record=n_record,
+                                         integrator=cfgmod.compare_integrator(cmp, problem, noise), execution=progress)
             names = cmp.get("observables") or sorted(sde_traj.observables)
             res = eta_sweep(problem, noise, method, cmp["etas"], T, cfg.get("n_paths", 1), seed, sde_traj, names,
                             project=cmp.get("project", True),
-                            v0=cfg.get("v0", "equilibrium"), progress=None if not args.quiet else False)
+                            start=Start(v0=cfg.get("v0", "equilibrium")), execution=progress)
             for obs in names:
                 plot_sweep(res, obs, folder / f"weak_error_{name}_{obs}.png")
                 plot_cloud(res["trajectories"][-1], sde_traj, obs, folder / f"cloud_{name}_{obs}.png")
@@ -273,8 +268,6 @@ _NO_CACHE_HELP = ("compile everything afresh: do not use the compilation cache (
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from ._version import __version__
-
     parser = argparse.ArgumentParser(prog="slowsde", description=__doc__.split("\n\n")[0], epilog=EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -300,8 +293,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         func=lambda a: print(__import__("slowsde_jax.config", fromlist=["x"]).default_config_text(), end="") or 0)
     args = parser.parse_args(argv)
     if args.command in ("run", "compare") and not args.no_cache:
-        from .compile_cache import enable_compilation_cache
-
         enable_compilation_cache()
     try:
         return args.func(args)
@@ -326,9 +317,6 @@ class _Fault(str):
 def _environment_fault(e: BaseException):
     """One line for a fault of the machine rather than of the input (disk, memory, I/O), else None.
     A start that cannot be projected onto Gamma gets status 1."""
-    from .geometry import ProjectionError
-    from .runs import RunIOError, describe_os_error
-
     if isinstance(e, ProjectionError):
         f = _Fault(f"slow SDE: {e}")
         f.status = 1

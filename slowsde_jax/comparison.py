@@ -46,7 +46,7 @@ def compare(discrete: Trajectory, continuous: Trajectory, observables: Optional[
 
     Both trajectories must be recorded on the same times, up to one discrete step eta^2 (the discrete
     recording steps are round(t / eta^2)). Compare a projected discrete trajectory (see
-    :func:`project_trajectory`, for quantities defined on Gamma)."""
+    ``project_trajectory``, for quantities defined on Gamma)."""
     eta = discrete.meta.get("eta")
     atol = 1e-12 + (float(eta) ** 2 if eta else 0.0)  # a discrete clock is rounded to whole steps
     if discrete.t.shape != continuous.t.shape or not np.allclose(discrete.t, continuous.t, rtol=0, atol=atol):
@@ -104,9 +104,9 @@ def eta_sweep(problem: AbstractProblem, noise: AbstractNoise, method: Method, et
               observables: Union[str, Sequence[str]], project: bool = True, **discrete_kw: Any) -> dict[str, Any]:
     """Run the discrete method at every eta in ``etas`` (one compiled sweep, recorded on ``sde_traj``'s
     times), compare each with ``sde_traj``, and fit the order of the weak error at the final time in eta
-    (see :func:`weak_order`: only etas whose error exceeds 2 s.e. enter the fit).
+    (see ``weak_order``: only etas whose error exceeds 2 s.e. enter the fit).
 
-    ``observables``: a name or a list of names (plot the result with :func:`slowsde_jax.plotting.plot_sweep`).
+    ``observables``: a name or a list of names (plot the result with ``slowsde_jax.plotting.plot_sweep``).
     Returns a dict: ``etas``, ``method``, ``T``,
     ``observables`` (name -> ``weak_error``, ``se``, ``order``, ``constant``, ``order_resolved``,
     ``resolved``; ``order`` and ``constant`` are None when not resolved), ``comparisons`` and

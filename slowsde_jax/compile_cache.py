@@ -8,7 +8,7 @@ next process (the next ``slowsde run``, a restarted notebook) loads them instead
   ``~/.cache/slowsde_jax``; ``SLOWSDE_CACHE_DIR=off`` or ``slowsde run --no-cache`` turns it off. A cache
   folder set for JAX itself (``JAX_COMPILATION_CACHE_DIR``) is used as it is.
 - Importing ``slowsde_jax`` never changes JAX's configuration for this. In a notebook or script, call
-  :func:`enable_compilation_cache` once, before the first simulation.
+  ``enable_compilation_cache`` once, before the first simulation.
 
 The cache holds compiled programs only; results are computed afresh and are the same with or without it.
 Tracing (Python building the programs) is not cached: a warm first call still takes a few seconds.
@@ -44,7 +44,7 @@ def cache_dir_from_env(environ: Optional[Mapping[str, str]] = None) -> Optional[
 
 
 def enable_compilation_cache(path: Union[None, str, os.PathLike] = None) -> Optional[Path]:
-    """Turn on JAX's persistent compilation cache in ``path`` (default: :func:`cache_dir_from_env`) for every
+    """Turn on JAX's persistent compilation cache in ``path`` (default: ``cache_dir_from_env``) for every
     program, however quick to compile. Returns the folder in use, or None when the setting says off or the
     folder cannot be made (a warning says why). A folder already set in JAX (``jax_compilation_cache_dir``)
     is kept and returned. Call before the first simulation: JAX fixes its cache at the first compilation."""

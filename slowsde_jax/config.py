@@ -1,7 +1,7 @@
 """YAML run configs: loading, ``--set`` overrides, structure checks, and building the objects they describe.
 
-The value checkers (:func:`~slowsde_jax.validation.check_int`, ``check_number``, ``check_choice``) live in
-:mod:`slowsde_jax.validation`; this module only knows the YAML layout.
+The value checkers (``check_int``, ``check_number``, ``check_choice``) live in
+``slowsde_jax.validation``; this module only knows the YAML layout.
 
 A config (see ``configs/default.yaml``)::
 
@@ -17,13 +17,13 @@ A config (see ``configs/default.yaml``)::
       sgd: {method: sgd, eta: 0.005}
 
 ``slow_flow: true`` also maps every run onto the manifold and integrates its slow ODE from the recorded
-states (needs ``record_state``; sweeps are left out), see :mod:`slowsde_jax.observables`.
+states (needs ``record_state``; sweeps are left out), see ``slowsde_jax.observables``.
 Each run may override ``steps``/``T``, ``n_paths``, ``n_record``, ``v0``, ``record_state`` and give a ``sweep``
 (name -> list of values). Every problem has its own keyword arguments (those of the problem's factory).
-All checks happen before anything is compiled and raise :class:`~slowsde_jax.validation.ConfigError`:
-:func:`validate` checks the layout and types, :func:`prepare` builds the problem, the noise and every method
+All checks happen before anything is compiled and raise ``ConfigError``:
+``validate`` checks the layout and types, ``prepare`` builds the problem, the noise and every method
 through their factories and checks every swept value, step count and the memory a run needs, with errors
-naming the config path (``runs.adam.sweep.beta1[1]: must be < 1, got 1.5``). The CLI calls :func:`prepare`
+naming the config path (``runs.adam.sweep.beta1[1]: must be < 1, got 1.5``). The CLI calls ``prepare``
 before it makes a run folder.
 
 Numbers in exponent form are read as YAML 1.2 reads them: ``1e-8`` is a float (YAML 1.1, PyYAML's default,
@@ -46,6 +46,7 @@ import yaml
 
 from . import methods, noise, problems
 from .inputs import check_steps
+from .integrators import AbstractSlowIntegrator, LabelNoiseODE, ProjectedEulerMaruyama
 from .sweep import SWEEPABLE
 from .validation import (ConfigError, check_bool, check_bound, check_choice, check_file_name, check_int, check_number, show,
                          suggest, within)
@@ -77,7 +78,7 @@ _Loader.add_implicit_resolver(
 
 
 class _Dumper(yaml.SafeDumper):
-    """PyYAML's safe dumper that quotes strings :class:`_Loader` would read as floats (a run named "1e5")."""
+    """PyYAML's safe dumper that quotes strings ``_Loader`` would read as floats (a run named "1e5")."""
 
 
 for _first, _resolvers in _Loader.yaml_implicit_resolvers.items():
@@ -91,7 +92,7 @@ def _yaml(text):
 
 
 def dump_config_text(cfg: dict) -> str:
-    """``cfg`` as YAML that :func:`load_config` reads back to the same dict."""
+    """``cfg`` as YAML that ``load_config`` reads back to the same dict."""
     return yaml.dump(cfg, Dumper=_Dumper, sort_keys=False)
 
 
@@ -346,7 +347,7 @@ def build_runs(cfg: dict) -> list[tuple[str, methods.Method, dict[str, Any]]]:
 # ----- everything a run needs, checked before any work ---------------------------------------------------------
 @dataclasses.dataclass
 class Prepared:
-    """What :func:`prepare` built: the problem, the noise and ``runs`` as :func:`build_runs` gives them."""
+    """What ``prepare`` built: the problem, the noise and ``runs`` as ``build_runs`` gives them."""
 
     problem: object
     noise: object
@@ -411,7 +412,7 @@ def _check_run(cfg, name, run, problem, nz, method, etas):
 
 
 def prepare(cfg: dict, command: str = "run") -> Prepared:
-    """Validate ``cfg`` completely before any work: its layout (:func:`validate`), the problem, noise and every
+    """Validate ``cfg`` completely before any work: its layout (``validate``), the problem, noise and every
     method through their factories, and each run's grid (every swept value through its factory's checks,
     c*eta^2 in (0, 1) at every eta, a step count that fits, the memory it needs). For ``command="compare"``
     the learning rates are those of ``compare.etas`` and the observables must exist. Raises ConfigError
@@ -471,13 +472,10 @@ def _check_compare(cfg, problem, nz):
 
     from .inputs import check_memory
 
-    from .sde import _solver
-
     _expect(cfg.get("seed", 0) + 1 < 2**64, "seed", "compare seeds the slow SDE with seed + 1: must be < 2**64 - 1")
     cmp = cfg["compare"]
-    if "solver" in cmp:  # a solver name must fit the slow side this noise gets (the SDE or the label-noise ODE)
-        with within("compare."):
-            _solver(cmp["solver"], nz.label_noise_alpha(problem) is not None, 1e-8, 1e-10)
+    with within("compare."):  # the solver, tolerances and step must fit the slow side this noise gets
+        compare_integrator(cmp, problem, nz)
     check_memory("compare.sde_paths", dim=problem.dim, n_cfg=1, n_paths=cmp.get("sde_paths", cfg.get("n_paths", 1)),
                  n_record=cfg.get("n_record", 10), record_state=True, has_v=True)
 
@@ -486,6 +484,26 @@ def _check_compare(cfg, problem, nz):
         if o not in known:
             raise ConfigError(f"compare.observables[{i}]", f"unknown observable '{o}'{suggest(o, known)}; "
                                                            f"{type(problem).__name__} records {', '.join(known)}")
+
+
+def compare_integrator(cmp: dict, problem: problems.AbstractProblem, nz: noise.AbstractNoise
+                       ) -> AbstractSlowIntegrator:
+    """The slow side of ``slowsde compare``: the label-noise ODE under label noise (``compare.solver``,
+    ``rtol``, ``atol``), projected Euler-Maruyama otherwise (``compare.dt``; ``solver`` may only be
+    ``euler``). ConfigError naming the key that does not apply."""
+    if nz.label_noise_alpha(problem) is not None:
+        if "dt" in cmp:
+            raise ConfigError("dt", "sets the step of the general slow SDE; under label noise the slow side is the "
+                                    "adaptive label-noise ODE (set rtol and atol)")
+        return LabelNoiseODE(solver=cmp.get("solver", "tsit5"), rtol=cmp.get("rtol", 1e-8), atol=cmp.get("atol", 1e-10))
+    for k in ("rtol", "atol"):
+        if k in cmp:
+            raise ConfigError(k, "sets a tolerance of the label-noise ODE; this noise gets the general slow SDE, "
+                                 "integrated with fixed steps dt")
+    if cmp.get("solver", "euler") != "euler":
+        raise ConfigError("solver", f"the general slow SDE is integrated by projected Euler-Maruyama (solver: euler), "
+                                    f"got {cmp['solver']!r}; ODE solvers apply to label noise only")
+    return ProjectedEulerMaruyama(dt=cmp.get("dt", 1e-3))
 
 
 def _run_kwargs(cfg, run):

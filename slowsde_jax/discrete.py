@@ -16,17 +16,17 @@ Where the time goes, and what the engine does about it (``benchmarks/bench_discr
   of a square root; it made the old engine 2.4x slower than a hand-written loop on the CPU. With lam = 1/2
   fixed (every Adam-type method unless lam is swept) lam is passed as a constant and S(v) is a square root.
 - The per-step target mask and the select between new and old state run once per block of ``block_steps``
-  steps (:func:`_block_one`); inside a block each lane only carries a running "stayed finite and bounded"
+  steps (``_block_one``); inside a block each lane only carries a running "stayed finite and bounded"
   flag. A block in which an active lane left the bound, or which would overrun a lane's target, runs step
-  by step instead (the plain path, :func:`_advance_one`), so divergence steps, frozen states and stopping
+  by step instead (the plain path, ``_advance_one``), so divergence steps, frozen states and stopping
   points are exactly those of the plain path. The last block of a chunk is only as long as the steps left
   in it: a full-length tail block, run unmasked and then replayed, cost up to two blocks of work per chunk
   (256 step costs for 200 steps at ``block_steps`` = 32, the engine's whole overhead on short runs).
 - The parameters here are flat vectors, so the optax transform does not ravel or unravel (only Adam-mini's
   and Adalayer's block means ravel pytrees).
 
-Lanes are spread over devices with :mod:`slowsde_jax.sharding`; records can be streamed to disk with
-:class:`slowsde_jax.streaming.RecordStream` (``record_to``).
+Lanes are spread over devices with ``slowsde_jax.sharding``; records can be streamed to disk with
+``slowsde_jax.streaming.RecordStream`` (``record_to``).
 """
 from __future__ import annotations
 
@@ -34,25 +34,25 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.typing import DTypeLike
-from jaxtyping import ArrayLike, Float
+
 
 from . import _precision
 from . import sharding as _sharding
 from ._io import atomic_write, read_npz
 from .streaming import RecordStream
-from .validation import ConfigError, check_bool, check_bound, check_int, check_optional_bool, check_range
+from .validation import ConfigError, check_int, check_range
 from .methods import Method, second_moment
 from .noise import AbstractNoise
 from .problems import AbstractProblem
 from .sweep import apply_hypers, check_sweep_value, sweep_grid
-from .inputs import (check_devices, check_path, check_step_count, check_steps, initial_v,
+from .options import SLOW_FIELDS, Execution, Recording, Start, check_devices, refuse_foreign
+from .inputs import (check_step_count, check_steps, initial_v,
                      parse_inputs, run_meta)
 from .trajectory import Trajectory
 
@@ -70,7 +70,7 @@ class PathState(eqx.Module):
 
 
 def _init_state(problem, noise, method, eta, theta0, v0_mode, v0, key):
-    """Initial PathState for one path; v by the engines' one rule (:func:`slowsde_jax.inputs.initial_v`)."""
+    """Initial PathState for one path; v by the engines' one rule (``slowsde_jax.inputs.initial_v``)."""
     k_init, k_run = jax.random.split(key)
     theta = problem.init(k_init) if theta0 is None else theta0
     opt = method.optax(eta, v0=initial_v(problem, noise, method, theta, v0_mode, v0)).init(theta)
@@ -146,7 +146,7 @@ def _advance(problem, noise, method, hypers, bound, state, target, n_steps, bloc
 
     ``block`` (static) <= 1: the plain path, a masked and checked step at a time. ``block`` > 1: the steps go
     in blocks of k = min(``block``, the most steps any live lane has left) steps, so the last block of a
-    chunk is no longer than needed. A block runs unmasked (:func:`_block_one`) on every lane, and a lane
+    chunk is no longer than needed. A block runs unmasked (``_block_one``) on every lane, and a lane
     keeps its result when the block fits before its target and the lane has not diverged: the state is
     selected once per block. The block runs on the plain path instead (a ``lax.cond`` on one flag for all
     lanes): without the unmasked run when a live lane has fewer than k steps left to its target, and from
@@ -154,7 +154,7 @@ def _advance(problem, noise, method, hypers, bound, state, target, n_steps, bloc
     and stopping points are those of the plain path, and every lane advances by min(block, steps left) per
     block: ceil(n_steps / block) blocks reach every target.
 
-    ``sharding`` (static): the lanes' :class:`jax.sharding.NamedSharding`, kept on the returned state.
+    ``sharding`` (static): the lanes' ``jax.sharding.NamedSharding``, kept on the returned state.
     """
     target = jnp.broadcast_to(target[:, None], state.step.shape)  # per lane (n_cfg, n_paths)
     plain = lambda st, k: _per_cfg(lambda p, n, m, e, s, t: _advance_one(p, n, m, e, bound, s, t, k),
@@ -193,7 +193,7 @@ def _constrain(tree, sharding):
 @eqx.filter_jit
 def _init_all(problem, noise, method, hypers, theta0, v0_mode, v0, key, n_paths: int, n_lanes: int, sharding=None):
     """Initial states (n_cfg, n_lanes, ...): path i from the i-th of ``n_paths`` keys split from ``key``; lanes
-    past ``n_paths`` (padding for the devices, see :func:`slowsde_jax.sharding.padded_paths`) repeat path 0."""
+    past ``n_paths`` (padding for the devices, see ``slowsde_jax.sharding.padded_paths``) repeat path 0."""
     keys = jax.random.split(key, n_paths)
     keys = jnp.concatenate([keys, jnp.repeat(keys[:1], n_lanes - n_paths, axis=0)])
 
@@ -245,51 +245,54 @@ class DiscreteRun:
 
 def simulate_discrete(problem: AbstractProblem, noise: AbstractNoise, method: Method, eta: Optional[float] = None,
                       T: Optional[float] = None, n_paths: int = 1, key: Union[int, jax.Array] = 0, *,
-                      steps: Optional[int] = None, n_record: int = 100,
-                      theta0: Optional[Float[ArrayLike, "D"]] = None, v0: Union[str, Float[ArrayLike, "D"]] = "zeros",
-                      sweep: Optional[dict] = None, record_state: bool = True, chunk_steps: int = 1_000_000,
-                      progress: Optional[bool] = None, divergence_bound: float = 1e10,
-                      dtype: Optional[DTypeLike] = None, on_chunk: Optional[Callable] = None,
-                      checkpoint: Union[None, str, Path] = None, checkpoint_every_s: float = 30.0,
-                      block_steps: int = 32, devices: Optional[Sequence[jax.Device]] = None,
-                      record_to: Union[None, str, Path] = None,
-                      record_observables: bool = True) -> Union[Trajectory, list[Trajectory]]:
+                      steps: Optional[int] = None, n_record: int = 100, sweep: Optional[dict] = None,
+                      start: Optional[Start] = None, recording: Optional[Recording] = None,
+                      execution: Optional[Execution] = None) -> Union[Trajectory, list[Trajectory]]:
     """Run the discrete AGM ``method`` on ``problem`` with gradient noise ``noise``.
 
-    Runs K = round(T / eta^2) steps (or ``steps`` steps for every configuration) for ``n_paths`` independent
-    paths and records ``n_record + 1`` points on the SDE clock t = k eta^2 (including t = 0).
+    Main arguments: ``problem``, ``noise``, ``method``; ``eta``, the learning rate; ``T``, the SDE time
+    (K = round(T / η²) steps), or ``steps`` for every configuration; ``n_paths`` independent paths; ``key``,
+    a jax PRNG key or an int seed (path i uses the same initializer and noise stream for every configuration
+    of a sweep: common random numbers).
 
-    - ``key``: a jax PRNG key or an int seed. Path i uses the same initializer and noise stream for every
-      configuration of a sweep (common random numbers).
-    - ``theta0``: initial parameters (D,) for all paths; default: ``problem.init`` per path.
-    - ``v0``: "zeros", "equilibrium" (V(Sigma(theta0))), or an array (D,).
+    Other arguments:
+    - ``n_record``: records at n_record + 1 points on the SDE clock t = k η², t = 0 included;
     - ``sweep``: dict name -> list of values over ``eta``, ``lam``, ``c``, ``beta1``, ``beta2``, ``eps``,
-      ``delta``, ``n_train``; the run covers their Cartesian grid in one compiled function.
-    - ``record_state``: also record theta and v, shape (n_paths, n_t, D) each.
-    - ``chunk_steps``: at most this many steps per jitted call (progress, checkpoints between calls).
-    - ``progress``: a step bar (True, False, or None: shown in a terminal or notebook; see
-      :mod:`slowsde_jax.progress`).
-    - ``on_chunk(run)``: called after every recorded point with the :class:`DiscreteRun`.
-    - ``checkpoint``: a file path (.npz). The run's state and records are written there (atomically) after a
-      recorded point whenever ``checkpoint_every_s`` seconds have passed since the last write (0: after every
-      point); if the file exists when the run starts, the run continues from it. A resumed run gives
-      bit-identical results to an uninterrupted one (same schedule, same keys, same arithmetic).
+      ``delta``, ``n_train``; the run covers their Cartesian grid in one compiled function;
+    - ``start``: ``Start``: θ0 (D,) for all paths (default: ``problem.init`` per path),
+      v0 ``"zeros"`` (default), ``"equilibrium"`` (V(Σ(θ0))) or an array (D,);
+    - ``recording``: ``Recording``: ``record_state`` (θ and v, (n_paths, n_t, D) each),
+      ``record_observables``, ``record_to`` (a folder to stream the records to, read back as memory maps);
+    - ``execution``: ``Execution``: dtype, progress, checkpoint (an .npz written atomically
+      every ``checkpoint_every_s`` seconds; a rerun with it continues bit for bit), ``chunk_steps`` per
+      compiled call, ``block_steps`` of the fast path (1: the plain path; both give the same numbers),
+      ``devices`` to spread the (configuration, path) lanes over (the numbers do not depend on them),
+      ``divergence_bound`` (a path past it, or non-finite, is frozen and flagged), ``on_chunk(run)``.
 
-    - ``block_steps``: steps per block of the fast path (divergence is tracked inside a block and acted on
-      at its end, replaying the block step by step when a path left the bound); 1 runs the plain path, a
-      masked and checked step at a time. Both give the same numbers (see :func:`_advance`).
-    - ``devices``: the devices to spread the (configuration, path) lanes over (default ``jax.devices()``; see
-      :func:`slowsde_jax.sharding.lane_mesh`; path counts the devices do not divide are padded with lanes
-      that are dropped). Paths keep their keys whatever the devices, so the numbers do not depend on them.
-    - ``record_to``: a folder. Records are written there as they are taken (one ``.npy`` per quantity, shape
-      (n_t, n_cfg, n_paths, ...), see :class:`slowsde_jax.streaming.RecordStream`) instead of being kept in
-      memory, and the returned trajectories read them from disk (memory maps). With ``checkpoint``, a
-      resumed run continues the same folder.
-    - ``record_observables``: record the problem's observables (``Trajectory.observables``, each about the
-      cost of a step per path and record); False leaves them empty, for runs that only need the states.
+    Returns a ``Trajectory``, or a list of them (one per grid point, in grid order) when ``sweep`` is
+    given. A diverged path, or one whose loss turns non-finite, is frozen at its last good state and flagged
+    with its step and time (``diverged_step``, ``diverged_time``).
 
-    Returns a :class:`Trajectory`, or a list of them (one per grid point, in grid order) when ``sweep`` is given.
+    Raises ConfigError naming the field for a bad argument, before any work.
     """
+    opts = {}
+    for name, value, cls in (("start", start, Start), ("recording", recording, Recording),
+                             ("execution", execution, Execution)):
+        if value is None:
+            value = cls()
+        elif not isinstance(value, cls):
+            raise ConfigError(name, f"must be a slowsde_jax.{cls.__name__}(...), got {type(value).__name__}")
+        opts[name] = value
+    refuse_foreign("discrete", opts, SLOW_FIELDS)
+    start, recording, execution = opts["start"], opts["recording"], opts["execution"]
+    theta0, v0 = start.theta0, "zeros" if start.v0 is None else start.v0
+    record_state, record_observables, record_to = (recording.record_state, recording.record_observables,
+                                                   recording.record_to)
+    ex = execution
+    dtype, progress, checkpoint, checkpoint_every_s = ex.dtype, ex.progress, ex.checkpoint, ex.checkpoint_every_s
+    chunk_steps, block_steps, divergence_bound, on_chunk = ex.chunk_steps, ex.block_steps, ex.divergence_bound, ex.on_chunk
+    devices = check_devices(ex.devices)
+
     # validate
     inputs = parse_inputs(problem, noise, method, key=key, n_paths=n_paths, n_record=n_record, theta0=theta0,
                           v0=v0, dtype=dtype)
@@ -306,18 +309,6 @@ def simulate_discrete(problem: AbstractProblem, noise: AbstractNoise, method: Me
     else:
         check_int("steps", steps, 1)
         check_steps(steps, "steps", "steps")
-    check_int("block_steps", block_steps, 1)
-    check_int("chunk_steps", chunk_steps, 1)
-    check_bound("divergence_bound", divergence_bound)
-    check_range("checkpoint_every_s", checkpoint_every_s, low=0.0)
-    check_optional_bool("progress", progress)
-    if on_chunk is not None and not callable(on_chunk):
-        raise ConfigError("on_chunk", f"must be a function of the run, got {type(on_chunk).__name__}")
-    check_path("checkpoint", checkpoint)
-    check_path("record_to", record_to)
-    devices = check_devices(devices)
-    check_bool("record_state", record_state)
-    check_bool("record_observables", record_observables)
     if sweep is not None and not isinstance(sweep, dict):
         raise ConfigError("sweep", f"must be a dict name -> list of values, got {type(sweep).__name__}")
     grid, cfgs = sweep_grid(eta, sweep, dtype)
@@ -450,7 +441,7 @@ def save_checkpoint(path: Union[str, Path], run: DiscreteRun) -> None:
 
 
 def load_checkpoint(path: Union[str, Path], fresh: DiscreteRun) -> DiscreteRun:
-    """Restore a run saved by :func:`save_checkpoint` into the structure of a freshly initialized run.
+    """Restore a run saved by ``save_checkpoint`` into the structure of a freshly initialized run.
 
     A file that is empty, truncated, not an npz or missing entries raises ConfigError("checkpoint", ...)
     naming it and how to restart (delete it: the run then starts over from step 0), as does a checkpoint

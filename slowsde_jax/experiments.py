@@ -1,22 +1,22 @@
 """The paper's two experiments as small pieces: seed grids, sample-size thresholds, sharpness on Gamma, an
 independent quasi-norm interpolator for the diagonal net's fixed points, and sharpness minimizers on Gamma.
 
-- :func:`run_seed_grid`: one method over a grid of hyperparameters (a ``simulate_discrete`` sweep, compiled
+- ``run_seed_grid``: one method over a grid of hyperparameters (a ``simulate_discrete`` sweep, compiled
   once) for several seeds, each seed redrawing the data (``problem_fn(seed)``) as well as the paths.
-  Returns a :class:`SeedGrid` with every observable averaged over the tail of the run, shape
+  Returns a ``SeedGrid`` with every observable averaged over the tail of the run, shape
   (n_seeds, n_cfg).
-- :func:`threshold_n`: the smallest sample size from which a loss curve stays below a level (interpolated in
-  log loss between grid points); :func:`threshold_summary` over seeds.
-- :func:`grid_point`: the problem, noise and method of one grid point (its swept hyperparameters substituted),
+- ``threshold_n``: the smallest sample size from which a loss curve stays below a level (interpolated in
+  log loss between grid points); ``threshold_summary`` over seeds.
+- ``grid_point``: the problem, noise and method of one grid point (its swept hyperparameters substituted),
   the objects to project and measure a grid point's states with.
-- :func:`states_at_projection`: :func:`slowsde_jax.observables.at_projection` for bare states (e.g. a
-  :class:`SeedGrid`'s final ones): the problem's observables (test loss, ...) and the sharpness measures at
+- ``states_at_projection``: ``slowsde_jax.observables.at_projection`` for bare states (e.g. a
+  ``SeedGrid``'s final ones): the problem's observables (test loss, ...) and the sharpness measures at
   Phi_S(theta), the projection onto Gamma along the method's preconditioner, instead of at the jittering iterate.
-- :func:`min_quasi_norm_interpolator`: argmin sum_j |w_j|^q subject to Z w = y (0 < q <= 1) by iteratively
+- ``min_quasi_norm_interpolator``: argmin sum_j |w_j|^q subject to Z w = y (0 < q <= 1) by iteratively
   reweighted least squares with a geometrically decreasing smoothing eps (as in Chartrand and Yin): the point the
   AdamE-lam ODE should reach on a diagonal net, with q = 1 - lam, found without the ODE (a local minimizer);
-  :func:`min_quasi_norm_by_supports`: the global minimizer for small d, by enumerating basic solutions.
-- :func:`min_sharpness_on_manifold`: a minimizer of sum_k (diag H)_k^p on Gamma (p = 1: tr H, SGD's label-noise
+  ``min_quasi_norm_by_supports``: the global minimizer for small d, by enumerating basic solutions.
+- ``min_sharpness_on_manifold``: a minimizer of sum_k (diag H)_k^p on Gamma (p = 1: tr H, SGD's label-noise
   target; p = 1/2: tr(Diag H^{1/2}), Adam's) by Riemannian gradient descent from a given point: where each
   method's label-noise ODE should end, found without the ODE.
 """
@@ -51,7 +51,7 @@ class SeedGrid:
     - ``hypers``: the grid points, in ``simulate_discrete``'s sweep order (list of dicts, length n_cfg);
     - ``tail``: name -> array (n_seeds, n_cfg), each surviving path's mean over the last ``tail_fraction`` of
       the recorded times, then averaged over the paths that did not diverge
-      (:meth:`slowsde_jax.Trajectory.tail_mean`; NaN where every path diverged);
+      (``slowsde_jax.Trajectory.tail_mean``; NaN where every path diverged);
     - ``diverged``: (n_seeds, n_cfg, n_paths) bool, the paths that diverged (their states are frozen at the
       last good step);
     - ``final_theta``: (n_seeds, n_cfg, n_paths, D) the last recorded state (None unless states were recorded);
@@ -85,7 +85,7 @@ def run_seed_grid(problem_fn: Callable[[int], "AbstractProblem"], noise: "Abstra
                   n_paths: int = 1, n_record: int = 20, tail_fraction: float = 0.25, record_state: bool = False,
                   keep_trajectories: bool = False, **discrete_kw: Any) -> SeedGrid:
     """Run ``method`` on ``problem_fn(seed)`` for every seed (data and paths redrawn: the seed is also the
-    path key) over the grid ``sweep`` (see :func:`slowsde_jax.simulate_discrete`). The problems of all seeds
+    path key) over the grid ``sweep`` (see ``slowsde_jax.simulate_discrete``). The problems of all seeds
     share their shapes, so the sweep compiles once and every seed reuses it."""
     from .discrete import simulate_discrete
 
@@ -99,7 +99,8 @@ def run_seed_grid(problem_fn: Callable[[int], "AbstractProblem"], noise: "Abstra
         t0 = time.perf_counter()
         trajs = simulate_discrete(problem, noise, method, eta=eta, steps=steps, T=T, n_paths=n_paths,
                                   key=int(seed), sweep=sweep or {"eta": [eta]}, n_record=n_record,
-                                  record_state=record_state, progress=False, **discrete_kw)
+                                  recording=Recording(record_state=record_state),
+                                  execution=Execution(progress=False), **discrete_kw)
         secs.append(time.perf_counter() - t0)
         hypers = [tr.meta["hypers"] for tr in trajs]
         t_end = np.array([tr.t[-1] for tr in trajs])
@@ -146,7 +147,7 @@ def threshold_n(n_grid: Sequence[float], loss: Sequence[float], level: float = 1
 
 
 def threshold_summary(n_grid: Sequence[float], losses: ArrayLike, level: float = 1.0) -> dict:
-    """Thresholds (:func:`threshold_n`) of each row of ``losses`` (n_seeds, len(n_grid)): ``per_seed``,
+    """Thresholds (``threshold_n``) of each row of ``losses`` (n_seeds, len(n_grid)): ``per_seed``,
     ``mean``, ``std`` (ddof=1; 0 for one seed), ``min``, ``max``. Non-crossing seeds give inf."""
     per = np.array([threshold_n(n_grid, row, level) for row in np.atleast_2d(np.asarray(losses, float))])
     std = float(np.std(per, ddof=1)) if per.size > 1 and np.all(np.isfinite(per)) else (0.0 if per.size == 1 else float("nan"))
@@ -157,8 +158,8 @@ def threshold_summary(n_grid: Sequence[float], losses: ArrayLike, level: float =
 def grid_point(problem: "AbstractProblem", noise: "AbstractNoise", method: "Method",
                hypers: dict) -> tuple["AbstractProblem", "AbstractNoise", "Method"]:
     """(problem, noise, method) at one grid point: the swept values in ``hypers`` (one entry of
-    :attr:`SeedGrid.hypers`, e.g. ``{"eta": 0.1, "lam": 0.001, "n_train": 20}``) substituted as float arrays
-    (:func:`slowsde_jax.sweep.apply_hypers`). A swept lam changes the method's preconditioner S, so a
+    ``SeedGrid.hypers``, e.g. ``{"eta": 0.1, "lam": 0.001, "n_train": 20}``) substituted as float arrays
+    (``slowsde_jax.sweep.apply_hypers``). A swept lam changes the method's preconditioner S, so a
     grid point's states must be projected with this method, not the run's base one."""
     from .sweep import apply_hypers
 
@@ -168,14 +169,14 @@ def grid_point(problem: "AbstractProblem", noise: "AbstractNoise", method: "Meth
 def states_at_projection(problem: "AbstractProblem", method: "Method", theta: ArrayLike,
                          v: Optional[ArrayLike] = None, diverged: Optional[ArrayLike] = None,
                          **project_kw: Any) -> dict:
-    """Bare states seen on Gamma: :func:`slowsde_jax.observables.at_projection` applied to ``theta``
+    """Bare states seen on Gamma: ``slowsde_jax.observables.at_projection`` applied to ``theta``
     (N, D) and ``v`` (N, D; None for SGD) as a one-record trajectory.
 
     Returns name -> array (N,): the problem's observables at zeta = Phi_{S(v)}(theta) (``train_loss``,
-    ``test_loss``, ...), the sharpness measures of :func:`slowsde_jax.observables.sharpness_values` (``trace_H``,
-    ``trace_sqrt_diag_H`` and ``method``'s own, named by :func:`slowsde_jax.observables.own_sharpness`), and
+    ``test_loss``, ...), the sharpness measures of ``slowsde_jax.observables.sharpness_values`` (``trace_H``,
+    ``trace_sqrt_diag_H`` and ``method``'s own, named by ``slowsde_jax.observables.own_sharpness``), and
     ``zeta`` (N, D). Paths marked in ``diverged`` (N,) bool are not projected and get NaN everywhere.
-    ``method`` (and ``problem``) must be the grid point's (:func:`grid_point`). ``project_kw``: ``tol``,
+    ``method`` (and ``problem``) must be the grid point's (``grid_point``). ``project_kw``: ``tol``,
     ``max_steps``, ``rank``."""
     from .observables import at_projection
     from .trajectory import Trajectory
@@ -206,7 +207,7 @@ def covering_entries(d1: int, d2: int, n: int, seed: int) -> tuple[np.ndarray, n
 
 def with_covering_entries(problem: "MatrixFactorization", seed: int) -> "MatrixFactorization":
     """``problem`` (a factorization observed at entries) observed instead at the same number of entries drawn by
-    :func:`covering_entries` with ``seed``, which see every row and column; labels y = W*[rows, cols]."""
+    ``covering_entries`` with ``seed``, which see every row and column; labels y = W*[rows, cols]."""
     if problem.A is not None:
         raise ConfigError("problem", "with_covering_entries redraws an entry mask; this factorization has "
                           "Gaussian measurements")

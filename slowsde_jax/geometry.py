@@ -46,7 +46,7 @@ __all__ = ["ProjectionError", "PROJECTION_STATUS", "projection_jacobian", "sigma
 
 
 class ProjectionError(RuntimeError):
-    """A point could not be projected onto Gamma; the message says why (see :data:`PROJECTION_STATUS`)."""
+    """A point could not be projected onto Gamma; the message says why (see ``PROJECTION_STATUS``)."""
 
 
 DEFAULT_RTOL = 1e-8
@@ -273,7 +273,7 @@ def ls_third_derivative_tangent(residuals: ResidualFn, w: Float[Array, "n"], the
 def ls_gn_trace_hessian(residuals: ResidualFn, w: Float[Array, "n"], theta: Float[Array, "D"],
                         S: Float[Array, "D"]) -> Float[Array, "D D"]:
     """grad^2 phi at theta for phi(theta) = tr(S J^T W J) = sum_n w_n sum_i S_i (d_i r_n)^2 with the diagonal
-    S (D,) held fixed, shape (D, D). grad phi is :func:`ls_third_derivative_tangent` with M = S, so this is
+    S (D,) held fixed, shape (D, D). grad phi is ``ls_third_derivative_tangent`` with M = S, so this is
     the derivative of the label-noise drift's curvature term (the stiff part of Adam's ODE, see
     ``slowsde_jax.sde``). Quadratic residuals r = B (x * x) - y: 8 Diag(sum_n w_n B_n^2 S), O(n D). A problem
     with a closed form declares it as a method ``gn_trace_hessian(theta, S, w)``. Otherwise autodiff: D
@@ -354,7 +354,7 @@ def ls_slow_sde_coefficients(residuals, weights, theta, S, noise_factor, rank=No
 
     Returns ``(drift (D,), tangent_factor (D, K))``: drift = -1/2 dPhi_S S grad^3 L[Sigma_diamond] and
     tangent_factor = dPhi_S S G, so that tangent_factor tangent_factor^T = Sigma_par. Cost: n reverse passes
-    for J, O(n) passes of r for the third derivative (:func:`ls_third_derivative_tangent`), O(n D K + n^3).
+    for J, O(n) passes of r for the third derivative (``ls_third_derivative_tangent``), O(n D K + n^3).
     Valid on Gamma of an interpolating problem (active residuals r_i = 0), like the dense path it replaces.
     """
     S = jnp.asarray(S, theta.dtype)
@@ -391,7 +391,7 @@ def label_noise_drift(loss: LossFn, theta: Float[Array, "D"], S: Preconditioner,
 
 def quadratic_label_noise_rate(B, y, w, x, S, alpha):
     """h with x * h = the label-noise drift -(alpha/4) dPhi_S S grad^3 L[S] for residuals r(x) = B (x * x) - y
-    (:func:`quadratic_structure`), S diagonal (D,); shape (D,).
+    (``quadratic_structure``), S diagonal (D,); shape (D,).
 
     With J_w = 2 Diag(sqrt w) B Diag(x): S grad^3 L[S] = 8 x S u with u = S * (w @ B^2), and
         h = -2 alpha S (u - B_w^T c),   c = argmin_c sum_k m_k (u_k - (B_w^T c)_k)^2,   m = S x^2,
@@ -414,7 +414,7 @@ def normal_frame(H: Float[Array, "D D"], S: Preconditioner, rank: RankArg = None
     are zero, so the shape does not depend on the codimension (jit-friendly, ``rank`` may be traced). The
     codimension is ``rank`` if given, else the rank rule (eigenvalues of H' above ``rtol`` times the largest),
     or with ``gap=True`` the largest spectral gap: use it off Gamma, where the tangent eigenvalues are
-    O(distance) rather than rounding-small (see :func:`newton_retraction_step`).
+    O(distance) rather than rounding-small (see ``newton_retraction_step``).
     """
     lam, U, _, Shi = _eig_Hprime(H, S)
     mask = _normal_mask(lam, rank, rtol) if (rank is not None or not gap) else _normal_mask_by_gap(lam, rtol)
@@ -440,7 +440,7 @@ def newton_retraction_step(loss: LossFn, x: Float[Array, "D"], S: Preconditioner
     - Least squares (``residuals`` r(x), shape (n,), optional ``weights`` (n,), default ones): the
       Gauss-Newton step x - S J_w^T (J_w S J_w^T)^{-1} r_w with J_w = Diag(sqrt w) J, r_w = sqrt(w) r;
       masked samples (w = 0) impose no constraint.
-    - Any loss: ``normals`` N (D, D) from :func:`normal_frame` (zero columns for tangent directions), taken
+    - Any loss: ``normals`` N (D, D) from ``normal_frame`` (zero columns for tangent directions), taken
       at a point of Gamma or cut at the codimension. The step is x + S N a with (N^T H(x) S N) a = -N^T grad
       L(x): it solves the normal part of grad L = 0 and never inverts H's tangent eigenvalues. (A
       pseudo-inverse of H(x) with a relative cut-off would: off Gamma they are O(distance), and the step then
@@ -460,7 +460,7 @@ def newton_retraction_step(loss: LossFn, x: Float[Array, "D"], S: Preconditioner
     return x - SN @ jnp.linalg.solve(A, normals.T @ jax.grad(loss)(x))
 
 
-# Why a projection failed (the ``status`` of :func:`project_flow`).
+# Why a projection failed (the ``status`` of ``project_flow``).
 PROJECTION_OK = 0
 PROJECTION_STATUS = {
     1: "the preconditioner S is not finite (v = 0 with eps = 0?)",
@@ -544,12 +544,12 @@ def project_flow(loss: LossFn, theta: Float[Array, "D"], S: Preconditioner, tol:
     """Phi_S(theta): the limit of the preconditioned gradient flow dx/ds = -S grad L(x), x(0) = theta.
 
     ``S``: diagonal (shape (D,)) or a symmetric positive-definite matrix (D, D). Residuals of the form
-    r(x) = B (x * x) - y (diagonal nets, the hyperbola: :func:`quadratic_structure`) with S diagonal: the
-    flow's limit is computed exactly by damped Newton on its convex dual (:func:`_dual_flow_limit`; S ~ 1/eps
+    r(x) = B (x * x) - y (diagonal nets, the hyperbola: ``quadratic_structure``) with S diagonal: the
+    flow's limit is computed exactly by damped Newton on its convex dual (``_dual_flow_limit``; S ~ 1/eps
     makes the flow itself stiff, not the dual). Otherwise the flow is integrated with an adaptive Tsit5
     solver until the point is within flow_tol of Gamma (the Gauss-Newton step's length for least squares,
     |S grad L| for other losses) or ``max_steps`` run out. Either way it is finished with Newton
-    steps along S * normal directions (:func:`newton_retraction_step`; for a loss without residuals the
+    steps along S * normal directions (``newton_retraction_step``; for a loss without residuals the
     normals come from the Hessian at the current point, cut at ``rank``, else at the largest spectral gap
     for the first step and by the rank rule after it).
 
@@ -557,7 +557,7 @@ def project_flow(loss: LossFn, theta: Float[Array, "D"], S: Preconditioner, tol:
     x by at most tol * max(1, |x|), and the first one (the distance d from the flow's end to Gamma, to which
     the end point's error is O(d^2)) by at most sqrt(tol * max(1, |x|)); without residuals, also
     |grad L| <= tol * max(1, |x|) * |H|_2 at the end. Returns ``(x, status)``: status 0
-    when converged, else a key of :data:`PROJECTION_STATUS` saying why not. jit/vmap-able.
+    when converged, else a key of ``PROJECTION_STATUS`` saying why not. jit/vmap-able.
     """
     quad = quadratic_structure(residuals) if residuals is not None and jnp.ndim(S) == 1 else None
     if quad is not None:  # the exact limit; no Newton finish (near the sparse corner it would add rounding noise)
@@ -637,12 +637,12 @@ def _check_project_args(loss, theta, S, residuals, weights):
 def project(loss: LossFn, theta: Float[ArrayLike, "*batch D"], S: ArrayLike, tol: float = 1e-10,
             max_steps: int = 100_000, residuals: Optional[ResidualFn] = None,
             weights: Optional[Float[Array, "n"]] = None, rank: RankArg = None) -> Float[Array, "*batch D"]:
-    """Phi_S(theta) (see :func:`project_flow`); raises :class:`ProjectionError` naming the cause when a point
+    """Phi_S(theta) (see ``project_flow``); raises ``ProjectionError`` naming the cause when a point
     does not converge.
 
     ``theta`` may carry leading batch axes (..., D); ``S`` is then either shared ((D,) or (D, D)) or given per
     point (shape (..., D) or (..., D, D)). ``residuals``/``weights``: the least-squares structure (see
-    :meth:`Problem.residual_parts`); ``rank``: the codimension of Gamma for a loss without residuals;
+    ``Problem.residual_parts``); ``rank``: the codimension of Gamma for a loss without residuals;
     ``max_steps``: the flow's step budget per point.
     """
     theta, S = _check_project_args(loss, theta, S, residuals, weights)

@@ -1,17 +1,16 @@
 """What both engines take in: one argument check, one initial-state rule, one metadata layout.
 
-:func:`parse_inputs` validates the arguments that ``simulate_discrete`` and ``simulate_slow_sde`` share (key,
+``parse_inputs`` validates the arguments that ``simulate_discrete`` and ``simulate_slow_sde`` share (key,
 number of paths and records, start, initial second moment, dtype, compatibility of problem, noise and
-method) before any work is done, and :func:`initial_v` is the single rule for the optimizer's second moment
-at the start. :func:`run_meta` builds the ``Trajectory.meta`` dict with the same keys for every engine.
-:func:`check_memory` refuses a run whose arrays would not fit, with the estimate, before anything is
-allocated; :func:`explain_start_failure` says why a slow-SDE start could not be projected onto Gamma.
+method) before any work is done, and ``initial_v`` is the single rule for the optimizer's second moment
+at the start. ``run_meta`` builds the ``Trajectory.meta`` dict with the same keys for every engine.
+``check_memory`` refuses a run whose arrays would not fit, with the estimate, before anything is
+allocated; ``explain_start_failure`` says why a slow-SDE start could not be projected onto Gamma.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 import jax
@@ -22,6 +21,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from . import _precision
 from ._memory import available_memory
+from .options import check_dtype
 from .validation import ConfigError, as_float_array, as_key, check_int, show
 
 if TYPE_CHECKING:  # annotations only; problems imports this module
@@ -34,49 +34,6 @@ __all__ = ["Inputs", "check_compatible", "parse_inputs", "initial_v", "run_meta"
            "check_step_count", "MAX_STEPS"]
 
 V0_MODES = ("zeros", "equilibrium")
-
-
-FLOAT_DTYPES = ("float64", "float32")
-
-
-def check_dtype(dtype: Any) -> np.dtype:
-    """The run's float dtype: None (the default precision, float64), or float64 / float32 by name or as a
-    dtype; ConfigError("dtype") for anything else (an integer dtype would give paths that never move)."""
-    if dtype is None:
-        return np.dtype(_precision.default_float())
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        dt = None
-    if dt is None or dt.name not in FLOAT_DTYPES:
-        raise ConfigError("dtype", f"must be 'float64' or 'float32', got {show(dtype)}")
-    return dt
-
-
-def check_path(field: str, value: Any) -> Optional[Path]:
-    """None, or ``value`` (a str or path-like, not empty) as a Path; ConfigError naming ``field`` otherwise."""
-    if value is None:
-        return None
-    if not isinstance(value, (str, os.PathLike)) or str(value) == "":
-        raise ConfigError(field, f"must be a file path (a string or pathlib.Path), got {show(value)}")
-    return Path(value)
-
-
-def check_devices(devices: Any) -> Optional[list]:
-    """None (every device of ``jax.devices()``) or a non-empty sequence of distinct jax devices."""
-    if devices is None:
-        return None
-    if isinstance(devices, (str, bytes)) or not hasattr(devices, "__iter__"):
-        raise ConfigError("devices", f"must be a list of jax devices (e.g. jax.devices()[:2]), got {show(devices)}")
-    devices = list(devices)
-    if not devices:
-        raise ConfigError("devices", "must hold at least one device, got an empty list")
-    for i, d in enumerate(devices):
-        if not isinstance(d, jax.Device):
-            raise ConfigError(f"devices[{i}]", f"must be a jax device (an entry of jax.devices()), got {show(d)}")
-    if len(set(devices)) != len(devices):
-        raise ConfigError("devices", "lists a device twice")
-    return devices
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +60,7 @@ def parse_inputs(problem: AbstractProblem, noise: AbstractNoise, method: Method,
 
     ``v0_modes``: the string modes this engine accepts (the slow SDE cannot start at v = 0).
     """
-    dtype = check_dtype(dtype)
+    dtype = check_dtype(dtype) or np.dtype(_precision.default_float())
     key = as_key(key)
     n_paths = check_int("n_paths", n_paths, 1)
     n_record = check_int("n_record", n_record, 1)
@@ -149,8 +106,8 @@ def memory_estimate(*, dim: int, n_cfg: int, n_paths: int, n_record: int, record
 
 
 def check_memory(field: str, **sizes) -> None:
-    """ConfigError naming ``field`` (the setting to lower) when :func:`memory_estimate` of ``sizes`` exceeds
-    90% of :func:`available_memory` on the host or the device; the message gives both figures."""
+    """ConfigError naming ``field`` (the setting to lower) when ``memory_estimate`` of ``sizes`` exceeds
+    90% of ``available_memory`` on the host or the device; the message gives both figures."""
     need, have = memory_estimate(**sizes), available_memory()
     gib = 2.0**30
     for where in ("device", "host"):
@@ -204,7 +161,7 @@ STEP_LIMIT_ENV = "SLOWSDE_MAX_STEPS"
 
 def step_limit() -> int:
     """The most steps per path a discrete run may take: ``$SLOWSDE_MAX_STEPS`` if set (the explicit opt-in
-    to longer runs, at most 2**62), else :data:`DEFAULT_STEP_LIMIT` (10^10: hours per path even at the
+    to longer runs, at most 2**62), else ``DEFAULT_STEP_LIMIT`` (10^10: hours per path even at the
     fastest rates measured; more is a mistyped eta far more often than a plan)."""
     raw = os.environ.get(STEP_LIMIT_ENV)
     if raw is None:
@@ -220,7 +177,7 @@ def step_limit() -> int:
 
 def check_steps(steps: float, field: str, how: str) -> None:
     """ConfigError naming ``field`` when a run of ``steps`` steps per path (``how`` says where the number
-    comes from) is beyond :func:`step_limit`."""
+    comes from) is beyond ``step_limit``."""
     limit = step_limit()
     if not steps <= limit:
         raise ConfigError(field, f"{how} = {steps:.3g} steps per path, more than the limit of {limit:.3g}; check eta "
@@ -229,7 +186,7 @@ def check_steps(steps: float, field: str, how: str) -> None:
 
 def check_step_count(T: ArrayLike, eta: ArrayLike, field: str = "eta", T_field: str = "T") -> None:
     """ConfigError naming ``field`` when T / eta^2 steps round to no step at all, or exceed the step limit
-    (:func:`step_limit`, below the engines' 64-bit step counter)."""
+    (``step_limit``, below the engines' 64-bit step counter)."""
     steps = float(T) / float(eta) ** 2
     if steps < 0.5:
         raise ConfigError(field, f"T / eta^2 = {steps:.3g} rounds to 0 steps at eta = {show(eta)}; lower eta or raise "
@@ -258,7 +215,7 @@ META_KEYS = ("engine", "method", "noise", "problem", "eta", "T", "n_paths", "v0"
 def run_meta(engine: str, problem: AbstractProblem, noise: AbstractNoise, method: Method,
              **fields: Any) -> dict[str, Any]:
     """``Trajectory.meta`` for a run of ``engine`` ("discrete", "slow_sde" or "label_noise_ode"): every key of
-    :data:`META_KEYS`, those not given set to None."""
+    ``META_KEYS``, those not given set to None."""
     unknown = set(fields) - set(META_KEYS)
     if unknown:
         raise KeyError(f"not meta keys: {sorted(unknown)}")
@@ -269,6 +226,6 @@ def run_meta(engine: str, problem: AbstractProblem, noise: AbstractNoise, method
 
 
 def check_compatible(problem: AbstractProblem, noise: AbstractNoise, method: Method) -> None:
-    """Raise :class:`ConfigError` naming the field when the three inputs do not fit together."""
+    """Raise ``ConfigError`` naming the field when the three inputs do not fit together."""
     method.check(problem)
     noise.check(problem)

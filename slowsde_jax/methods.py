@@ -9,27 +9,25 @@ One step, with g the stochastic gradient (docs/math.md#discrete-methods)::
 with 1 - beta2 = c eta^2 (or an explicit beta2). ``V`` maps the diagonal of a D x D matrix to a vector of
 length D, ``S(v)`` is a diagonal preconditioner returned as its diagonal (length D):
 
-=========== ================================== ============================
-method      V(M)_i                             S(v)
-=========== ================================== ============================
-adam        M_ii                               1 / (sqrt(v) + eps)
-adam_mini   mean of M_jj over i's block        1 / (sqrt(v) + eps)
-adalayer    mean of M_jj over i's leaf/layer   1 / (sqrt(v) + eps)
-adame(lam)  M_ii                               1 / (v^lam + eps)
-rmsprop     as adam with beta1 = 0
-sgd         (no v)                             1  (momentum is the EMA form above)
-=========== ================================== ============================
+| method | V(M)_i | S(v) |
+|---|---|---|
+| adam | M_ii | 1 / (sqrt(v) + eps) |
+| adam_mini | mean of M_jj over i's block | 1 / (sqrt(v) + eps) |
+| adalayer | mean of M_jj over i's leaf (layer) | 1 / (sqrt(v) + eps) |
+| adame(lam) | M_ii | 1 / (v^lam + eps) |
+| rmsprop | as adam with beta1 = 0 | as adam |
+| sgd | (no v) | 1 (momentum is the EMA form above) |
 
 The optimizer is built from optax blocks, in optax's conventions:
 
-- :func:`scale_by_agm` (state :class:`ScaleByAGMState`: ``count``, ``mu``, ``nu``, pytrees shaped like the
+- ``scale_by_agm`` (state ``ScaleByAGMState``: ``count``, ``mu``, ``nu``, pytrees shaped like the
   parameters) maps g to S(v) m; only a block-mean ``V`` (Adam-mini, Adalayer) ravels the parameters.
-- ``Method.scale_by_agm(eta, v0)`` is that block for a :class:`Method` (for SGD: ``optax.ema(beta1)``), and
+- ``Method.scale_by_agm(eta, v0)`` is that block for a ``Method`` (for SGD: ``optax.ema(beta1)``), and
   ``Method.optax(eta, v0)`` is ``optax.chain(method.scale_by_agm(eta, v0), optax.scale_by_learning_rate(eta))``,
   so clipping, masking or ``optax.multi_transform`` compose around the block as with any optax transform.
-- :func:`second_moment` reads v from any optimizer state as a flat vector (D,) (None for SGD).
+- ``second_moment`` reads v from any optimizer state as a flat vector (D,) (None for SGD).
 
-A :class:`Method` is an equinox Module: its hyperparameters are array leaves, so a method can be vmapped over
+A ``Method`` is an equinox Module: its hyperparameters are array leaves, so a method can be vmapped over
 (a sweep over lam or c compiles once). Its SDE-side pieces (``V``, ``S``, ``c_at``, ``beta2_at``) act on flat
 vectors over the raveled parameters (shape (D,)).
 """
@@ -64,7 +62,7 @@ def _f(x):
 
 # ----- the optax block -------------------------------------------------------------------------------------
 class ScaleByAGMState(NamedTuple):
-    """State of :func:`scale_by_agm`: step ``count`` (int32, scalar), first moment ``mu`` and second moment
+    """State of ``scale_by_agm``: step ``count`` (int32, scalar), first moment ``mu`` and second moment
     ``nu`` (pytrees shaped like the parameters), as in ``optax.ScaleByAdamState``."""
 
     count: Int[Array, ""]
@@ -99,7 +97,7 @@ def scale_by_agm(beta1: ArrayLike, beta2: ArrayLike, eps: ArrayLike, lam: ArrayL
 
     - ``V``: maps the pytree of squared gradients to a pytree like it; None is the identity (Adam).
       ``Method.V_tree`` is the block mean of Adam-mini/Adalayer.
-    - ``v0``: initial nu, see :func:`initial_second_moment`; mu starts at zero.
+    - ``v0``: initial nu, see ``initial_second_moment``; mu starts at zero.
     - Hyperparameters may be arrays (also traced: vmap over them compiles once).
     """
 
@@ -124,7 +122,7 @@ def scale_by_agm(beta1: ArrayLike, beta2: ArrayLike, eps: ArrayLike, lam: ArrayL
 
 
 def second_moment(opt_state: PyTree, batch_ndim: int = 0) -> Optional[Float[Array, "*batch D"]]:
-    """The second moment v held by an optimizer state (a :class:`ScaleByAGMState` anywhere inside it, e.g.
+    """The second moment v held by an optimizer state (a ``ScaleByAGMState`` anywhere inside it, e.g.
     in a chain) as a flat vector, raveled like ``ravel_pytree(params)``; None when there is none (SGD).
 
     ``batch_ndim``: number of leading batch axes on every leaf (2 for the engine's (n_cfg, n_paths, ...)
@@ -143,8 +141,8 @@ def second_moment(opt_state: PyTree, batch_ndim: int = 0) -> Optional[Float[Arra
 # ----- the method spec -------------------------------------------------------------------------------------
 @final
 class Method(eqx.Module):
-    """An AGM spec. Build it with :func:`adam`, :func:`adam_mini`, :func:`adalayer`, :func:`adame`,
-    :func:`rmsprop` or :func:`sgd` rather than directly.
+    """An AGM spec. Build it with ``adam``, ``adam_mini``, ``adalayer``, ``adame``,
+    ``rmsprop`` or ``sgd`` rather than directly.
 
     Fields: ``beta1``; ``c`` (1 - beta2 = c eta^2) or ``beta2``; ``eps``; ``lam`` (the power in S, None for
     SGD); static: ``name``, ``blocks`` (None, "leaf", or a tuple of block ids per raveled coordinate),
@@ -208,7 +206,7 @@ class Method(eqx.Module):
     def block_ids(self, params: PyTree) -> tuple[np.ndarray, int]:
         """Block id of every raveled coordinate of ``params`` (numpy int array, shape (D,)) and the number of
         blocks. ``"leaf"`` and per-leaf ids read the leaves of ``params``: pass the parameter pytree, or use
-        :meth:`for_problem`, which takes them from the problem."""
+        ``for_problem``, which takes them from the problem."""
         leaves = jax.tree_util.tree_leaves(params)
         return self._ids_from_leaves([int(np.prod(np.shape(x))) for x in leaves], None)
 
@@ -256,7 +254,7 @@ class Method(eqx.Module):
         """V(M) from diag(M) (shape (D,)): the identity for Adam, the block mean for Adam-mini/Adalayer.
 
         For ``blocks="leaf"`` or per-leaf ids, ``params`` (a pytree of the parameter shapes) says where the
-        leaves are; without it, bind the method first (:meth:`for_problem`): a flat vector has no leaves.
+        leaves are; without it, bind the method first (``for_problem``): a flat vector has no leaves.
         """
         if self.blocks is None:
             return diag
@@ -270,7 +268,7 @@ class Method(eqx.Module):
         return (sums / counts)[ids]
 
     def V_tree(self, diag: PyTree) -> PyTree:
-        """:meth:`V` on a pytree shaped like the parameters (raveled for the block mean, then unraveled)."""
+        """``V`` on a pytree shaped like the parameters (raveled for the block mean, then unraveled)."""
         if self.blocks is None:
             return diag
         flat, unravel = ravel_pytree(diag)
@@ -286,7 +284,7 @@ class Method(eqx.Module):
     def scale_by_agm(self, eta: ArrayLike, v0: Optional[PyTree[ArrayLike]] = None) -> optax.GradientTransformation:
         """This method's scaling block at learning rate ``eta`` (eta only sets beta2 = 1 - c eta^2): g -> S(v) m.
 
-        AGMs: :func:`scale_by_agm`; SGD: ``optax.ema(beta1, debias=bias_correction)`` (no v; ``v0`` ignored).
+        AGMs: ``scale_by_agm``; SGD: ``optax.ema(beta1, debias=bias_correction)`` (no v; ``v0`` ignored).
         ``v0``: initial second moment, a scalar, flat (D,) or a pytree like the params; zeros by default.
         """
         if not self.has_v:
@@ -298,7 +296,7 @@ class Method(eqx.Module):
 
     def optax(self, eta: ArrayLike, v0: Optional[PyTree[ArrayLike]] = None) -> optax.GradientTransformation:
         """The discrete AGM at learning rate ``eta``: ``optax.chain(self.scale_by_agm(eta, v0),
-        optax.scale_by_learning_rate(eta))``. ``v0`` as in :meth:`scale_by_agm`; m starts at zero."""
+        optax.scale_by_learning_rate(eta))``. ``v0`` as in ``scale_by_agm``; m starts at zero."""
         check_range("eta", eta, low=0.0, low_open=True)
         return optax.chain(self.scale_by_agm(eta, v0=v0), optax.scale_by_learning_rate(eta))
 

@@ -5,15 +5,15 @@ The discrete engine calls ``noise.grad(problem, theta, key)`` (shape (D,)); the 
 object, so they cannot drift apart. ``covariance_factor(problem, theta)`` gives G (D, K) with G G^T = Sigma
 without forming Sigma (K = n or 2n for the per-sample noises): the structured slow-SDE path uses it.
 
-- :func:`label_noise`: l_i = (f_i - y_i - xi_i)^2 / 2 with xi_i = +-delta (Rademacher) or N(0, delta^2), fresh
+- ``label_noise``: l_i = (f_i - y_i - xi_i)^2 / 2 with xi_i = +-delta (Rademacher) or N(0, delta^2), fresh
   each step, on every label of the full batch, or on a minibatch of B samples drawn with replacement
   (probabilities w_i; every draw gets its own noise). On Gamma, Sigma = alpha H with alpha = delta^2 / n (full batch) or delta^2 / B.
-- :func:`minibatch`: B samples drawn with replacement, Sigma = (1/B) (sum_i w_i g_i g_i^T - g g^T).
-- :func:`gaussian`: grad L + A z, A A^T = Sigma(theta), Sigma a constant matrix or a function of theta.
+- ``minibatch``: B samples drawn with replacement, Sigma = (1/B) (sum_i w_i g_i g_i^T - g g^T).
+- ``gaussian``: grad L + A z, A A^T = Sigma(theta), Sigma a constant matrix or a function of theta.
 
-Every noise model is an :class:`AbstractNoise` (an equinox Module) and every concrete one is final: build
+Every noise model is an ``AbstractNoise`` (an equinox Module) and every concrete one is final: build
 them with the factories. Each checks its own fit with a problem (``noise.check(problem)``, raising
-:class:`~slowsde_jax.validation.ConfigError`) and declares the fields a sweep may vary (``sweepable``).
+``ConfigError``) and declares the fields a sweep may vary (``sweepable``).
 """
 
 import abc
@@ -60,7 +60,7 @@ class AbstractNoise(eqx.Module):
 
     @abc.abstractmethod
     def covariance(self, problem: AbstractProblem, theta: Float[Array, "D"]) -> Float[Array, "D D"]:
-        """Sigma(theta), the exact covariance of :meth:`grad`, shape (D, D)."""
+        """Sigma(theta), the exact covariance of ``grad``, shape (D, D)."""
 
     @abc.abstractmethod
     def covariance_diag(self, problem: AbstractProblem, theta: Float[Array, "D"]) -> Float[Array, "D"]:
@@ -76,14 +76,14 @@ class AbstractNoise(eqx.Module):
 
     @abc.abstractmethod
     def check(self, problem: AbstractProblem) -> None:
-        """Raise :class:`ConfigError` naming the field when this noise cannot act on ``problem``."""
+        """Raise ``ConfigError`` naming the field when this noise cannot act on ``problem``."""
 
 
 @final
 class LabelNoise(AbstractNoise):
     """Label noise of size ``delta`` (an array: sweepable). ``distribution``: "rademacher" or "gaussian";
     ``batch_size``: None for the full batch, else B samples drawn with replacement. Needs a least-squares
-    problem (:class:`~slowsde_jax.problems.AbstractLeastSquares`)."""
+    problem (``AbstractLeastSquares``)."""
 
     sweepable: ClassVar[Mapping[str, str]] = {"delta": "delta"}
 
@@ -167,7 +167,7 @@ class Minibatch(AbstractNoise):
         return ((G.T * w) @ G - jnp.outer(g, g)) / self.batch_size
 
     def covariance_diag(self, problem: AbstractProblem, theta: Float[Array, "D"]) -> Float[Array, "D"]:
-        """The row sums of squares of :meth:`covariance_factor`, shape (D,): non-negative to the last bit
+        """The row sums of squares of ``covariance_factor``, shape (D,): non-negative to the last bit
         (the diagonal of ``covariance`` is a difference of two sums and rounds to -1e-17 where the
         per-sample gradients agree, which made S(v) = 1/(sqrt(v) + eps) NaN)."""
         return jnp.sum(self.covariance_factor(problem, theta) ** 2, axis=1)
@@ -226,7 +226,7 @@ class Gaussian(AbstractNoise):
     def check(self, problem: AbstractProblem) -> None:
         """The shape (D, D); a covariance function is also evaluated at the problem's initial point and must
         give a finite, symmetric, positive semi-definite matrix there (later points are checked by
-        :func:`psd_sqrt` where they are evaluated)."""
+        ``psd_sqrt`` where they are evaluated)."""
         D = problem.dim
         try:
             shape = self.cov.shape if self.cov_fn is None else jax.eval_shape(self.cov_fn, jnp.zeros(D)).shape
@@ -249,7 +249,7 @@ class Gaussian(AbstractNoise):
 
 
 Noise = AbstractNoise
-"""Older name of :class:`AbstractNoise` (for ``isinstance`` checks and annotations)."""
+"""Older name of ``AbstractNoise`` (for ``isinstance`` checks and annotations)."""
 
 
 def psd_sqrt(S: Float[Array, "D D"]) -> Float[Array, "D D"]:

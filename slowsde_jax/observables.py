@@ -2,21 +2,18 @@
 
 The slow SDE lives on the minimizer manifold Gamma, so its statements concern zeta = Phi_S(theta), not the
 raw iterate theta, which the gradient noise keeps jittering off Gamma (there the Hessian diagonal carries a
-residual term, see :meth:`slowsde_jax.problems.DiagonalNet.hessian_diag`). Under label noise the slow flow
+residual term, see ``slowsde_jax.problems.DiagonalNet.hessian_diag``). Under label noise the slow flow
 decreases one sharpness measure per method (``docs/math.md``, "Sharpness each method reduces"):
 
-=============== ===================================== ===========================
-method          measure                               observable name
-=============== ===================================== ===========================
-sgd             tr H                                  ``trace_H``
-adam, rmsprop   tr(Diag H^{1/2})                      ``trace_sqrt_diag_H``
-adame(lam)      tr(Diag H^{1-lam})                    ``trace_diag_H_pow``
-adam_mini,      sum_B sqrt(|B| tr H_BB)               ``block_sharpness``
-adalayer
-=============== ===================================== ===========================
+| method | measure | observable name |
+|---|---|---|
+| sgd | tr H | ``trace_H`` |
+| adam, rmsprop | tr(Diag H^{1/2}) | ``trace_sqrt_diag_H`` |
+| adame(lam) | tr(Diag H^{1-lam}) | ``trace_diag_H_pow`` |
+| adam_mini, adalayer | sum_B sqrt(n_B tr H_BB), n_B the size of block B | ``block_sharpness`` |
 
-Public: :func:`own_sharpness`, :func:`sharpness_values` (a batch of parameters, any leading shape),
-:func:`at_projection` (a Trajectory seen on Gamma, with every method's measure), :func:`slow_ode_from_records`
+Public: ``own_sharpness``, ``sharpness_values`` (a batch of parameters, any leading shape),
+``at_projection`` (a Trajectory seen on Gamma, with every method's measure), ``slow_ode_from_records``
 (the label-noise ODE started from a discrete run's recorded states, on the same clock).
 """
 from __future__ import annotations
@@ -33,14 +30,15 @@ from . import geometry as geo
 from .methods import Method
 from .noise import AbstractNoise
 from .problems import AbstractProblem, observe_batch
-from .sde import simulate_slow_sde
+from .options import Execution, Start
+from .slow_engine import simulate_slow_sde
 from .trajectory import Trajectory, mean_se
 from .validation import ConfigError
 
 __all__ = ["own_sharpness", "sharpness_values", "at_projection", "slow_ode_from_records", "theory_view",
            "theory_summary", "theory_table", "MEASURE_LABELS"]
 
-#: Readable names of the sharpness observables (also used by :func:`slowsde_jax.plotting.label`).
+#: Readable names of the sharpness observables (also used by ``slowsde_jax.plotting.label``).
 MEASURE_LABELS = {"trace_H": "tr H", "trace_sqrt_diag_H": "tr(Diag H^{1/2})",
                   "trace_diag_H_pow": "tr(Diag H^{1-λ})", "block_sharpness": "Σ_B √(|B| tr H_BB)"}
 
@@ -50,7 +48,7 @@ def project_trajectory(traj: Trajectory, problem: AbstractProblem, method: Metho
     """The discrete trajectory seen on Gamma: theta_k -> Phi_{S(v_k)}(theta_k) at every recorded time, with
     the problem's observables recomputed there (docs/math.md#the-slow-sde: (theta_k, v_k) corresponds to (zeta(k eta^2), v)).
     Needs a trajectory recorded with ``record_state=True``. Diverged paths are left as they are.
-    ``max_steps`` and ``rank``: see :func:`slowsde_jax.geometry.project`."""
+    ``max_steps`` and ``rank``: see ``slowsde_jax.geometry.project``."""
     if traj.theta is None:
         raise ConfigError("record_state", "projecting a trajectory needs its recorded states (record_state=True)")
     P, T, D = traj.theta.shape
@@ -109,8 +107,8 @@ def sharpness_values(problem: AbstractProblem, theta: ArrayLike, method: Optiona
 
 def at_projection(traj: Trajectory, problem: AbstractProblem, method: Method, **project_kw: Any) -> Trajectory:
     """``traj`` seen on Gamma: every recorded theta_k replaced by Phi_{S(v_k)}(theta_k)
-    (:func:`project_trajectory`), its observables recomputed there, and the sharpness
-    measures of :func:`sharpness_values` (with ``method``'s own) added. Needs ``record_state=True``.
+    (``project_trajectory``), its observables recomputed there, and the sharpness
+    measures of ``sharpness_values`` (with ``method``'s own) added. Needs ``record_state=True``.
     ``meta["projected"]`` is True. ``project_kw``: ``tol``, ``max_steps``, ``rank`` of the projection."""
     proj = project_trajectory(traj, problem, method, **project_kw)
     return _with_sharpness(proj, problem, method)
@@ -128,10 +126,10 @@ def slow_ode_from_records(traj: Trajectory, problem: AbstractProblem, noise: Abs
     ``traj.t[start]`` (projected onto Gamma by the engine) and is integrated up to ``traj.t[-1]``, recorded
     on the discrete run's times from ``start`` on. Returns one Trajectory with ``traj``'s paths (diverged
     discrete paths are skipped and marked diverged at their start), its times shifted to the discrete clock,
-    and the sharpness measures of :func:`sharpness_values` added.
+    and the sharpness measures of ``sharpness_values`` added.
 
     Under label noise this is the deterministic ODE, so the paths differ only by their starting points.
-    ``sde_kw`` goes to :func:`slowsde_jax.simulate_slow_sde` (``rtol``, ``atol``, ``progress``, ...)."""
+    ``sde_kw`` goes to ``slowsde_jax.simulate_slow_sde`` (``integrator``, ``execution``)."""
     if traj.theta is None:
         raise ConfigError("record_state", "starting the slow flow from a run needs its recorded states (record_state=True)")
     n_t = traj.t.size
@@ -144,8 +142,9 @@ def slow_ode_from_records(traj: Trajectory, problem: AbstractProblem, noise: Abs
             failed.append(i)
             continue
         v0 = "equilibrium" if traj.v is None else traj.v[i, start]
-        pieces.append((i, simulate_slow_sde(problem, noise, method, T=t1 - t0, theta0=traj.theta[i, start], v0=v0,
-                                            n_record=n_t - 1 - start, eta=traj.meta.get("eta"), key=i, **sde_kw)))
+        pieces.append((i, simulate_slow_sde(problem, noise, method, T=t1 - t0, n_record=n_t - 1 - start,
+                                            eta=traj.meta.get("eta"), key=i,
+                                            start=Start(theta0=traj.theta[i, start], v0=v0), **sde_kw)))
     if not pieces:
         raise ConfigError("paths", "every path of the discrete run diverged: there is no start for the slow flow")
     first = pieces[0][1]
@@ -172,8 +171,8 @@ def slow_ode_from_records(traj: Trajectory, problem: AbstractProblem, noise: Abs
 
 def theory_view(trajs: dict, methods: dict, problem: AbstractProblem, noise: AbstractNoise, *, slow_ode: bool = True,
                 progress: Optional[bool] = None) -> dict:
-    """For every run: its trajectory on Gamma (:func:`at_projection`) and, when ``slow_ode``, the slow flow
-    started from its recorded states (:func:`slow_ode_from_records`: from t = 0, or from the first record
+    """For every run: its trajectory on Gamma (``at_projection``) and, when ``slow_ode``, the slow flow
+    started from its recorded states (``slow_ode_from_records``: from t = 0, or from the first record
     when the run starts at v = 0, where the slow flow is not defined).
 
     ``trajs``: run name -> Trajectory (or a one-element list); ``methods``: run name -> Method. Sweeps
@@ -187,7 +186,8 @@ def theory_view(trajs: dict, methods: dict, problem: AbstractProblem, noise: Abs
         entry = {"projected": at_projection(tr, problem, method)}
         if slow_ode:
             start = 0 if tr.v is None or np.all(tr.v[:, 0] > 0) else 1
-            entry["slow_ode"] = slow_ode_from_records(tr, problem, noise, method, start=start, progress=progress)
+            entry["slow_ode"] = slow_ode_from_records(tr, problem, noise, method, start=start,
+                                                      execution=Execution(progress=progress))
         out[name] = entry
     return out
 
@@ -202,7 +202,7 @@ def _value(traj, name, j):
 
 
 def theory_summary(view: dict, methods: dict) -> dict:
-    """JSON-ready numbers of :func:`theory_view`: per run, its own sharpness measure (name, label) at
+    """JSON-ready numbers of ``theory_view``: per run, its own sharpness measure (name, label) at
     Phi_S(theta) at the first and last record (mean and s.e. over paths), the slow flow's value at the end,
     and the test loss (or the training loss) at the end, discrete (raw iterates) and slow flow."""
     out = {}
@@ -234,7 +234,7 @@ def _pm(x) -> str:
 
 def theory_table(summary: dict) -> str:
     """The story in a few lines: each run's own sharpness at Phi_S(theta), start -> end, against the slow
-    flow's prediction, and the loss at the end (from :func:`theory_summary`)."""
+    flow's prediction, and the loss at the end (from ``theory_summary``)."""
     head = ["run", "own sharpness", "at Φ_S(θ), t = 0", "at Φ_S(θ), t_end", "slow ODE, t_end", "loss at Φ_S, t_end",
             "slow ODE loss"]
     rows = []

@@ -1,11 +1,11 @@
 """Every figure of the package: observables over SDE time, discrete clouds against the slow SDE, weak errors.
 
-Figures are built with matplotlib's object API (:class:`matplotlib.figure.Figure`): no pyplot, and the
+Figures are built with matplotlib's object API (``matplotlib.figure.Figure``): no pyplot, and the
 backend is never switched, so a notebook's inline backend keeps working. Every function returns the Figure
 (a notebook displays it as the cell's value) and, given ``path``, also writes it there.
 
-Public: :func:`plot_observables`, :func:`plot_cloud`, :func:`plot_weak_error`, :func:`plot_sweep`,
-:func:`label` (readable names of observables).
+Public: ``plot_observables``, ``plot_cloud``, ``plot_weak_error``, ``plot_sweep``,
+``label`` (readable names of observables).
 """
 from __future__ import annotations
 
@@ -228,7 +228,7 @@ def plot_weak_error(etas: ArrayLike, err: ArrayLike, se: ArrayLike, order: Optio
 
 
 def plot_sweep(result: dict, observable: Optional[str] = None, path: PathLike = None) -> "Figure":
-    """The weak-error plot of an :func:`slowsde_jax.eta_sweep` result for one observable (default: the first)."""
+    """The weak-error plot of an ``slowsde_jax.eta_sweep`` result for one observable (default: the first)."""
     observable = observable or next(iter(result["observables"]))
     r = result["observables"][observable]
     return plot_weak_error(result["etas"], r["weak_error"], r["se"], r["order"], r["constant"], observable, path,
@@ -243,7 +243,7 @@ def plot_slow_flow(view: dict, summary: dict, path: PathLike = None) -> "Figure"
     that a run's slow flow reduces (titled with the methods it belongs to).
 
     ``view``: run name -> {"projected": Trajectory, "slow_ode": Trajectory or absent}, as returned by
-    :func:`slowsde_jax.observables.theory_view`; ``summary``: its :func:`~slowsde_jax.observables.theory_summary`
+    ``slowsde_jax.observables.theory_view``; ``summary``: its ``theory_summary``
     (which measure belongs to which run). Returns the Figure."""
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch

@@ -1,25 +1,25 @@
 """Problems: what is optimized, behind one abstract interface.
 
-Every problem is an :class:`AbstractProblem` working on a flat parameter vector ``theta`` of shape (D,):
+Every problem is an ``AbstractProblem`` working on a flat parameter vector ``theta`` of shape (D,):
 
 - ``dim`` -> D; ``loss(theta)`` -> scalar, the training loss L; ``init(key)`` -> (D,), the initializer;
 - ``hessian_diag(theta)`` -> (D,), the diagonal of the Hessian of L;
 - ``observables(theta)`` -> dict name -> scalar, what runs record;
 - ``residual_parts()`` -> ``(residuals, weights)`` for least squares, else ``(None, None)``.
 
-Least-squares problems (:class:`AbstractLeastSquares`) also give per-sample ``residuals(theta)`` (shape (n,)),
+Least-squares problems (``AbstractLeastSquares``) also give per-sample ``residuals(theta)`` (shape (n,)),
 ``sample_weights()`` w (shape (n,), summing to 1) and ``per_sample_losses(theta)`` = r^2 / 2 (shape (n,)),
 with L = sum_i w_i r_i^2 / 2. Being least squares is a type question: ``isinstance(p, AbstractLeastSquares)``,
-answered for the engines by :meth:`AbstractProblem.residual_parts`.
+answered for the engines by ``AbstractProblem.residual_parts``.
 
-Regressions (:class:`AbstractRegression`) fit predictions f_i(theta) to targets ``y`` with weights that mask
+Regressions (``AbstractRegression``) fit predictions f_i(theta) to targets ``y`` with weights that mask
 the samples beyond ``n_active``, so a sweep over the number of training samples is a sweep over an array
 and compiles once (``sweepable = {"n_train": "n_active"}``).
 
 The hierarchy follows equinox's abstract/final pattern: abstract classes declare abstract methods and
-``eqx.AbstractVar`` fields; the concrete classes (:class:`Hyperbola`, :class:`DiagonalNet`,
-:class:`MatrixFactorization`, :class:`FromLoss`, :class:`FromResiduals`) are final. Build them with
-:func:`hyperbola`, :func:`diagonal_net`, :func:`matrix_factorization`, :func:`from_loss`. All problems are
+``eqx.AbstractVar`` fields; the concrete classes (``Hyperbola``, ``DiagonalNet``,
+``MatrixFactorization``, ``FromLoss``, ``FromResiduals``) are final. Build them with
+``hyperbola``, ``diagonal_net``, ``matrix_factorization``, ``from_loss``. All problems are
 equinox Modules (pytrees): pass them to jitted functions as arguments.
 """
 
@@ -371,7 +371,7 @@ class MatrixFactorization(AbstractRegression):
 
     def residual_jacobian(self, theta: Float[Array, "D"]) -> Float[Array, "n D"]:
         """d r / d theta in closed form, (n, D): d r_i / dU = A_i V and d r_i / dV = A_i^T U (for entries, A_i
-        is the indicator of (rows_i, cols_i)). Used by :func:`slowsde_jax.geometry.ls_jacobian` in place of
+        is the indicator of (rows_i, cols_i)). Used by ``slowsde_jax.geometry.ls_jacobian`` in place of
         n reverse passes, which matters where the Jacobian is itself differentiated (the IMEX ODE solver)."""
         d1, d2, r = self.shape
         U, V = self.factors(theta)
@@ -395,7 +395,7 @@ class MatrixFactorization(AbstractRegression):
     def residual_hessian_sum(self, theta: Float[Array, "D"], w: Float[Array, "n"], a: Float[Array, "D n"]
                              ) -> Float[Array, "D"]:
         """sum_i w_i Hess r_i a_i in closed form, (D,), for directions a (D, n) (column i for residual i); used
-        by :func:`slowsde_jax.geometry.ls_third_derivative_tangent`. r_i is bilinear, so Hess r_i maps
+        by ``slowsde_jax.geometry.ls_third_derivative_tangent``. r_i is bilinear, so Hess r_i maps
         (a_U, a_V) to (A_i a_V, A_i^T a_U), whatever theta."""
         d1, d2, r = self.shape
         aU, aV = a[: d1 * r].T.reshape(-1, d1, r), a[d1 * r:].T.reshape(-1, d2, r)  # (n, d1, r), (n, d2, r)
@@ -408,7 +408,7 @@ class MatrixFactorization(AbstractRegression):
     def gn_trace_hessian(self, theta: Float[Array, "D"], S: Float[Array, "D"], w: Float[Array, "n"]
                          ) -> Float[Array, "D D"]:
         """grad^2 of phi = sum_i w_i sum_k S_k (d r_i / d theta_k)^2 at fixed S (D,), in closed form, (D, D); used
-        by :func:`slowsde_jax.geometry.ls_gn_trace_hessian`. The residuals are bilinear in (U, V), so phi is
+        by ``slowsde_jax.geometry.ls_gn_trace_hessian``. The residuals are bilinear in (U, V), so phi is
         quadratic and this does not depend on theta: the U-block is 2 sum_i w_i A_i Diag(S_V[:, k]) A_i^T in
         every column k of U (and the V-block likewise), with no U-V coupling; for entries (A_i an indicator)
         it is diagonal, 2 sum_i w_i S_partner."""
@@ -500,7 +500,7 @@ class _AbstractUserLoss(AbstractProblem):
         return self.theta0
 
     def hessian_diag(self, theta: Float[Array, "D"]) -> Float[Array, "D"]:
-        """Dense autodiff (:func:`dense_hessian_diag`)."""
+        """Dense autodiff (``dense_hessian_diag``)."""
         return dense_hessian_diag(self.loss, theta)
 
     def observables(self, theta: Float[Array, "D"]) -> dict[str, Scalar]:
@@ -513,7 +513,7 @@ class _AbstractUserLoss(AbstractProblem):
 @final
 class FromLoss(_AbstractUserLoss):
     """A user loss without residuals, optionally with per-sample losses (``per_sample_fn``, n of them,
-    with L their mean): those enable minibatch noise. Built by :func:`from_loss`."""
+    with L their mean): those enable minibatch noise. Built by ``from_loss``."""
 
     sweepable: ClassVar[Mapping[str, str]] = {}
 
@@ -542,7 +542,7 @@ class FromLoss(_AbstractUserLoss):
 @final
 class FromResiduals(_AbstractUserLoss, AbstractLeastSquares):
     """A user loss that is sum_i r_i^2 / (2n) for user residuals r (shape (n,)): a least-squares problem, so
-    label noise, minibatch noise and the structured geometry apply. Built by :func:`from_loss`."""
+    label noise, minibatch noise and the structured geometry apply. Built by ``from_loss``."""
 
     sweepable: ClassVar[Mapping[str, str]] = {}
 
@@ -574,9 +574,9 @@ def from_loss(loss: Callable[[PyTree], Scalar], params0: PyTree, residuals: Opti
     """Wrap a JAX loss ``loss(params) -> scalar`` over any pytree ``params0`` as a problem.
 
     Optional: ``residuals(params) -> (n,)`` when ``loss`` is sum_i r_i^2 / (2n): gives a
-    :class:`FromResiduals` (least squares: enables label noise and minibatch noise); otherwise
+    ``FromResiduals`` (least squares: enables label noise and minibatch noise); otherwise
     ``per_sample_losses(params) -> (n,)`` when ``loss`` is their mean (enables minibatch noise) gives a
-    :class:`FromLoss`, as does a plain loss. ``observables(params) -> dict`` of extra scalars to record.
+    ``FromLoss``, as does a plain loss. ``observables(params) -> dict`` of extra scalars to record.
 
     **Ravel order.** The engines work on the flat vector theta = ``jax.flatten_util.ravel_pytree(params0)[0]``
     (length D): the leaves in ``jax.tree_util.tree_leaves`` order (dict keys sorted), each leaf raveled in

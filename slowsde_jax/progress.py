@@ -8,7 +8,7 @@ every bar off, ``=1`` turns them on.
 Bars are ``tqdm`` bars written to stderr, or to ``file`` when given: in a notebook with ipywidgets a widget
 from ``tqdm.auto``; elsewhere, and in a notebook without ipywidgets (where ``tqdm.auto`` would raise), a
 text bar from ``tqdm.std``. A terminal that reports a size of 0 x 0 (a pseudo-terminal without a size, as
-in some CI runners and containers) gets a fixed 80 x 24: tqdm would otherwise show nothing there. :func:`progress_bar` returns a bar whose ``update``/``close`` do nothing
+in some CI runners and containers) gets a fixed 80 x 24: tqdm would otherwise show nothing there. ``progress_bar`` returns a bar whose ``update``/``close`` do nothing
 when it is off, so callers never test for None.
 """
 from __future__ import annotations
@@ -74,8 +74,8 @@ def enabled(progress: Optional[bool], file: Optional[IO] = None) -> bool:
 
 def progress_bar(total: float, desc: str, *, progress: Optional[bool] = None, unit: str = "step",
                  initial: float = 0, file: Optional[IO] = None) -> Any:
-    """A tqdm bar over ``total`` units (steps, SDE time, ...), or a :class:`NullBar` when ``progress`` says
-    no (see :func:`enabled`). ``file``: where a text bar writes (default stderr)."""
+    """A tqdm bar over ``total`` units (steps, SDE time, ...), or a ``NullBar`` when ``progress`` says
+    no (see ``enabled``). ``file``: where a text bar writes (default stderr)."""
     if not enabled(progress, file):
         return NullBar()
     if file is None and _in_notebook() and _has_widgets():

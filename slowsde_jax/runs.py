@@ -1,4 +1,4 @@
-"""Run folders: what ``slowsde run`` writes, and :func:`load_run` to read it back in a notebook.
+"""Run folders: what ``slowsde run`` writes, and ``load_run`` to read it back in a notebook.
 
 A run folder holds ``config.yaml`` (the resolved config), ``summary.json`` (status, environment, per-run
 statistics), ``trajectories.npz`` (every Trajectory, keys prefixed ``<run>/<grid index>/``; with
@@ -123,7 +123,7 @@ def save_trajectories(path: Union[str, os.PathLike], trajs: dict[str, list[Traje
 
 
 def read_trajectories(path: Union[str, os.PathLike]) -> dict[str, list[Trajectory]]:
-    """Read a file written by :func:`save_trajectories`: run name -> list of Trajectories."""
+    """Read a file written by ``save_trajectories``: run name -> list of Trajectories."""
     arrays = read_npz(path, "path", "run record")
     try:
         prefixes = sorted({tuple(k.split("/")[:2]) for k in arrays}, key=lambda p: (p[0], int(p[1])))

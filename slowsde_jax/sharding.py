@@ -1,16 +1,16 @@
 """Spreading the discrete engine's lanes over devices with ``jax.sharding``.
 
 The engine's state has two leading batch axes, configurations of a sweep (``n_cfg``) and paths
-(``n_paths``); every lane is independent of the others. :func:`lane_mesh` lays the devices out as a 2-D
-:class:`jax.sharding.Mesh` with axes ``("cfg", "paths")`` and :func:`lane_sharding` splits those two axes
+(``n_paths``); every lane is independent of the others. ``lane_mesh`` lays the devices out as a 2-D
+``jax.sharding.Mesh`` with axes ``("cfg", "paths")`` and ``lane_sharding`` splits those two axes
 over it, so the same jitted step runs on every device with no communication inside a step (the only
-collectives are the one-flag reductions at block ends, see :func:`slowsde_jax.discrete._advance`).
+collectives are the one-flag reductions at block ends, see ``slowsde_jax.discrete._advance``).
 
 Several hosts: call ``jax.distributed.initialize()`` in every process first; ``jax.devices()`` then lists
-the devices of all hosts and the same call shards over all of them. :func:`to_host` gathers a sharded array
+the devices of all hosts and the same call shards over all of them. ``to_host`` gathers a sharded array
 onto every host for recording.
 
-Path counts that the devices do not divide are padded (:func:`padded_paths`): the engine adds lanes that
+Path counts that the devices do not divide are padded (``padded_paths``): the engine adds lanes that
 repeat path 0 (its key, so its numbers) up to a multiple of the devices along the paths, and drops them
 from every record, checkpoint and result. Lanes never interact, so the real paths' numbers are those of
 one device.
@@ -31,7 +31,7 @@ __all__ = ["mesh_shape", "padded_paths", "lane_mesh", "lane_sharding", "config_s
 def mesh_shape(n_cfg: int, n_paths: int, n_devices: int) -> tuple[int, int]:
     """(a, b): a = gcd(n_cfg, n_devices) devices along the configurations, b = min(n_devices / a, n_paths)
     along the paths. Every device holds n_cfg / a configurations of ceil(n_paths / b) paths, the paths
-    padded to a multiple of b (:func:`padded_paths`); no other layout of the devices holds fewer lanes per
+    padded to a multiple of b (``padded_paths``); no other layout of the devices holds fewer lanes per
     device."""
     a = math.gcd(int(n_cfg), int(n_devices))
     return a, max(1, min(int(n_devices) // a, int(n_paths)))
@@ -48,8 +48,8 @@ def lane_mesh(n_cfg: int, n_paths: int, devices: Optional[Sequence] = None) -> O
     """A mesh ``("cfg", "paths")`` of shape (a, b) over ``devices`` (default: ``jax.devices()``), or None when
     it would hold a single device.
 
-    The shape is :func:`mesh_shape`'s; the first a * b devices are used, each with the same number of lanes
-    once the paths are padded to :func:`padded_paths`.
+    The shape is ``mesh_shape``'s; the first a * b devices are used, each with the same number of lanes
+    once the paths are padded to ``padded_paths``.
     """
     devs = list(jax.devices() if devices is None else devices)
     if not devs:

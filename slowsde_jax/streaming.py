@@ -1,8 +1,8 @@
 """Records streamed to disk as a run goes, so long runs keep no trajectory in memory.
 
-:class:`RecordStream` holds one ``.npy`` file per recorded quantity in a folder, each of shape
+``RecordStream`` holds one ``.npy`` file per recorded quantity in a folder, each of shape
 (n_t, *shape): record j is written at its own offset as soon as it is taken, with plain file writes (no
-memory map while writing, so the process does not hold the pages). :meth:`RecordStream.read` opens a file
+memory map while writing, so the process does not hold the pages). ``RecordStream.read`` opens a file
 read-only as a memory map, so a finished run's trajectories are read from disk only where they are used.
 
 Writing record j again overwrites it with the same bytes, which is how a resumed run continues: it rewrites
@@ -69,7 +69,7 @@ class RecordStream:
 
     def write(self, j: int, name: str, x: ArrayLike) -> None:
         """Write record ``j`` (0 <= j < n_t) of quantity ``name`` (an array of the same shape every time); an
-        OSError (a full disk) becomes a :class:`~slowsde_jax._io.RunIOError` naming the file."""
+        OSError (a full disk) becomes a ``RunIOError`` naming the file."""
         x = np.ascontiguousarray(x)
         try:
             offset = self._open(name, x)

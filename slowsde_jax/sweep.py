@@ -1,9 +1,9 @@
 """Sweeps: what may be swept, who owns each name, the grid, and the checks of a swept value.
 
 A sweep varies hyperparameters that the classes declare sweepable (``type(x).sweepable``: sweep name ->
-field), plus the engine's own ``eta``. :func:`sweep_grid` builds their Cartesian grid as arrays (so a sweep
-compiles once), :func:`apply_hypers` puts one grid point into (problem, noise, method), and
-:func:`check_sweep_value` checks a swept value with the factory that owns its name, before any work.
+field), plus the engine's own ``eta``. ``sweep_grid`` builds their Cartesian grid as arrays (so a sweep
+compiles once), ``apply_hypers`` puts one grid point into (problem, noise, method), and
+``check_sweep_value`` checks a swept value with the factory that owns its name, before any work.
 """
 from __future__ import annotations
 
@@ -76,8 +76,8 @@ def sweep_grid(eta: Optional[ArrayLike], sweep: Optional[dict], dtype: Any) -> t
 def check_sweep_value(problem: AbstractProblem, nz: AbstractNoise, method: Method, k: str, v: ArrayLike,
                       field: str | None = None) -> None:
     """ConfigError naming ``field`` (default ``sweep.<k>``) unless the value ``v`` of sweep ``k`` passes the
-    checks of the factory that owns ``k`` (:func:`slowsde_jax.methods.adam` and co. for ``beta1``, ``beta2``,
-    ``c``, ``eps``, ``lam``; :func:`~slowsde_jax.noise.label_noise` for ``delta``; a whole number of samples in
+    checks of the factory that owns ``k`` (``slowsde_jax.methods.adam`` and co. for ``beta1``, ``beta2``,
+    ``c``, ``eps``, ``lam``; ``label_noise`` for ``delta``; a whole number of samples in
     [1, n] for ``n_train``), and the object it sets has that field. ``eta`` is checked by the caller (> 0 and
     c*eta^2 in (0, 1) with the method's c)."""
     field = field or f"sweep.{k}"

@@ -1,4 +1,4 @@
-"""The one result type both engines return: a :class:`Trajectory` on the SDE clock t = k eta^2."""
+"""The one result type both engines return: a ``Trajectory`` on the SDE clock t = k eta^2."""
 from __future__ import annotations
 
 import dataclasses
@@ -38,7 +38,7 @@ class Trajectory:
       derived from ``diverged_step`` when not given;
     - ``diverged_step``: shape (n_paths,), the discrete step of that divergence, -1 if never; None for the
       slow-SDE engines, which have no steps;
-    - ``meta``: JSON-serializable metadata with the keys of :data:`slowsde_jax.inputs.META_KEYS`.
+    - ``meta``: JSON-serializable metadata with the keys of ``slowsde_jax.inputs.META_KEYS``.
     """
 
     t: np.ndarray
@@ -78,13 +78,13 @@ class Trajectory:
         return mean_se(self.observables[name][~self.diverged], self.deterministic)[0]
 
     def stderr(self, name: str) -> np.ndarray:
-        """Standard error of that mean, shape (n_t,) (see :func:`mean_se`)."""
+        """Standard error of that mean, shape (n_t,) (see ``mean_se``)."""
         return mean_se(self.observables[name][~self.diverged], self.deterministic)[1]
 
     def tail_mean(self, name: str, fraction: float = 0.1) -> tuple[float, float]:
         """Each surviving path's average of observable ``name`` over the last ``fraction`` of the recorded
         times (at least one record, t = 0 excluded), then the mean over paths and its standard error (see
-        :func:`mean_se`; NaN with one stochastic path). The number ``slowsde run`` prints per run.
+        ``mean_se``; NaN with one stochastic path). The number ``slowsde run`` prints per run.
         Returns ``(mean, se)`` as floats; both NaN when every path diverged."""
         if not 0.0 < fraction <= 1.0:
             from .validation import ConfigError

@@ -1,18 +1,18 @@
 """Validation, in one place: the error type, the value checkers, and the problem/noise/method fit.
 
-Every mistake in a config or an API argument raises :class:`ConfigError` (a ``ValueError``) whose message
+Every mistake in a config or an API argument raises ``ConfigError`` (a ``ValueError``) whose message
 names the offending field and says why, so that the CLI can print one line and exit with status 2.
 
-- :func:`check_range`: finite numbers (scalars or arrays) in an interval; silent on jax tracers.
-- :func:`check_int`: a Python or numpy integer (not a bool), optionally ``>= low``.
-- :func:`check_number`: a Python int or float (not a bool, as YAML gives them), then :func:`check_range`.
-- :func:`check_choice`: one of a few names.
-- :func:`suggest`: the " (did you mean 'x'?)" hint for misspelled names.
-- :func:`as_key`, :func:`as_float_params`, :func:`as_real_array`: coerce a seed, a parameter pytree, an
+- ``check_range``: finite numbers (scalars or arrays) in an interval; silent on jax tracers.
+- ``check_int``: a Python or numpy integer (not a bool), optionally ``>= low``.
+- ``check_number``: a Python int or float (not a bool, as YAML gives them), then ``check_range``.
+- ``check_choice``: one of a few names.
+- ``suggest``: the " (did you mean 'x'?)" hint for misspelled names.
+- ``as_key``, ``as_float_params``, ``as_real_array``: coerce a seed, a parameter pytree, an
   array of real numbers.
-- :func:`check_bool`, :func:`check_file_name`: true/false flags and names that become file names.
-- :func:`within`: re-raise the ConfigErrors of a block with a path prefix (``runs.adam.`` + ``beta1``).
-- :func:`show`: a value as a message prints it (``1.5``, not ``Array(1.5, dtype=float64)``).
+- ``check_bool``, ``check_file_name``: true/false flags and names that become file names.
+- ``within``: re-raise the ConfigErrors of a block with a path prefix (``runs.adam.`` + ``beta1``).
+- ``show``: a value as a message prints it (``1.5``, not ``Array(1.5, dtype=float64)``).
 """
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def show(x: Any) -> str:
 
 @contextlib.contextmanager
 def within(prefix: str) -> Iterator[None]:
-    """Re-raise every :class:`ConfigError` of the block with ``prefix`` in front of its field, so a
+    """Re-raise every ``ConfigError`` of the block with ``prefix`` in front of its field, so a
     factory's ``beta1`` becomes the config's ``runs.adam.beta1`` (``prefix`` = ``"runs.adam."``)."""
     try:
         yield
@@ -160,7 +160,7 @@ def check_int(field: str, value: Any, low: Optional[int] = None, high: Optional[
 
 
 def check_number(field: str, value: Any, **interval) -> None:
-    """ConfigError unless ``value`` is a Python int or float (not a bool) in the interval of :func:`check_range`."""
+    """ConfigError unless ``value`` is a Python int or float (not a bool) in the interval of ``check_range``."""
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise ConfigError(field, f"must be a number, got {show(value)}")
     check_range(field, value, **interval)

@@ -19,6 +19,7 @@ from slowsde_jax._io import RunIOError
 HYP = problems.hyperbola()
 LABEL = noise.label_noise(0.5)
 GAUSS = noise.gaussian([0.49, 0.09])
+QUIET = S.Execution(progress=False)
 
 # classes of bad values: (value, what it stands for)
 NOT_A_NUMBER = ["abc", None, [1.0, 2.0], {"a": 1}, 1 + 2j, object()]
@@ -27,53 +28,12 @@ NOT_AN_INT = [0.5, "3", True, None, 2.0]
 NOT_A_BOOL = ["yes", 1, 0, None, "true"]
 BAD_DTYPES = ["int32", "float13", "complex64", int, "bool", 3, "float16"]
 
-COMMON = {  # argument -> bad values, for both engines
-    "n_paths": NOT_AN_INT + [0, -1],
-    "n_record": NOT_AN_INT + [0, -2],
-    "dtype": BAD_DTYPES,
-    "key": ["abc", 1.5, -1, 2**64, [1, 2, 3]],
-    "theta0": ["abc", [1.0], [[1.0, 2.0]], [math.nan, 1.0], [1 + 1j, 1.0]],
-    "record_state": NOT_A_BOOL,
-    "progress": ["yes", 1, "true"],
-    "checkpoint": [3, b"x", "", ["a"]],
-}
-DISCRETE = {
-    **COMMON,
-    "eta": ["abc", 0.0, -0.1, *NOT_FINITE],
-    "T": ["abc", 0.0, -1.0, *NOT_FINITE],
-    "chunk_steps": NOT_AN_INT + [0, -5],
-    "block_steps": NOT_AN_INT + [0],
-    "divergence_bound": ["abc", 0.0, -1.0, math.nan, -math.inf],  # +inf: no bound
-    "checkpoint_every_s": ["abc", -1.0, math.nan, math.inf],
-    "devices": [[], ["cpu"], "cpu", 0, [0], [None]],
-    "record_to": [3, "", ["a"]],
-    "record_observables": NOT_A_BOOL,
-    "on_chunk": [3, "print"],
-    "v0": ["abc", [-1.0, 1.0], [math.nan, 1.0], [1.0, 2.0, 3.0]],
-    "sweep": ["eta", [0.1], {"eta": []}, {"bogus": [1.0]}, {"eta": ["a"]}, {"lam": [2.0]}],
-}
-SLOW = {
-    **COMMON,
-    "T": ["abc", 0.0, -1.0, *NOT_FINITE],
-    "dt": ["abc", 0.0, -1.0, *NOT_FINITE],
-    "eta": ["abc", 0.0, -0.1, *NOT_FINITE],
-    "rank": [0.5, "3", True, 2.0, 0, 3, -1],  # None: the rank rule
-    "rtol": ["abc", 0.0, -1.0, math.nan],
-    "atol": ["abc", 0.0, -1.0, math.nan],
-    "max_steps": NOT_AN_INT + [0],
-    "project_max_steps": NOT_AN_INT + [0],
-    "paths_per_call": [0.5, "3", True, 2.0, 0],  # None: all paths in one call
-    "records_per_call": [0.5, "3", True, 2.0, 0],
-    "zero_floor": ["abc", -1.0, math.nan],
-    "force_sde": NOT_A_BOOL,
-    "richardson": NOT_A_BOOL,
-    "brownian_dt": ["abc", 0.0, -1.0, math.nan],
-    "solver": ["pid", "Euler", 3, diffrax.Heun(), diffrax.SRA1(), diffrax.Tsit5()],
-    "stepsize_controller": ["pid", 1e-6, diffrax.ConstantStepSize()],
-    "v0": ["abc", "zeros", [0.0, 1.0], [-1.0, 1.0], [math.nan, 1.0], [1.0, 2.0, 3.0]],
-}
-# arguments whose check runs only where they apply: the general SDE (Gaussian noise) or the label-noise ODE
-SLOW_GENERAL_ONLY = {"solver", "dt", "brownian_dt", "richardson"}
+# ----- the engines' plain arguments ------------------------------------------------------------------------------
+COMMON = {"n_paths": NOT_AN_INT + [0, -1], "n_record": NOT_AN_INT + [0, -2], "key": ["abc", 1.5, -1, 2**64, [1, 2, 3]]}
+DISCRETE = {**COMMON, "eta": ["abc", 0.0, -0.1, *NOT_FINITE], "T": ["abc", 0.0, -1.0, *NOT_FINITE],
+            "steps": NOT_AN_INT[:-2] + [0, 2.0],
+            "sweep": ["eta", [0.1], {"eta": []}, {"bogus": [1.0]}, {"eta": ["a"]}, {"lam": [2.0]}]}
+SLOW = {**COMMON, "T": ["abc", 0.0, -1.0, *NOT_FINITE], "eta": ["abc", 0.0, -0.1, *NOT_FINITE]}
 
 
 def _cases(table):
@@ -93,7 +53,9 @@ DISCRETE_CASES = _cases(DISCRETE)
 
 @pytest.mark.parametrize("name,value", DISCRETE_CASES, ids=_ids(DISCRETE_CASES))
 def test_discrete_engine_names_the_bad_argument(name, value):
-    kw = {"eta": 0.1, "T": 0.05, "n_record": 1, "progress": False, name: value}
+    kw = {"eta": 0.1, "T": 0.05, "n_record": 1, name: value}
+    if name == "steps":
+        kw.pop("T")
     with pytest.raises(S.ConfigError) as e:
         S.simulate_discrete(HYP, LABEL, S.adam(), **kw)
     assert _field_matches(e.value, name), (e.value.field, str(e.value))
@@ -104,11 +66,67 @@ SLOW_CASES = _cases(SLOW)
 
 @pytest.mark.parametrize("name,value", SLOW_CASES, ids=_ids(SLOW_CASES))
 def test_slow_engine_names_the_bad_argument(name, value):
-    nz = GAUSS if name in SLOW_GENERAL_ONLY else LABEL
-    kw = {"T": 0.01, "n_record": 1, "progress": False, name: value}
+    kw = {"T": 0.01, "n_record": 1, name: value}
     with pytest.raises(S.ConfigError) as e:
-        S.simulate_slow_sde(HYP, nz, S.adam(), **kw)
+        S.simulate_slow_sde(HYP, LABEL, S.adam(), **kw)
     assert _field_matches(e.value, name), (e.value.field, str(e.value))
+
+
+# ----- the option objects check themselves when they are built ---------------------------------------------------
+OPTIONS = {
+    S.Start: {"theta0": ["abc", [[1.0, 2.0]], [math.nan, 1.0], [1 + 1j, 1.0]],
+              "v0": ["abc", [-1.0, 1.0], [math.nan, 1.0], 1 + 1j],
+              "project_max_steps": NOT_AN_INT[:-2] + [0]},
+    S.Recording: {"record_state": NOT_A_BOOL, "record_observables": NOT_A_BOOL, "record_to": [3, "", ["a"]]},
+    S.Execution: {"dtype": BAD_DTYPES, "progress": ["yes", 1, "true"], "checkpoint": [3, b"x", "", ["a"]],
+                  "checkpoint_every_s": ["abc", -1.0, math.nan, math.inf], "chunk_steps": NOT_AN_INT[:-2] + [0, -5],
+                  "block_steps": NOT_AN_INT[:-2] + [0], "divergence_bound": ["abc", 0.0, -1.0, math.nan, -math.inf],
+                  "devices": [[], ["cpu"], "cpu", 0, [0], [None]], "on_chunk": [3, "print"],
+                  "paths_per_call": NOT_AN_INT[:-2] + [0], "records_per_call": NOT_AN_INT[:-2] + [0]},
+    S.ProjectedEulerMaruyama: {"dt": ["abc", 0.0, -1.0, *NOT_FINITE], "richardson": NOT_A_BOOL,
+                               "brownian_dt": ["abc", 0.0, -1.0, math.nan], "rank": NOT_AN_INT[:-2] + [0, -1]},
+    S.LabelNoiseODE: {"solver": ["pid", "Euler", 3, None, diffrax.SRA1(), diffrax.Euler()],
+                      "rtol": ["abc", 0.0, -1.0, math.nan], "atol": ["abc", 0.0, -1.0, math.nan],
+                      "stepsize_controller": ["pid", 1e-6, diffrax.ConstantStepSize()],
+                      "imex_fallback": NOT_A_BOOL, "zero_floor": ["abc", -1.0, math.nan],
+                      "max_steps": NOT_AN_INT[:-2] + [0], "rank": NOT_AN_INT[:-2] + [0, -1]},
+}
+OPTION_CASES = [(cls, k, v) for cls, table in OPTIONS.items() for k, values in table.items() for v in values]
+
+
+@pytest.mark.parametrize("cls,name,value", OPTION_CASES,
+                         ids=[f"{c.__name__}.{k}={v!r}"[:50] for c, k, v in OPTION_CASES])
+def test_option_objects_name_the_bad_field(cls, name, value):
+    with pytest.raises(S.ConfigError) as e:
+        cls(**{name: value})
+    assert _field_matches(e.value, name), (e.value.field, str(e.value))
+
+
+@pytest.mark.parametrize("engine,kw,field", [
+    ("discrete", dict(start=S.Start(theta0=[1.0, 2.0, 3.0])), "theta0"),
+    ("discrete", dict(start=S.Start(v0=[1.0, 2.0, 3.0])), "v0"),
+    ("discrete", dict(execution=S.Execution(dtype="float32", paths_per_call=2)), "execution.paths_per_call"),
+    ("discrete", dict(start=S.Start(project_max_steps=5)), "start.project_max_steps"),
+    ("discrete", dict(start={"theta0": [1.0, 1.0]}), "start"),
+    ("discrete", dict(execution="fast"), "execution"),
+    ("slow", dict(start=S.Start(v0="zeros")), "v0"),
+    ("slow", dict(start=S.Start(v0=[0.0, 1.0])), "v0"),
+    ("slow", dict(start=S.Start(theta0=[1.0])), "theta0"),
+    ("slow", dict(integrator=S.LabelNoiseODE(rank=3)), "integrator.rank"),
+    ("slow", dict(execution=S.Execution(chunk_steps=5)), "execution.chunk_steps"),
+    ("slow", dict(recording=S.Recording(record_to="x")), "recording.record_to"),
+    ("slow", dict(recording=S.Recording(record_observables=False)), "recording.record_observables"),
+    ("slow", dict(integrator=S.LabelNoiseODE(solver="kencarp4")), "integrator.solver"),
+    ("slow", dict(integrator=S.ProjectedEulerMaruyama(brownian_dt=0.003)), "integrator.brownian_dt"),
+    ("slow", dict(recording=3), "recording"),
+])
+def test_options_that_do_not_fit_the_run_are_named(engine, kw, field):
+    with pytest.raises(S.ConfigError) as e:
+        if engine == "discrete":
+            S.simulate_discrete(HYP, LABEL, S.adam(), eta=0.1, T=0.05, n_record=1, **kw)
+        else:
+            S.simulate_slow_sde(HYP, LABEL, S.adam(), T=0.01, n_record=1, **kw)
+    assert e.value.field == field, (e.value.field, str(e.value))
 
 
 # ----- user functions, checked once at construction ---------------------------------------------------------
@@ -167,8 +185,7 @@ def _inf_beyond(p):
 
 def test_discrete_engine_flags_a_path_whose_loss_becomes_infinite():
     prob = problems.from_loss(_inf_beyond, P0)
-    traj = S.simulate_discrete(prob, noise.gaussian(np.zeros(3)), S.sgd(), eta=0.1, steps=200, n_record=10,
-                               progress=False)
+    traj = S.simulate_discrete(prob, noise.gaussian(np.zeros(3)), S.sgd(), eta=0.1, steps=200, n_record=10, execution=S.Execution(progress=False))
     assert traj.diverged[0] and 0 < traj.diverged_time[0] <= traj.t[-1]
     assert np.all(np.isfinite(traj.theta))
     j = int(np.argmax(traj.t >= traj.diverged_time[0]))
@@ -181,8 +198,7 @@ def test_slow_engine_flags_a_path_whose_loss_is_not_finite():
 
     prob = problems.from_loss(loss, {"a": jnp.asarray([1.0, 0.0]), "b": jnp.asarray(0.0)})
     cov = np.diag([0.0, 4.0, 1.0])
-    traj = S.simulate_slow_sde(prob, noise.gaussian(cov), S.sgd(), T=0.5, n_paths=4, n_record=5, dt=0.01,
-                               key=1, progress=False)
+    traj = S.simulate_slow_sde(prob, noise.gaussian(cov), S.sgd(), T=0.5, n_paths=4, n_record=5, key=1, execution=S.Execution(progress=False), integrator=S.ProjectedEulerMaruyama(dt=0.01))
     bad = ~np.all(np.isfinite(traj.observables["loss"]), axis=1)
     assert bad.any()
     assert np.all(traj.diverged[bad]) and any("loss is not finite" in r for r in traj.meta["failure_reasons"])
@@ -214,20 +230,20 @@ def test_record_to_never_overwrites_a_users_file(tmp_path):
     folder.mkdir()
     (folder / "theta.npy").write_bytes(b"precious")
     with pytest.raises(S.ConfigError) as e:
-        S.simulate_discrete(HYP, LABEL, S.adam(), eta=0.1, steps=4, n_record=2, record_to=folder, progress=False)
+        S.simulate_discrete(HYP, LABEL, S.adam(), eta=0.1, steps=4, n_record=2, recording=S.Recording(record_to=folder), execution=S.Execution(progress=False))
     assert e.value.field == "record_to" and "theta.npy" in e.value.reason
     assert (folder / "theta.npy").read_bytes() == b"precious"
     afile = tmp_path / "a_file"
     afile.write_text("x")
     with pytest.raises(S.ConfigError, match="existing file"):
-        S.simulate_discrete(HYP, LABEL, S.adam(), eta=0.1, steps=4, n_record=2, record_to=afile, progress=False)
+        S.simulate_discrete(HYP, LABEL, S.adam(), eta=0.1, steps=4, n_record=2, recording=S.Recording(record_to=afile), execution=S.Execution(progress=False))
     assert afile.read_text() == "x"
     # a folder the library made is reused by a new run, and only its own files are replaced
     ours = tmp_path / "ours"
-    S.simulate_discrete(HYP, LABEL, S.adam(), eta=0.1, steps=4, n_record=2, record_to=ours, progress=False)
-    b = S.simulate_discrete(HYP, LABEL, S.adam(), eta=0.1, steps=4, n_record=2, record_to=ours, key=1, progress=False)
+    S.simulate_discrete(HYP, LABEL, S.adam(), eta=0.1, steps=4, n_record=2, recording=S.Recording(record_to=ours), execution=S.Execution(progress=False))
+    b = S.simulate_discrete(HYP, LABEL, S.adam(), eta=0.1, steps=4, n_record=2, key=1, recording=S.Recording(record_to=ours), execution=S.Execution(progress=False))
     np.testing.assert_array_equal(np.asarray(b.theta), np.asarray(
-        S.simulate_discrete(HYP, LABEL, S.adam(), eta=0.1, steps=4, n_record=2, key=1, progress=False).theta))
+        S.simulate_discrete(HYP, LABEL, S.adam(), eta=0.1, steps=4, n_record=2, key=1, execution=S.Execution(progress=False)).theta))
 
 
 def test_record_to_an_unwritable_place_is_a_run_io_error(tmp_path):
@@ -238,8 +254,7 @@ def test_record_to_an_unwritable_place_is_a_run_io_error(tmp_path):
         if (locked / "probe").exists() or _can_write(locked):
             pytest.skip("running as a user who can write anywhere")
         with pytest.raises(RunIOError, match="locked"):
-            S.simulate_discrete(HYP, LABEL, S.adam(), eta=0.1, steps=4, n_record=2, record_to=locked / "r",
-                                progress=False)
+            S.simulate_discrete(HYP, LABEL, S.adam(), eta=0.1, steps=4, n_record=2, recording=S.Recording(record_to=locked / "r"), execution=S.Execution(progress=False))
     finally:
         locked.chmod(0o700)
 
@@ -255,15 +270,15 @@ def _can_write(folder):
 
 def test_a_step_count_beyond_the_limit_needs_an_opt_in(monkeypatch):
     with pytest.raises(S.ConfigError, match="SLOWSDE_MAX_STEPS") as e:
-        S.simulate_discrete(HYP, LABEL, S.adam(), eta=1e-8, T=5.0, progress=False)
+        S.simulate_discrete(HYP, LABEL, S.adam(), eta=1e-8, T=5.0, execution=S.Execution(progress=False))
     assert e.value.field == "eta"
     with pytest.raises(S.ConfigError, match="SLOWSDE_MAX_STEPS") as e:
-        S.simulate_discrete(HYP, LABEL, S.adam(), eta=0.1, steps=10**12, progress=False)
+        S.simulate_discrete(HYP, LABEL, S.adam(), eta=0.1, steps=10**12, execution=S.Execution(progress=False))
     assert e.value.field == "steps"
     monkeypatch.setenv("SLOWSDE_MAX_STEPS", "10")
     with pytest.raises(S.ConfigError, match="limit of 10"):
-        S.simulate_discrete(HYP, LABEL, S.adam(), eta=0.1, steps=11, progress=False)
-    S.simulate_discrete(HYP, LABEL, S.adam(), eta=0.1, steps=10, n_record=1, progress=False)
+        S.simulate_discrete(HYP, LABEL, S.adam(), eta=0.1, steps=11, execution=S.Execution(progress=False))
+    S.simulate_discrete(HYP, LABEL, S.adam(), eta=0.1, steps=10, n_record=1, execution=S.Execution(progress=False))
 
 
 # ----- the factories and project: any bad value of any argument is a ConfigError naming it ---------------------

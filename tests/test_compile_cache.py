@@ -131,15 +131,13 @@ def test_results_do_not_depend_on_host_checked():
     """The same numbers from a segment traced with and without the run-time checks."""
     m, ln = sj.adam(c=10.0, eps=1e-6), noise.label_noise(0.5)
     x0 = np.asarray(PROB.init(jax.random.PRNGKey(1)))
-    a = sde.simulate_slow_sde(PROB, ln, m, T=0.05, theta0=x0, n_record=2, n_paths=2, dt=5e-3, force_sde=True,
-                              progress=False)
+    a = sj.simulate_slow_sde(PROB, ln, m, T=0.05, n_record=2, n_paths=2, start=sj.Start(theta0=x0), execution=sj.Execution(progress=False), integrator=sj.ProjectedEulerMaruyama(dt=5e-3))
     seg = sde._sde_segment
     sde._sde_segment = eqx.filter_jit(seg.__wrapped__)  # a fresh cache: traced again, with the checks
     try:
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(sde, "host_checked", __import__("contextlib").nullcontext)
-            b = sde.simulate_slow_sde(PROB, ln, m, T=0.05, theta0=x0, n_record=2, n_paths=2, dt=5e-3,
-                                      force_sde=True, progress=False)
+            b = sj.simulate_slow_sde(PROB, ln, m, T=0.05, n_record=2, n_paths=2, start=sj.Start(theta0=x0), execution=sj.Execution(progress=False), integrator=sj.ProjectedEulerMaruyama(dt=5e-3))
     finally:
         sde._sde_segment = seg
     np.testing.assert_array_equal(a.theta, b.theta)
@@ -150,5 +148,4 @@ def test_a_covariance_check_still_raises_inside_the_sde_engine():
     hyp = problems.hyperbola(y=1.0)
     bad = noise.gaussian(lambda th: jnp.diag(jnp.stack([1.0 + 0.0 * th[0], th[1] - 10.0])))
     with pytest.raises(Exception, match="positive semi-definite"):
-        sde.simulate_slow_sde(hyp, bad, sj.sgd(), T=0.01, theta0=np.array([1.2, 0.5]), dt=5e-3, n_record=1,
-                              progress=False)
+        sj.simulate_slow_sde(hyp, bad, sj.sgd(), T=0.01, n_record=1, start=sj.Start(theta0=np.array([1.2, 0.5])), execution=sj.Execution(progress=False), integrator=sj.ProjectedEulerMaruyama(dt=5e-3))

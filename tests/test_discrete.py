@@ -36,8 +36,7 @@ def test_hyperbola_reproduces_the_discrete_column_of_section_7(method, reference
     The reference numbers were averaged over 20 000 runs; their standard error is estimated from our spread
     scaled to 20 000 runs and combined with ours. Tolerance: 3 combined standard errors.
     """
-    traj = discrete.simulate_discrete(HYP, LABEL, method, eta=0.01, T=0.5, n_paths=4000, key=7, v0="equilibrium",
-                                      n_record=1)
+    traj = S.simulate_discrete(HYP, LABEL, method, eta=0.01, T=0.5, n_paths=4000, key=7, n_record=1, start=S.Start(v0="equilibrium"))
     assert traj.meta["steps"] == 5000 and np.isclose(traj.t[-1], 0.5)
     v_end = projected_v(traj, method)
     se = v_end.std(ddof=1) / np.sqrt(v_end.size)
@@ -47,7 +46,7 @@ def test_hyperbola_reproduces_the_discrete_column_of_section_7(method, reference
 
 def test_equilibrium_v0_and_clock():
     m = S.adam(c=10.0)
-    traj = discrete.simulate_discrete(HYP, LABEL, m, eta=0.05, T=0.1, n_paths=3, key=0, v0="equilibrium", n_record=5)
+    traj = S.simulate_discrete(HYP, LABEL, m, eta=0.05, T=0.1, n_paths=3, key=0, n_record=5, start=S.Start(v0="equilibrium"))
     u, v = np.sqrt(2.0), 1.0
     np.testing.assert_allclose(traj.v[:, 0], np.tile([0.25 * 4 * u**2, 0.25 * 4 * v**2], (3, 1)), rtol=1e-13)
     np.testing.assert_allclose(traj.t, np.arange(6) * 0.02)
@@ -57,7 +56,7 @@ def test_equilibrium_v0_and_clock():
 
 
 def test_same_seed_same_numbers_and_other_seed_other_numbers():
-    run = lambda key: discrete.simulate_discrete(HYP, LABEL, S.adam(), eta=0.05, steps=50, n_paths=4, key=key, n_record=2)
+    run = lambda key: S.simulate_discrete(HYP, LABEL, S.adam(), eta=0.05, steps=50, n_paths=4, key=key, n_record=2)
     a, b, c = run(3), run(3), run(4)
     np.testing.assert_array_equal(a.theta, b.theta)
     assert not np.allclose(a.theta, c.theta)
@@ -67,7 +66,7 @@ def test_engine_matches_a_hand_loop_of_the_optax_transform():
     """The engine is the optax transform applied to noise.grad with the key stream split once per step."""
     prob = problems.diagonal_net(d=4, n=3, k=1, key=0, n_test=10)
     m, eta, steps = S.adam(beta2=0.9, eps=1e-6), 0.05, 30
-    traj = discrete.simulate_discrete(prob, LABEL, m, eta=eta, steps=steps, n_paths=2, key=5, n_record=1)
+    traj = S.simulate_discrete(prob, LABEL, m, eta=eta, steps=steps, n_paths=2, key=5, n_record=1)
     k_path = jax.random.split(jax.random.PRNGKey(5), 2)[1]
     k_init, key = jax.random.split(k_path)
     theta = prob.init(k_init)
@@ -86,12 +85,12 @@ def test_eta_sweep_compiles_once_and_matches_single_runs():
     m = S.adame(lam=0.3, c=5.0)
     kw = dict(T=0.05, n_paths=3, key=1, n_record=2)
     before = n_traces()
-    sweep = discrete.simulate_discrete(prob, LABEL, m, sweep={"eta": [0.05, 0.1, 0.02]}, **kw)
+    sweep = S.simulate_discrete(prob, LABEL, m, sweep={"eta": [0.05, 0.1, 0.02]}, **kw)
     assert n_traces() - before == 1
-    discrete.simulate_discrete(prob, LABEL, m, sweep={"eta": [0.03, 0.07, 0.04]}, **kw)
+    S.simulate_discrete(prob, LABEL, m, sweep={"eta": [0.03, 0.07, 0.04]}, **kw)
     assert n_traces() - before == 1  # new values, same shapes: no retrace
     assert [tr.meta["steps"] for tr in sweep] == [20, 5, 125]
-    single = discrete.simulate_discrete(prob, LABEL, m, eta=0.02, **kw)
+    single = S.simulate_discrete(prob, LABEL, m, eta=0.02, **kw)
     np.testing.assert_allclose(sweep[2].theta, single.theta, rtol=1e-12)
     np.testing.assert_allclose(sweep[2].t, single.t)
 
@@ -99,15 +98,15 @@ def test_eta_sweep_compiles_once_and_matches_single_runs():
 def test_grid_sweep_over_lam_delta_and_n_train():
     prob = problems.diagonal_net(d=4, n=6, k=1, key=0, n_test=10)
     m = S.adame(lam=0.5, c=5.0)
-    trajs = discrete.simulate_discrete(prob, LABEL, m, eta=0.05, steps=10, n_paths=2, key=2, n_record=1,
+    trajs = S.simulate_discrete(prob, LABEL, m, eta=0.05, steps=10, n_paths=2, key=2, n_record=1,
                                        sweep={"lam": [0.25, 0.5], "delta": [0.1, 0.5], "n_train": [4, 6]})
     assert len(trajs) == 8
     cfg = trajs[1].meta["hypers"]
     assert cfg == {"lam": 0.25, "delta": 0.1, "n_train": 6.0, "eta": 0.05}
-    single = discrete.simulate_discrete(prob, noise.label_noise(0.1), S.adame(lam=0.25, c=5.0), eta=0.05, steps=10,
+    single = S.simulate_discrete(prob, noise.label_noise(0.1), S.adame(lam=0.25, c=5.0), eta=0.05, steps=10,
                                         n_paths=2, key=2, n_record=1)
     np.testing.assert_allclose(trajs[1].theta, single.theta, rtol=1e-12)
-    small = discrete.simulate_discrete(prob.with_n_train(4), noise.label_noise(0.1), S.adame(lam=0.25, c=5.0), eta=0.05,
+    small = S.simulate_discrete(prob.with_n_train(4), noise.label_noise(0.1), S.adame(lam=0.25, c=5.0), eta=0.05,
                                        steps=10, n_paths=2, key=2, n_record=1)
     np.testing.assert_allclose(trajs[0].theta, small.theta, rtol=1e-12)
 
@@ -118,9 +117,9 @@ def test_sweep_over_every_declared_field_compiles_once():
     kw = dict(steps=4, n_paths=1, key=0, n_record=1)
     grid = {"eta": [0.05, 0.1], "lam": [0.3, 0.5], "c": [2.0, 5.0], "delta": [0.1, 0.4], "n_train": [3, 5]}
     before = n_traces()
-    trajs = discrete.simulate_discrete(prob, LABEL, S.adame(lam=0.5, c=5.0), sweep=grid, **kw)
+    trajs = S.simulate_discrete(prob, LABEL, S.adame(lam=0.5, c=5.0), sweep=grid, **kw)
     assert len(trajs) == 32 and n_traces() - before == 1
-    discrete.simulate_discrete(prob, LABEL, S.adame(lam=0.4, c=3.0), sweep={k: v[::-1] for k, v in grid.items()}, **kw)
+    S.simulate_discrete(prob, LABEL, S.adame(lam=0.4, c=3.0), sweep={k: v[::-1] for k, v in grid.items()}, **kw)
     assert n_traces() - before == 1
 
 
@@ -129,19 +128,18 @@ def test_sweep_names_come_from_the_classes_that_declare_them():
     assert noise.LabelNoise.sweepable == {"delta": "delta"} and noise.Minibatch.sweepable == {}
     assert problems.DiagonalNet.sweepable == {"n_train": "n_active"}
     with pytest.raises(S.ConfigError, match="delta"):
-        discrete.simulate_discrete(HYP, noise.gaussian([0.1, 0.1]), S.adam(), eta=0.1, steps=2, sweep={"delta": [0.1]})
+        S.simulate_discrete(HYP, noise.gaussian([0.1, 0.1]), S.adam(), eta=0.1, steps=2, sweep={"delta": [0.1]})
     with pytest.raises(S.ConfigError, match="n_train"):
-        discrete.simulate_discrete(problems.from_loss(lambda t: 0.5 * jnp.mean(t**2), jnp.ones(2), residuals=lambda t: t),
+        S.simulate_discrete(problems.from_loss(lambda t: 0.5 * jnp.mean(t**2), jnp.ones(2), residuals=lambda t: t),
                                    LABEL, S.adam(), eta=0.1, steps=2, sweep={"n_train": [1]})
     with pytest.raises(S.ConfigError, match="lam"):
-        discrete.simulate_discrete(HYP, LABEL, S.sgd(), eta=0.1, steps=2, sweep={"lam": [0.5]})
+        S.simulate_discrete(HYP, LABEL, S.sgd(), eta=0.1, steps=2, sweep={"lam": [0.5]})
 
 
 def test_pathological_paths_are_frozen_and_flagged():
     """With a huge learning rate some paths blow up: they are frozen at their last finite state."""
     prob = problems.diagonal_net(d=4, n=3, k=1, key=0, n_test=10)
-    traj = discrete.simulate_discrete(prob, noise.label_noise(1.0), S.sgd(), eta=3.0, steps=200, n_paths=4, key=0,
-                                      n_record=2, divergence_bound=1e6)
+    traj = S.simulate_discrete(prob, noise.label_noise(1.0), S.sgd(), eta=3.0, steps=200, n_paths=4, key=0, n_record=2, execution=S.Execution(divergence_bound=1e6))
     assert np.all(traj.diverged)
     assert np.all(np.isfinite(traj.theta))
     assert np.all(np.abs(traj.theta) <= 1e6)
@@ -151,32 +149,33 @@ def test_pathological_paths_are_frozen_and_flagged():
 
 def test_bad_arguments_raise_config_errors():
     with pytest.raises(S.ConfigError, match="eta"):
-        discrete.simulate_discrete(HYP, LABEL, S.adam(), eta=-0.1, T=1.0)
+        S.simulate_discrete(HYP, LABEL, S.adam(), eta=-0.1, T=1.0)
     with pytest.raises(S.ConfigError, match="T"):
-        discrete.simulate_discrete(HYP, LABEL, S.adam(), eta=0.1, T=0.0)
+        S.simulate_discrete(HYP, LABEL, S.adam(), eta=0.1, T=0.0)
     with pytest.raises(S.ConfigError, match="n_paths"):
-        discrete.simulate_discrete(HYP, LABEL, S.adam(), eta=0.1, T=1.0, n_paths=0)
+        S.simulate_discrete(HYP, LABEL, S.adam(), eta=0.1, T=1.0, n_paths=0)
     with pytest.raises(S.ConfigError, match="c\\*eta\\^2"):
-        discrete.simulate_discrete(HYP, LABEL, S.adam(c=10.0), eta=0.5, T=1.0)
+        S.simulate_discrete(HYP, LABEL, S.adam(c=10.0), eta=0.5, T=1.0)
     with pytest.raises(S.ConfigError, match="theta0"):
-        discrete.simulate_discrete(HYP, LABEL, S.adam(), eta=0.1, T=1.0, theta0=[1.0, 2.0, 3.0])
+        S.simulate_discrete(HYP, LABEL, S.adam(), eta=0.1, T=1.0, start=S.Start(theta0=[1.0, 2.0, 3.0]))
     with pytest.raises(S.ConfigError, match="sweep.lr"):
-        discrete.simulate_discrete(HYP, LABEL, S.adam(), eta=0.1, T=1.0, sweep={"lr": [0.1]})
+        S.simulate_discrete(HYP, LABEL, S.adam(), eta=0.1, T=1.0, sweep={"lr": [0.1]})
 
 
 # ----- the fast path (blocks of unmasked steps) against the plain path ----------------------------------------
 # One shape for the Adam runs here and in test_streaming / test_sharding, so they share compiled kernels.
 NET = problems.diagonal_net(d=4, n=3, k=1, key=0, n_test=10)
 ADAM = S.adam(c=5.0)
-LANES = dict(n_paths=6, sweep={"eta": [0.05, 0.07]}, block_steps=8)
+LANES = dict(n_paths=6, sweep={"eta": [0.05, 0.07]})
+BLOCKS = S.Execution(block_steps=8)
 
 
 def test_fast_path_gives_the_plain_paths_numbers_bit_for_bit():
     """Per-lane targets (an eta sweep on the SDE clock), intervals that are not multiples of the block, and a
     block longer than some intervals: the blocked path equals the step-by-step one bit for bit."""
     kw = dict(LANES, T=0.3, key=4, n_record=4)
-    fast = discrete.simulate_discrete(NET, LABEL, ADAM, **kw)
-    plain = discrete.simulate_discrete(NET, LABEL, ADAM, **dict(kw, block_steps=1))
+    fast = S.simulate_discrete(NET, LABEL, ADAM, **kw, execution=BLOCKS)
+    plain = S.simulate_discrete(NET, LABEL, ADAM, **kw, execution=S.Execution(block_steps=1))
     assert [tr.meta["record_steps"] for tr in fast] == [[0, 30, 60, 90, 120], [0, 15, 31, 46, 61]]
     for a, b in zip(plain, fast):
         np.testing.assert_array_equal(a.theta, b.theta)
@@ -188,8 +187,9 @@ def test_fast_path_gives_the_plain_paths_numbers_bit_for_bit():
 def _diverging_sgd_plain_and_fast(steps):
     """SGD under strong label noise over an eta grid where some paths diverge: the plain path
     (``block_steps=1``) and the fast path (blocks of 16), same keys."""
-    kw = dict(steps=steps, n_paths=4, key=1, n_record=3, divergence_bound=1e4, sweep={"eta": [0.3, 0.5, 0.6, 0.8]})
-    return tuple(discrete.simulate_discrete(NET, noise.label_noise(1.0), S.sgd(), block_steps=b, **kw) for b in (1, 16))
+    kw = dict(steps=steps, n_paths=4, key=1, n_record=3, sweep={"eta": [0.3, 0.5, 0.6, 0.8]})
+    return tuple(S.simulate_discrete(NET, noise.label_noise(1.0), S.sgd(), **kw,
+                                     execution=S.Execution(block_steps=b, divergence_bound=1e4)) for b in (1, 16))
 
 
 def test_fast_path_freezes_diverged_paths_at_the_plain_paths_step_and_state():
@@ -220,14 +220,14 @@ def test_short_last_blocks_give_the_plain_paths_numbers_and_divergence_steps():
 def test_runs_without_observables_give_the_same_states():
     """``record_observables=False`` skips the observables and changes no number of the states."""
     kw = dict(LANES, steps=50, key=5, n_record=2)
-    full = discrete.simulate_discrete(NET, LABEL, ADAM, **kw)
-    bare = discrete.simulate_discrete(NET, LABEL, ADAM, record_observables=False, **kw)
+    full = S.simulate_discrete(NET, LABEL, ADAM, **kw, execution=BLOCKS)
+    bare = S.simulate_discrete(NET, LABEL, ADAM, **kw, recording=S.Recording(record_observables=False), execution=BLOCKS)
     for a, b in zip(full, bare):
         assert a.observables and not b.observables
         np.testing.assert_array_equal(a.theta, b.theta)
         np.testing.assert_array_equal(a.v, b.v)
     with pytest.raises(S.ConfigError, match="record_observables"):
-        discrete.simulate_discrete(NET, LABEL, ADAM, record_observables="no", **kw)
+        S.simulate_discrete(NET, LABEL, ADAM, **kw, recording=S.Recording(record_observables="no"))
 
 
 def test_adam_square_root_matches_the_traced_power_to_rounding():
@@ -254,12 +254,12 @@ def test_checkpoint_resume_is_bit_identical_on_the_fast_path(tmp_path):
         if run.done == 3:
             raise Stop
 
-    kw = dict(LANES, steps=100, key=2, n_record=4, checkpoint_every_s=0)
-    whole = discrete.simulate_discrete(NET, LABEL, ADAM, **kw)
+    kw = dict(LANES, steps=100, key=2, n_record=4)
+    whole = S.simulate_discrete(NET, LABEL, ADAM, **kw, execution=BLOCKS)
     ck = tmp_path / "run.npz"
     with pytest.raises(Stop):
-        discrete.simulate_discrete(NET, LABEL, ADAM, checkpoint=ck, on_chunk=stop_after_two, **kw)
-    resumed = discrete.simulate_discrete(NET, LABEL, ADAM, checkpoint=ck, **kw)
+        S.simulate_discrete(NET, LABEL, ADAM, **kw, execution=S.Execution(block_steps=8, checkpoint=ck, on_chunk=stop_after_two, checkpoint_every_s=0))
+    resumed = S.simulate_discrete(NET, LABEL, ADAM, **kw, execution=S.Execution(block_steps=8, checkpoint=ck, checkpoint_every_s=0))
     for a, b in zip(whole, resumed):
         np.testing.assert_array_equal(a.theta, b.theta)
         np.testing.assert_array_equal(a.v, b.v)
@@ -269,7 +269,7 @@ def test_checkpoint_of_another_path_count_is_refused(tmp_path):
     """A checkpoint holds the real paths only (no device padding); one with more or fewer paths is refused."""
     ck = tmp_path / "run.npz"
     kw = dict(LANES, steps=20, key=2, n_record=2)
-    discrete.simulate_discrete(NET, LABEL, ADAM, checkpoint=ck, checkpoint_every_s=0, **kw)
+    S.simulate_discrete(NET, LABEL, ADAM, **kw, execution=S.Execution(block_steps=8, checkpoint=ck, checkpoint_every_s=0))
     for n in (5, 7):
         with pytest.raises(S.ConfigError, match="other shapes"):
-            discrete.simulate_discrete(NET, LABEL, ADAM, checkpoint=ck, **dict(kw, n_paths=n))
+            S.simulate_discrete(NET, LABEL, ADAM, **dict(kw, n_paths=n), execution=S.Execution(block_steps=8, checkpoint=ck))

@@ -15,8 +15,8 @@ ADAM = S.adam(c=10.0, eps=0.0)
 
 
 def test_both_engines_use_the_same_meta_keys_and_failure_clock():
-    d = discrete.simulate_discrete(HYP, LABEL, ADAM, eta=0.1, steps=4, n_record=2, v0="equilibrium")
-    o = sde.simulate_slow_sde(HYP, LABEL, ADAM, T=0.01, n_record=2)
+    d = S.simulate_discrete(HYP, LABEL, ADAM, eta=0.1, steps=4, n_record=2, start=S.Start(v0="equilibrium"))
+    o = S.simulate_slow_sde(HYP, LABEL, ADAM, T=0.01, n_record=2)
     assert set(d.meta) == set(o.meta) == set(inputs.META_KEYS)
     for tr in (d, o):
         assert tr.diverged_time.shape == (1,) and np.isnan(tr.diverged_time).all() and not tr.diverged.any()
@@ -30,46 +30,47 @@ def test_one_standard_error_rule():
     np.testing.assert_allclose(se, np.std(x, axis=0, ddof=1) / np.sqrt(2))
     assert np.isnan(mean_se(x[:1])[1]).all()  # one stochastic path: unknown
     assert (mean_se(x[:1], deterministic=True)[1] == 0).all()  # one ODE solution: exact
-    ode = sde.simulate_slow_sde(HYP, LABEL, ADAM, T=0.01, n_record=1)
+    ode = S.simulate_slow_sde(HYP, LABEL, ADAM, T=0.01, n_record=1)
     assert (ode.stderr("v") == 0).all()
 
 
 @pytest.mark.parametrize("key", ["seed", 1.5, np.zeros(3, np.uint32), -1, 2**64])
 def test_bad_keys_are_config_errors(key):
     with pytest.raises(S.ConfigError, match="^key:"):
-        sde.simulate_slow_sde(HYP, LABEL, ADAM, T=0.01, key=key)
+        S.simulate_slow_sde(HYP, LABEL, ADAM, T=0.01, key=key)
     with pytest.raises(S.ConfigError, match="^key:"):
-        discrete.simulate_discrete(HYP, LABEL, ADAM, eta=0.1, steps=2, key=key)
+        S.simulate_discrete(HYP, LABEL, ADAM, eta=0.1, steps=2, key=key)
 
 
 def test_solver_and_controller_objects_equal_the_string_shortcuts():
-    a = sde.simulate_slow_sde(HYP, LABEL, ADAM, T=0.1, n_record=2)
-    b = sde.simulate_slow_sde(HYP, LABEL, ADAM, T=0.1, n_record=2, solver=diffrax.Tsit5(),
-                              stepsize_controller=diffrax.PIDController(rtol=1e-8, atol=1e-10))
+    a = S.simulate_slow_sde(HYP, LABEL, ADAM, T=0.1, n_record=2)
+    b = S.simulate_slow_sde(HYP, LABEL, ADAM, T=0.1, n_record=2, integrator=S.LabelNoiseODE(
+        solver=diffrax.Tsit5(), stepsize_controller=diffrax.PIDController(rtol=1e-8, atol=1e-10)))
     np.testing.assert_array_equal(a.theta, b.theta)
     assert a.meta["solver"] == "Tsit5"
     with pytest.raises(S.ConfigError, match="^solver:"):
-        sde.simulate_slow_sde(HYP, LABEL, ADAM, T=0.1, solver="rk4")
-    with pytest.raises(S.ConfigError, match="^stepsize_controller:"):
-        sde.simulate_slow_sde(HYP, GAUSS, ADAM, T=0.1, stepsize_controller=diffrax.PIDController(rtol=1e-3, atol=1e-3))
+        S.simulate_slow_sde(HYP, LABEL, ADAM, T=0.1, integrator=S.LabelNoiseODE(solver="rk4"))
+    with pytest.raises(S.ConfigError, match="^integrator: the label-noise ODE needs label noise"):
+        S.simulate_slow_sde(HYP, GAUSS, ADAM, T=0.1, integrator=S.LabelNoiseODE(
+            stepsize_controller=diffrax.PIDController(rtol=1e-3, atol=1e-3)))
 
 
 def test_slow_sde_resumes_from_a_checkpoint_with_the_same_numbers(tmp_path):
-    kw = dict(T=0.02, n_paths=8, n_record=4, dt=2.5e-3, key=7)
-    whole = sde.simulate_slow_sde(HYP, GAUSS, ADAM, **kw)
+    kw = dict(T=0.02, n_paths=8, n_record=4, key=7, integrator=S.ProjectedEulerMaruyama(dt=2.5e-3))
+    whole = S.simulate_slow_sde(HYP, GAUSS, ADAM, **kw)
     ck = tmp_path / "sde.npz"
-    full = sde.simulate_slow_sde(HYP, GAUSS, ADAM, checkpoint=ck, **kw)
+    full = S.simulate_slow_sde(HYP, GAUSS, ADAM, **kw, execution=S.Execution(checkpoint=ck))
     np.testing.assert_allclose(full.theta, whole.theta, rtol=0, atol=1e-13)  # segments draw the same path
     with np.load(ck) as f:  # as if killed after two of four records
         arrays = dict(f)
     arrays.update(zeta=arrays["zeta"][:3], v=arrays["v"][:3])
     np.savez(ck, **arrays)
-    resumed = sde.simulate_slow_sde(HYP, GAUSS, ADAM, checkpoint=ck, **kw)
+    resumed = S.simulate_slow_sde(HYP, GAUSS, ADAM, **kw, execution=S.Execution(checkpoint=ck))
     np.testing.assert_array_equal(resumed.theta, full.theta)
     np.testing.assert_array_equal(resumed.v, full.v)
     ck.write_bytes(b"not an npz")
     with pytest.raises(S.ConfigError, match="^checkpoint:"):
-        sde.simulate_slow_sde(HYP, GAUSS, ADAM, checkpoint=ck, **kw)
+        S.simulate_slow_sde(HYP, GAUSS, ADAM, **kw, execution=S.Execution(checkpoint=ck))
     with pytest.raises(S.ConfigError, match="^checkpoint:.*another run"):
         np.savez(ck, **arrays)
-        sde.simulate_slow_sde(HYP, GAUSS, ADAM, checkpoint=ck, **{**kw, "n_paths": 4})
+        S.simulate_slow_sde(HYP, GAUSS, ADAM, **{**kw, "n_paths": 4}, execution=S.Execution(checkpoint=ck))

@@ -169,7 +169,7 @@ def test_seed_grid_is_the_per_seed_sweep(grids):
     assert g.tail["test_loss"].shape == (4, len(N_GRID)) and g.final_theta.shape == (4, len(N_GRID), 1, 200)
     assert g.hypers[2]["n_train"] == 12 and g.select(n_train=12).tolist() == [2]
     assert np.allclose(g.t_end, 200.0)
-    ref = discrete.simulate_discrete(_make(1), noise.label_noise(0.5), m, eta=eta, steps=steps, key=1,
+    ref = S.simulate_discrete(_make(1), noise.label_noise(0.5), m, eta=eta, steps=steps, key=1,
                                      sweep={"n_train": N_GRID}, n_record=8)
     np.testing.assert_array_equal(g.final_theta[1, 5], ref[5].theta[:, -1])
     np.testing.assert_allclose(g.tail["test_loss"][1, 5], ref[5].observables["test_loss"][0, -2:].mean())

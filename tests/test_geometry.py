@@ -142,6 +142,7 @@ def test_structured_least_squares_path_agrees_with_dense():
                                G.label_noise_drift(prob.loss, x, S, alpha), rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_masked_samples_drop_out_of_the_structured_path():
     prob, x = diag_net_on_manifold(n=3)
     bigger = problems.diagonal_net(d=5, n=3, k=2, key=0, features="gaussian", n_test=10)

@@ -14,8 +14,8 @@ LAYERS = [
                 "sharding", "compile_cache", "validation", "_io", "_structure", "_runtime_checks", "streaming"}),
     ("models", {"problems", "noise", "methods", "trajectory"}),
     ("math", {"geometry"}),
-    ("shared", {"inputs", "sweep"}),
-    ("engines", {"discrete", "sde"}),
+    ("shared", {"options", "inputs", "sweep"}),
+    ("engines", {"discrete", "sde", "integrators", "slow_engine"}),
     ("analysis", {"observables", "comparison"}),
     ("app", {"experiments", "plotting", "config", "runs", "cli", "__main__", "__init__"}),
 ]

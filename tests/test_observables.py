@@ -128,6 +128,7 @@ def test_showcase_run_writes_the_slow_flow_and_tells_the_story(showcase):
     assert "adam: 100%" in err and "sgd: 100%" in err and "slow ODE (adam)" in err and "slow ODE (sgd)" in err
 
 
+@pytest.mark.slow
 def test_at_projection_lies_on_gamma_with_every_measure(showcase):
     adam, trajs = showcase[:2]
     proj = trajs["adam.at_phi"]
@@ -145,8 +146,7 @@ def test_slow_ode_from_records_is_the_engine_started_at_each_record(showcase):
     np.testing.assert_allclose(ode.theta, trajs["adam.slow_ode"].theta, rtol=1e-12)  # what the run saved
     assert ode.n_paths == 2 and ode.meta["failure_reasons"] == [] and ode.deterministic
     for i in range(2):
-        one = S.simulate_slow_sde(HYP, LABEL, adam, T=float(tr.t[-1]), theta0=tr.theta[i, 0], v0=tr.v[i, 0],
-                                  n_record=4, key=i)
+        one = S.simulate_slow_sde(HYP, LABEL, adam, T=float(tr.t[-1]), n_record=4, key=i, start=S.Start(theta0=tr.theta[i, 0], v0=tr.v[i, 0]))
         np.testing.assert_allclose(ode.theta[i], one.theta[0], rtol=1e-12, atol=1e-14)
     # the ODE reduces Adam's own measure: tr(Diag H^{1/2}) is non-increasing along each path
     assert np.all(np.diff(ode.observables["trace_sqrt_diag_H"], axis=1) < 1e-9)

@@ -1,6 +1,6 @@
 """Adam's label-noise ODE on a matrix factorization, where the method kills column pairs (u_k, v_k) -> 0 and
 S = 1/(sqrt(v) + eps) grows towards 1/eps on them: the stiff mode that the ODE's zero floor removes
-(``simulate_slow_sde(zero_floor=...)``, ``sde._label_noise_field_with_floor``)."""
+(``LabelNoiseODE(zero_floor=...)``, ``sde._label_noise_field_with_floor``)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,13 +35,14 @@ def column_products(theta):
 @pytest.fixture(scope="module")
 def early():
     """Adam's discrete state at t = 1 from the initializer (train loss small, off Gamma by the noise)."""
-    tr = discrete.simulate_discrete(PROB, LABEL, ADAM, eta=0.03, T=1.0, v0="zeros", key=0, n_record=1)
+    tr = S.simulate_discrete(PROB, LABEL, ADAM, eta=0.03, T=1.0, key=0, n_record=1, start=S.Start(v0="zeros"))
     return tr.theta[0, -1], np.maximum(tr.v[0, -1], 1e-300)
 
 
-def ode(early, T, **kw):
+def ode(early, T, **ode_kw):
     th0, v0 = early
-    return sde.simulate_slow_sde(PROB, LABEL, ADAM, T=T, theta0=th0, v0=v0, n_record=4, max_steps=3000, **kw)
+    return S.simulate_slow_sde(PROB, LABEL, ADAM, T=T, n_record=4, start=S.Start(theta0=th0, v0=v0),
+                               integrator=S.LabelNoiseODE(max_steps=3000, **ode_kw))
 
 
 def test_the_ode_passes_a_dead_column_with_the_floor_and_stalls_without_it(early, tmp_path, monkeypatch):
@@ -51,10 +52,13 @@ def test_the_ode_passes_a_dead_column_with_the_floor_and_stalls_without_it(early
     assert prod[0] < 1e-12 < 0.1 < prod[1]  # one column pair is dead, the other four are alive
     # The plain field: the dead column holds Tsit5 at tiny steps before t = 1.
     th0, v0 = early
-    plain = dict(T=1.0, theta0=th0, v0=v0, n_record=4, max_steps=3000, zero_floor=0.0)
+    plain = dict(T=1.0, n_record=4, start=S.Start(theta0=th0, v0=v0),
+                 integrator=S.LabelNoiseODE(max_steps=3000, zero_floor=0.0))
+    alone = S.LabelNoiseODE(max_steps=3000, zero_floor=0.0, imex_fallback=False)
     for per_call in (4, 1):  # the four records in one call; one record per call
-        stiff = sde.simulate_slow_sde(PROB, LABEL, ADAM, solver="tsit5", records_per_call=per_call, **plain)
-        assert stiff.meta["failure_reasons"] and stiff.meta["imex_fallback_solves"] == 0  # a named solver is kept
+        stiff = S.simulate_slow_sde(PROB, LABEL, ADAM, **{**plain, "integrator": alone},
+                                    execution=S.Execution(records_per_call=per_call))
+        assert stiff.meta["failure_reasons"] and stiff.meta["imex_fallback_solves"] == 0  # no fallback asked for
         reached = int(np.searchsorted(stiff.t, stiff.diverged_time[0]))  # it failed in (t[reached - 1], t[reached]]
         assert 1 < reached <= 4  # after the record at t = 0.25
         # The default solver hands the failed path to KenCarp4 (no floor, and none needed) from the last
@@ -68,7 +72,8 @@ def test_the_ode_passes_a_dead_column_with_the_floor_and_stalls_without_it(early
 
         monkeypatch.setattr(sde, "_ode_segment", segment)
         ckpt = tmp_path / f"ode{per_call}.npz"
-        fallback = sde.simulate_slow_sde(PROB, LABEL, ADAM, checkpoint=ckpt, records_per_call=per_call, **plain)
+        fallback = S.simulate_slow_sde(PROB, LABEL, ADAM, **plain,
+                                       execution=S.Execution(checkpoint=ckpt, records_per_call=per_call))
         monkeypatch.undo()
         calls = 4 // per_call
         failed_call = (reached - 1) // per_call  # the call whose Tsit5 solve failed
@@ -78,7 +83,8 @@ def test_the_ode_passes_a_dead_column_with_the_floor_and_stalls_without_it(early
         np.testing.assert_array_equal(fallback.theta[:, :reached], stiff.theta[:, :reached])
         np.testing.assert_allclose(fallback.theta[0, -1], run.theta[0, 2], rtol=0, atol=1e-6)  # t = 1
         # the count lives in the checkpoint: a resumed (here: already finished) run reports the solves before it
-        resumed = sde.simulate_slow_sde(PROB, LABEL, ADAM, checkpoint=ckpt, records_per_call=per_call, **plain)
+        resumed = S.simulate_slow_sde(PROB, LABEL, ADAM, **plain,
+                                      execution=S.Execution(checkpoint=ckpt, records_per_call=per_call))
         assert resumed.meta["imex_fallback_solves"] == fallback.meta["imex_fallback_solves"]
         np.testing.assert_array_equal(resumed.theta, fallback.theta)
 
@@ -105,8 +111,7 @@ def test_discrete_adam_converges_to_the_ode(early):
     tests/test_sparse_corner.py's and tests/test_sde_generic.py's job.)"""
     th0, v0 = early
     end = ode(early, 0.5).observables
-    runs = discrete.simulate_discrete(PROB, LABEL, ADAM, T=0.5, theta0=th0, v0=v0, n_paths=64, key=7, n_record=1,
-                                      sweep={"eta": [0.015, 0.0075]})
+    runs = S.simulate_discrete(PROB, LABEL, ADAM, T=0.5, n_paths=64, key=7, n_record=1, sweep={"eta": [0.015, 0.0075]}, start=S.Start(theta0=th0, v0=v0))
     errs = {}
     for eta, tr in zip((0.015, 0.0075), runs):
         pr = X.states_at_projection(PROB, ADAM, tr.theta[:, -1], tr.v[:, -1])
@@ -121,7 +126,7 @@ def test_discrete_adam_converges_to_the_ode(early):
 
 def test_zero_floor_is_checked():
     with pytest.raises(ConfigError, match="zero_floor"):
-        sde.simulate_slow_sde(PROB, LABEL, ADAM, T=0.1, zero_floor=-1.0)
+        S.simulate_slow_sde(PROB, LABEL, ADAM, T=0.1, integrator=S.LabelNoiseODE(zero_floor=-1.0))
 
 
 # ----- the IMEX solver (solver="kencarp4"): zeta implicit with a structured Jacobian, v explicit ----------------
@@ -129,8 +134,7 @@ def test_the_imex_solver_agrees_with_tsit5(early):
     """Where Tsit5 still runs (before the dying column's rate gets large), KenCarp4 with the structured
     Jacobian of sde._label_noise_implicit_drift gives the same trajectory to the tolerance."""
     th0, v0 = early
-    runs = [sde.simulate_slow_sde(PROB, LABEL, ADAM, T=0.25, theta0=th0, v0=v0, n_record=1, max_steps=3000,
-                                  solver=s, zero_floor=0.0) for s in ("tsit5", "kencarp4")]
+    runs = [S.simulate_slow_sde(PROB, LABEL, ADAM, T=0.25, n_record=1, start=S.Start(theta0=th0, v0=v0), integrator=S.LabelNoiseODE(max_steps=3000, solver=s, zero_floor=0.0)) for s in ("tsit5", "kencarp4")]
     assert all(r.meta["failure_reasons"] == [] for r in runs)
     np.testing.assert_allclose(runs[1].theta[0, -1], runs[0].theta[0, -1], rtol=0, atol=1e-7)
 
@@ -184,6 +188,7 @@ def test_the_implicit_drift_jacobian_on_a_generic_least_squares_loss():
 
 def test_the_imex_solver_is_only_for_the_label_noise_ode_of_an_agm():
     with pytest.raises(ConfigError, match="solver"):
-        sde.simulate_slow_sde(PROB, LABEL, S.sgd(), T=0.1, solver="kencarp4")
-    with pytest.raises(ConfigError, match="solver"):
-        sde.simulate_slow_sde(PROB, noise.gaussian(0.1 * np.ones(PROB.dim)), ADAM, T=0.1, solver="kencarp4")
+        S.simulate_slow_sde(PROB, LABEL, S.sgd(), T=0.1, integrator=S.LabelNoiseODE(solver="kencarp4"))
+    with pytest.raises(ConfigError, match="^integrator: the label-noise ODE needs label noise"):
+        S.simulate_slow_sde(PROB, noise.gaussian(0.1 * np.ones(PROB.dim)), ADAM, T=0.1,
+                            integrator=S.LabelNoiseODE(solver="kencarp4"))

@@ -44,9 +44,12 @@ METHODS = {
 }
 
 
+GRAD = jax.jit(jax.grad(MLP.loss))
+
+
 def hand_agm(theta, steps, method, ids):
-    """math §1 in numpy on the exact gradient; V averages over ``ids`` (None: the identity)."""
-    grad = jax.jit(jax.grad(MLP.loss))
+    """The AGM of docs/math.md in numpy on the exact gradient; V averages over ``ids`` (None: the identity)."""
+    grad = GRAD
     beta1 = float(method.beta1)
     m, v, out = np.zeros_like(theta), np.zeros_like(theta), [theta]
     for _ in range(steps):
@@ -67,16 +70,20 @@ def hand_agm(theta, steps, method, ids):
 @pytest.mark.parametrize("name", list(METHODS))
 def test_discrete_engine_on_a_pytree_matches_a_hand_loop_and_the_optax_block(name):
     method, ids = METHODS[name]
-    traj = S.simulate_discrete(MLP, noise.label_noise(0.0), method, eta=ETA, steps=STEPS, n_record=STEPS,
-                               progress=False)
+    traj = S.simulate_discrete(MLP, noise.label_noise(0.0), method, eta=ETA, steps=STEPS, n_record=STEPS, execution=S.Execution(progress=False))
     want = hand_agm(np.asarray(FLAT0), STEPS, method, ids)
     np.testing.assert_allclose(traj.theta[0], want, rtol=1e-11, atol=1e-13)
     # the method's own optax block on the user's pytree: the same numbers step for step
     tx, params = method.optax(ETA), PARAMS0
-    state, grad = tx.init(params), jax.grad(loss)
+    state = tx.init(params)
+
+    @jax.jit
+    def step(params, state):
+        upd, state = tx.update(jax.grad(loss)(params), state, params)
+        return optax.apply_updates(params, upd), state
+
     for k in range(STEPS):
-        upd, state = tx.update(grad(params), state, params)
-        params = optax.apply_updates(params, upd)
+        params, state = step(params, state)
         np.testing.assert_allclose(ravel_pytree(params)[0], traj.theta[0, k + 1], rtol=1e-11, atol=1e-13)
 
 
@@ -95,7 +102,7 @@ def test_slow_ode_v_equation_uses_the_leaves(name):
     np.testing.assert_allclose(initial_v(MLP, nz, method, jnp.asarray(zeta0), "equilibrium"), want, rtol=1e-12)
     # a start away from equilibrium: dv/dt at t = 0 is c (V(Sigma(zeta0)) - v0)
     v0, T = np.full(MLP.dim, 2.0 * want.max()), 1e-6
-    traj = S.simulate_slow_sde(MLP, nz, method, T=T, n_record=1, theta0=zeta0, v0=v0, progress=False)
+    traj = S.simulate_slow_sde(MLP, nz, method, T=T, n_record=1, start=S.Start(theta0=zeta0, v0=v0), execution=S.Execution(progress=False))
     np.testing.assert_allclose(traj.theta[0, 0], zeta0, atol=1e-9)
     rate = (traj.v[0, 1] - v0) / T
     np.testing.assert_allclose(rate, float(method.c) * (want - v0), rtol=1e-4)

@@ -61,10 +61,9 @@ def test_a_killed_run_resumes_bit_for_bit(tmp_path):
 def test_resume_rejects_a_foreign_checkpoint(tmp_path):
     prob = problems.hyperbola()
     ck = tmp_path / "c.npz"
-    discrete.simulate_discrete(prob, noise.label_noise(0.5), S.adam(), eta=0.1, steps=20, n_record=2, checkpoint=ck,
-                               checkpoint_every_s=0)
+    S.simulate_discrete(prob, noise.label_noise(0.5), S.adam(), eta=0.1, steps=20, n_record=2, execution=S.Execution(checkpoint=ck, checkpoint_every_s=0))
     with pytest.raises(S.ConfigError, match="checkpoint"):
-        discrete.simulate_discrete(prob, noise.label_noise(0.5), S.adam(), eta=0.1, steps=30, n_record=2, checkpoint=ck)
+        S.simulate_discrete(prob, noise.label_noise(0.5), S.adam(), eta=0.1, steps=30, n_record=2, execution=S.Execution(checkpoint=ck))
 
 
 def test_some_paths_diverge_and_the_others_are_untouched():
@@ -74,8 +73,8 @@ def test_some_paths_diverge_and_the_others_are_untouched():
     prob = problems.diagonal_net(d=3, n=2, k=1, key=0, n_test=10, init_scale=0.7)
     nz, m, steps, eta = noise.label_noise(0.1), S.sgd(), 60, 0.6
     kw = dict(eta=eta, steps=steps, n_paths=16, key=5, n_record=steps)
-    bounded = discrete.simulate_discrete(prob, nz, m, divergence_bound=50.0, **kw)
-    free = discrete.simulate_discrete(prob, nz, m, divergence_bound=np.inf, **kw)
+    bounded = S.simulate_discrete(prob, nz, m, **kw, execution=S.Execution(divergence_bound=50.0))
+    free = S.simulate_discrete(prob, nz, m, **kw, execution=S.Execution(divergence_bound=np.inf))
     div = bounded.diverged
     assert 0 < div.sum() < 16, div
     np.testing.assert_array_equal(bounded.theta[~div], free.theta[~div])
@@ -161,14 +160,12 @@ def test_arbitrary_yaml_text_gives_config_errors_only(tmp_path_factory, text):
 
 
 def test_api_shape_and_value_errors_for_both_engines():
-    from slowsde_jax import sde
-
     prob, nz = problems.hyperbola(), noise.label_noise(0.5)
-    for engine, kw in ((discrete.simulate_discrete, dict(eta=0.1)), (sde.simulate_slow_sde, dict())):
+    for engine, kw in ((S.simulate_discrete, dict(eta=0.1)), (S.simulate_slow_sde, dict())):
         with pytest.raises(S.ConfigError, match="v0"):
-            engine(prob, nz, S.adam(), T=0.1, v0=[1.0, 2.0, 3.0], **kw)
+            engine(prob, nz, S.adam(), T=0.1, start=S.Start(v0=[1.0, 2.0, 3.0]), **kw)
         with pytest.raises(S.ConfigError, match="theta0"):
-            engine(prob, nz, S.adam(), T=0.1, theta0=[1.0], **kw)
+            engine(prob, nz, S.adam(), T=0.1, start=S.Start(theta0=[1.0]), **kw)
         with pytest.raises(S.ConfigError, match="blocks"):
             engine(prob, nz, S.adam_mini(blocks=[0, 1, 2]), T=0.1, **kw)
         with pytest.raises(S.ConfigError, match="cov"):
@@ -176,10 +173,10 @@ def test_api_shape_and_value_errors_for_both_engines():
         with pytest.raises(S.ConfigError, match="n_paths"):
             engine(prob, nz, S.adam(), T=0.1, n_paths=0, **kw)
     with pytest.raises(S.ConfigError, match="eta"):
-        sde.simulate_slow_sde(prob, nz, S.adam(beta2=0.99), T=0.1)  # c = (1 - beta2)/eta^2 needs eta
+        S.simulate_slow_sde(prob, nz, S.adam(beta2=0.99), T=0.1)  # c = (1 - beta2)/eta^2 needs eta
     unlabeled = problems.from_loss(lambda p: (p ** 2).sum(), np.zeros(2))
     with pytest.raises(S.ConfigError, match="noise"):
-        discrete.simulate_discrete(unlabeled, nz, S.adam(), eta=0.1, steps=3)
+        S.simulate_discrete(unlabeled, nz, S.adam(), eta=0.1, steps=3)
 
 
 # ----- issue 11: every class of bad input rejected before any work, with the full config path ------------------------
@@ -279,7 +276,7 @@ def test_load_checkpoint_names_damaged_files(tmp_path):
     for content in (b"", b"PK\x03\x04junk"):
         ck.write_bytes(content)
         with pytest.raises(S.ConfigError, match="corrupt or truncated.*rm "):
-            discrete.simulate_discrete(prob, nz, S.adam(), eta=0.1, steps=4, n_record=2, checkpoint=ck)
+            S.simulate_discrete(prob, nz, S.adam(), eta=0.1, steps=4, n_record=2, execution=S.Execution(checkpoint=ck))
 
 
 def test_compare_validates_everything_before_any_work(tmp_path, capsys):
@@ -344,7 +341,7 @@ def test_running_out_of_memory_is_one_line_and_the_folder_says_failed(tmp_path, 
     def oom(*a, **k):
         raise exc
 
-    monkeypatch.setattr(discrete, "simulate_discrete", oom)
+    monkeypatch.setattr(cli, "simulate_discrete", oom)
     sets = sum((["--set", s] for s in SMALL), [])
     assert cli.main(["run", *sets, "--out", str(tmp_path), "--quiet"]) == 3
     err = capsys.readouterr().err.strip()
@@ -364,11 +361,11 @@ def test_bad_keys_are_config_errors(hyp, key):
     import jax
 
     with pytest.raises(S.ConfigError, match="^key:"):
-        discrete.simulate_discrete(*hyp, S.adam(), eta=0.1, steps=3, n_record=1, key=key)
+        S.simulate_discrete(*hyp, S.adam(), eta=0.1, steps=3, n_record=1, key=key)
     with pytest.raises(S.ConfigError, match="^key:"):
         problems.diagonal_net(d=3, n=2, k=1, n_test=5, key=key)
     with pytest.raises(S.ConfigError, match="batch of keys"):
-        discrete.simulate_discrete(*hyp, S.adam(), eta=0.1, steps=3, key=jax.random.split(jax.random.key(0), 3))
+        S.simulate_discrete(*hyp, S.adam(), eta=0.1, steps=3, key=jax.random.split(jax.random.key(0), 3))
 
 
 def test_from_loss_accepts_integer_params():
@@ -402,7 +399,7 @@ def test_project_checks_shapes_against_the_problem(hyp):
 def test_a_covariance_function_that_is_not_psd_is_reported(hyp):
     prob = hyp[0]
     with pytest.raises(S.ConfigError, match="^cov:.*positive semi-definite.*-1"):
-        discrete.simulate_discrete(prob, noise.gaussian(lambda th: [[1, 2], [2, 1]]), S.adam(), eta=0.1, steps=3)
+        S.simulate_discrete(prob, noise.gaussian(lambda th: [[1, 2], [2, 1]]), S.adam(), eta=0.1, steps=3)
     # where it is evaluated later, not at the start: psd_sqrt refuses rather than clipping the negative part
     with pytest.raises(Exception, match="positive semi-definite"):
         np.asarray(noise.psd_sqrt(np.array([[1.0, 2.0], [2.0, 1.0]])))
@@ -412,9 +409,9 @@ def test_a_covariance_function_that_is_not_psd_is_reported(hyp):
 
 def test_v0_messages_say_what_is_wrong(hyp):
     with pytest.raises(S.ConfigError, match="v0: must be finite, got \\[nan, 1\\]"):
-        discrete.simulate_discrete(*hyp, S.adam(), eta=0.1, steps=3, v0=[np.nan, 1.0])
+        S.simulate_discrete(*hyp, S.adam(), eta=0.1, steps=3, start=S.Start(v0=[np.nan, 1.0]))
     with pytest.raises(S.ConfigError, match="v0: must be non-negative, got \\[-1, 1\\]"):
-        discrete.simulate_discrete(*hyp, S.adam(), eta=0.1, steps=3, v0=[-1.0, 1.0])
+        S.simulate_discrete(*hyp, S.adam(), eta=0.1, steps=3, start=S.Start(v0=[-1.0, 1.0]))
 
 
 def test_slow_sde_start_failures_each_say_why(hyp):
@@ -428,13 +425,13 @@ def test_slow_sde_start_failures_each_say_why(hyp):
     prob, nz = hyp
     cases = [
         (dict(noise=noise.gaussian([0.0, 0.0]), method=S.adam(eps=0.0)), "^v0 .*eps = 0"),
-        (dict(v0=[-1.0, 1.0]), "^v0: must be positive"), (dict(v0=[np.nan, 1.0]), "^v0: must be finite"),
+        (dict(v0=[0.0, 1.0]), "^v0: must be positive"), (dict(v0=[np.nan, 1.0]), "^v0: must be finite"),
         (dict(theta0=[np.nan, 1.0]), "^theta0: must be finite"),
     ]
     for kw, msg in cases:
         kw = {"noise": nz, "method": S.adam(), **kw}
         with pytest.raises(S.ConfigError, match=msg):
-            sde.simulate_slow_sde(prob, kw.pop("noise"), kw.pop("method"), T=0.1, n_record=1, **kw)
+            S.simulate_slow_sde(prob, kw.pop("noise"), kw.pop("method"), T=0.1, n_record=1, start=S.Start(**kw))
     loss = lambda p: (p[0] ** 2 - 1) ** 2 + 0.0 * jnp.sqrt(p[1])  # NaN where p1 < 0
     keys = jax.random.split(jax.random.PRNGKey(0), 2)
     gauss = noise.gaussian([1.0, 1.0])
@@ -472,10 +469,11 @@ def test_resume_refuses_a_completed_run_and_skips_temporary_files(tmp_path, caps
 @pytest.mark.parametrize("kw,field", [
     (dict(sweep={"beta1": [0.9, 1.5]}), "sweep.beta1[1]:"), (dict(sweep={"eps": [-1e-8]}), "sweep.eps[0]:"),
     (dict(sweep={"n_train": [0]}), "sweep.n_train[0]:"), (dict(sweep={"beta1": ["a"]}), "sweep.beta1:"),
-    (dict(record_state="no"), "record_state:"), (dict(steps=None, T=1.0, eta=1e-12), "eta:"),
+    (dict(steps=None, T=1.0, eta=1e-12), "eta:"),
 ])
 def test_simulate_discrete_checks_sweeps_and_settings_like_the_cli(kw, field):
     prob = S.problems.diagonal_net(d=4, n=3, k=1, n_test=5)
     with pytest.raises(S.ConfigError, match="^" + re.escape(field)):
-        S.discrete.simulate_discrete(prob, S.noise.label_noise(0.5), S.adam(), progress=False,
-                                     **{"eta": 0.1, "steps": 5, **kw})
+        S.simulate_discrete(prob, S.noise.label_noise(0.5), S.adam(), **{"eta": 0.1, "steps": 5, **kw})
+    with pytest.raises(S.ConfigError, match="^record_state:"):
+        S.Recording(record_state="no")

@@ -50,8 +50,9 @@ def _circle():
 @pytest.fixture(scope="module")
 def circle_runs():
     prob, nz = _circle(), noise.gaussian([SIGMA2, SIGMA2])
-    kw = dict(T=T, n_paths=N_PATHS, n_record=1, dt=0.05, key=5)
-    return sde.simulate_slow_sde(prob, nz, sj.sgd(), richardson=True, **kw), sde.simulate_slow_sde(prob, nz, sj.sgd(), **kw)
+    kw = dict(T=T, n_paths=N_PATHS, n_record=1, key=5)
+    return (sj.simulate_slow_sde(prob, nz, sj.sgd(), **kw, integrator=sj.ProjectedEulerMaruyama(dt=0.05, richardson=True)),
+            sj.simulate_slow_sde(prob, nz, sj.sgd(), **kw, integrator=sj.ProjectedEulerMaruyama(dt=0.05)))
 
 
 def test_richardson_removes_the_euler_bias_on_the_circle(circle_runs):
@@ -70,23 +71,27 @@ def test_richardson_removes_the_euler_bias_on_the_circle(circle_runs):
 
 def test_richardson_resumes_from_a_checkpoint(tmp_path):
     prob, nz = _circle(), noise.gaussian([SIGMA2, SIGMA2])
-    kw = dict(T=0.4, n_paths=8, n_record=4, dt=0.05, key=2, richardson=True)
+    kw = dict(T=0.4, n_paths=8, n_record=4, key=2, integrator=sj.ProjectedEulerMaruyama(dt=0.05, richardson=True))
     ck = tmp_path / "sde.npz"
-    full = sde.simulate_slow_sde(prob, nz, sj.sgd(), checkpoint=ck, **kw)
+    full = sj.simulate_slow_sde(prob, nz, sj.sgd(), **kw, execution=sj.Execution(checkpoint=ck))
     with np.load(ck) as f:  # as if killed after two of four records
         arrays = dict(f)
     for k in ("zeta", "v", "level1_zeta", "level1_v"):
         arrays[k] = arrays[k][:3]
     np.savez(ck, **arrays)
-    resumed = sde.simulate_slow_sde(prob, nz, sj.sgd(), checkpoint=ck, **kw)
+    resumed = sj.simulate_slow_sde(prob, nz, sj.sgd(), **kw, execution=sj.Execution(checkpoint=ck))
     np.testing.assert_array_equal(resumed.observables["x1"], full.observables["x1"])
     with pytest.raises(ConfigError, match="richardson"):
-        sde.simulate_slow_sde(prob, nz, sj.sgd(), checkpoint=ck, **{**kw, "richardson": False})
+        sj.simulate_slow_sde(prob, nz, sj.sgd(), **{**kw, "integrator": sj.ProjectedEulerMaruyama(dt=0.05)}, execution=sj.Execution(checkpoint=ck))
 
 
-def test_richardson_is_for_the_sde_only():
-    with pytest.raises(ConfigError, match="richardson"):
-        sde.simulate_slow_sde(sj.problems.hyperbola(), noise.label_noise(0.5), sj.sgd(), T=0.1, richardson=True)
+def test_richardson_extrapolates_the_sde_form_under_label_noise():
+    """Richardson belongs to the fixed-step SDE integrator; under label noise it integrates the SDE form."""
+    traj = sj.simulate_slow_sde(sj.problems.hyperbola(), noise.label_noise(0.5), sj.sgd(), T=0.02, n_record=1,
+                                integrator=sj.ProjectedEulerMaruyama(dt=0.01, richardson=True))
+    assert traj.meta["engine"] == "slow_sde" and traj.meta["richardson"] is True
+    with pytest.raises(TypeError):
+        sj.LabelNoiseODE(richardson=True)  # the adaptive ODE has no fixed step to extrapolate
 
 
 def test_brownian_dt_couples_runs_at_different_steps():
@@ -94,10 +99,10 @@ def test_brownian_dt_couples_runs_at_different_steps():
     are independent."""
     prob, nz = _circle(), noise.gaussian([SIGMA2, SIGMA2])
     kw = dict(T=0.2, n_paths=200, n_record=1, key=4)
-    fine = sde.simulate_slow_sde(prob, nz, sj.sgd(), dt=0.01, brownian_dt=0.01, **kw)
-    coarse = sde.simulate_slow_sde(prob, nz, sj.sgd(), dt=0.04, brownian_dt=0.01, **kw)
-    alone = sde.simulate_slow_sde(prob, nz, sj.sgd(), dt=0.04, **kw)
+    fine = sj.simulate_slow_sde(prob, nz, sj.sgd(), **kw, integrator=sj.ProjectedEulerMaruyama(dt=0.01, brownian_dt=0.01))
+    coarse = sj.simulate_slow_sde(prob, nz, sj.sgd(), **kw, integrator=sj.ProjectedEulerMaruyama(dt=0.04, brownian_dt=0.01))
+    alone = sj.simulate_slow_sde(prob, nz, sj.sgd(), **kw, integrator=sj.ProjectedEulerMaruyama(dt=0.04))
     x = lambda tr: tr.observables["x1"][:, -1]  # noqa: E731
     assert np.std(x(fine) - x(coarse)) < 0.2 * np.std(x(fine) - x(alone))
     with pytest.raises(ConfigError, match="^brownian_dt:.*multiple"):
-        sde.simulate_slow_sde(prob, nz, sj.sgd(), dt=0.04, brownian_dt=0.03, **kw)
+        sj.simulate_slow_sde(prob, nz, sj.sgd(), **kw, integrator=sj.ProjectedEulerMaruyama(dt=0.04, brownian_dt=0.03))

@@ -27,12 +27,11 @@ X0 = start_on_gamma()
 @pytest.mark.parametrize("method", [S.adam(c=10.0, eps=1e-6), S.sgd()], ids=["adam", "sgd"])
 def test_discrete_runs_track_the_ode_with_an_error_shrinking_in_eta(method):
     T = 0.5
-    ode = sde.simulate_slow_sde(PROB, LABEL, method, T=T, theta0=X0, n_record=10)
+    ode = S.simulate_slow_sde(PROB, LABEL, method, T=T, n_record=10, start=S.Start(theta0=X0))
     displacement = np.abs(ode.theta[0, -1] - ode.theta[0, 0]).max()
     rel = []
     for eta in (0.02, 0.01):
-        tr = discrete.simulate_discrete(PROB, LABEL, method, T=T, eta=eta, theta0=X0, v0="equilibrium", n_paths=400,
-                                        key=1, n_record=10)
+        tr = S.simulate_discrete(PROB, LABEL, method, T=T, eta=eta, n_paths=400, key=1, n_record=10, start=S.Start(theta0=X0, v0="equilibrium"))
         zeta = comparison.project_trajectory(tr, PROB, method).theta
         rel.append(np.abs(zeta.mean(0) - ode.theta[0]).max() / displacement)
     assert rel[1] < 0.07, rel  # a small fraction of the displacement ...
@@ -45,11 +44,10 @@ def test_block_methods_descend_their_block_sharpness_like_the_ode(name, blocks):
     method = S.make_method(name, blocks=blocks, c=10.0, eps=1e-6)
     sharp = jax.jit(jax.vmap(lambda x: geometry.sharpness(PROB.hessian_diag(x), "block", blocks=blocks)))
     T = 0.5
-    ode = sde.simulate_slow_sde(PROB, LABEL, method, T=T, theta0=X0, n_record=5)
+    ode = S.simulate_slow_sde(PROB, LABEL, method, T=T, n_record=5, start=S.Start(theta0=X0))
     s_ode = np.asarray(sharp(jnp.asarray(ode.theta[0])))
     assert np.all(np.diff(s_ode) < 0) and s_ode[-1] < 0.8 * s_ode[0]
-    tr = discrete.simulate_discrete(PROB, LABEL, method, T=T, eta=0.01, theta0=X0, v0="equilibrium", n_paths=300,
-                                    key=1, n_record=5)
+    tr = S.simulate_discrete(PROB, LABEL, method, T=T, eta=0.01, n_paths=300, key=1, n_record=5, start=S.Start(theta0=X0, v0="equilibrium"))
     zeta = comparison.project_trajectory(tr, PROB, method).theta
     s_disc = np.asarray(sharp(jnp.asarray(zeta.reshape(-1, zeta.shape[-1])))).reshape(zeta.shape[:2]).mean(0)
     assert np.all(np.abs(s_disc - s_ode) < 0.05 * (s_ode[0] - s_ode[-1])), (s_disc, s_ode)
@@ -59,7 +57,7 @@ def test_block_methods_descend_their_block_sharpness_like_the_ode(name, blocks):
 def test_ode_integrates_into_the_sparse_corner(eps):
     """Adam's flow drives u_j v_j -> 0, where S ~ 1/eps: integrated in log|x| (see sde._ode_chunk) the ODE
     runs through at the paper's eps = 1e-6 as at 1e-3, on a small step budget, and reaches the corner."""
-    run = sde.simulate_slow_sde(PROB, LABEL, S.adam(c=10.0, eps=eps), T=3.0, theta0=X0, n_record=6, max_steps=3000)
+    run = S.simulate_slow_sde(PROB, LABEL, S.adam(c=10.0, eps=eps), T=3.0, n_record=6, start=S.Start(theta0=X0), integrator=S.LabelNoiseODE(max_steps=3000))
     assert not run.diverged[0] and np.all(np.isfinite(run.theta)) and np.all(np.isfinite(run.v))
     u, v = run.theta[0, -1, :5], run.theta[0, -1, 5:]
     assert np.all(np.abs(u * v) < 1e-6)  # every coordinate pair has reached u_j v_j = 0
@@ -71,7 +69,7 @@ def test_masked_samples_drop_out_of_the_geometry():
 
     masked = problems.diagonal_net(d=6, n=4, k=1, n_test=10, n_train=2)
     small = eqx.tree_at(lambda p: (p.Z, p.y, p.n_active), masked, (masked.Z[:2], masked.y[:2], masked.n_active))
-    runs = [sde.simulate_slow_sde(p, noise.label_noise(0.5), S.sgd(), T=0.2, n_record=2) for p in (masked, small)]
+    runs = [S.simulate_slow_sde(p, noise.label_noise(0.5), S.sgd(), T=0.2, n_record=2) for p in (masked, small)]
     assert all(not r.diverged.any() for r in runs)
     np.testing.assert_allclose(runs[0].theta, runs[1].theta, atol=1e-10)
     np.testing.assert_allclose(masked.residuals(jnp.asarray(runs[0].theta[0, -1]))[:2], 0.0, atol=1e-12)

@@ -64,8 +64,7 @@ def _case(name):
     """(plain problem, noise, method, SDE run of the plain loss, SDE run with residuals), once per module."""
     residuals, theta0, gauss, method = CASES[name]
     plain, with_residuals = _problems(residuals, theta0)
-    run = lambda prob: sde.simulate_slow_sde(prob, gauss, method, T=T, n_paths=N_SDE, n_record=1,  # noqa: E731
-                                              dt=T / 200, key=1)
+    run = lambda prob: S.simulate_slow_sde(prob, gauss, method, T=T, n_paths=N_SDE, n_record=1, key=1, integrator=S.ProjectedEulerMaruyama(dt=T / 200))
     return plain, gauss, method, run(plain), run(with_residuals)
 
 
@@ -88,8 +87,7 @@ def test_plain_loss_slow_sde_matches_discrete_runs_extrapolated_in_eta(name):
     plain, gauss, method, sde_traj, _ = _case(name)
     means = []
     for eta in DISCRETE_ETAS[name]:
-        tr = discrete.simulate_discrete(plain, gauss, method, eta=eta, T=T, n_paths=N_DISC, key=2, n_record=1,
-                                        v0="equilibrium")
+        tr = S.simulate_discrete(plain, gauss, method, eta=eta, T=T, n_paths=N_DISC, key=2, n_record=1, start=S.Start(v0="equilibrium"))
         means.append(_mean_se(comparison.project_trajectory(tr, plain, method).theta[:, -1, 0]))
     (d1, s1), (d2, s2) = means
     a, se = _mean_se(sde_traj.theta[:, -1, 0])

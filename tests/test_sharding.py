@@ -30,34 +30,35 @@ SCRIPT = textwrap.dedent("""
     RUN, UNEVEN = json.loads(sys.argv[1]), json.loads(sys.argv[3])
     seen = set()
     record = lambda run: seen.add(len(run.state.theta.sharding.device_set))
-    trajs = discrete.simulate_discrete(NET, noise.label_noise(0.5), S.adam(c=5.0), on_chunk=record, block_steps=8, **RUN)
+    trajs = S.simulate_discrete(NET, noise.label_noise(0.5), S.adam(c=5.0),
+                                execution=S.Execution(on_chunk=record, block_steps=8), **RUN)
     # interrupted after record 2 and resumed from its checkpoint, on the four devices
     ck = sys.argv[2] + ".ck.npz"
     def stop(run):
         if run.done == 3:
             raise KeyboardInterrupt
     try:
-        discrete.simulate_discrete(NET, noise.label_noise(0.5), S.adam(c=5.0), block_steps=8, checkpoint=ck,
-                                   checkpoint_every_s=0, on_chunk=stop, **RUN)
+        S.simulate_discrete(NET, noise.label_noise(0.5), S.adam(c=5.0), execution=S.Execution(
+            block_steps=8, checkpoint=ck, checkpoint_every_s=0, on_chunk=stop), **RUN)
     except KeyboardInterrupt:
         pass
-    resumed = discrete.simulate_discrete(NET, noise.label_noise(0.5), S.adam(c=5.0), on_chunk=record, block_steps=8,
-                                         checkpoint=ck, **RUN)
+    resumed = S.simulate_discrete(NET, noise.label_noise(0.5), S.adam(c=5.0), execution=S.Execution(
+        on_chunk=record, block_steps=8, checkpoint=ck), **RUN)
     same = all(np.array_equal(a.theta, b.theta) and np.array_equal(a.v, b.v) for a, b in zip(trajs, resumed))
     # uneven: 5 paths padded to 8 lanes on the four devices; its interrupted checkpoint is resumed here and,
     # from a copy, on one device by the test
     lanes = set()
-    uneven = discrete.simulate_discrete(NET, noise.label_noise(0.5), S.adam(c=5.0), block_steps=8,
-                                        on_chunk=lambda run: lanes.add(run.state.theta.shape[1]), **UNEVEN)
+    uneven = S.simulate_discrete(NET, noise.label_noise(0.5), S.adam(c=5.0), execution=S.Execution(
+        block_steps=8, on_chunk=lambda run: lanes.add(run.state.theta.shape[1])), **UNEVEN)
     ck2 = sys.argv[2] + ".uneven.npz"
     try:
-        discrete.simulate_discrete(NET, noise.label_noise(0.5), S.adam(c=5.0), block_steps=8, checkpoint=ck2,
-                                   checkpoint_every_s=0, on_chunk=stop, **UNEVEN)
+        S.simulate_discrete(NET, noise.label_noise(0.5), S.adam(c=5.0), execution=S.Execution(
+            block_steps=8, checkpoint=ck2, checkpoint_every_s=0, on_chunk=stop), **UNEVEN)
     except KeyboardInterrupt:
         pass
     shutil.copy(ck2, sys.argv[2] + ".uneven_interrupted.npz")
-    uneven_resumed = discrete.simulate_discrete(NET, noise.label_noise(0.5), S.adam(c=5.0), block_steps=8,
-                                                checkpoint=ck2, on_chunk=record, **UNEVEN)
+    uneven_resumed = S.simulate_discrete(NET, noise.label_noise(0.5), S.adam(c=5.0), execution=S.Execution(
+        block_steps=8, checkpoint=ck2, on_chunk=record), **UNEVEN)
     trajs = trajs + [uneven, uneven_resumed]
     np.savez(sys.argv[2], devices=np.asarray(sorted(seen)), resumed_same=np.asarray(same),
              uneven_lanes=np.asarray(sorted(lanes)),
@@ -82,7 +83,7 @@ def test_sharded_run_equals_the_single_device_run_bit_for_bit(four_devices):
     every record equals the single-device run's, and so does a sharded run resumed from a checkpoint."""
     assert four_devices["devices"].tolist() == [4]  # the state really lived on four devices (resumed too)
     assert four_devices["resumed_same"]  # a checkpoint resumed on the four devices: bit for bit
-    single = discrete.simulate_discrete(NET, noise.label_noise(0.5), S.adam(c=5.0), block_steps=8, **RUN)
+    single = S.simulate_discrete(NET, noise.label_noise(0.5), S.adam(c=5.0), **RUN, execution=S.Execution(block_steps=8))
     assert len(single) == 2 and sharding.mesh_shape(2, 6, 4) == (2, 2)
     for i, tr in enumerate(single):
         np.testing.assert_array_equal(four_devices[f"{i}.theta"], tr.theta)
@@ -91,17 +92,17 @@ def test_sharded_run_equals_the_single_device_run_bit_for_bit(four_devices):
         np.testing.assert_array_equal(four_devices[f"{i}.loss"], tr.observables["train_loss"])
 
 
+@pytest.mark.slow
 def test_uneven_paths_are_padded_on_the_devices_and_equal_the_single_device_run(four_devices, tmp_path):
     """5 paths on 4 devices run as 8 lanes (2 per device, the padding repeats path 0): the 5 paths equal the
     single-device run bit for bit, also resumed from a checkpoint on the four devices and on one device."""
     assert four_devices["uneven_lanes"].tolist() == [8]
-    single = discrete.simulate_discrete(NET, noise.label_noise(0.5), S.adam(c=5.0), block_steps=8, **UNEVEN)
+    single = S.simulate_discrete(NET, noise.label_noise(0.5), S.adam(c=5.0), **UNEVEN, execution=S.Execution(block_steps=8))
     ck = tmp_path / "uneven.npz"
     ck.write_bytes(open(four_devices["interrupted"], "rb").read())
     with np.load(ck) as f:
         assert f["state.0"].shape[1] == 5 and int(f["done"]) == 2  # saved without the padding, mid-run
-    resumed_here = discrete.simulate_discrete(NET, noise.label_noise(0.5), S.adam(c=5.0), block_steps=8, checkpoint=ck,
-                                              **UNEVEN)
+    resumed_here = S.simulate_discrete(NET, noise.label_noise(0.5), S.adam(c=5.0), **UNEVEN, execution=S.Execution(block_steps=8, checkpoint=ck))
     assert single.theta.shape[0] == 5
     for i in (2, 3):  # run on four devices, and resumed there
         np.testing.assert_array_equal(four_devices[f"{i}.theta"], single.theta)

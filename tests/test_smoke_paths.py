@@ -79,11 +79,11 @@ NOISES = {"label_noise": {"kind": "label_noise", "delta": 0.5}, "gaussian": {"ki
 @pytest.mark.parametrize("kind", sorted(noise.NOISES))
 def test_every_noise_kind_through_compare(kind, tmp_path):
     assert kind in NOISES, f"add the noise kind {kind!r} to this test"
-    problem = ({"kind": "diagonal_net", "d": 3, "n": 4, "k": 1, "n_test": 20} if kind == "minibatch"
+    problem = ({"kind": "diagonal_net", **SMALL_PROBLEM["diagonal_net"]} if kind == "minibatch"
                else {"kind": "hyperbola", "y": 1.0})
-    cfg = {"name": f"cmp_{kind}", "problem": problem, "noise": NOISES[kind], "T": 0.005, "n_paths": 3,
-           "n_record": 1, "v0": "equilibrium", "runs": {"adam": {"method": "adam", "eps": 1e-8}},
-           "compare": {"etas": [0.04, 0.02], "sde_paths": 3, "dt": 0.0025}}
+    cfg = {"name": f"cmp_{kind}", "problem": problem, "noise": NOISES[kind], "T": 0.01, "n_paths": 2,
+           "n_record": 2, "v0": "equilibrium", "runs": {"adam": {"method": "adam", "eps": 1e-8}},
+           "compare": {"etas": [0.04, 0.02, 0.01], "sde_paths": 2}}  # the shapes of the configs' smoke runs
     folder = _cli(tmp_path, "compare", cfg)
     trajs, _ = load_run(folder)
     engine = trajs["adam.sde"].meta["engine"]
@@ -93,46 +93,66 @@ def test_every_noise_kind_through_compare(kind, tmp_path):
 HYP = problems.hyperbola()
 
 
-@pytest.mark.parametrize("solver", [None, "euler", diffrax.Euler()])
-def test_general_sde_solvers(solver):
-    traj = S.simulate_slow_sde(HYP, noise.gaussian([0.49, 0.09]), S.adam(), T=0.01, n_paths=2, dt=0.005,
-                               n_record=1, solver=solver, progress=False)
-    assert traj.meta["solver"] == "Euler" and np.all(np.isfinite(traj.theta))
+QUIET = S.Execution(progress=False)
 
 
-@pytest.mark.parametrize("solver", ["tsit5", "heun", "kvaerno5", "kencarp4", diffrax.Heun(), diffrax.SRA1(),
-                                    diffrax.ShARK(), diffrax.Tsit5(), diffrax.ItoMilstein(), 3])
-def test_general_sde_refuses_other_solvers(solver):
-    with pytest.raises(S.ConfigError, match="solver.*Euler-Maruyama"):
-        S.simulate_slow_sde(HYP, noise.gaussian([0.49, 0.09]), S.adam(), T=0.01, solver=solver, progress=False)
+@pytest.mark.parametrize("integrator", [None, S.ProjectedEulerMaruyama(dt=0.005),
+                                        S.ProjectedEulerMaruyama(dt=0.005, richardson=True)])
+def test_general_sde_integrators(integrator):
+    traj = S.simulate_slow_sde(HYP, noise.gaussian([0.49, 0.09]), S.adam(), T=0.01, n_paths=2, n_record=1,
+                               integrator=integrator, execution=QUIET)
+    assert traj.meta["engine"] == "slow_sde" and traj.meta["solver"] == "Euler"
+    assert np.all(np.isfinite(traj.theta))
 
 
-@pytest.mark.parametrize("solver", [None, "tsit5", "kvaerno5", diffrax.Dopri5(), diffrax.Heun()])
+def test_the_label_noise_ode_refuses_other_noise():
+    with pytest.raises(S.ConfigError, match="^integrator: the label-noise ODE needs label noise"):
+        S.simulate_slow_sde(HYP, noise.gaussian([0.49, 0.09]), S.adam(), T=0.01, integrator=S.LabelNoiseODE(),
+                            execution=QUIET)
+
+
+@pytest.mark.parametrize("integrator", ["euler", "tsit5", diffrax.Euler(), diffrax.Heun(), 3])
+def test_an_integrator_must_be_an_integrator_object(integrator):
+    with pytest.raises(S.ConfigError, match="^integrator: must be"):
+        S.simulate_slow_sde(HYP, noise.gaussian([0.49, 0.09]), S.adam(), T=0.01, integrator=integrator)
+
+
+@pytest.mark.parametrize("solver", ["tsit5", "kvaerno5", diffrax.Dopri5(), diffrax.Heun()])
 def test_label_noise_ode_solvers(solver):
-    traj = S.simulate_slow_sde(HYP, noise.label_noise(0.5), S.adam(), T=0.01, n_record=1, solver=solver,
-                               progress=False)
+    traj = S.simulate_slow_sde(HYP, noise.label_noise(0.5), S.adam(), T=0.01, n_record=1, execution=QUIET,
+                               integrator=S.LabelNoiseODE(solver=solver))
     assert traj.meta["engine"] == "label_noise_ode" and np.all(np.isfinite(traj.theta))
+
+
+def test_the_sde_form_under_label_noise():
+    traj = S.simulate_slow_sde(HYP, noise.label_noise(0.5), S.adam(), T=0.01, n_paths=2, n_record=1,
+                               integrator=S.ProjectedEulerMaruyama(dt=0.005), execution=QUIET)
+    assert traj.meta["engine"] == "slow_sde"
 
 
 def test_kencarp4_on_the_label_noise_ode_of_a_factorization():
     mf = problems.matrix_factorization(d1=3, d2=3, rank=1, n=5, model_rank=2)
-    traj = S.simulate_slow_sde(mf, noise.label_noise(0.5), S.adam(), T=0.01, n_record=1, solver="kencarp4",
-                               progress=False)
+    traj = S.simulate_slow_sde(mf, noise.label_noise(0.5), S.adam(), T=0.01, n_record=1, execution=QUIET,
+                               integrator=S.LabelNoiseODE(solver="kencarp4"))
     assert traj.meta["solver"] == "KenCarp4" and np.all(np.isfinite(traj.theta))
 
 
 @pytest.mark.parametrize("solver", ["euler", "heun", "rk4", diffrax.Euler(), diffrax.SRA1(), diffrax.ShARK(),
-                                    diffrax.ItoMilstein(), diffrax.EulerHeun(), diffrax.SPaRK(), "Tsit5", 1.0])
+                                    diffrax.ItoMilstein(), diffrax.EulerHeun(), diffrax.SPaRK(), "Tsit5", 1.0, None])
 def test_label_noise_ode_refuses_sde_and_fixed_step_solvers(solver):
-    with pytest.raises(S.ConfigError, match="solver"):
-        S.simulate_slow_sde(HYP, noise.label_noise(0.5), S.adam(), T=0.01, solver=solver, progress=False)
+    with pytest.raises(S.ConfigError, match="^solver: "):
+        S.LabelNoiseODE(solver=solver)
 
 
 @pytest.mark.parametrize("controller", ["pid", diffrax.ConstantStepSize(), diffrax.StepTo(ts=[0.0, 0.01]), 1e-6])
-def test_label_noise_ode_refuses_non_adaptive_controllers(controller):
-    with pytest.raises(S.ConfigError, match="stepsize_controller"):
-        S.simulate_slow_sde(HYP, noise.label_noise(0.5), S.adam(), T=0.01, stepsize_controller=controller,
-                            progress=False)
+def test_label_noise_ode_refuses_other_controllers(controller):
+    with pytest.raises(S.ConfigError, match="^stepsize_controller: "):
+        S.LabelNoiseODE(stepsize_controller=controller)
+
+
+def test_the_controllers_tolerances_count():
+    ode = S.LabelNoiseODE(stepsize_controller=diffrax.PIDController(rtol=1e-5, atol=1e-7))
+    assert ode.tolerances == (1e-5, 1e-7)
 
 
 def test_compare_refuses_a_solver_of_the_other_engine(tmp_path, capsys):

@@ -22,14 +22,14 @@ def w_of(x):
 
 def early_state(method=ADAM):
     """A discrete state at t = 0.25 from the initializer: off Gamma by the label noise, v off equilibrium."""
-    tr = discrete.simulate_discrete(PROB, LABEL, method, eta=0.02, T=0.25, v0="equilibrium", key=0, n_record=1)
+    tr = S.simulate_discrete(PROB, LABEL, method, eta=0.02, T=0.25, key=0, n_record=1, start=S.Start(v0="equilibrium"))
     return tr.theta[0, -1], tr.v[0, -1]
 
 
 @pytest.fixture(scope="module")
 def ode_from_early():
     th0, v0 = early_state()
-    return th0, v0, sde.simulate_slow_sde(PROB, LABEL, ADAM, T=T, theta0=th0, v0=v0, n_record=4)
+    return th0, v0, S.simulate_slow_sde(PROB, LABEL, ADAM, T=T, n_record=4, start=S.Start(theta0=th0, v0=v0))
 
 
 def test_discrete_runs_end_at_the_odes_corner_with_a_gap_shrinking_in_eta(ode_from_early):
@@ -42,8 +42,7 @@ def test_discrete_runs_end_at_the_odes_corner_with_a_gap_shrinking_in_eta(ode_fr
     assert np.all(np.abs(w_ode[~support]) < 1e-8)
     gaps = []
     for eta in (0.028, 0.014):
-        tr = discrete.simulate_discrete(PROB, LABEL, ADAM, eta=eta, T=T, theta0=th0, v0=v0, n_paths=256, key=2,
-                                        n_record=4)
+        tr = S.simulate_discrete(PROB, LABEL, ADAM, eta=eta, T=T, n_paths=256, key=2, n_record=4, start=S.Start(theta0=th0, v0=v0))
         z = comparison.project_trajectory(tr, PROB, ADAM).theta  # no ProjectionError at any recorded point
         w = w_of(z[:, -1])
         assert np.mean(np.all((np.abs(w) > 0.05) == support, axis=1)) > 0.8  # the ODE's support, path by path
@@ -61,8 +60,7 @@ def test_projection_runs_through_the_corner_at_both_eps():
     for eps in (1e-6, 1e-3):
         m = S.adam(c=10.0, eps=eps)
         th0, v0 = early_state(m)
-        tr = discrete.simulate_discrete(PROB, LABEL, m, eta=0.04, T=T, theta0=th0, v0=v0, n_paths=32, key=3,
-                                        n_record=6)
+        tr = S.simulate_discrete(PROB, LABEL, m, eta=0.04, T=T, n_paths=32, key=3, n_record=6, start=S.Start(theta0=th0, v0=v0))
         pr = comparison.project_trajectory(tr, PROB, m)
         assert np.all(np.isfinite(pr.theta)) and np.max(np.abs(pr.observables["train_loss"])) < 1e-25
     res, wts = PROB.residual_parts()
@@ -77,7 +75,7 @@ def test_ode_end_state_does_not_depend_on_n_record(eps):
     th0, v0 = early_state(m)
     ends = []
     for n_record in (1, 3, 8):
-        run = sde.simulate_slow_sde(PROB, LABEL, m, T=T, theta0=th0, v0=v0, n_record=n_record, max_steps=20_000)
+        run = S.simulate_slow_sde(PROB, LABEL, m, T=T, n_record=n_record, start=S.Start(theta0=th0, v0=v0), integrator=S.LabelNoiseODE(max_steps=20_000))
         assert not run.diverged[0], run.meta["failure_reasons"]
         ends.append(run.theta[0, -1])
     for e in ends[1:]:
@@ -92,8 +90,8 @@ def ode_end(prob, lam, T_end):
     """w at the end of AdamE-lam's label-noise ODE, started like experiments/sparse_ode.py (Phi_S of the
     discrete iterate at t = 0.25, eta = 0.02), and the w over time (n_record = 4, as the fixture: one compile)."""
     m = S.adame(lam=lam, c=10.0, eps=1e-6)
-    tr = discrete.simulate_discrete(prob, LABEL, m, eta=0.02, T=0.25, v0="equilibrium", key=0, n_record=1)
-    run = sde.simulate_slow_sde(prob, LABEL, m, T=T_end, theta0=tr.theta[0, -1], v0=tr.v[0, -1], n_record=4)
+    tr = S.simulate_discrete(prob, LABEL, m, eta=0.02, T=0.25, key=0, n_record=1, start=S.Start(v0="equilibrium"))
+    run = S.simulate_slow_sde(prob, LABEL, m, T=T_end, n_record=4, start=S.Start(theta0=tr.theta[0, -1], v0=tr.v[0, -1]))
     assert not run.diverged[0], run.meta["failure_reasons"]
     return w_of(run.theta[0, -1]), w_of(run.theta[0])
 

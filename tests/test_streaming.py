@@ -9,13 +9,13 @@ from slowsde_jax.streaming import RecordStream
 
 # the shapes of tests/test_discrete.py's fast-path runs, so the compiled kernel is shared
 NET = problems.diagonal_net(d=4, n=3, k=1, key=0, n_test=10)
-KW = dict(steps=60, n_paths=6, key=6, n_record=5, sweep={"eta": [0.05, 0.07]}, block_steps=8)
+KW = dict(steps=60, n_paths=6, key=6, n_record=5, sweep={"eta": [0.05, 0.07]})
 ADAM = S.adam(c=5.0)
 
 
 @pytest.fixture(scope="module")
 def in_memory():
-    return discrete.simulate_discrete(NET, noise.label_noise(0.5), ADAM, **KW)
+    return S.simulate_discrete(NET, noise.label_noise(0.5), ADAM, **KW, execution=S.Execution(block_steps=8))
 
 
 def assert_same(a, b):
@@ -30,7 +30,8 @@ def assert_same(a, b):
 
 
 def test_streamed_records_equal_the_in_memory_ones_and_live_on_disk(in_memory, tmp_path):
-    streamed = discrete.simulate_discrete(NET, noise.label_noise(0.5), ADAM, record_to=tmp_path / "rec", **KW)
+    streamed = S.simulate_discrete(NET, noise.label_noise(0.5), ADAM, **KW, recording=S.Recording(record_to=tmp_path / "rec"),
+                                 execution=S.Execution(block_steps=8))
     assert_same(in_memory, streamed)
     assert isinstance(streamed[0].theta.base, np.memmap) or isinstance(streamed[0].theta, np.memmap)
     on_disk = np.load(tmp_path / "rec" / "theta.npy")
@@ -48,11 +49,12 @@ def test_resumed_streamed_run_is_bit_identical(in_memory, tmp_path):
 
     ck, rec = tmp_path / "ck.npz", tmp_path / "rec"
     with pytest.raises(Stop):
-        discrete.simulate_discrete(NET, noise.label_noise(0.5), ADAM, record_to=rec, checkpoint=ck,
-                                   checkpoint_every_s=0, on_chunk=stop, **KW)
+        S.simulate_discrete(NET, noise.label_noise(0.5), ADAM, **KW, recording=S.Recording(record_to=rec), execution=S.Execution(block_steps=8, checkpoint=ck, checkpoint_every_s=0,
+                                                                  on_chunk=stop))
     with np.load(ck) as f:  # saved at point 3 (the hook stopped point 4 first): the state, not the records
         assert int(f["done"]) == 3 and not any(k.startswith("rec.") for k in f)
-    resumed = discrete.simulate_discrete(NET, noise.label_noise(0.5), ADAM, record_to=rec, checkpoint=ck, **KW)
+    resumed = S.simulate_discrete(NET, noise.label_noise(0.5), ADAM, **KW, recording=S.Recording(record_to=rec),
+                                  execution=S.Execution(block_steps=8, checkpoint=ck))
     assert_same(in_memory, resumed)
 
 

@@ -1,0 +1,273 @@
+"""The slow engine: ``simulate_slow_sde``, its run in progress and its checkpoints.
+
+It validates its inputs, puts every path's start on Γ, lays the integrator's steps on the record times,
+runs compiled segments over groups of paths (checkpointing between them), and packages one
+``Trajectory`` on the SDE clock. How it integrates is the integrator's
+(``slowsde_jax.integrators``); the vector fields and segments are in ``slowsde_jax.sde``.
+"""
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+from typing import Optional, Union
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import geometry as geo
+from ._io import atomic_write, read_npz
+from .inputs import explain_start_failure, parse_inputs, run_meta
+from .integrators import AbstractSlowIntegrator, default_integrator
+from .methods import Method
+from .noise import AbstractNoise
+from .options import DISCRETE_FIELDS, Execution, Recording, Start, refuse_foreign
+from .problems import AbstractProblem, observe_batch
+from .progress import progress_bar
+from .sde import SlowSDEModel, _finite_records, _initial_state
+from .trajectory import Trajectory
+from .validation import ConfigError, check_range
+
+__all__ = ["simulate_slow_sde"]
+
+
+def _options(start, recording, execution):
+    out = {}
+    for name, value, cls in (("start", start, Start), ("recording", recording, Recording),
+                             ("execution", execution, Execution)):
+        if value is None:
+            value = cls()
+        elif not isinstance(value, cls):
+            raise ConfigError(name, f"must be a slowsde_jax.{cls.__name__}(...), got {type(value).__name__}")
+        out[name] = value
+    return out
+
+
+def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Method, T: float, n_paths: int = 1,
+                      key: Union[int, jax.Array] = 0, *, eta: Optional[float] = None, n_record: int = 100,
+                      integrator: Optional[AbstractSlowIntegrator] = None, start: Optional[Start] = None,
+                      recording: Optional[Recording] = None, execution: Optional[Execution] = None) -> Trajectory:
+    """Integrate the slow SDE of ``method`` under ``noise`` on ``problem`` up to SDE time ``T``.
+
+    Main arguments: ``problem``, ``noise``, ``method``; ``T``, the SDE time (t = k η² on the discrete
+    clock); ``n_paths`` independent paths (Brownian paths for the SDE; the ODE is deterministic given its
+    start); ``key``, a jax PRNG key or an int seed.
+
+    Other arguments:
+    - ``eta``: only needed to turn a method's explicit beta2 into c = (1 − β2)/η²;
+    - ``n_record``: records at t_j = j T / n_record, j = 0 ... n_record;
+    - ``integrator``: ``LabelNoiseODE`` (the default under label noise, where Σ = αH on Γ
+      and there is no diffusion) or ``ProjectedEulerMaruyama`` (the default otherwise;
+      under label noise it integrates the SDE form, a check of the ODE reduction);
+    - ``start``: ``Start``: θ0 (default: the problem's initializer per path), projected
+      onto Γ, ζ(0) = Φ_{S(v0)}(θ0); v0 ``"equilibrium"`` (V(Σ(ζ(0)))) or a positive array (the slow SDE
+      cannot start at v = 0);
+    - ``recording``: ``Recording``: ``record_state`` keeps ζ and v;
+    - ``execution``: ``Execution``: dtype, progress, checkpoint (an .npz written after
+      every call; a rerun with it continues with the same numbers), paths and records per compiled call.
+
+    Returns a Trajectory on the recording grid (``theta`` holds ζ). A path whose solver fails, whose state
+    turns non-finite or whose loss is not finite is frozen at its last good state; ``diverged_time`` says
+    when (the end of the recording interval) and ``meta["failure_reasons"]`` why.
+
+    Raises ConfigError naming the field for a bad argument (before any work), ProjectionError when a start
+    cannot be put on Γ.
+    """
+    opts = _options(start, recording, execution)
+    start, recording, execution = opts["start"], opts["recording"], opts["execution"]
+    refuse_foreign("slow", opts, DISCRETE_FIELDS)
+    if integrator is None:
+        integrator = default_integrator(problem, noise)
+    elif not isinstance(integrator, AbstractSlowIntegrator):
+        raise ConfigError("integrator", "must be slowsde_jax.LabelNoiseODE(...) or slowsde_jax.ProjectedEulerMaruyama"
+                                        f"(...), got {type(integrator).__name__}")
+    v0 = "equilibrium" if start.v0 is None else start.v0
+    inputs = parse_inputs(problem, noise, method, key=key, n_paths=n_paths, n_record=n_record, theta0=start.theta0,
+                          v0=v0, dtype=execution.dtype, v0_modes=("equilibrium",))
+    method = method.for_problem(problem)  # block ids from the problem's own parameter leaves
+    check_range("T", T, low=0.0, low_open=True)
+    if eta is not None:
+        check_range("eta", eta, low=0.0, low_open=True)
+    if integrator.rank is not None and integrator.rank > problem.dim:
+        raise ConfigError("integrator.rank", f"the codimension of Gamma is at most D = {problem.dim}, got "
+                                             f"{integrator.rank}")
+    if method.has_v:
+        if method.c is None and eta is None:
+            raise ConfigError("eta", "needed to convert the method's explicit beta2 into c = (1 - beta2)/eta^2")
+        c = method.c_at(eta)
+    else:
+        c = jnp.asarray(0.0, inputs.dtype)
+    t_grid = np.linspace(0.0, float(T), inputs.n_record + 1)
+    plan = integrator.plan(problem, noise, method, t_grid, inputs.dtype)
+    paths_per_call = execution.paths_per_call or inputs.n_paths
+    records_per_call = execution.records_per_call or (1 if execution.checkpoint is not None else inputs.n_record)
+    records_per_call = min(records_per_call, inputs.n_record)
+    model = SlowSDEModel(problem, noise, method, c, plan.alpha, integrator.rank)
+
+    # loop
+    k_init, k_run = jax.random.split(inputs.key)
+    checkpoint = execution.checkpoint
+    if checkpoint is not None and Path(checkpoint).exists():
+        runs = _load_checkpoint(checkpoint, t_grid, inputs.n_paths, problem.dim, plan.levels)
+    else:
+        init_keys = jax.random.split(k_init, inputs.n_paths)
+        y, status = _initial_state(model, inputs.theta0, inputs.v0_mode, inputs.v0, init_keys,
+                                   start.project_max_steps)
+        if np.any(np.asarray(status) != geo.PROJECTION_OK):  # say why: non-finite start, NaN loss, S = inf, budget
+            raise explain_start_failure(problem, noise, method, inputs.theta0, inputs.v0_mode, inputs.v0, init_keys,
+                                        status, start.project_max_steps)
+        runs = [_SDERun(t_grid) for _ in range(plan.levels)]
+        for run in runs:
+            run.start(y, inputs.n_paths)
+    path_keys = jax.random.split(k_run, inputs.n_paths)
+    work = inputs.n_paths * plan.levels  # path-time units per unit of SDE time (x2 with Richardson)
+    bar = progress_bar(float(T) * work, f"slow {'SDE' if plan.alpha is None else 'ODE'} ({method.name})",
+                       progress=execution.progress, unit="path·t", initial=float(t_grid[runs[0].done]) * work)
+    while runs[0].done < inputs.n_record:
+        j0, j1 = runs[0].done, min(runs[0].done + records_per_call, inputs.n_record)
+        for level, run in enumerate(runs):
+            ys, ok = [], []
+            for p0 in range(0, inputs.n_paths, paths_per_call):
+                sl = slice(p0, min(p0 + paths_per_call, inputs.n_paths))
+                y = jax.tree_util.tree_map(lambda x: jnp.asarray(x[sl], inputs.dtype), run.y)
+                seg = plan.segment(model, run, level, y, path_keys[sl], j0, j1, sl)
+                ys.append(jax.tree_util.tree_map(np.asarray, seg[0]))
+                ok.append(np.asarray(seg[1]))
+                bar.update(float(t_grid[j1] - t_grid[j0]) * (sl.stop - sl.start))
+            run.extend(tuple(np.concatenate([y[i] for y in ys]) for i in range(2)), np.concatenate(ok),
+                       j0, plan.alpha is None)
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, runs)
+    bar.close()
+
+    # package
+    run = runs[0]
+    zeta, v = np.stack(run.zeta, axis=1), np.stack(run.v, axis=1)
+    observables = _observe(problem, zeta)
+    failed_time, reasons = _flag_non_finite_loss(problem, zeta, t_grid, run.failed_time, run.reasons)
+    if plan.levels == 2:  # Richardson: 2 f(zeta^h) - f(zeta^{2h})
+        coarse = _observe(problem, np.stack(runs[1].zeta, axis=1))
+        observables = {k: 2.0 * x - coarse[k] for k, x in observables.items()}
+        failed_time = np.fmin(failed_time, runs[1].failed_time)
+        reasons = [r or (None if rc is None else f"{rc} (at step 2 dt)") for r, rc in zip(reasons, runs[1].reasons)]
+    meta = run_meta(integrator.engine, problem, noise, method, eta=None if eta is None else float(eta), T=float(T),
+                    n_paths=inputs.n_paths, v0=v0 if isinstance(v0, str) else "given", c=float(c),
+                    failure_reasons=[f"path {i}: {r}" for i, r in enumerate(reasons) if r], **plan.meta(runs))
+    return Trajectory(t=t_grid, theta=zeta if recording.record_state else None,
+                      v=v if (recording.record_state and method.has_v) else None, observables=observables,
+                      diverged_time=failed_time, meta=meta)
+
+
+def _flag_non_finite_loss(problem, zeta, t_grid, failed_time, reasons):
+    """(failed_time, reasons) with every path whose loss is not finite at a record (at a finite state, which
+    the solver's checks cannot see) failed at the first such record's time, unless it failed before."""
+    loss = np.asarray(_batch_loss(problem, jnp.asarray(zeta.reshape(-1, problem.dim)))).reshape(zeta.shape[:2])
+    failed_time, reasons = np.array(failed_time, dtype=float), list(reasons)
+    for i in np.flatnonzero(~np.all(np.isfinite(loss), axis=1)):
+        j = int(np.argmax(~np.isfinite(loss[i])))
+        if not failed_time[i] <= t_grid[j]:
+            failed_time[i] = t_grid[j]
+            reasons[i] = f"the loss is not finite ({loss[i, j]}) at t = {t_grid[j]:.6g}"
+    return failed_time, reasons
+
+
+@eqx.filter_jit
+def _batch_loss(problem, theta):
+    return jax.vmap(problem.loss)(theta)
+
+
+def _observe(problem, zeta) -> dict:
+    """The problem's observables of states (n_paths, n_times, D), each (n_paths, n_times)."""
+    obs = observe_batch(problem, jnp.asarray(zeta.reshape(-1, problem.dim)))
+    return {k: np.asarray(x).reshape(zeta.shape[:2]) for k, x in obs.items()}
+
+
+class _SDERun:
+    """A slow-SDE run in progress: the current state per path, the records so far, failures."""
+
+    def __init__(self, t_grid):
+        self.t_grid = t_grid
+        self.zeta, self.v, self.reasons = [], [], []
+        self.failed_time = None
+        self.y = None
+        self.fallback_solves = 0  # (path, call) solves the default ODE solver handed to the IMEX solver
+        self.imex = None  # (n_paths,) bool: the paths the default ODE solver has handed to the IMEX solver
+
+    @property
+    def done(self) -> int:
+        """Recording intervals completed."""
+        return len(self.zeta) - 1
+
+    def start(self, y, n_paths):
+        self.y = tuple(np.asarray(x) for x in y)
+        self.zeta, self.v = [self.y[0]], [self.y[1]]
+        self.failed_time = np.full(n_paths, np.nan)
+        self.reasons = [None] * n_paths
+        self.imex = np.zeros(n_paths, bool)
+
+    def extend(self, ys, solver_ok, j0, sde: bool):
+        """Append the records ys = (zeta, v), each (n_paths, n_new, D), of intervals j0+1 ... A path whose
+        solver failed or whose state turned non-finite stays frozen at its last good record."""
+        zeta, v = ys
+        n_new = zeta.shape[1]
+        finite = _finite_records(zeta, v)  # (n_paths, n_new)
+        bad = ~finite
+        bad[~solver_ok & finite.all(axis=1), -1] = True  # a failed solve with finite saves: flag its last record
+        first_bad = np.where(bad.any(axis=1), bad.argmax(axis=1), n_new)
+        alive = np.isnan(self.failed_time)
+        for i in np.flatnonzero(alive & (first_bad < n_new)):
+            j = j0 + first_bad[i]  # failed in (t_j, t_{j+1}]
+            self.failed_time[i] = self.t_grid[j + 1]
+            lo, hi = self.t_grid[j], self.t_grid[j + 1]
+            self.reasons[i] = (f"non-finite state between t = {lo:.6g} and {hi:.6g} (retraction onto Gamma failed)"
+                               if sde or solver_ok[i] else
+                               f"solver failed between t = {lo:.6g} and {hi:.6g} (step budget max_steps exhausted or "
+                               "step size collapsed: a stiff region; raise max_steps, or try solver='kencarp4' (an AGM "
+                               "on least squares; the default solver falls back to it there) or 'kvaerno5')")
+        for k in range(n_new):
+            frozen = ~np.isnan(self.failed_time) & (~alive | (first_bad <= k))
+            self.zeta.append(np.where(frozen[:, None], self.zeta[-1], zeta[:, k]))
+            self.v.append(np.where(frozen[:, None], self.v[-1], v[:, k]))
+        self.y = (self.zeta[-1], self.v[-1])
+
+
+def _save_checkpoint(path, runs):
+    """The runs' records, states and failures (one run per step-size level) as an npz, written atomically."""
+    arrays = {}
+    for i, run in enumerate(runs):
+        p = "" if i == 0 else f"level{i}_"
+        arrays.update({p + "zeta": np.stack(run.zeta), p + "v": np.stack(run.v), p + "failed_time": run.failed_time,
+                       p + "reasons": np.array(json.dumps(run.reasons)), p + "fallback_solves": run.fallback_solves,
+                       p + "imex": run.imex})
+    arrays["t_grid"] = runs[0].t_grid
+    atomic_write(Path(path), lambda p: np.savez(p, **arrays))
+
+
+def _load_checkpoint(path, t_grid, n_paths, D, n_levels) -> list:
+    try:
+        arrays = read_npz(path, "checkpoint", "checkpoint")
+        runs = []
+        for i in range(n_levels):
+            p = "" if i == 0 else f"level{i}_"
+            if p + "zeta" not in arrays:
+                raise ConfigError("checkpoint", f"{path} belongs to another run (richardson differs)")
+            run = _SDERun(t_grid)
+            zeta, v = arrays[p + "zeta"], arrays[p + "v"]
+            if not np.array_equal(arrays["t_grid"], t_grid) or zeta.shape[1:] != (n_paths, D):
+                raise ConfigError("checkpoint",
+                                  f"{path} belongs to another run (T, n_record, n_paths or the problem differ)")
+            run.zeta, run.v = list(zeta), list(v)
+            run.failed_time, run.reasons = arrays[p + "failed_time"], json.loads(str(arrays[p + "reasons"]))
+            run.y = (run.zeta[-1], run.v[-1])
+            run.fallback_solves = int(arrays.get(p + "fallback_solves", 0))  # (absent from older checkpoints)
+            run.imex = np.asarray(arrays.get(p + "imex", np.zeros(n_paths, bool)), bool)
+            runs.append(run)
+        if f"level{n_levels}_zeta" in arrays:
+            raise ConfigError("checkpoint", f"{path} belongs to another run (richardson differs)")
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError("checkpoint", f"{path} is not a readable slow-SDE checkpoint ({type(e).__name__}: {e})") from None
+    return runs
