@@ -28,7 +28,8 @@ prob = problems.diagonal_net(d=a["d"], n=a["n"], k=3, key=0, n_test=100)
 dtype = jnp.float32 if a["dtype"] == "float32" else jnp.float64
 tr = sj.simulate_discrete(prob, noise.label_noise(0.5), sj.adam(c=10.0, eps=1e-6), eta=0.05,
                                 steps=a["records"] * a["spr"], n_paths=a["paths"], key=0, n_record=a["records"],
-                                record_state=True, progress=False, dtype=dtype, record_to=a["record_to"])
+                                recording=sj.Recording(record_state=True, record_to=a["record_to"]),
+                                execution=sj.Execution(progress=False, dtype=dtype))
 last = float(np.mean(tr.theta[:, -1]))
 rec_bytes = tr.theta.nbytes + tr.v.nbytes + sum(x.nbytes for x in tr.observables.values())
 stats = jax.devices()[0].memory_stats() or {}  # None on the CPU

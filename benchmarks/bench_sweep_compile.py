@@ -29,7 +29,8 @@ def main():
     lin = lambda lo, hi: [lo + (hi - lo) * i / max(1, a.values - 1) for i in range(a.values)]
     grid = {"eta": lin(0.05, 0.1), "lam": lin(0.3, 0.5), "c": lin(2.0, 5.0), "delta": lin(0.1, 0.5),
             "n_train": lin(a.n // 2, a.n)}
-    kw = dict(steps=a.steps, n_paths=a.paths, key=0, n_record=1, record_state=False, progress=False)
+    kw = dict(steps=a.steps, n_paths=a.paths, key=0, n_record=1, recording=sj.Recording(record_state=False),
+              execution=sj.Execution(progress=False))
     traces = lambda: eqx.debug.get_num_traces(discrete._advance)
     rows = []
     for label, g in [("sweep, first grid", grid), ("sweep, new values", {k: v[::-1] for k, v in grid.items()})]:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slowsde_jax import config as cfgmod, experiments as X
+from slowsde_jax import Start, config as cfgmod, experiments as X
 from slowsde_jax.observables import own_sharpness
 
 
@@ -60,6 +60,8 @@ def main():
             continue
         kw = dict(kw)
         kw.pop("record_state", None)
+        if "v0" in kw:
+            kw["start"] = Start(v0=kw.pop("v0"))
         t0 = time.perf_counter()
         at_t = [] if a.at_t is None else [float(x) for x in a.at_t.split(",")]
         g = X.run_seed_grid(make, noise, method, seeds, record_state=True, tail_fraction=0.1,

@@ -24,19 +24,22 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import ArrayLike
 
+from .discrete import simulate_discrete
+from .methods import Method
+from .noise import AbstractNoise
+from .observables import at_projection
+from .options import Execution, Recording
+from .problems import AbstractLeastSquares, AbstractProblem, MatrixFactorization
+from .sweep import apply_hypers
+from .trajectory import Trajectory
 from .validation import ConfigError, check_range
-
-if TYPE_CHECKING:
-    from .methods import Method
-    from .noise import AbstractNoise
-    from .problems import AbstractProblem, MatrixFactorization
 
 __all__ = ["SeedGrid", "run_seed_grid", "threshold_n", "threshold_summary",
            "grid_point", "states_at_projection", "min_quasi_norm_interpolator", "min_quasi_norm_by_supports",
@@ -87,8 +90,6 @@ def run_seed_grid(problem_fn: Callable[[int], "AbstractProblem"], noise: "Abstra
     """Run ``method`` on ``problem_fn(seed)`` for every seed (data and paths redrawn: the seed is also the
     path key) over the grid ``sweep`` (see ``slowsde_jax.simulate_discrete``). The problems of all seeds
     share their shapes, so the sweep compiles once and every seed reuses it."""
-    from .discrete import simulate_discrete
-
     check_range("tail_fraction", tail_fraction, low=0.0, high=1.0, low_open=True)
     if len(seeds) == 0:
         raise ConfigError("seeds", "must be a non-empty list of integers")
@@ -161,8 +162,6 @@ def grid_point(problem: "AbstractProblem", noise: "AbstractNoise", method: "Meth
     ``SeedGrid.hypers``, e.g. ``{"eta": 0.1, "lam": 0.001, "n_train": 20}``) substituted as float arrays
     (``slowsde_jax.sweep.apply_hypers``). A swept lam changes the method's preconditioner S, so a
     grid point's states must be projected with this method, not the run's base one."""
-    from .sweep import apply_hypers
-
     return apply_hypers(problem, noise, method, {k: jnp.asarray(float(v)) for k, v in hypers.items()})
 
 
@@ -178,9 +177,6 @@ def states_at_projection(problem: "AbstractProblem", method: "Method", theta: Ar
     ``zeta`` (N, D). Paths marked in ``diverged`` (N,) bool are not projected and get NaN everywhere.
     ``method`` (and ``problem``) must be the grid point's (``grid_point``). ``project_kw``: ``tol``,
     ``max_steps``, ``rank``."""
-    from .observables import at_projection
-    from .trajectory import Trajectory
-
     theta = np.atleast_2d(np.asarray(theta, float))
     n = theta.shape[0]
     v = None if v is None else np.atleast_2d(np.asarray(v, float))
@@ -350,8 +346,6 @@ def min_sharpness_on_manifold(problem: "AbstractProblem", theta0: ArrayLike, pow
 
     Returns (theta (D,), info) with info: ``sharpness`` (unsmoothed, at theta), ``sharpness_start`` (at
     theta0 after its retraction), ``constraint`` (max |r_i| over samples with weight > 0), ``steps``."""
-    from .problems import AbstractLeastSquares
-
     if not isinstance(problem, AbstractLeastSquares):
         raise ConfigError("problem", "min_sharpness_on_manifold needs a least-squares problem (residuals)")
     check_range("power", power, low=0.0, high=1.0, low_open=True)

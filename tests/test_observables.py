@@ -138,6 +138,7 @@ def test_at_projection_lies_on_gamma_with_every_measure(showcase):
     assert proj.meta["projected"] and proj.observables["loss"].max() < 1e-16
 
 
+@pytest.mark.slow
 def test_slow_ode_from_records_is_the_engine_started_at_each_record(showcase):
     adam, trajs = showcase[:2]
     tr = trajs["adam"]

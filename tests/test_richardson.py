@@ -104,5 +104,5 @@ def test_brownian_dt_couples_runs_at_different_steps():
     alone = sj.simulate_slow_sde(prob, nz, sj.sgd(), **kw, integrator=sj.ProjectedEulerMaruyama(dt=0.04))
     x = lambda tr: tr.observables["x1"][:, -1]  # noqa: E731
     assert np.std(x(fine) - x(coarse)) < 0.2 * np.std(x(fine) - x(alone))
-    with pytest.raises(ConfigError, match="^brownian_dt:.*multiple"):
+    with pytest.raises(ConfigError, match="^integrator.brownian_dt:.*multiple"):
         sj.simulate_slow_sde(prob, nz, sj.sgd(), **kw, integrator=sj.ProjectedEulerMaruyama(dt=0.04, brownian_dt=0.03))

@@ -83,7 +83,8 @@ def test_eta_sweep_measures_weak_order_one_on_the_hyperbola(tmp_path):
     m = S.adam(beta1=0.9, c=10.0, eps=0.0)
     ode = S.simulate_slow_sde(HYP, LABEL, m, T=0.5, n_record=1)
     res = comparison.eta_sweep(HYP, LABEL, m, [0.04, 0.02, 0.01], T=0.5, n_paths=3000, key=4, sde_traj=ode,
-                               observables="v", v0="equilibrium", plot_path=tmp_path / "weak.png")
+                               observables="v", start=S.Start(v0="equilibrium"))
+    S.plotting.plot_sweep(res, "v", tmp_path / "weak.png")
     r = res["observables"]["v"]
     err, se = np.array(r["weak_error"]), np.array(r["se"])
     assert np.all(err > 4 * se)  # the bias is resolved at every eta
