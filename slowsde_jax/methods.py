@@ -46,7 +46,7 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, ArrayLike, Float, Int, PyTree
 
 from . import _precision  # noqa: F401  (float64 by default)
-from .validation import ConfigError, check_range, suggest
+from .validation import ConfigError, as_real_array, check_range, suggest
 
 if TYPE_CHECKING:  # annotations only
     from .problems import AbstractProblem
@@ -161,6 +161,22 @@ class Method(eqx.Module):
     name: str = eqx.field(static=True)
     blocks: Any = eqx.field(static=True, default=None)
     bias_correction: bool = eqx.field(static=True, default=False)
+
+    def __check_init__(self):
+        """The invariants of every method, however it is built (a factory, ``Method(...)``, or
+        ``dataclasses.replace`` with a swept value); nothing to check on jax tracers."""
+        check_range("beta1", self.beta1, low=0.0, high=1.0, high_open=True)
+        check_range("eps", self.eps, low=0.0)
+        if self.lam is not None:
+            check_range("lam", self.lam, low=0.0, high=1.0, low_open=True)
+        if self.beta2 is not None and self.c is not None:
+            raise ConfigError("beta2", "give either beta2 or c (1 - beta2 = c eta^2), not both")
+        if self.lam is not None and self.beta2 is None and self.c is None:
+            raise ConfigError("c", "an adaptive method needs c (1 - beta2 = c eta^2) or beta2")
+        if self.beta2 is not None:
+            check_range("beta2", self.beta2, low=0.0, high=1.0, high_open=True)
+        if self.c is not None:
+            check_range("c", self.c, low=0.0)
 
     def __repr__(self) -> str:
         """``adam(beta1=0.9, c=10, eps=1e-08, lam=0.5)``: the values, not the array shapes; a sweep's array
@@ -303,18 +319,13 @@ class Method(eqx.Module):
 
 # ----- factories -------------------------------------------------------------------------------------------
 def _make(name, beta1, beta2, c, eps, lam, blocks=None, bias_correction=False) -> Method:
-    check_range("beta1", beta1, low=0.0, high=1.0, high_open=True)
-    check_range("eps", eps, low=0.0)
-    if lam is not None:
-        check_range("lam", lam, low=0.0, high=1.0, low_open=True)
     if beta2 is not None and c is not None:
         raise ConfigError("beta2", "give either beta2 or c (1 - beta2 = c eta^2), not both")
     if lam is not None and beta2 is None and c is None:
         c = 10.0  # the authors' choice for the slow limit
-    if beta2 is not None:
-        check_range("beta2", beta2, low=0.0, high=1.0, high_open=True)
-    if c is not None:
-        check_range("c", c, low=0.0)
+    for field, value in (("beta1", beta1), ("beta2", beta2), ("c", c), ("eps", eps), ("lam", lam)):
+        if value is not None:
+            as_real_array(field, value)  # a number before it becomes an array (the ranges: Method.__check_init__)
     return Method(beta1=_f(beta1), c=_f(c), beta2=_f(beta2), eps=_f(eps), lam=_f(lam), name=name,
                   blocks=blocks, bias_correction=bool(bias_correction))
 

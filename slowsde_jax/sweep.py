@@ -7,6 +7,7 @@ compiles once), ``apply_hypers`` puts one grid point into (problem, noise, metho
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from typing import Any, Optional
 
@@ -19,7 +20,7 @@ from . import methods, noise, problems
 from .methods import Method
 from .noise import AbstractNoise
 from .problems import AbstractProblem
-from .validation import ConfigError, show, suggest
+from .validation import ConfigError, as_real_array, show, suggest
 
 __all__ = ["SWEEP_OWNERS", "OWNER", "SWEEPABLE", "apply_hypers", "sweep_grid", "check_sweep_value"]
 
@@ -88,10 +89,8 @@ def check_sweep_value(problem: AbstractProblem, nz: AbstractNoise, method: Metho
                   for n in ("beta1", "beta2", "c", "eps", "lam")}
         if fields[k] is None:
             raise ConfigError(field, f"method {method.name} has no '{k}' to sweep")
-        fields[k] = v
-        try:
-            methods._make(method.name, fields["beta1"], fields["beta2"], fields["c"], fields["eps"], fields["lam"],
-                          blocks=method.blocks, bias_correction=method.bias_correction)
+        try:  # the method checks itself (Method.__check_init__)
+            dataclasses.replace(method, **{Method.sweepable[k]: jnp.asarray(as_real_array(k, v), method.beta1.dtype)})
         except ConfigError as e:
             raise ConfigError(field if e.field == k else f"{field} ({e.field})", e.reason) from None
     elif owner == "noise":

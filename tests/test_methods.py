@@ -356,3 +356,20 @@ def test_bad_hyperparameters_are_rejected_with_the_field(kwargs, field):
 def test_unknown_method_suggests_a_close_match():
     with pytest.raises(S.ConfigError, match="did you mean 'adam'"):
         S.make_method("adma")
+
+
+@pytest.mark.parametrize("fields,field", [
+    (dict(beta1=1.5), "beta1"), (dict(eps=-1.0), "eps"), (dict(lam=0.0), "lam"), (dict(c=-1.0), "c"),
+    (dict(beta2=1.0, c=None), "beta2"), (dict(beta2=0.9), "beta2"), (dict(c=None), "c"),
+])
+def test_a_method_cannot_be_built_invalid(fields, field):
+    """The invariants live in the class: a Method built directly or by dataclasses.replace is checked too."""
+    import dataclasses
+
+    good = S.adam()
+    with pytest.raises(S.ConfigError) as e:
+        dataclasses.replace(good, **{k: (None if v is None else jnp.asarray(v)) for k, v in fields.items()})
+    assert e.value.field == field
+    with pytest.raises(S.ConfigError, match="^beta1:"):
+        S.Method(beta1=jnp.asarray(2.0), c=jnp.asarray(10.0), beta2=None, eps=jnp.asarray(1e-8),
+                 lam=jnp.asarray(0.5), name="adam")
