@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import Any, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -24,10 +24,10 @@ from ._memory import available_memory
 from .options import check_dtype
 from .validation import ConfigError, as_float_array, as_key, check_int, show
 
-if TYPE_CHECKING:  # annotations only; problems imports this module
-    from .methods import Method
-    from .noise import AbstractNoise
-    from .problems import AbstractProblem
+from . import geometry as geo
+from .methods import Method
+from .noise import AbstractNoise
+from .problems import AbstractProblem
 
 __all__ = ["Inputs", "check_compatible", "parse_inputs", "initial_v", "run_meta", "META_KEYS", "memory_estimate",
            "check_memory", "explain_start_failure",
@@ -125,8 +125,6 @@ def explain_start_failure(problem: AbstractProblem, noise: AbstractNoise, method
     non-finite start, a NaN loss or v <= 0 with eps = 0 (S infinite), a ProjectionError otherwise (budget
     ``project_max_steps`` exhausted, no minimizer nearby). ``keys``: the per-path keys of the start (the
     start is ``problem.init(split(key)[0])`` as in the engine)."""
-    from . import geometry as geo
-
     status = np.asarray(status).reshape(-1)
     bad = np.flatnonzero(status != geo.PROJECTION_OK)
     n = f"{bad.size} of {status.size} path(s)"
