@@ -108,9 +108,12 @@ def scale_by_agm(beta1: ArrayLike, beta2: ArrayLike, eps: ArrayLike, lam: ArrayL
     def update(updates, state, params=None):
         del params
         count = optax.safe_increment(state.count)
-        mu = jax.tree.map(lambda m, g: beta1 * m + (1.0 - beta1) * g, state.mu, updates)
+        # the moments keep their own dtype (as optax.adam's do): float64 hyperparameters must not promote
+        # float32 moments, or a jitted float32 step recompiles and lax.cond over the state fails
+        mu = jax.tree.map(lambda m, g: (beta1 * m + (1.0 - beta1) * g).astype(m.dtype), state.mu, updates)
         sq = jax.tree.map(lambda g: g * g, updates)
-        nu = jax.tree.map(lambda v, s: beta2 * v + (1.0 - beta2) * s, state.nu, sq if V is None else V(sq))
+        nu = jax.tree.map(lambda v, s: (beta2 * v + (1.0 - beta2) * s).astype(v.dtype), state.nu,
+                          sq if V is None else V(sq))
         mu_hat, nu_hat = mu, nu
         if bias_correction:
             mu_hat = jax.tree.map(lambda m: m / (1.0 - beta1**count), mu)

@@ -373,3 +373,25 @@ def test_a_method_cannot_be_built_invalid(fields, field):
     with pytest.raises(S.ConfigError, match="^beta1:"):
         S.Method(beta1=jnp.asarray(2.0), c=jnp.asarray(10.0), beta2=None, eps=jnp.asarray(1e-8),
                  lam=jnp.asarray(0.5), name="adam")
+
+
+@pytest.mark.parametrize("method", [S.adam(), S.adalayer(), S.adame(lam=0.3)], ids=["adam", "adalayer", "adame"])
+def test_float32_state_keeps_its_dtype_under_jit_and_cond(method):
+    """As optax's own dtype tests do for optax.adam: float32 parameters give float32 moments after an update,
+    a jitted step compiles once, and lax.cond over the state type-checks."""
+    params = {"w": jnp.ones((3, 2), jnp.float32), "b": jnp.zeros(2, jnp.float32)}
+    tx = method.optax(0.01)
+    state = tx.init(params)
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
+
+    @jax.jit
+    def step(state):
+        _, new = tx.update(grads, state, params)
+        return new
+
+    new = step(state)
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(new)):
+        assert a.dtype == b.dtype, (a.dtype, b.dtype)
+    step(new)
+    assert step._cache_size() == 1  # no recompilation for the updated state
+    jax.lax.cond(True, lambda s: tx.update(grads, s, params)[1], lambda s: s, state)
