@@ -236,7 +236,7 @@ class Method(eqx.Module):
             given_names = self.blocks[2] if len(self.blocks) > 2 else None
             if len(self.blocks[1]) != len(sizes):
                 raise ConfigError("blocks", f"needs one block id per parameter leaf ({len(sizes)}), got {len(self.blocks[1])}")
-            if names is not None and given_names is not None and tuple(given_names) != tuple(names):
+            if names is not None and given_names is not None and list(map(_leaf_key, given_names)) != list(map(_leaf_key, names)):
                 raise ConfigError("blocks", f"the block ids are given for the leaves {', '.join(given_names)}, but the "
                                             f"problem's parameters have the leaves {', '.join(names)}")
             ids = np.repeat(np.asarray(self.blocks[1]), sizes)
@@ -351,6 +351,11 @@ def rmsprop(beta2: Optional[ArrayLike] = None, c: Optional[ArrayLike] = None, ep
     return _make("rmsprop", 0.0, beta2, c, eps, 0.5, bias_correction=bias_correction)
 
 
+def _leaf_key(name: str) -> str:
+    """A leaf's name without the brackets and quotes of ``jax.tree_util.keystr`` (``"['W1']"`` -> ``"W1"``)."""
+    return name.replace("['", "").replace("']", "/").replace("[", "").replace("]", "/").strip("./")
+
+
 def _blocks_spec(blocks):
     if blocks is None:
         raise ConfigError("blocks", "adam_mini needs block ids: one per coordinate, or 'leaf'")
@@ -359,9 +364,13 @@ def _blocks_spec(blocks):
             raise ConfigError("blocks", f"must be 'leaf' or a list of integer block ids, got {blocks!r}")
         return "leaf"
     if isinstance(blocks, dict) or (isinstance(blocks, (list, tuple)) and any(np.ndim(b) for b in blocks)):
-        leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(blocks)]
+        is_ids = lambda x: isinstance(x, list) and not isinstance(blocks, list)  # a list of ids is one leaf's ids
+        with_paths = jax.tree_util.tree_leaves_with_path(blocks, is_leaf=is_ids)
+        leaves = [np.asarray(x) for _, x in with_paths]
+        if not leaves:
+            raise ConfigError("blocks", "holds no block ids")
         if all(x.ndim == 0 for x in leaves):  # one id per parameter leaf, in the params' leaf order
-            names = tuple(jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(blocks))
+            names = tuple(jax.tree_util.keystr(p) for p, _ in with_paths)
             ids = np.asarray(leaves)
             if ids.dtype.kind not in "iu" and not (ids.dtype.kind == "f" and np.all(ids == np.round(ids))):
                 raise ConfigError("blocks", "block ids must be integers")
@@ -369,6 +378,8 @@ def _blocks_spec(blocks):
         arr = np.concatenate([x.ravel() for x in leaves])  # id arrays per leaf, raveled like the params
     else:
         arr = np.asarray(blocks)
+    if arr.size == 0:
+        raise ConfigError("blocks", "holds no block ids")
     if arr.dtype.kind not in "iu" and not (arr.dtype.kind == "f" and np.all(arr == np.round(arr))):
         raise ConfigError("blocks", "block ids must be integers")
     return tuple(int(i) for i in arr.ravel())

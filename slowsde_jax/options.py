@@ -154,7 +154,8 @@ class Execution(eqx.Module):
     checkpoint_every_s: float = 30.0
     chunk_steps: int = 1_000_000
     block_steps: int = 32
-    devices: Optional[Sequence[Any]] = None
+    devices: Optional[Sequence[Any]] = eqx.field(default=None, converter=lambda d: tuple(d) if (
+        d is not None and not isinstance(d, (str, bytes)) and hasattr(d, "__iter__")) else d)
     divergence_bound: float = 1e10
     on_chunk: Optional[Callable] = None
     paths_per_call: Optional[int] = None

@@ -16,6 +16,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ._io import RunIOError, claim_file, describe_os_error, owned_files, owned_folder
+from .validation import ConfigError
 
 __all__ = ["RecordStream"]
 
@@ -30,7 +31,7 @@ class RecordStream:
     """
 
     def __init__(self, folder, n_t: int, fresh: bool = True, field: str = "record_to"):
-        self.folder = owned_folder(folder, field)
+        self.folder, self.field = owned_folder(folder, field), field
         self.n_t = int(n_t)
         self._offsets: dict = {}
         if fresh:
@@ -51,13 +52,19 @@ class RecordStream:
         path = self.path(name)
         shape = (self.n_t,) + x.shape
         if path.exists():
-            with open(path, "rb") as f:
-                version = np.lib.format.read_magic(f)
-                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-                hshape, fortran, dtype = read(f)
-                if hshape == shape and not fortran and dtype == x.dtype:
-                    self._offsets[name] = f.tell()
-                    return self._offsets[name]
+            if path.name not in (owned_files(self.folder) or []):
+                raise ConfigError(self.field, f"{path} is a file that slowsde_jax did not write; it is left alone")
+            try:
+                with open(path, "rb") as f:
+                    version = np.lib.format.read_magic(f)
+                    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                            else np.lib.format.read_array_header_2_0)
+                    hshape, fortran, dtype = read(f)
+                    if hshape == shape and not fortran and dtype == x.dtype:
+                        self._offsets[name] = f.tell()
+                        return self._offsets[name]
+            except ValueError:  # a file of ours left damaged (cut before its header was written): rebuilt
+                pass
         header = {"descr": np.lib.format.dtype_to_descr(x.dtype), "fortran_order": False, "shape": shape}
         claim_file(self.folder, path.name)
         with open(path, "wb") as f:

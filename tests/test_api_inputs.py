@@ -324,3 +324,21 @@ def test_project_names_the_bad_argument(kw, field):
     with pytest.raises(S.ConfigError) as e:
         geometry.project(HYP.loss, args.pop("theta"), args.pop("S"), residuals=HYP.residuals, **args)
     assert e.value.field == field
+
+
+def test_a_users_file_in_a_claimed_folder_is_left_alone(tmp_path):
+    """A file the user puts into a folder the library claimed earlier is not overwritten by a later run."""
+    folder = tmp_path / "rec"
+    S.simulate_discrete(HYP, LABEL, S.adam(), eta=0.1, steps=4, n_record=2, recording=S.Recording(record_to=folder))
+    (folder / "theta.npy").unlink()
+    (folder / "theta.npy").write_bytes(b"mine")
+    owned = json.loads((folder / ".slowsde_files.json").read_text())["files"]
+    (folder / ".slowsde_files.json").write_text(json.dumps({"files": [f for f in owned if f != "theta.npy"]}))
+    with pytest.raises(S.ConfigError, match="did not write"):
+        S.simulate_discrete(HYP, LABEL, S.adam(), eta=0.1, steps=4, n_record=2, recording=S.Recording(record_to=folder))
+    assert (folder / "theta.npy").read_bytes() == b"mine"
+
+
+def test_devices_may_be_any_iterable():
+    ex = S.Execution(devices=(d for d in jax.devices()))
+    assert ex.devices == tuple(jax.devices())

@@ -140,3 +140,12 @@ def test_factorization_declares_its_two_layers():
     assert mf.leaf_sizes == (6, 8)
     ids = S.adalayer().for_problem(mf).blocks
     assert ids == (0,) * 6 + (1,) * 8
+
+
+def test_per_leaf_ids_name_the_factorizations_layers_and_lists_are_one_leafs_ids():
+    mf = problems.matrix_factorization(d1=3, d2=4, rank=1, n=6, model_rank=2)
+    assert S.adam_mini({"U": 0, "V": 1}).for_problem(mf).blocks == (0,) * 6 + (1,) * 8
+    assert S.adam_mini({"a": [0, 0], "b": [1, 1, 1]}).blocks == (0, 0, 1, 1, 1)  # ids per coordinate, per leaf
+    for empty in ([], {}, ()):
+        with pytest.raises(S.ConfigError, match="^blocks: holds no block ids"):
+            S.adam_mini(empty)
