@@ -30,7 +30,7 @@ from typing import Optional, Sequence
 
 from . import config as cfgmod
 from . import runs
-from ._io import RunIOError, describe_os_error
+from ._io import RunIOError, describe_os_error, read_npz
 from ._version import __version__
 from .comparison import describe_order, eta_sweep
 from .compile_cache import enable_compilation_cache
@@ -180,27 +180,18 @@ def _folder_status(folder) -> Optional[str]:
 
 def _check_npz(path):
     """ConfigError naming ``path`` and how to restart when a checkpoint is not a readable npz."""
-    import zipfile
-
-    import numpy as np
-
     try:
-        with np.load(path, allow_pickle=False) as f:
-            for k in f.files:
-                f[k]
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-        why = "empty file" if path.stat().st_size == 0 else type(e).__name__
-        raise ConfigError("checkpoint", f"'{path}' is corrupt or truncated ({why}); delete it to restart that run "
-                                        f"from its beginning (rm '{path}'), then resume again") from None
+        read_npz(path, "checkpoint", "checkpoint")
+    except ConfigError as e:
+        raise ConfigError("checkpoint", f"{e.reason}; delete it to restart that run from its beginning "
+                                        f"(rm '{path}'), then resume again") from None
 
 
 def _read_done(path, name):
     """The trajectories of a run that finished before an interruption; ConfigError if the file is damaged."""
-    import zipfile
-
     try:
         return runs.read_trajectories(path)[name]
-    except (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile) as e:
+    except (ConfigError, KeyError) as e:  # read_npz's faults, or another run's file
         raise ConfigError("checkpoint", f"'{path}' is corrupt or truncated ({type(e).__name__}); delete it to run "
                                         f"'{name}' again from its beginning (rm '{path}')") from None
 

@@ -51,7 +51,7 @@ from .methods import Method, second_moment
 from .noise import AbstractNoise
 from .problems import AbstractProblem
 from .sweep import apply_hypers, check_sweep_value, sweep_grid
-from .options import SLOW_FIELDS, Execution, Recording, Start, check_devices, refuse_foreign
+from .options import Execution, Recording, Start, check_devices, engine_options
 from .inputs import (check_step_count, check_steps, initial_v,
                      parse_inputs, run_meta)
 from .trajectory import Trajectory
@@ -275,16 +275,7 @@ def simulate_discrete(problem: AbstractProblem, noise: AbstractNoise, method: Me
 
     Raises ConfigError naming the field for a bad argument, before any work.
     """
-    opts = {}
-    for name, value, cls in (("start", start, Start), ("recording", recording, Recording),
-                             ("execution", execution, Execution)):
-        if value is None:
-            value = cls()
-        elif not isinstance(value, cls):
-            raise ConfigError(name, f"must be a slowsde_jax.{cls.__name__}(...), got {type(value).__name__}")
-        opts[name] = value
-    refuse_foreign("discrete", opts, SLOW_FIELDS)
-    start, recording, execution = opts["start"], opts["recording"], opts["execution"]
+    start, recording, execution = engine_options("discrete", start, recording, execution)
     theta0, v0 = start.theta0, "zeros" if start.v0 is None else start.v0
     record_state, record_observables, record_to = (recording.record_state, recording.record_observables,
                                                    recording.record_to)
@@ -446,8 +437,6 @@ def load_checkpoint(path: Union[str, Path], fresh: DiscreteRun) -> DiscreteRun:
     A file that is empty, truncated, not an npz or missing entries raises ConfigError("checkpoint", ...)
     naming it and how to restart (delete it: the run then starts over from step 0), as does a checkpoint
     of another run (other schedule or shapes)."""
-    import zipfile
-
     restart = f"delete it to restart this run from its beginning (rm '{path}')"
     try:
         arrays = read_npz(path, "checkpoint", "checkpoint")
@@ -455,7 +444,7 @@ def load_checkpoint(path: Union[str, Path], fresh: DiscreteRun) -> DiscreteRun:
         leaves, treedef = jax.tree_util.tree_flatten(fresh.state)
         saved = [np.asarray(arrays[f"state.{i}"]) for i in range(len(leaves))]
         records = {k[4:]: list(v) for k, v in arrays.items() if k.startswith("rec.")}
-    except (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile) as e:
+    except (ValueError, KeyError, TypeError) as e:  # read_npz's ConfigError (a ValueError), or a missing entry
         why = "it is empty" if Path(path).is_file() and Path(path).stat().st_size == 0 else f"{type(e).__name__}: {e}"
         raise ConfigError("checkpoint", f"'{path}' is corrupt or truncated ({why}); {restart}") from None
     if not np.array_equal(targets, fresh.targets):

@@ -23,8 +23,8 @@ from jaxtyping import ArrayLike
 from .validation import ConfigError, as_real_array, check_bool, check_bound, check_int, check_optional_bool, \
     check_range, show
 
-__all__ = ["Start", "Recording", "Execution", "V0_MODES", "FLOAT_DTYPES", "check_dtype", "check_devices",
-           "check_path"]
+__all__ = ["Start", "Recording", "Execution", "engine_options", "V0_MODES", "FLOAT_DTYPES", "check_dtype",
+           "check_devices", "check_path"]
 
 V0_MODES = ("zeros", "equilibrium")
 FLOAT_DTYPES = ("float64", "float32")
@@ -185,7 +185,23 @@ DISCRETE_FIELDS = {"execution": ("checkpoint_every_s", "chunk_steps", "block_ste
 SLOW_FIELDS = {"execution": ("paths_per_call", "records_per_call"), "start": ("project_max_steps",)}
 
 
-def refuse_foreign(engine: str, options: dict[str, eqx.Module], foreign: dict[str, tuple[str, ...]]) -> None:
+def engine_options(engine: str, start: Optional[Start], recording: Optional[Recording],
+                   execution: Optional[Execution]) -> tuple[Start, Recording, Execution]:
+    """The options of one engine call (``engine``: "discrete" or "slow"): the defaults for those not given;
+    ConfigError for an argument of the wrong type, or for a field only the other engine uses."""
+    out = {}
+    for name, value, cls in (("start", start, Start), ("recording", recording, Recording),
+                             ("execution", execution, Execution)):
+        if value is None:
+            value = cls()
+        elif not isinstance(value, cls):
+            raise ConfigError(name, f"must be a slowsde_jax.{cls.__name__}(...), got {type(value).__name__}")
+        out[name] = value
+    _refuse_foreign(engine, out, SLOW_FIELDS if engine == "discrete" else DISCRETE_FIELDS)
+    return out["start"], out["recording"], out["execution"]
+
+
+def _refuse_foreign(engine: str, options: dict[str, eqx.Module], foreign: dict[str, tuple[str, ...]]) -> None:
     """ConfigError("<option>.<field>") for a field of another engine that is set away from its default."""
     for name, fields in foreign.items():
         obj = options[name]
