@@ -51,7 +51,7 @@ from .methods import Method, second_moment
 from .noise import AbstractNoise
 from .problems import AbstractProblem
 from .sweep import apply_hypers, check_sweep_value, sweep_grid
-from .options import Execution, Recording, Start, check_devices, engine_options
+from .options import Execution, Recording, Start, engine_options
 from .inputs import (check_step_count, check_steps, initial_v,
                      parse_inputs, run_meta)
 from .trajectory import Trajectory
@@ -282,7 +282,7 @@ def simulate_discrete(problem: AbstractProblem, noise: AbstractNoise, method: Me
     ex = execution
     dtype, progress, checkpoint, checkpoint_every_s = ex.dtype, ex.progress, ex.checkpoint, ex.checkpoint_every_s
     chunk_steps, block_steps, divergence_bound, on_chunk = ex.chunk_steps, ex.block_steps, ex.divergence_bound, ex.on_chunk
-    devices = check_devices(ex.devices)
+    devices = ex.devices  # a tuple of jax devices, checked by Execution
 
     # validate
     inputs = parse_inputs(problem, noise, method, key=key, n_paths=n_paths, n_record=n_record, theta0=theta0,
