@@ -45,13 +45,13 @@ def main():
         rng = np.random.default_rng(1)
         Gm = jnp.asarray(rng.normal(size=(D, 8)))
         jobs = {"gradient": (jax.jit(jax.grad(prob.loss)), x)}
-        jobs["ls Jacobian J (n x D)"] = (jax.jit(lambda t: G.ls_jacobian(prob.residuals, t)), x)
-        J = G.ls_jacobian(prob.residuals, x)
+        jobs["ls Jacobian J (n x D)"] = (jax.jit(lambda t: prob.least_squares().jacobian(t)), x)
+        J = prob.least_squares().jacobian(x)
         jobs["ls dPhi_S x (structured)"] = (jax.jit(lambda J, v: G.ls_apply_projection(J, w, S, v)), J, x)
         jobs["ls tangent grad^3 L[S] (structured)"] = (
-            jax.jit(lambda t, J: G.ls_third_derivative_tangent(prob.residuals, w, t, S[:, None] * J.T)), x, J)
+            jax.jit(lambda t, J: G.ls_third_derivative_tangent(prob.least_squares(), w, t, S[:, None] * J.T)), x, J)
         jobs["label-noise drift (structured, incl. J)"] = (
-            jax.jit(lambda t: G.label_noise_drift(prob.loss, t, S, alpha, residuals=prob.residuals, weights=w)), x)
+            jax.jit(lambda t: G.label_noise_drift(prob.loss, t, S, alpha, least_squares=prob.least_squares())), x)
         jobs["grad^3 L[G G^T], rank 8 (low-rank)"] = (jax.jit(lambda t: G.third_derivative_contraction(prob.loss, t, G=Gm)), x)
         if D <= a.dense_max:
             H = jax.jit(jax.hessian(prob.loss))(x)

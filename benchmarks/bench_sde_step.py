@@ -34,7 +34,8 @@ from _timing import best_time
 def breakdown(prob, nz, m, x0, P):
     """Per-step times (s) of the SDE step's parts and of one discrete update, each vmapped over P paths."""
     model = sde.SlowSDEModel(prob, nz, m, jnp.asarray(10.0))
-    res, w = prob.residual_parts()
+    ls = prob.least_squares()
+    w = ls.weights
     X = jnp.tile(x0, (P, 1)) * (1.0 + 1e-3 * jax.random.normal(jax.random.PRNGKey(0), (P, x0.size)))
     V = jnp.full_like(X, 0.5)
     size = sde._matrix_size(model)  # vmapped in groups on the CPU, as the engine does (the LAPACK deadlock)
@@ -42,7 +43,7 @@ def breakdown(prob, nz, m, x0, P):
     coef = over_paths(lambda z, v: sde.sde_coefficients(0.0, (z, v), model))
 
     def eig(z, v):
-        Jw = jnp.sqrt(w)[:, None] * geo.ls_jacobian(res, z)
+        Jw = jnp.sqrt(w)[:, None] * ls.jacobian(z)
         return jnp.linalg.eigh(Jw @ (m.S(v)[:, None] * Jw.T))
 
     retract = over_paths(lambda z, v: sde.retract_onto_gamma((z, v), (z + 1e-3, v), model))

@@ -60,11 +60,10 @@ def main():
         prob = problems.diagonal_net(d=D // 2, n=a.n, k=3, key=0, n_test=10)
         xs = points_on_gamma(prob, a.n, a.points)
         vs = jax.vmap(lambda x: method.V(nz.covariance_diag(prob, x)))(xs)
-        residuals, w = prob.residual_parts()
 
         def one(xv):
             x, v = xv
-            drift, A = G.ls_slow_sde_coefficients(residuals, w, x, method.S(v), nz.covariance_factor(prob, x))
+            drift, A = G.ls_slow_sde_coefficients(prob.least_squares(), x, method.S(v), nz.covariance_factor(prob, x))
             return drift, c * (method.V(nz.covariance_diag(prob, x)) - v), A
 
         structured = jax.jit(jax.vmap(lambda x, v: one((x, v))))

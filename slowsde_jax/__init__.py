@@ -4,7 +4,7 @@ Importing the package turns on float64 (see ``slowsde_jax._precision``).
 """
 from . import _precision  # noqa: F401  (must run before any array is made)
 from .validation import ConfigError
-from .methods import (Method, ScaleByAGMState, adalayer, adam, adam_mini, adame, make_method, rmsprop,
+from .methods import (AGM, SGD, AbstractMethod, ScaleByAGMState, adalayer, adam, adam_mini, adame, make_method, rmsprop,
                       scale_by_agm, second_moment, sgd)
 from .trajectory import Trajectory, mean_se
 from .discrete import simulate_discrete
@@ -17,10 +17,11 @@ from .observables import at_projection, project_trajectory, sharpness_values
 from .geometry import ProjectionError
 from .compile_cache import enable_compilation_cache
 from .problems import from_loss
+from ._structure import LeastSquares
 from . import geometry, noise, plotting, problems
 from ._version import __version__
 
-__all__ = ["ConfigError", "Execution", "LabelNoiseODE", "ProjectedEulerMaruyama", "Recording", "Start", "Method", "ProjectionError", "ScaleByAGMState", "Trajectory", "adalayer", "adam",
+__all__ = ["ConfigError", "Execution", "LabelNoiseODE", "LeastSquares", "ProjectedEulerMaruyama", "Recording", "Start", "AbstractMethod", "AGM", "SGD", "ProjectionError", "ScaleByAGMState", "Trajectory", "adalayer", "adam",
            "adam_mini", "adame", "at_projection", "compare", "enable_compilation_cache", "eta_sweep", "from_loss",
            "geometry", "load_run", "make_method", "mean_se", "noise", "plotting", "problems", "project_trajectory",
            "rmsprop", "scale_by_agm", "second_moment", "sgd", "sharpness_values", "simulate_discrete",

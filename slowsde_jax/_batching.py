@@ -20,10 +20,10 @@ def safe_batch(matrix_size: int) -> int:
     return max(1, (_SPLIT_COST - 1) // (5 * max(1, int(matrix_size)) ** 3))
 
 
-def factorized_size(theta, residuals=None) -> int:
+def factorized_size(theta, least_squares=None) -> int:
     """The largest matrix the geometry factorizes per point theta (D,): the n x n Gram matrix for least squares
-    (``residuals`` r(theta) -> (n,)), else the D x D Hessian."""
-    return theta.shape[-1] if residuals is None else jax.eval_shape(residuals, theta).shape[0]
+    (``least_squares``, a ``LeastSquares`` with residuals r(theta) -> (n,)), else the D x D Hessian."""
+    return theta.shape[-1] if least_squares is None else jax.eval_shape(least_squares.residuals, theta).shape[0]
 
 
 def map_paths(f, xs, matrix_size: int):

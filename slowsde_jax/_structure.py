@@ -1,47 +1,63 @@
-"""The least-squares structure a problem declares, read from its residual function (a leaf module).
+"""The least-squares structure a problem declares (a leaf module).
 
-A least-squares problem's ``residuals`` is its bound method, and the problem may declare closed forms next to
-it: ``quadratic_residuals()`` (r = B (x * x) - y), ``residual_jacobian(theta)``, ``residual_hessian_sum``,
-``gn_trace_hessian``. ``declared`` finds them; ``ls_jacobian`` and ``quadratic_structure`` are the
-two every layer above needs (the noise models and the geometry).
+A least-squares problem has L(theta) = sum_i w_i r_i(theta)^2 / 2 and says so with
+``problem.least_squares()``, a ``LeastSquares``: its residuals, its weights and the closed forms it knows.
+The noise models and the geometry take that object; nothing is read off bound methods.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional, final
 
+import equinox as eqx
 import jax
+import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-__all__ = ["ResidualFn", "declared", "quadratic_structure", "ls_jacobian"]
+from .validation import ConfigError
+
+__all__ = ["ResidualFn", "LeastSquares"]
 
 ResidualFn = Callable[[Float[Array, "D"]], Float[Array, "n"]]
 
 
-def quadratic_structure(residuals):
-    """``(B, y)`` when the residuals are r(x) = B (x * x) - y (diagonal nets, the hyperbola), else None.
+@final
+class LeastSquares(eqx.Module):
+    """L(theta) = sum_i w_i r_i(theta)^2 / 2, declared.
 
-    A problem declares it with a method ``quadratic_residuals()`` returning (B, y); ``residuals`` is its bound
-    method ``problem.residuals`` (as ``Problem.residual_parts`` returns it)."""
-    get = declared(residuals, "quadratic_residuals")
-    return None if get is None else get()
+    - ``residuals``: theta (D,) -> r (n,).
+    - ``weights``: w (n,), nonnegative (0 masks a sample); None means ones.
+    - ``quadratic``: ``(B (n, D), y (n,))`` when r(x) = B (x * x) - y (diagonal nets, the hyperbola); the
+      projection onto Gamma and the label-noise ODE then have closed forms.
+    - ``jacobian_fn``: theta -> dr/dtheta (n, D) in closed form (else autodiff).
+    - ``hessian_sum_fn``: (theta, w (n,), a (D, n)) -> sum_i w_i Hess r_i a_i (D,) in closed form.
+    - ``gn_trace_hessian_fn``: (theta, S (D,), w (n,)) -> grad^2 of sum_i w_i sum_k S_k (d_k r_i)^2 (D, D).
 
+    It is a pytree: the residual function's own arrays (a problem's bound method) are its leaves.
+    """
 
-def declared(residuals, name):
-    """The method ``name`` of the problem whose bound method ``residuals`` is (a structure or closed form the
-    problem declares), or None."""
-    return getattr(getattr(residuals, "__self__", None), name, None)
+    residuals: ResidualFn
+    weights: Optional[Float[Array, "n"]] = None
+    quadratic: Optional[tuple[Float[Array, "n D"], Float[Array, "n"]]] = None
+    jacobian_fn: Optional[Callable] = None
+    hessian_sum_fn: Optional[Callable] = None
+    gn_trace_hessian_fn: Optional[Callable] = None
 
+    def __check_init__(self):
+        if not callable(self.residuals):
+            raise ConfigError("residuals", f"must be a function of theta, got {type(self.residuals).__name__}")
 
-def ls_jacobian(residuals: ResidualFn, theta: Float[Array, "D"]) -> Float[Array, "n D"]:
-    """J = d r / d theta, (n, D). Quadratic residuals r = B (x * x) - y (``quadratic_structure``):
-    J = 2 B Diag(x), O(n D). A problem with a closed form declares it as a method ``residual_jacobian(theta)``
-    (``residuals`` is its bound method ``problem.residuals``). Otherwise autodiff: reverse mode when n <= D
-    (n passes), forward mode else."""
-    quad = quadratic_structure(residuals)
-    if quad is not None:
-        return 2.0 * quad[0] * theta[None, :]
-    closed_form = declared(residuals, "residual_jacobian")
-    if closed_form is not None:
-        return closed_form(theta)
-    n = jax.eval_shape(residuals, theta).shape[0]
-    return (jax.jacrev if n <= theta.shape[0] else jax.jacfwd)(residuals)(theta)
+    def sample_weights(self, theta: Float[Array, "D"]) -> Float[Array, "n"]:
+        """w (n,): the declared weights, or ones shaped like r(theta)."""
+        if self.weights is not None:
+            return self.weights
+        return jnp.ones(jax.eval_shape(self.residuals, theta).shape, theta.dtype)
+
+    def jacobian(self, theta: Float[Array, "D"]) -> Float[Array, "n D"]:
+        """J = dr/dtheta, (n, D): 2 B Diag(x) for quadratic residuals (O(n D)), the declared closed form,
+        else autodiff (reverse mode when n <= D, forward mode else)."""
+        if self.quadratic is not None:
+            return 2.0 * self.quadratic[0] * theta[None, :]
+        if self.jacobian_fn is not None:
+            return self.jacobian_fn(theta)
+        n = jax.eval_shape(self.residuals, theta).shape[0]
+        return (jax.jacrev if n <= theta.shape[0] else jax.jacfwd)(self.residuals)(theta)

@@ -8,7 +8,7 @@ import numpy as np
 from jaxtyping import ArrayLike, PRNGKeyArray
 
 from .validation import ConfigError
-from .methods import Method
+from .methods import AbstractMethod
 from .noise import AbstractNoise
 from .problems import AbstractProblem
 from .discrete import simulate_discrete
@@ -99,7 +99,7 @@ def describe_order(entry: dict) -> str:
     return f"order {entry['order']:.2f}" + (f" ± {se:.2f}" if se is not None else "")
 
 
-def eta_sweep(problem: AbstractProblem, noise: AbstractNoise, method: Method, etas: Sequence[float], T: float,
+def eta_sweep(problem: AbstractProblem, noise: AbstractNoise, method: AbstractMethod, etas: Sequence[float], T: float,
               n_paths: int, key: Union[int, PRNGKeyArray], sde_traj: Trajectory,
               observables: Union[str, Sequence[str]], project: bool = True, **discrete_kw: Any) -> dict[str, Any]:
     """Run the discrete method at every eta in ``etas`` (one compiled sweep, recorded on ``sde_traj``'s

@@ -333,7 +333,7 @@ def build_noise(cfg: dict) -> noise.AbstractNoise:
     return noise.NOISES[cfg["noise"]["kind"]](**kw)
 
 
-def build_runs(cfg: dict) -> list[tuple[str, methods.Method, dict[str, Any]]]:
+def build_runs(cfg: dict) -> list[tuple[str, methods.AbstractMethod, dict[str, Any]]]:
     """[(name, method, simulate_discrete keyword arguments)] for every run of the config."""
     out = []
     for name, run in cfg["runs"].items():
@@ -461,7 +461,7 @@ def _check_slow_flow(cfg, planned):
                 "hold the slow-flow results)")
         v0 = cfg["runs"][name].get("v0", cfg.get("v0", "zeros"))
         zero = v0 == "zeros" or (not isinstance(v0, str) and min(v0 if isinstance(v0, list) else [v0]) == 0)
-        if method.has_v and getattr(method, "eps", 1.0) == 0 and zero:
+        if method.has_v and method.eps == 0 and zero:
             raise ConfigError(f"runs.{name}.v0", "slow_flow with eps = 0 needs v0: equilibrium or v0 > 0 (at v = 0, "
                               "S = 1/(sqrt(v) + eps) is infinite and the states cannot be mapped onto Gamma)")
 

@@ -47,7 +47,7 @@ from . import sharding as _sharding
 from ._io import atomic_write, read_npz
 from .streaming import RecordStream
 from .validation import ConfigError, check_int, check_range
-from .methods import Method, second_moment
+from .methods import AbstractMethod, second_moment
 from .noise import AbstractNoise
 from .problems import AbstractProblem
 from .sweep import apply_hypers, check_sweep_value, sweep_grid
@@ -243,7 +243,7 @@ class DiscreteRun:
     observables: bool = True  # record the problem's observables
 
 
-def simulate_discrete(problem: AbstractProblem, noise: AbstractNoise, method: Method, eta: Optional[float] = None,
+def simulate_discrete(problem: AbstractProblem, noise: AbstractNoise, method: AbstractMethod, eta: Optional[float] = None,
                       T: Optional[float] = None, n_paths: int = 1, key: Union[int, jax.Array] = 0, *,
                       steps: Optional[int] = None, n_record: int = 100, sweep: Optional[dict] = None,
                       start: Optional[Start] = None, recording: Optional[Recording] = None,
@@ -366,6 +366,8 @@ def _static_sqrt(method, grid):
     """Adam's exponent as a Python constant: with ``lam`` = 1/2 fixed (not swept), S(v) = 1/(v^(1/2) + eps)
     compiles to a square root instead of a power with a traced exponent (exp(lam log v), several times
     dearer and different in the last bit). Other exponents, and swept ones, stay arrays (compile once)."""
+    if not method.has_v:
+        return method
     lam = method.lam
     if "lam" in grid or not eqx.is_array(lam) or lam.ndim or float(lam) != 0.5:
         return method

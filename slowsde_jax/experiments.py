@@ -32,7 +32,7 @@ import numpy as np
 from jaxtyping import ArrayLike
 
 from .discrete import simulate_discrete
-from .methods import Method
+from .methods import AbstractMethod
 from .noise import AbstractNoise
 from .observables import at_projection
 from .options import Execution, Recording
@@ -82,7 +82,7 @@ class SeedGrid:
                          if all(np.isclose(h.get(k, np.nan), v) for k, v in hypers.items())], dtype=int)
 
 
-def run_seed_grid(problem_fn: Callable[[int], "AbstractProblem"], noise: "AbstractNoise", method: "Method",
+def run_seed_grid(problem_fn: Callable[[int], "AbstractProblem"], noise: "AbstractNoise", method: "AbstractMethod",
                   seeds: Sequence[int], *, eta: Optional[float] = None,
                   sweep: Optional[dict] = None, steps: Optional[int] = None, T: Optional[float] = None,
                   n_paths: int = 1, n_record: int = 20, tail_fraction: float = 0.25, record_state: bool = False,
@@ -156,8 +156,8 @@ def threshold_summary(n_grid: Sequence[float], losses: ArrayLike, level: float =
             "max": float(np.max(per)), "level": float(level)}
 
 
-def grid_point(problem: "AbstractProblem", noise: "AbstractNoise", method: "Method",
-               hypers: dict) -> tuple["AbstractProblem", "AbstractNoise", "Method"]:
+def grid_point(problem: "AbstractProblem", noise: "AbstractNoise", method: "AbstractMethod",
+               hypers: dict) -> tuple["AbstractProblem", "AbstractNoise", "AbstractMethod"]:
     """(problem, noise, method) at one grid point: the swept values in ``hypers`` (one entry of
     ``SeedGrid.hypers``, e.g. ``{"eta": 0.1, "lam": 0.001, "n_train": 20}``) substituted as float arrays
     (``slowsde_jax.sweep.apply_hypers``). A swept lam changes the method's preconditioner S, so a
@@ -165,7 +165,7 @@ def grid_point(problem: "AbstractProblem", noise: "AbstractNoise", method: "Meth
     return apply_hypers(problem, noise, method, {k: jnp.asarray(float(v)) for k, v in hypers.items()})
 
 
-def states_at_projection(problem: "AbstractProblem", method: "Method", theta: ArrayLike,
+def states_at_projection(problem: "AbstractProblem", method: "AbstractMethod", theta: ArrayLike,
                          v: Optional[ArrayLike] = None, diverged: Optional[ArrayLike] = None,
                          **project_kw: Any) -> dict:
     """Bare states seen on Gamma: ``slowsde_jax.observables.at_projection`` applied to ``theta``
@@ -337,7 +337,7 @@ def min_sharpness_on_manifold(problem: "AbstractProblem", theta0: ArrayLike, pow
     found without the ODE, started at ``theta0`` (D,), a point on or near Gamma.
 
     ``power`` 1 is tr H (SGD's target), 1/2 is tr(Diag H^{1/2}) (Adam's), 1 - lam is AdamE-lam's.
-    ``problem`` must be least squares (its ``residuals``, ``sample_weights`` and ``hessian_diag``). Method:
+    ``problem`` must be least squares (its ``residuals``, ``sample_weights`` and ``hessian_diag``). AbstractMethod:
     Riemannian gradient descent on Gamma (tangent projection of the gradient, Gauss-Newton retraction onto
     c = sqrt(w) * r = 0, Armijo steps), with the power smoothed as (h + eps)^power for eps running through
     ``smoothing`` (only the last for power 1), at most ``max_steps`` steps per eps. The problem is not convex:

@@ -35,11 +35,11 @@ from jaxtyping import Array, ArrayLike, Float, Int, Scalar
 
 from ._batching import factorized_size, map_paths
 from ._small_linalg import spd_solve
-from ._structure import declared, ls_jacobian, quadratic_structure  # noqa: F401  (part of the geometry's face)
+from ._structure import LeastSquares
 from .validation import ConfigError, as_float_array, check_int, check_range
 
 __all__ = ["ProjectionError", "PROJECTION_STATUS", "projection_jacobian", "sigma_parallel", "sigma_diamond",
-           "sharpness", "hessian", "third_derivative_contraction", "numerical_rank", "ls_jacobian",
+           "sharpness", "hessian", "third_derivative_contraction", "numerical_rank",
            "ls_apply_projection", "ls_projection_jacobian", "ls_third_derivative_tangent", "ls_gn_trace_hessian",
            "label_noise_drift",
            "normal_frame", "newton_retraction_step", "project_flow", "project", "projection_failure_message"]
@@ -53,7 +53,6 @@ DEFAULT_RTOL = 1e-8
 
 # Types used in the signatures below.
 LossFn = Callable[[Float[Array, "D"]], Scalar]
-ResidualFn = Callable[[Float[Array, "D"]], Float[Array, "n"]]
 Preconditioner = Union[Float[Array, "D"], Float[Array, "D D"]]  # S: its diagonal (D,) or an SPD matrix (D, D)
 RankArg = Optional[Union[int, Int[Array, ""]]]  # a codimension, possibly traced; None: the rank rule
 
@@ -246,47 +245,43 @@ def ls_projection_jacobian(J: Float[Array, "n D"], w: Float[Array, "n"], S: Prec
     return jnp.eye(J.shape[1], dtype=J.dtype) - SJt @ Z
 
 
-def ls_third_derivative_tangent(residuals: ResidualFn, w: Float[Array, "n"], theta: Float[Array, "D"],
+def ls_third_derivative_tangent(ls: LeastSquares, w: Float[Array, "n"], theta: Float[Array, "D"],
                                 MJt: Float[Array, "D n"]) -> Float[Array, "D"]:
     """The part of grad <Hess L, M> that survives dPhi_S S on Gamma for L = sum_n w_n r_n^2 / 2:
     2 sum_n w_n Hess r_n (M grad r_n), shape (D,). ``MJt`` = M J^T, (D, n) (column n is M grad r_n).
 
     (The full contraction adds J^T(...), which dPhi_S S annihilates; r = 0 on Gamma removes the rest.)
     Cost: n Jacobian-vector products of r, then one gradient: O(n) passes of r. Quadratic residuals
-    r = B (x * x) - y (Hess r_n = 2 Diag(B_n)): 4 sum_n w_n B_n * (M grad r_n), O(n D). A problem with a
-    closed form declares sum_n w_n Hess r_n a_n as a method ``residual_hessian_sum(theta, w, a)``, a (D, n).
+    r = B (x * x) - y (``ls.quadratic``; Hess r_n = 2 Diag(B_n)): 4 sum_n w_n B_n * (M grad r_n), O(n D);
+    or the declared closed form ``ls.hessian_sum_fn``. ``w`` (n,) is passed apart from ``ls.weights``
+    because callers fold their own factor into it.
     """
-    quad = quadratic_structure(residuals)
-    if quad is not None:
-        return 4.0 * jnp.sum(quad[0] * (w[:, None] * MJt.T), axis=0)
-    closed_form = declared(residuals, "residual_hessian_sum")
-    if closed_form is not None:
-        return 2.0 * closed_form(theta, w, MJt)
+    if ls.quadratic is not None:
+        return 4.0 * jnp.sum(ls.quadratic[0] * (w[:, None] * MJt.T), axis=0)
+    if ls.hessian_sum_fn is not None:
+        return 2.0 * ls.hessian_sum_fn(theta, w, MJt)
 
     def directional(t):  # sum_n w_n <grad r_n(t), a_n> with a_n = MJt[:, n] fixed
-        jvps = jax.vmap(lambda a: jax.jvp(residuals, (t,), (a,))[1], in_axes=1)(MJt)  # (n, n): row k = J(t) a_k
+        jvps = jax.vmap(lambda a: jax.jvp(ls.residuals, (t,), (a,))[1], in_axes=1)(MJt)  # (n, n): row k = J(t) a_k
         return jnp.sum(w * jnp.diagonal(jvps))
 
     return 2.0 * jax.grad(directional)(theta)
 
 
-def ls_gn_trace_hessian(residuals: ResidualFn, w: Float[Array, "n"], theta: Float[Array, "D"],
+def ls_gn_trace_hessian(ls: LeastSquares, w: Float[Array, "n"], theta: Float[Array, "D"],
                         S: Float[Array, "D"]) -> Float[Array, "D D"]:
     """grad^2 phi at theta for phi(theta) = tr(S J^T W J) = sum_n w_n sum_i S_i (d_i r_n)^2 with the diagonal
     S (D,) held fixed, shape (D, D). grad phi is ``ls_third_derivative_tangent`` with M = S, so this is
     the derivative of the label-noise drift's curvature term (the stiff part of Adam's ODE, see
-    ``slowsde_jax.sde``). Quadratic residuals r = B (x * x) - y: 8 Diag(sum_n w_n B_n^2 S), O(n D). A problem
-    with a closed form declares it as a method ``gn_trace_hessian(theta, S, w)``. Otherwise autodiff: D
-    forward passes through the gradient of phi."""
-    quad = quadratic_structure(residuals)
-    if quad is not None:
-        return jnp.diag(8.0 * S * (w @ quad[0] ** 2))
-    closed_form = declared(residuals, "gn_trace_hessian")
-    if closed_form is not None:
-        return closed_form(theta, S, w)
+    the slow ODE). Quadratic residuals r = B (x * x) - y: 8 Diag(sum_n w_n B_n^2 S), O(n D); or the declared
+    closed form ``ls.gn_trace_hessian_fn``; otherwise autodiff: D forward passes through the gradient of phi."""
+    if ls.quadratic is not None:
+        return jnp.diag(8.0 * S * (w @ ls.quadratic[0] ** 2))
+    if ls.gn_trace_hessian_fn is not None:
+        return ls.gn_trace_hessian_fn(theta, S, w)
 
     def phi(t):
-        J = ls_jacobian(residuals, t)
+        J = ls.jacobian(t)
         return jnp.sum(w[:, None] * J * J * S[None, :])
 
     return jax.jacfwd(jax.grad(phi))(theta)
@@ -344,11 +339,11 @@ def _ls_diamond(Jw, S, noise_factor, eig):
     return MJt, A
 
 
-def ls_slow_sde_coefficients(residuals, weights, theta, S, noise_factor, rank=None, rtol=DEFAULT_RTOL):
+def ls_slow_sde_coefficients(ls, theta, S, noise_factor, rank=None, rtol=DEFAULT_RTOL):
     """Slow-SDE coefficients of zeta at a point theta of Gamma for L = sum_i w_i r_i^2 / 2 (docs/math.md#the-slow-sde), in
     sample space (never a (D, D) matrix unless the noise factor is one).
 
-    ``residuals`` r(theta) -> (n,), ``weights`` w (n,) (0 masks a sample), ``S`` (D,) or SPD (D, D),
+    ``ls``: the problem's ``LeastSquares`` (weights w (n,), 0 masks a sample), ``S`` (D,) or SPD (D, D),
     ``noise_factor`` G (D, K) with Sigma(theta) = G G^T (or a diagonal (D,), G = Diag(g)); ``rank`` the
     codimension (default: the rank rule on the nonzero spectrum of H').
 
@@ -358,31 +353,30 @@ def ls_slow_sde_coefficients(residuals, weights, theta, S, noise_factor, rank=No
     Valid on Gamma of an interpolating problem (active residuals r_i = 0), like the dense path it replaces.
     """
     S = jnp.asarray(S, theta.dtype)
-    J = ls_jacobian(residuals, theta)
-    sw = jnp.sqrt(weights)
+    J = ls.jacobian(theta)
+    sw = jnp.sqrt(ls.sample_weights(theta))
     Jw = sw[:, None] * J
     eig = _ls_sample_eig(Jw, S, rank, rtol)
     MJt, A = _ls_diamond(Jw, S, noise_factor, eig)
     # sum_n w_n Hess r_n (M grad r_n) = sum_n sqrt(w_n) Hess r_n (M sqrt(w_n) grad r_n)
-    St3 = _apply_S(S, ls_third_derivative_tangent(residuals, sw, theta, MJt))
+    St3 = _apply_S(S, ls_third_derivative_tangent(ls, sw, theta, MJt))
     SJt, _, Q, _, inv = eig
     drift = -0.5 * (St3 - SJt @ (Q @ (inv * (Q.T @ (Jw @ St3)))))
     return drift, A
 
 
 def label_noise_drift(loss: LossFn, theta: Float[Array, "D"], S: Preconditioner, alpha: ArrayLike,
-                      residuals: Optional[ResidualFn] = None,
-                      weights: Optional[Float[Array, "n"]] = None) -> Float[Array, "D"]:
+                      least_squares: Optional[LeastSquares] = None) -> Float[Array, "D"]:
     """The label-noise slow drift -(alpha/4) dPhi_S S grad^3 L[S] at theta on Gamma (docs/math.md#label-noise-ode), shape (D,).
 
-    With ``residuals`` and ``weights`` (least squares) the structured path is used (O(n^2 D + n^3));
+    With ``least_squares`` (the problem's declared structure) the structured path is used (O(n^2 D + n^3));
     otherwise dense Hessians (small D). ``S`` is the preconditioner's diagonal (D,) or an SPD matrix.
     """
     S = jnp.asarray(S, theta.dtype)
-    if residuals is not None:
-        J = ls_jacobian(residuals, theta)
-        t3 = ls_third_derivative_tangent(residuals, weights, theta, _apply_S(S, J.T))
-        return -(alpha / 4.0) * ls_apply_projection(J, weights, S, _apply_S(S, t3))
+    if least_squares is not None:
+        J, w = least_squares.jacobian(theta), least_squares.sample_weights(theta)
+        t3 = ls_third_derivative_tangent(least_squares, w, theta, _apply_S(S, J.T))
+        return -(alpha / 4.0) * ls_apply_projection(J, w, S, _apply_S(S, t3))
     H = hessian(loss, theta)
     P = projection_jacobian(H, S)
     t3 = third_derivative_contraction(loss, theta, _S_matrix(S))
@@ -391,7 +385,7 @@ def label_noise_drift(loss: LossFn, theta: Float[Array, "D"], S: Preconditioner,
 
 def quadratic_label_noise_rate(B, y, w, x, S, alpha):
     """h with x * h = the label-noise drift -(alpha/4) dPhi_S S grad^3 L[S] for residuals r(x) = B (x * x) - y
-    (``quadratic_structure``), S diagonal (D,); shape (D,).
+    (``LeastSquares.quadratic``), S diagonal (D,); shape (D,).
 
     With J_w = 2 Diag(sqrt w) B Diag(x): S grad^3 L[S] = 8 x S u with u = S * (w @ B^2), and
         h = -2 alpha S (u - B_w^T c),   c = argmin_c sum_k m_k (u_k - (B_w^T c)_k)^2,   m = S x^2,
@@ -433,11 +427,11 @@ def _normal_mask_by_gap(lam, rtol=DEFAULT_RTOL, min_gap=1e3):
 
 
 def newton_retraction_step(loss: LossFn, x: Float[Array, "D"], S: Preconditioner, *,
-                           residuals: Optional[ResidualFn] = None, weights: Optional[Float[Array, "n"]] = None,
+                           least_squares: Optional[LeastSquares] = None,
                            normals: Optional[Float[Array, "D D"]] = None) -> Float[Array, "D"]:
     """One Newton step from x towards Gamma along S * normal directions.
 
-    - Least squares (``residuals`` r(x), shape (n,), optional ``weights`` (n,), default ones): the
+    - Least squares (``least_squares``, residuals r(x) of shape (n,) and weights w (n,)): the
       Gauss-Newton step x - S J_w^T (J_w S J_w^T)^{-1} r_w with J_w = Diag(sqrt w) J, r_w = sqrt(w) r;
       masked samples (w = 0) impose no constraint.
     - Any loss: ``normals`` N (D, D) from ``normal_frame`` (zero columns for tangent directions), taken
@@ -446,9 +440,9 @@ def newton_retraction_step(loss: LossFn, x: Float[Array, "D"], S: Preconditioner
       pseudo-inverse of H(x) with a relative cut-off would: off Gamma they are O(distance), and the step then
       moves x tangentially by O(distance), a spurious drift in the slow SDE.)
     """
-    if residuals is not None:
-        r, J = residuals(x), ls_jacobian(residuals, x)
-        w = jnp.ones_like(r) if weights is None else weights
+    if least_squares is not None:
+        r, J = least_squares.residuals(x), least_squares.jacobian(x)
+        w = least_squares.sample_weights(x)
         sw = jnp.sqrt(w)
         SJt, z = _ls_gram_solve(sw[:, None] * J, w, S, sw * r)
         return x - SJt @ z
@@ -513,17 +507,17 @@ def _dual_flow_limit(x0, S, B, y, w, tol=1e-10, max_iter=200):
     return x0 * jnp.exp(-2.0 * S * (B.T @ q)), done
 
 
-def _flow_end(loss, theta, S, max_steps, residuals, weights, flow_tol):
+def _flow_end(loss, theta, S, max_steps, least_squares, flow_tol):
     """End of the flow dx/ds = -S grad L (Tsit5), stopped once the point is within flow_tol of Gamma as the
     Newton finish measures it: the Gauss-Newton step's length for least squares, |S grad L| otherwise.
     (Stopping on |grad L| alone left points whose Newton step, S times larger, failed the finish's check.)"""
     grad = jax.grad(loss)
-    if residuals is not None:
-        w = jnp.ones(jax.eval_shape(residuals, theta).shape, theta.dtype) if weights is None else weights
+    if least_squares is not None:
+        w = least_squares.sample_weights(theta)
         sw = jnp.sqrt(w)
 
         def gap(x):
-            SJt, z = _ls_gram_solve(sw[:, None] * ls_jacobian(residuals, x), w, S, sw * residuals(x))
+            SJt, z = _ls_gram_solve(sw[:, None] * least_squares.jacobian(x), w, S, sw * least_squares.residuals(x))
             return jnp.linalg.norm(SJt @ z)
     else:
         def gap(x):
@@ -538,13 +532,13 @@ def _flow_end(loss, theta, S, max_steps, residuals, weights, flow_tol):
 
 
 def project_flow(loss: LossFn, theta: Float[Array, "D"], S: Preconditioner, tol: float = 1e-10,
-                 max_steps: int = 100_000, *, residuals: Optional[ResidualFn] = None,
-                 weights: Optional[Float[Array, "n"]] = None, rank: RankArg = None, flow_tol: float = 1e-7,
+                 max_steps: int = 100_000, *, least_squares: Optional[LeastSquares] = None,
+                 rank: RankArg = None, flow_tol: float = 1e-7,
                  newton_steps: int = 3) -> tuple[Float[Array, "D"], Int[Array, ""]]:
     """Phi_S(theta): the limit of the preconditioned gradient flow dx/ds = -S grad L(x), x(0) = theta.
 
     ``S``: diagonal (shape (D,)) or a symmetric positive-definite matrix (D, D). Residuals of the form
-    r(x) = B (x * x) - y (diagonal nets, the hyperbola: ``quadratic_structure``) with S diagonal: the
+    r(x) = B (x * x) - y (diagonal nets, the hyperbola: ``least_squares.quadratic``) with S diagonal: the
     flow's limit is computed exactly by damped Newton on its convex dual (``_dual_flow_limit``; S ~ 1/eps
     makes the flow itself stiff, not the dual). Otherwise the flow is integrated with an adaptive Tsit5
     solver until the point is within flow_tol of Gamma (the Gauss-Newton step's length for least squares,
@@ -559,24 +553,24 @@ def project_flow(loss: LossFn, theta: Float[Array, "D"], S: Preconditioner, tol:
     |grad L| <= tol * max(1, |x|) * |H|_2 at the end. Returns ``(x, status)``: status 0
     when converged, else a key of ``PROJECTION_STATUS`` saying why not. jit/vmap-able.
     """
-    quad = quadratic_structure(residuals) if residuals is not None and jnp.ndim(S) == 1 else None
+    quad = least_squares.quadratic if least_squares is not None and jnp.ndim(S) == 1 else None
     if quad is not None:  # the exact limit; no Newton finish (near the sparse corner it would add rounding noise)
-        w = jnp.ones_like(quad[1]) if weights is None else weights
+        w = least_squares.sample_weights(theta)
         x, done = _dual_flow_limit(theta, jnp.asarray(S, theta.dtype), quad[0], quad[1], w, tol, max_steps)
         status = jnp.where(~jnp.all(jnp.isfinite(jnp.asarray(S))), 1,
                            jnp.where(~jnp.all(jnp.isfinite(x)), 2, jnp.where(~done, 3, PROJECTION_OK)))
         return x, status
-    x = _flow_end(loss, theta, S, max_steps, residuals, weights, flow_tol)
+    x = _flow_end(loss, theta, S, max_steps, least_squares, flow_tol)
     steps = []
     for i in range(newton_steps):
         # without residuals: normals at the current point, by the spectral gap at the flow's end (tangent
         # eigenvalues O(flow_tol) there), then by the rank rule once the point sits on Gamma to rounding
-        normals = None if residuals is not None else normal_frame(jax.hessian(loss)(x), S, rank, gap=i == 0)
-        x_prev, x = x, newton_retraction_step(loss, x, S, residuals=residuals, weights=weights, normals=normals)
+        normals = None if least_squares is not None else normal_frame(jax.hessian(loss)(x), S, rank, gap=i == 0)
+        x_prev, x = x, newton_retraction_step(loss, x, S, least_squares=least_squares, normals=normals)
         steps.append(jnp.linalg.norm(x - x_prev))
     scale = jnp.maximum(1.0, jnp.linalg.norm(x))
     settled = steps[-1] <= tol * scale
-    if residuals is None:  # the normals may be empty (H = 0): also ask for a stationary point, |g| / |H| small
+    if least_squares is None:  # the normals may be empty (H = 0): also ask for a stationary point, |g| / |H| small
         H = jax.hessian(loss)(x)
         settled &= jnp.linalg.norm(jax.grad(loss)(x)) <= tol * scale * jnp.max(jnp.abs(jnp.linalg.eigvalsh(H)))
     near = steps[0] <= jnp.sqrt(tol * scale)
@@ -587,11 +581,11 @@ def project_flow(loss: LossFn, theta: Float[Array, "D"], S: Preconditioner, tol:
 
 
 @eqx.filter_jit
-def _project_batch(loss, theta, S, tol, max_steps, residuals, weights, rank):
+def _project_batch(loss, theta, S, tol, max_steps, least_squares, rank):
     """project_flow over a batch (N, D). Compiled once per loss: methods of problems (equinox Modules) are
     pytrees, so a new problem with the same structure reuses the compiled function."""
-    return map_paths(lambda a: project_flow(loss, a[0], a[1], tol, max_steps, residuals=residuals, weights=weights,
-                                            rank=rank), (theta, S), factorized_size(theta[0], residuals))
+    return map_paths(lambda a: project_flow(loss, a[0], a[1], tol, max_steps, least_squares=least_squares,
+                                            rank=rank), (theta, S), factorized_size(theta[0], least_squares))
 
 
 def projection_failure_message(status: ArrayLike, max_steps: int) -> str:
@@ -605,9 +599,9 @@ def projection_failure_message(status: ArrayLike, max_steps: int) -> str:
     return "; ".join(parts)
 
 
-def _check_project_args(loss, theta, S, residuals, weights):
+def _check_project_args(loss, theta, S, least_squares, dim):
     """theta and S as float arrays, checked against the loss: ConfigError for non-numbers, a scalar theta, a
-    last axis that is not the dimension of the problem owning ``loss``, or a loss that is not a scalar."""
+    last axis that is not ``dim`` (when given), or a loss that is not a scalar."""
     from . import _precision
 
     theta = as_float_array("theta", theta, None)
@@ -616,9 +610,7 @@ def _check_project_args(loss, theta, S, residuals, weights):
     if theta.ndim == 0 or theta.shape[-1] == 0:
         raise ConfigError("theta", f"must be a vector (D,) or a batch (..., D), got shape {tuple(theta.shape)}")
     D = theta.shape[-1]
-    owners = (getattr(loss, "__self__", None), getattr(residuals, "__self__", None))  # a problem's bound
-    dim = next((o.dim for o in owners if isinstance(getattr(o, "dim", None), int)), None)  # methods know D
-    if isinstance(dim, int) and dim != D:
+    if dim is not None and dim != D:
         raise ConfigError("theta", f"the last axis must have the problem's dimension D = {dim}, got shape "
                                    f"{tuple(theta.shape)}")
     try:
@@ -627,25 +619,26 @@ def _check_project_args(loss, theta, S, residuals, weights):
         raise ConfigError("theta", f"the loss cannot be evaluated at a point of shape ({D},): {e}") from None
     if getattr(out, "shape", None) != ():
         raise ConfigError("loss", f"must return a scalar, got {getattr(out, 'shape', type(out).__name__)}")
-    if residuals is not None and weights is not None:
-        n = jax.eval_shape(residuals, jax.ShapeDtypeStruct((D,), theta.dtype)).shape
-        if jnp.shape(weights) != n:
-            raise ConfigError("weights", f"must have the residuals' shape {n}, got {jnp.shape(weights)}")
+    if least_squares is not None and least_squares.weights is not None:
+        n = jax.eval_shape(least_squares.residuals, jax.ShapeDtypeStruct((D,), theta.dtype)).shape
+        if jnp.shape(least_squares.weights) != n:
+            raise ConfigError("least_squares", f"its weights must have the residuals' shape {n}, got "
+                                               f"{jnp.shape(least_squares.weights)}")
     return theta, S
 
 
 def project(loss: LossFn, theta: Float[ArrayLike, "*batch D"], S: ArrayLike, tol: float = 1e-10,
-            max_steps: int = 100_000, residuals: Optional[ResidualFn] = None,
-            weights: Optional[Float[Array, "n"]] = None, rank: RankArg = None) -> Float[Array, "*batch D"]:
+            max_steps: int = 100_000, *, least_squares: Optional[LeastSquares] = None, rank: RankArg = None,
+            dim: Optional[int] = None) -> Float[Array, "*batch D"]:
     """Phi_S(theta) (see ``project_flow``); raises ``ProjectionError`` naming the cause when a point
     does not converge.
 
     ``theta`` may carry leading batch axes (..., D); ``S`` is then either shared ((D,) or (D, D)) or given per
-    point (shape (..., D) or (..., D, D)). ``residuals``/``weights``: the least-squares structure (see
-    ``Problem.residual_parts``); ``rank``: the codimension of Gamma for a loss without residuals;
-    ``max_steps``: the flow's step budget per point.
+    point (shape (..., D) or (..., D, D)). ``least_squares``: the declared structure (``problem.least_squares()``);
+    ``rank``: the codimension of Gamma for a loss without residuals; ``max_steps``: the flow's step budget per
+    point; ``dim``: the problem's D, checked against theta's last axis (``observables.at_projection`` passes it).
     """
-    theta, S = _check_project_args(loss, theta, S, residuals, weights)
+    theta, S = _check_project_args(loss, theta, S, least_squares, dim)
     check_range("tol", tol, low=0.0, low_open=True)
     check_int("max_steps", max_steps, 1)
     if S.shape[-1:] == theta.shape[-1:] and not (S.ndim >= 2 and S.shape[-2:] == (theta.shape[-1],) * 2) \
@@ -664,7 +657,7 @@ def project(loss: LossFn, theta: Float[ArrayLike, "*batch D"], S: ArrayLike, tol
     else:
         raise ConfigError("S", f"must have shape ({D},), ({D}, {D}), {tuple(theta.shape)} or "
                                f"{tuple(theta.shape) + (D,)} for theta of shape {tuple(theta.shape)}, got {tuple(S.shape)}")
-    x, status = _project_batch(loss, th, s, tol, max_steps, residuals, weights, rank)
+    x, status = _project_batch(loss, th, s, tol, max_steps, least_squares, rank)
     x, status = x.reshape(theta.shape), np.asarray(status).reshape(batch)
     if np.any(status != PROJECTION_OK):
         raise ProjectionError(f"the projection onto Gamma did not converge (tolerance {tol}) for "

@@ -25,7 +25,7 @@ from .options import check_dtype
 from .validation import ConfigError, as_float_array, as_key, check_int, show
 
 from . import geometry as geo
-from .methods import Method
+from .methods import AbstractMethod
 from .noise import AbstractNoise
 from .problems import AbstractProblem
 
@@ -53,7 +53,7 @@ class Inputs:
     dtype: Any
 
 
-def parse_inputs(problem: AbstractProblem, noise: AbstractNoise, method: Method, *, key: Union[int, PRNGKeyArray],
+def parse_inputs(problem: AbstractProblem, noise: AbstractNoise, method: AbstractMethod, *, key: Union[int, PRNGKeyArray],
                  n_paths: int, n_record: int, theta0: Optional[ArrayLike], v0: Union[str, ArrayLike],
                  dtype: Optional[DTypeLike], v0_modes: tuple[str, ...] = V0_MODES) -> Inputs:
     """Check the shared arguments of both engines (ConfigError naming the field) and return them parsed.
@@ -118,7 +118,7 @@ def check_memory(field: str, **sizes) -> None:
                                      "the sweep, or set record_state: false")
 
 
-def explain_start_failure(problem: AbstractProblem, noise: AbstractNoise, method: Method,
+def explain_start_failure(problem: AbstractProblem, noise: AbstractNoise, method: AbstractMethod,
                           theta0: Optional[Float[Array, "D"]], v0_mode: str, v0: Optional[ArrayLike],
                           keys: PRNGKeyArray, status: ArrayLike, max_steps: int) -> Exception:
     """Why the slow SDE could not start, from the projection statuses (one per path): a ConfigError for a
@@ -192,7 +192,7 @@ def check_step_count(T: ArrayLike, eta: ArrayLike, field: str = "eta", T_field: 
     check_steps(steps, field, f"T / eta^2 at eta = {show(eta)}")
 
 
-def initial_v(problem: AbstractProblem, noise: AbstractNoise, method: Method, theta: Float[Array, "D"], v0_mode: str,
+def initial_v(problem: AbstractProblem, noise: AbstractNoise, method: AbstractMethod, theta: Float[Array, "D"], v0_mode: str,
               v0: Optional[ArrayLike] = None) -> Optional[Float[Array, "D"]]:
     """The second moment at the start, flat (D,): zeros, the equilibrium V(Sigma(theta)) of the v-equation at
     ``theta``, or the given array; None for SGD (no second moment). jit/vmap-able."""
@@ -210,7 +210,7 @@ META_KEYS = ("engine", "method", "noise", "problem", "eta", "T", "n_paths", "v0"
              "dt", "steps_per_record", "c", "alpha", "solver", "imex_fallback_solves", "richardson", "failure_reasons")
 
 
-def run_meta(engine: str, problem: AbstractProblem, noise: AbstractNoise, method: Method,
+def run_meta(engine: str, problem: AbstractProblem, noise: AbstractNoise, method: AbstractMethod,
              **fields: Any) -> dict[str, Any]:
     """``Trajectory.meta`` for a run of ``engine`` ("discrete", "slow_sde" or "label_noise_ode"): every key of
     ``META_KEYS``, those not given set to None."""
@@ -223,7 +223,7 @@ def run_meta(engine: str, problem: AbstractProblem, noise: AbstractNoise, method
     return meta
 
 
-def check_compatible(problem: AbstractProblem, noise: AbstractNoise, method: Method) -> None:
+def check_compatible(problem: AbstractProblem, noise: AbstractNoise, method: AbstractMethod) -> None:
     """Raise ``ConfigError`` naming the field when the three inputs do not fit together."""
     method.check(problem)
     noise.check(problem)

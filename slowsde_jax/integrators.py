@@ -20,7 +20,7 @@ import numpy as np
 
 from ._pattern import forbid_subclassing_final
 from ._runtime_checks import check_time_grid, host_checked
-from .methods import Method
+from .methods import AbstractMethod
 from .noise import AbstractNoise
 from .problems import AbstractProblem
 from .sde import IMEX_SOLVERS, ZERO_FLOOR_ATOLS, _imex_applies, _ode_call, _sde_segment, imex_kencarp4
@@ -48,7 +48,7 @@ class AbstractSlowIntegrator(eqx.Module):
         forbid_subclassing_final(cls)
 
     @abc.abstractmethod
-    def plan(self, problem: AbstractProblem, noise: AbstractNoise, method: Method, t_grid: np.ndarray,
+    def plan(self, problem: AbstractProblem, noise: AbstractNoise, method: AbstractMethod, t_grid: np.ndarray,
              dtype: Any) -> "_Plan":
         """Check this integrator against the problem, noise and method, and lay out its steps on the record
         times ``t_grid``; ConfigError naming ``integrator.<field>`` when it does not apply."""
@@ -101,7 +101,7 @@ class ProjectedEulerMaruyama(AbstractSlowIntegrator):
             check_range("brownian_dt", self.brownian_dt, low=0.0, low_open=True)
         _check_rank(self.rank)
 
-    def plan(self, problem: AbstractProblem, noise: AbstractNoise, method: Method, t_grid: np.ndarray,
+    def plan(self, problem: AbstractProblem, noise: AbstractNoise, method: AbstractMethod, t_grid: np.ndarray,
              dtype: Any) -> _Plan:
         return _SDEPlan(self, t_grid, dtype)
 
@@ -221,7 +221,7 @@ class LabelNoiseODE(AbstractSlowIntegrator):
                                         f"estimate: {_ODE_WHAT}")
         return solver
 
-    def plan(self, problem: AbstractProblem, noise: AbstractNoise, method: Method, t_grid: np.ndarray,
+    def plan(self, problem: AbstractProblem, noise: AbstractNoise, method: AbstractMethod, t_grid: np.ndarray,
              dtype: Any) -> _Plan:
         alpha = noise.label_noise_alpha(problem)
         if alpha is None:

@@ -22,17 +22,18 @@ The optimizer is built from optax blocks, in optax's conventions:
 
 - ``scale_by_agm`` (state ``ScaleByAGMState``: ``count``, ``mu``, ``nu``, pytrees shaped like the
   parameters) maps g to S(v) m; only a block-mean ``V`` (Adam-mini, Adalayer) ravels the parameters.
-- ``Method.scale_by_agm(eta, v0)`` is that block for a ``Method`` (for SGD: ``optax.ema(beta1)``), and
-  ``Method.optax(eta, v0)`` is ``optax.chain(method.scale_by_agm(eta, v0), optax.scale_by_learning_rate(eta))``,
+- ``method.scale_by_agm(eta, v0)`` is that block for an ``AGM`` (for ``SGD``: ``optax.ema(beta1)``), and
+  ``method.optax(eta, v0)`` is ``optax.chain(method.scale_by_agm(eta, v0), optax.scale_by_learning_rate(eta))``,
   so clipping, masking or ``optax.multi_transform`` compose around the block as with any optax transform.
 - ``second_moment`` reads v from any optimizer state as a flat vector (D,) (None for SGD).
 
-A ``Method`` is an equinox Module: its hyperparameters are array leaves, so a method can be vmapped over
+A method (``AbstractMethod``: final ``AGM`` and ``SGD``) is an equinox Module: its hyperparameters are array leaves, so a method can be vmapped over
 (a sweep over lam or c compiles once). Its SDE-side pieces (``V``, ``S``, ``c_at``, ``beta2_at``) act on flat
 vectors over the raveled parameters (shape (D,)).
 """
-from __future__ import annotations
 
+
+import abc
 import dataclasses
 import inspect
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, NamedTuple, Optional, Union, final
@@ -46,13 +47,14 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, ArrayLike, Float, Int, PyTree
 
 from . import _precision  # noqa: F401  (float64 by default)
+from ._pattern import forbid_subclassing_final
 from .validation import ConfigError, as_real_array, check_range, suggest
 
 if TYPE_CHECKING:  # annotations only
     from .problems import AbstractProblem
 
 __all__ = ["ScaleByAGMState", "scale_by_agm", "second_moment", "initial_second_moment", "precondition",
-           "Method", "adam", "adam_mini", "adalayer", "adame", "rmsprop", "sgd",
+           "AbstractMethod", "AGM", "SGD", "adam", "adam_mini", "adalayer", "adame", "rmsprop", "sgd",
            "FACTORIES", "METHOD_NAMES", "make_method"]
 
 
@@ -96,7 +98,7 @@ def scale_by_agm(beta1: ArrayLike, beta2: ArrayLike, eps: ArrayLike, lam: ArrayL
     on the fresh moments (bias-corrected by 1 - beta^count if ``bias_correction``).
 
     - ``V``: maps the pytree of squared gradients to a pytree like it; None is the identity (Adam).
-      ``Method.V_tree`` is the block mean of Adam-mini/Adalayer.
+      ``AbstractMethod.V_tree`` is the block mean of Adam-mini/Adalayer.
     - ``v0``: initial nu, see ``initial_second_moment``; mu starts at zero.
     - Hyperparameters may be arrays (also traced: vmap over them compiles once).
     """
@@ -142,85 +144,55 @@ def second_moment(opt_state: PyTree, batch_ndim: int = 0) -> Optional[Float[Arra
 
 
 # ----- the method spec -------------------------------------------------------------------------------------
-@final
-class Method(eqx.Module):
-    """An AGM spec. Build it with ``adam``, ``adam_mini``, ``adalayer``, ``adame``,
-    ``rmsprop`` or ``sgd`` rather than directly.
+class AbstractMethod(eqx.Module):
+    """A method of the AGM family: m <- beta1 m + (1 - beta1) g, v <- beta2 v + (1 - beta2) V(g g^T),
+    theta <- theta - eta S(v) m. The final classes are ``AGM`` (a second moment v and a preconditioner S(v))
+    and ``SGD`` (no v, S = I); build them with the factories (``adam``, ..., ``sgd``).
 
-    Fields: ``beta1``; ``c`` (1 - beta2 = c eta^2) or ``beta2``; ``eps``; ``lam`` (the power in S, None for
-    SGD); static: ``name``, ``blocks`` (None, "leaf", or a tuple of block ids per raveled coordinate),
-    ``bias_correction``.
-
-    ``sweepable`` maps the names a sweep may vary to the fields they set (``None`` fields cannot be swept).
+    Declared by each final class: ``has_v`` (whether there is a second moment), ``sweepable`` (sweep name ->
+    field), and the methods ``V``, ``S``, ``c_at`` and ``scale_by_agm``. On the SDE side ``V`` and ``S`` act on
+    flat vectors over the raveled parameters (shape (D,)).
     """
 
-    sweepable: ClassVar[Mapping[str, str]] = {"lam": "lam", "c": "c", "beta1": "beta1", "beta2": "beta2", "eps": "eps"}
+    has_v: eqx.AbstractClassVar[bool]
+    sweepable: eqx.AbstractClassVar[Mapping[str, str]]
+    beta1: eqx.AbstractVar[jax.Array]
+    name: eqx.AbstractVar[str]
+    blocks: eqx.AbstractVar[Any]
+    bias_correction: eqx.AbstractVar[bool]
 
-    beta1: jax.Array
-    c: Any
-    beta2: Any
-    eps: jax.Array
-    lam: Any
-    name: str = eqx.field(static=True)
-    blocks: Any = eqx.field(static=True, default=None)
-    bias_correction: bool = eqx.field(static=True, default=False)
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        forbid_subclassing_final(cls)
 
-    def __check_init__(self):
-        """The invariants of every method, however it is built (a factory, ``Method(...)``, or
-        ``dataclasses.replace`` with a swept value); nothing to check on jax tracers."""
-        check_range("beta1", self.beta1, low=0.0, high=1.0, high_open=True)
-        check_range("eps", self.eps, low=0.0)
-        if self.lam is not None:
-            check_range("lam", self.lam, low=0.0, high=1.0, low_open=True)
-        if self.beta2 is not None and self.c is not None:
-            raise ConfigError("beta2", "give either beta2 or c (1 - beta2 = c eta^2), not both")
-        if self.lam is not None and self.beta2 is None and self.c is None:
-            raise ConfigError("c", "an adaptive method needs c (1 - beta2 = c eta^2) or beta2")
-        if self.beta2 is not None:
-            check_range("beta2", self.beta2, low=0.0, high=1.0, high_open=True)
-        if self.c is not None:
-            check_range("c", self.c, low=0.0)
+    @abc.abstractmethod
+    def V(self, diag: Float[Array, "D"], params: Optional[PyTree] = None) -> Float[Array, "D"]:
+        """V(M) from diag(M) (shape (D,))."""
 
-    def __repr__(self) -> str:
-        """``adam(beta1=0.9, c=10, eps=1e-08, lam=0.5)``: the values, not the array shapes; a sweep's array
-        values print as lists, explicit block ids as their count."""
+    @abc.abstractmethod
+    def S(self, v: Float[Array, "D"]) -> Float[Array, "D"]:
+        """Diagonal of the preconditioner S(v), shape (D,)."""
 
-        def show(x):
-            try:
-                a = np.asarray(x)
-            except Exception:  # a tracer inside jit/vmap: no value to show
-                return f"<traced {getattr(x, 'shape', '')}>"
-            return f"{a.item():g}" if a.ndim == 0 else np.array2string(a, separator=", ", threshold=6)
+    @abc.abstractmethod
+    def c_at(self, eta: Optional[ArrayLike]) -> Optional[Array]:
+        """c = (1 - beta2) / eta^2 at learning rate eta (the rate of the v-equation in SDE time); None without v."""
 
-        names = {"beta1": "momentum"} if self.lam is None else {}
-        parts = [f"{names.get(k, k)}={show(getattr(self, k))}" for k in ("beta1", "c", "beta2", "eps", "lam")
-                 if getattr(self, k) is not None and not (k == "eps" and self.lam is None)]
-        if self.blocks is not None:
-            if self.blocks == "leaf":
-                parts.append("blocks='leaf'")
-            elif self.blocks[0] == "per_leaf":
-                parts.append(f"blocks=<one id per leaf, {len(set(self.blocks[1]))} blocks>")
-            else:
-                parts.append(f"blocks=<{len(self.blocks)} ids, {len(set(self.blocks))} blocks>")
-        if self.bias_correction:
-            parts.append("bias_correction=True")
-        return f"{self.name}({', '.join(parts)})"
+    @abc.abstractmethod
+    def scale_by_agm(self, eta: ArrayLike, v0: Optional[PyTree[ArrayLike]] = None) -> optax.GradientTransformation:
+        """This method's scaling block at learning rate ``eta``: g -> S(v) m."""
 
-    __str__ = __repr__
+    def optax(self, eta: ArrayLike, v0: Optional[PyTree[ArrayLike]] = None) -> optax.GradientTransformation:
+        """The discrete method at learning rate ``eta``: ``optax.chain(self.scale_by_agm(eta, v0),
+        optax.scale_by_learning_rate(eta))``. ``v0`` as in ``scale_by_agm``; m starts at zero."""
+        check_range("eta", eta, low=0.0, low_open=True)
+        return optax.chain(self.scale_by_agm(eta, v0=v0), optax.scale_by_learning_rate(eta))
 
-    # ----- the pieces the slow SDE uses -------------------------------------------------------------------
-    @property
-    def has_v(self) -> bool:
-        """False for SGD, whose preconditioner is the identity."""
-        return self.lam is not None
-
-    def beta2_at(self, eta: ArrayLike) -> Optional[Array]:
-        """beta2 used at learning rate eta: 1 - c eta^2, or the explicit beta2."""
-        return self.beta2 if self.c is None else 1.0 - self.c * jnp.asarray(eta) ** 2
-
-    def c_at(self, eta: ArrayLike) -> Array:
-        """c = (1 - beta2) / eta^2 at learning rate eta (the rate of the v-equation in SDE time)."""
-        return self.c if self.c is not None else (1.0 - self.beta2) / jnp.asarray(eta) ** 2
+    def V_tree(self, diag: PyTree) -> PyTree:
+        """``V`` on a pytree shaped like the parameters (raveled for a block mean, then unraveled)."""
+        if self.blocks is None:
+            return diag
+        flat, unravel = ravel_pytree(diag)
+        return unravel(self.V(flat, diag))
 
     def block_ids(self, params: PyTree) -> tuple[np.ndarray, int]:
         """Block id of every raveled coordinate of ``params`` (numpy int array, shape (D,)) and the number of
@@ -247,7 +219,7 @@ class Method(eqx.Module):
         uniq, ids = np.unique(ids, return_inverse=True)
         return ids.reshape(-1), len(uniq)
 
-    def for_problem(self, problem: AbstractProblem) -> "Method":
+    def for_problem(self, problem: "AbstractProblem") -> "AbstractMethod":
         """This method with its blocks resolved on ``problem``'s parameters: ``"leaf"`` and per-leaf ids become
         one explicit id per raveled coordinate, from the problem's declared leaves (``problem.leaf_sizes``).
         The engines, the geometry and the observables work on the flat (D,) vector, so they call this first;
@@ -265,9 +237,82 @@ class Method(eqx.Module):
         """True when the blocks need no parameter pytree (no blocks, or one explicit id per coordinate)."""
         return self.blocks is None or (self.blocks != "leaf" and self.blocks[0] != "per_leaf")
 
-    def check(self, problem: AbstractProblem) -> None:
+    def check(self, problem: "AbstractProblem") -> None:
         """Raise ConfigError("blocks", ...) when the block ids do not fit the problem's parameters."""
         self.for_problem(problem)
+
+    def __repr__(self) -> str:
+        """``adam(beta1=0.9, c=10, eps=1e-08, lam=0.5)``: the values, not the array shapes; a sweep's array
+        values print as lists, explicit block ids as their count."""
+
+        def show(x):
+            try:
+                a = np.asarray(x)
+            except Exception:  # a tracer inside jit/vmap: no value to show
+                return f"<traced {getattr(x, 'shape', '')}>"
+            return f"{a.item():g}" if a.ndim == 0 else np.array2string(a, separator=", ", threshold=6)
+
+        shown = [(f.name, getattr(self, f.name)) for f in dataclasses.fields(self)
+                 if f.name not in ("name", "blocks", "bias_correction")]
+        names = {} if self.has_v else {"beta1": "momentum"}
+        parts = [f"{names.get(k, k)}={show(x)}" for k, x in shown if x is not None]
+        if self.blocks is not None:
+            if self.blocks == "leaf":
+                parts.append("blocks='leaf'")
+            elif self.blocks[0] == "per_leaf":
+                parts.append(f"blocks=<one id per leaf, {len(set(self.blocks[1]))} blocks>")
+            else:
+                parts.append(f"blocks=<{len(self.blocks)} ids, {len(set(self.blocks))} blocks>")
+        if self.bias_correction:
+            parts.append("bias_correction=True")
+        return f"{self.name}({', '.join(parts)})"
+
+    __str__ = __repr__
+
+
+@final
+class AGM(AbstractMethod):
+    """An adaptive gradient method: V is the identity (``blocks=None``) or the block mean, S(v) = 1/(v^lam + eps).
+    Built by ``adam``, ``adam_mini``, ``adalayer``, ``adame`` and ``rmsprop``.
+
+    Fields: ``beta1``; ``c`` (1 - beta2 = c eta^2) or ``beta2`` (exactly one); ``eps``; ``lam`` (the power
+    in S); static: ``name``, ``blocks`` (None, "leaf", per-leaf ids, or a tuple of block ids per raveled
+    coordinate), ``bias_correction``.
+    """
+
+    has_v: ClassVar[bool] = True
+    sweepable: ClassVar[Mapping[str, str]] = {"lam": "lam", "c": "c", "beta1": "beta1", "beta2": "beta2", "eps": "eps"}
+
+    beta1: jax.Array
+    c: Optional[jax.Array]
+    beta2: Optional[jax.Array]
+    eps: jax.Array
+    lam: jax.Array
+    name: str = eqx.field(static=True, default="agm")
+    blocks: Any = eqx.field(static=True, default=None)
+    bias_correction: bool = eqx.field(static=True, default=False)
+
+    def __check_init__(self):
+        """The invariants, however the method is built (a factory, ``AGM(...)``, or ``dataclasses.replace``
+        with a swept value); nothing to check on jax tracers."""
+        check_range("beta1", self.beta1, low=0.0, high=1.0, high_open=True)
+        check_range("eps", self.eps, low=0.0)
+        check_range("lam", self.lam, low=0.0, high=1.0, low_open=True)
+        if self.beta2 is not None and self.c is not None:
+            raise ConfigError("beta2", "give either beta2 or c (1 - beta2 = c eta^2), not both")
+        if self.beta2 is None and self.c is None:
+            raise ConfigError("c", "an adaptive method needs c (1 - beta2 = c eta^2) or beta2")
+        if self.beta2 is not None:
+            check_range("beta2", self.beta2, low=0.0, high=1.0, high_open=True)
+        if self.c is not None:
+            check_range("c", self.c, low=0.0)
+
+    def beta2_at(self, eta: ArrayLike) -> Array:
+        """beta2 used at learning rate eta: 1 - c eta^2, or the explicit beta2."""
+        return self.beta2 if self.c is None else 1.0 - self.c * jnp.asarray(eta) ** 2
+
+    def c_at(self, eta: Optional[ArrayLike]) -> Array:
+        return self.c if self.c is not None else (1.0 - self.beta2) / jnp.asarray(eta) ** 2
 
     def V(self, diag: Float[Array, "D"], params: Optional[PyTree] = None) -> Float[Array, "D"]:
         """V(M) from diag(M) (shape (D,)): the identity for Adam, the block mean for Adam-mini/Adalayer.
@@ -286,67 +331,77 @@ class Method(eqx.Module):
         counts = jax.ops.segment_sum(jnp.ones_like(diag), ids, num_segments=n_blocks)
         return (sums / counts)[ids]
 
-    def V_tree(self, diag: PyTree) -> PyTree:
-        """``V`` on a pytree shaped like the parameters (raveled for the block mean, then unraveled)."""
-        if self.blocks is None:
-            return diag
-        flat, unravel = ravel_pytree(diag)
-        return unravel(self.V(flat, diag))
-
     def S(self, v: Float[Array, "D"]) -> Float[Array, "D"]:
-        """Diagonal of the preconditioner S(v) (shape (D,)): 1/(v^lam + eps); ones for SGD."""
-        if not self.has_v:
-            return jnp.ones_like(v)
+        """1/(v^lam + eps), shape (D,)."""
         return precondition(v, self.lam, self.eps)
 
-    # ----- the discrete optimizer --------------------------------------------------------------------------
     def scale_by_agm(self, eta: ArrayLike, v0: Optional[PyTree[ArrayLike]] = None) -> optax.GradientTransformation:
-        """This method's scaling block at learning rate ``eta`` (eta only sets beta2 = 1 - c eta^2): g -> S(v) m.
-
-        AGMs: ``scale_by_agm``; SGD: ``optax.ema(beta1, debias=bias_correction)`` (no v; ``v0`` ignored).
-        ``v0``: initial second moment, a scalar, flat (D,) or a pytree like the params; zeros by default.
-        """
-        if not self.has_v:
-            return optax.ema(decay=self.beta1, debias=self.bias_correction)
+        """The ``scale_by_agm`` block at learning rate ``eta`` (eta only sets beta2 = 1 - c eta^2).
+        ``v0``: initial second moment, a scalar, flat (D,) or a pytree like the params; zeros by default."""
         beta2 = self.beta2_at(eta)
         check_range("beta2", beta2, low=0.0, high=1.0, high_open=True)
         return scale_by_agm(self.beta1, beta2, self.eps, self.lam, V=None if self.blocks is None else self.V_tree,
                             bias_correction=self.bias_correction, v0=v0)
 
-    def optax(self, eta: ArrayLike, v0: Optional[PyTree[ArrayLike]] = None) -> optax.GradientTransformation:
-        """The discrete AGM at learning rate ``eta``: ``optax.chain(self.scale_by_agm(eta, v0),
-        optax.scale_by_learning_rate(eta))``. ``v0`` as in ``scale_by_agm``; m starts at zero."""
-        check_range("eta", eta, low=0.0, low_open=True)
-        return optax.chain(self.scale_by_agm(eta, v0=v0), optax.scale_by_learning_rate(eta))
+
+@final
+class SGD(AbstractMethod):
+    """SGD with EMA momentum m <- beta1 m + (1 - beta1) g (the AGM form): no second moment, S = I. Built by ``sgd``."""
+
+    has_v: ClassVar[bool] = False
+    sweepable: ClassVar[Mapping[str, str]] = {"beta1": "beta1"}
+
+    beta1: jax.Array
+    name: str = eqx.field(static=True, default="sgd")
+    bias_correction: bool = eqx.field(static=True, default=False)
+    blocks: ClassVar[None] = None
+
+    def __check_init__(self):
+        check_range("beta1", self.beta1, low=0.0, high=1.0, high_open=True)
+
+    def c_at(self, eta: Optional[ArrayLike]) -> None:
+        return None
+
+    def V(self, diag: Float[Array, "D"], params: Optional[PyTree] = None) -> Float[Array, "D"]:
+        """The identity (SGD keeps no second moment; the slow SDE's v is a placeholder that never moves)."""
+        return diag
+
+    def S(self, v: Float[Array, "D"]) -> Float[Array, "D"]:
+        """Ones, shape (D,)."""
+        return jnp.ones_like(v)
+
+    def scale_by_agm(self, eta: ArrayLike, v0: Optional[PyTree[ArrayLike]] = None) -> optax.GradientTransformation:
+        """``optax.ema(beta1, debias=bias_correction)``; ``v0`` is ignored (no v)."""
+        return optax.ema(decay=self.beta1, debias=self.bias_correction)
 
 
 # ----- factories -------------------------------------------------------------------------------------------
-def _make(name, beta1, beta2, c, eps, lam, blocks=None, bias_correction=False) -> Method:
+def _make(name, beta1, beta2, c, eps, lam, blocks=None, bias_correction=False) -> AGM:
     if beta2 is not None and c is not None:
         raise ConfigError("beta2", "give either beta2 or c (1 - beta2 = c eta^2), not both")
-    if lam is not None and beta2 is None and c is None:
+    if beta2 is None and c is None:
         c = 10.0  # the authors' choice for the slow limit
     for field, value in (("beta1", beta1), ("beta2", beta2), ("c", c), ("eps", eps), ("lam", lam)):
         if value is not None:
-            as_real_array(field, value)  # a number before it becomes an array (the ranges: Method.__check_init__)
-    return Method(beta1=_f(beta1), c=_f(c), beta2=_f(beta2), eps=_f(eps), lam=_f(lam), name=name,
-                  blocks=blocks, bias_correction=bool(bias_correction))
+            as_real_array(field, value)  # a number before it becomes an array (the ranges: AGM.__check_init__)
+    return AGM(beta1=_f(beta1), c=_f(c), beta2=_f(beta2), eps=_f(eps), lam=_f(lam), name=name,
+               blocks=blocks, bias_correction=bool(bias_correction))
 
 
 def adam(beta1: ArrayLike = 0.9, beta2: Optional[ArrayLike] = None, c: Optional[ArrayLike] = None,
-         eps: ArrayLike = 1e-8, bias_correction: bool = False) -> Method:
+         eps: ArrayLike = 1e-8, bias_correction: bool = False) -> AGM:
     """Adam: V = diag, S = 1/(sqrt(v)+eps). Without beta2 or c, c = 10 (1 - beta2 = 10 eta^2)."""
     return _make("adam", beta1, beta2, c, eps, 0.5, bias_correction=bias_correction)
 
 
 def adame(lam: ArrayLike = 0.5, beta1: ArrayLike = 0.9, beta2: Optional[ArrayLike] = None,
-          c: Optional[ArrayLike] = None, eps: ArrayLike = 1e-8, bias_correction: bool = False) -> Method:
+          c: Optional[ArrayLike] = None, eps: ArrayLike = 1e-8, bias_correction: bool = False) -> AGM:
     """AdamE-lam: S = 1/(v^lam + eps); lam = 1/2 is Adam, lam -> 0 approaches SGD at rate eta/(1+eps)."""
     return _make("adame", beta1, beta2, c, eps, lam, bias_correction=bias_correction)
 
 
 def rmsprop(beta2: Optional[ArrayLike] = None, c: Optional[ArrayLike] = None, eps: ArrayLike = 1e-8,
-            bias_correction: bool = False) -> Method:
+            bias_correction: bool = False) -> AGM:
     """RMSProp: Adam with beta1 = 0."""
     return _make("rmsprop", 0.0, beta2, c, eps, 0.5, bias_correction=bias_correction)
 
@@ -386,7 +441,7 @@ def _blocks_spec(blocks):
 
 
 def adam_mini(blocks: Union[str, PyTree[int]], beta1: ArrayLike = 0.9, beta2: Optional[ArrayLike] = None,
-              c: Optional[ArrayLike] = None, eps: ArrayLike = 1e-8, bias_correction: bool = False) -> Method:
+              c: Optional[ArrayLike] = None, eps: ArrayLike = 1e-8, bias_correction: bool = False) -> AGM:
     """Adam-mini: v is shared within blocks (V = block mean of diag).
 
     ``blocks``: integer block id per raveled coordinate (length D), a pytree of ids matching the params
@@ -397,15 +452,16 @@ def adam_mini(blocks: Union[str, PyTree[int]], beta1: ArrayLike = 0.9, beta2: Op
 
 def adalayer(beta1: ArrayLike = 0.9, beta2: Optional[ArrayLike] = None, c: Optional[ArrayLike] = None,
              eps: ArrayLike = 1e-8, bias_correction: bool = False,
-             blocks: Union[str, PyTree[int]] = "leaf") -> Method:
+             blocks: Union[str, PyTree[int]] = "leaf") -> AGM:
     """Adalayer: one block per layer. Layers are the pytree leaves, or explicit ids via ``blocks``."""
     return _make("adalayer", beta1, beta2, c, eps, 0.5, blocks=_blocks_spec(blocks), bias_correction=bias_correction)
 
 
-def sgd(momentum: ArrayLike = 0.0, bias_correction: bool = False) -> Method:
+def sgd(momentum: ArrayLike = 0.0, bias_correction: bool = False) -> SGD:
     """SGD, S = I, with optional EMA momentum m <- momentum m + (1 - momentum) g (the AGM form)."""
+    as_real_array("momentum", momentum)
     try:
-        return _make("sgd", momentum, None, None, 0.0, None, bias_correction=bias_correction)
+        return SGD(beta1=_f(momentum), bias_correction=bool(bias_correction))
     except ConfigError as e:  # SGD's beta1 is its momentum
         raise ConfigError("momentum" if e.field == "beta1" else e.field, e.reason) from None
 
@@ -415,7 +471,7 @@ FACTORIES = {"adam": adam, "adam_mini": adam_mini, "adalayer": adalayer, "adame"
 METHOD_NAMES = tuple(FACTORIES)
 
 
-def make_method(name: str, **kwargs) -> Method:
+def make_method(name: str, **kwargs) -> AbstractMethod:
     """A method by name with keyword hyperparameters (used by configs)."""
     if name not in FACTORIES:
         raise ConfigError("method", f"unknown method '{name}'{suggest(name, FACTORIES)}; choose from {', '.join(METHOD_NAMES)}")

@@ -28,7 +28,6 @@ from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 from . import _precision
 from ._pattern import forbid_subclassing_final
 from ._runtime_checks import user_on_error
-from ._structure import ls_jacobian
 from .problems import AbstractLeastSquares, AbstractProblem
 from .validation import ConfigError, check_choice, check_int, check_range, show
 
@@ -109,7 +108,8 @@ class LabelNoise(AbstractNoise):
         return vjp(jnp.zeros_like(r).at[idx].add(coef))[0]
 
     def _parts(self, problem, theta):
-        return problem.residuals(theta), ls_jacobian(problem.residuals, theta), problem.sample_weights()
+        ls = problem.least_squares()
+        return ls.residuals(theta), ls.jacobian(theta), ls.sample_weights(theta)
 
     def covariance(self, problem: AbstractLeastSquares, theta: Float[Array, "D"]) -> Float[Array, "D D"]:
         """delta^2 J^T diag(w^2) J (full batch), or the minibatch covariance; shape (D, D)."""

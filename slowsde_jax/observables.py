@@ -27,7 +27,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import geometry as geo
-from .methods import Method
+from .methods import AbstractMethod
 from .noise import AbstractNoise
 from .problems import AbstractProblem, observe_batch
 from .options import Execution, Start
@@ -43,7 +43,7 @@ MEASURE_LABELS = {"trace_H": "tr H", "trace_sqrt_diag_H": "tr(Diag H^{1/2})",
                   "trace_diag_H_pow": "tr(Diag H^{1-λ})", "block_sharpness": "Σ_B √(|B| tr H_BB)"}
 
 
-def project_trajectory(traj: Trajectory, problem: AbstractProblem, method: Method, tol: float = 1e-10,
+def project_trajectory(traj: Trajectory, problem: AbstractProblem, method: AbstractMethod, tol: float = 1e-10,
                        max_steps: int = 100_000, rank: Optional[int] = None) -> Trajectory:
     """The discrete trajectory seen on Gamma: theta_k -> Phi_{S(v_k)}(theta_k) at every recorded time, with
     the problem's observables recomputed there (docs/math.md#the-slow-sde: (theta_k, v_k) corresponds to (zeta(k eta^2), v)).
@@ -55,12 +55,11 @@ def project_trajectory(traj: Trajectory, problem: AbstractProblem, method: Metho
     theta = np.asarray(traj.theta.reshape(P * T, D))  # numpy: selecting the live rows compiles nothing
     v = jnp.asarray(traj.v.reshape(P * T, D)) if traj.v is not None else jnp.zeros(theta.shape, theta.dtype)
     S = np.asarray(method.S(v))
-    residuals, weights = problem.residual_parts()
     ok = np.repeat(~traj.diverged, T)
     zeta = np.array(theta)
     if ok.any():
         zeta[ok] = np.asarray(geo.project(problem.loss, theta[ok], S[ok], tol=tol, max_steps=max_steps,
-                                          residuals=residuals, weights=weights, rank=rank))
+                                          least_squares=problem.least_squares(), rank=rank, dim=problem.dim))
     obs = observe_batch(problem, jnp.asarray(zeta))
     observables = {k: np.asarray(x).reshape(P, T) for k, x in obs.items()}
     return dataclasses.replace(traj, theta=zeta.reshape(P, T, D), observables=observables,
@@ -68,7 +67,7 @@ def project_trajectory(traj: Trajectory, problem: AbstractProblem, method: Metho
 
 
 
-def own_sharpness(method: Method) -> tuple[str, str]:
+def own_sharpness(method: AbstractMethod) -> tuple[str, str]:
     """The sharpness measure ``method``'s slow flow reduces under label noise: (observable name, label).
 
     ``adame`` with lam = 1/2 is Adam and gets Adam's name; any other lam gets ``trace_diag_H_pow``
@@ -83,7 +82,7 @@ def own_sharpness(method: Method) -> tuple[str, str]:
     return "trace_diag_H_pow", f"tr(Diag H^{{{1.0 - lam:g}}})"
 
 
-def sharpness_values(problem: AbstractProblem, theta: ArrayLike, method: Optional[Method] = None) -> dict[str, np.ndarray]:
+def sharpness_values(problem: AbstractProblem, theta: ArrayLike, method: Optional[AbstractMethod] = None) -> dict[str, np.ndarray]:
     """tr H and tr(Diag H^{1/2}) at every point of ``theta`` (shape (..., D)), plus ``method``'s own measure
     when it is another one (tr(Diag H^{1-lam}) for AdamE-lam, the block sharpness for Adam-mini/Adalayer).
 
@@ -105,7 +104,7 @@ def sharpness_values(problem: AbstractProblem, theta: ArrayLike, method: Optiona
     return {k: np.asarray(x).reshape(theta.shape[:-1]) for k, x in out.items()}
 
 
-def at_projection(traj: Trajectory, problem: AbstractProblem, method: Method, **project_kw: Any) -> Trajectory:
+def at_projection(traj: Trajectory, problem: AbstractProblem, method: AbstractMethod, **project_kw: Any) -> Trajectory:
     """``traj`` seen on Gamma: every recorded theta_k replaced by Phi_{S(v_k)}(theta_k)
     (``project_trajectory``), its observables recomputed there, and the sharpness
     measures of ``sharpness_values`` (with ``method``'s own) added. Needs ``record_state=True``.
@@ -120,7 +119,7 @@ def _with_sharpness(traj: Trajectory, problem, method) -> Trajectory:
     return dataclasses.replace(traj, observables=obs)
 
 
-def slow_ode_from_records(traj: Trajectory, problem: AbstractProblem, noise: AbstractNoise, method: Method,
+def slow_ode_from_records(traj: Trajectory, problem: AbstractProblem, noise: AbstractNoise, method: AbstractMethod,
                           start: int = 0, **sde_kw: Any) -> Trajectory:
     """The slow flow started from each path of a discrete run: path i starts at (theta_i, v_i) recorded at
     ``traj.t[start]`` (projected onto Gamma by the engine) and is integrated up to ``traj.t[-1]``, recorded
@@ -175,7 +174,7 @@ def theory_view(trajs: dict, methods: dict, problem: AbstractProblem, noise: Abs
     started from its recorded states (``slow_ode_from_records``: from t = 0, or from the first record
     when the run starts at v = 0, where the slow flow is not defined).
 
-    ``trajs``: run name -> Trajectory (or a one-element list); ``methods``: run name -> Method. Sweeps
+    ``trajs``: run name -> Trajectory (or a one-element list); ``methods``: run name -> method. Sweeps
     (several trajectories per run) are skipped. Returns run name -> {"projected": ..., "slow_ode": ...}."""
     out = {}
     for name, items in trajs.items():

@@ -5,12 +5,12 @@ Every problem is an ``AbstractProblem`` working on a flat parameter vector ``the
 - ``dim`` -> D; ``loss(theta)`` -> scalar, the training loss L; ``init(key)`` -> (D,), the initializer;
 - ``hessian_diag(theta)`` -> (D,), the diagonal of the Hessian of L;
 - ``observables(theta)`` -> dict name -> scalar, what runs record;
-- ``residual_parts()`` -> ``(residuals, weights)`` for least squares, else ``(None, None)``.
+- ``least_squares()`` -> the declared ``LeastSquares`` structure (residuals, weights, closed forms), or None.
 
 Least-squares problems (``AbstractLeastSquares``) also give per-sample ``residuals(theta)`` (shape (n,)),
 ``sample_weights()`` w (shape (n,), summing to 1) and ``per_sample_losses(theta)`` = r^2 / 2 (shape (n,)),
 with L = sum_i w_i r_i^2 / 2. Being least squares is a type question: ``isinstance(p, AbstractLeastSquares)``,
-answered for the engines by ``AbstractProblem.residual_parts``.
+and each final class declares its structure in ``least_squares()``.
 
 Regressions (``AbstractRegression``) fit predictions f_i(theta) to targets ``y`` with weights that mask
 the samples beyond ``n_active``, so a sweep over the number of training samples is a sweep over an array
@@ -36,6 +36,7 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, PyTree, Scalar
 from . import _precision
 from ._memory import available_memory
 from ._pattern import forbid_subclassing_final
+from ._structure import LeastSquares
 from .validation import ConfigError, as_float_params, as_key, check_choice, check_int, check_range
 
 __all__ = ["AbstractProblem", "AbstractLeastSquares", "AbstractRegression", "Hyperbola", "DiagonalNet",
@@ -86,14 +87,10 @@ class AbstractProblem(eqx.Module):
     def observables(self, theta: Float[Array, "D"]) -> dict[str, Scalar]:
         """The scalars a run records at theta (always includes the loss)."""
 
-    def residual_parts(self) -> tuple[Optional[Callable], Optional[Float[Array, "n"]]]:
-        """``(residuals, weights)`` when L = sum_i w_i r_i^2 / 2 (least squares), else ``(None, None)``.
-
-        ``residuals``: theta (D,) -> (n,); ``weights``: (n,). The geometry's structured paths and label
-        noise use it; the one place that answers "is this a least-squares problem?"."""
-        if isinstance(self, AbstractLeastSquares):
-            return self.residuals, self.sample_weights()
-        return None, None
+    @abc.abstractmethod
+    def least_squares(self) -> Optional[LeastSquares]:
+        """The declared least-squares structure when L = sum_i w_i r_i^2 / 2 (residuals, weights and the closed
+        forms the problem knows), else None. The geometry's structured paths and label noise take it."""
 
 
 def dense_hessian_diag(loss: Callable, theta: Float[Array, "D"]) -> Float[Array, "D"]:
@@ -191,9 +188,9 @@ class Hyperbola(AbstractRegression):
         r = self.residuals(theta)[0]
         return jnp.array([4 * theta[0] ** 2 + 2 * r, 4 * theta[1] ** 2 - 2 * r])
 
-    def quadratic_residuals(self) -> tuple[Float[Array, "n D"], Float[Array, "n"]]:
-        """(B, y) with r(x) = B (x * x) - y, B = [1, -1]."""
-        return jnp.array([[1.0, -1.0]], self.y.dtype), self.y
+    def least_squares(self) -> LeastSquares:
+        """Quadratic residuals r(x) = B (x * x) - y with B = [1, -1]."""
+        return LeastSquares(self.residuals, self.sample_weights(), quadratic=(jnp.array([[1.0, -1.0]], self.y.dtype), self.y))
 
     def observables(self, theta: Float[Array, "D"]) -> dict[str, Scalar]:
         return {"loss": self.loss(theta), "u": theta[0], "v": theta[1], **sharpness_observables(self.hessian_diag(theta))}
@@ -260,9 +257,10 @@ class DiagonalNet(AbstractRegression):
         zr = (self.sample_weights() * self.residuals(theta)) @ self.Z
         return 4 * theta**2 * jnp.concatenate([s, s]) + 2 * jnp.concatenate([zr, -zr])
 
-    def quadratic_residuals(self) -> tuple[Float[Array, "n D"], Float[Array, "n"]]:
-        """(B, y) with r(x) = B (x * x) - y, B = [Z, -Z]: the projection onto Gamma has a closed form."""
-        return jnp.concatenate([self.Z, -self.Z], axis=1), self.y
+    def least_squares(self) -> LeastSquares:
+        """Quadratic residuals r(x) = B (x * x) - y with B = [Z, -Z]: the projection onto Gamma has a closed form."""
+        return LeastSquares(self.residuals, self.sample_weights(),
+                            quadratic=(jnp.concatenate([self.Z, -self.Z], axis=1), self.y))
 
     def test_loss(self, theta: Float[Array, "D"]) -> Scalar:
         """Clean test loss mean_i (<w, z_i> - y_i)^2 / 2 over the test set."""
@@ -369,9 +367,14 @@ class MatrixFactorization(AbstractRegression):
     def init(self, key: Optional[PRNGKeyArray]) -> Float[Array, "D"]:
         return self.init_scale * jax.random.normal(key, (self.dim,), self.y.dtype)
 
+    def least_squares(self) -> LeastSquares:
+        """The residuals with their Jacobian, Hessian sum and Gauss-Newton trace Hessian in closed form."""
+        return LeastSquares(self.residuals, self.sample_weights(), jacobian_fn=self.residual_jacobian,
+                            hessian_sum_fn=self.residual_hessian_sum, gn_trace_hessian_fn=self.gn_trace_hessian)
+
     def residual_jacobian(self, theta: Float[Array, "D"]) -> Float[Array, "n D"]:
         """d r / d theta in closed form, (n, D): d r_i / dU = A_i V and d r_i / dV = A_i^T U (for entries, A_i
-        is the indicator of (rows_i, cols_i)). Used by ``slowsde_jax.geometry.ls_jacobian`` in place of
+        is the indicator of (rows_i, cols_i)). Declared in ``least_squares()``, in place of
         n reverse passes, which matters where the Jacobian is itself differentiated (the IMEX ODE solver)."""
         d1, d2, r = self.shape
         U, V = self.factors(theta)
@@ -395,7 +398,7 @@ class MatrixFactorization(AbstractRegression):
     def residual_hessian_sum(self, theta: Float[Array, "D"], w: Float[Array, "n"], a: Float[Array, "D n"]
                              ) -> Float[Array, "D"]:
         """sum_i w_i Hess r_i a_i in closed form, (D,), for directions a (D, n) (column i for residual i); used
-        by ``slowsde_jax.geometry.ls_third_derivative_tangent``. r_i is bilinear, so Hess r_i maps
+        by ``slowsde_jax.geometry.ls_third_derivative_tangent`` (declared in ``least_squares()``). r_i is bilinear, so Hess r_i maps
         (a_U, a_V) to (A_i a_V, A_i^T a_U), whatever theta."""
         d1, d2, r = self.shape
         aU, aV = a[: d1 * r].T.reshape(-1, d1, r), a[d1 * r:].T.reshape(-1, d2, r)  # (n, d1, r), (n, d2, r)
@@ -408,7 +411,7 @@ class MatrixFactorization(AbstractRegression):
     def gn_trace_hessian(self, theta: Float[Array, "D"], S: Float[Array, "D"], w: Float[Array, "n"]
                          ) -> Float[Array, "D D"]:
         """grad^2 of phi = sum_i w_i sum_k S_k (d r_i / d theta_k)^2 at fixed S (D,), in closed form, (D, D); used
-        by ``slowsde_jax.geometry.ls_gn_trace_hessian``. The residuals are bilinear in (U, V), so phi is
+        by ``slowsde_jax.geometry.ls_gn_trace_hessian`` (declared in ``least_squares()``). The residuals are bilinear in (U, V), so phi is
         quadratic and this does not depend on theta: the U-block is 2 sum_i w_i A_i Diag(S_V[:, k]) A_i^T in
         every column k of U (and the V-block likewise), with no U-V coupling; for entries (A_i an indicator)
         it is diagonal, 2 sum_i w_i S_partner."""
@@ -538,6 +541,10 @@ class FromLoss(_AbstractUserLoss):
             raise NotImplementedError("this problem was built without per-sample losses")
         return jnp.full((self.n,), 1.0 / self.n, self.theta0.dtype)
 
+    def least_squares(self) -> None:
+        """None: a loss that is not declared least squares."""
+        return None
+
 
 @final
 class FromResiduals(_AbstractUserLoss, AbstractLeastSquares):
@@ -566,6 +573,10 @@ class FromResiduals(_AbstractUserLoss, AbstractLeastSquares):
     def sample_weights(self) -> Float[Array, "n"]:
         """1/n each, shape (n,)."""
         return jnp.full((self.n,), 1.0 / self.n, self.theta0.dtype)
+
+    def least_squares(self) -> LeastSquares:
+        """The user's residuals (through the ravel) with weights 1/n; Jacobians by autodiff."""
+        return LeastSquares(self.residuals, self.sample_weights())
 
 
 def from_loss(loss: Callable[[PyTree], Scalar], params0: PyTree, residuals: Optional[Callable] = None,

@@ -43,7 +43,7 @@ from .brownian import GridBrownianPath
 from ._batching import factorized_size, map_paths
 from ._runtime_checks import host_checked
 from .inputs import initial_v
-from .methods import Method
+from .methods import AbstractMethod
 from .noise import AbstractNoise
 from .problems import AbstractProblem
 
@@ -54,7 +54,7 @@ State = tuple[Float[Array, "D"], Float[Array, "D"]]  # the slow SDE's state y = 
 
 
 # ----- the coefficients -----------------------------------------------------------------------------------------
-def _v_rate(problem: AbstractProblem, noise: AbstractNoise, method: Method, zeta: Float[Array, "D"],
+def _v_rate(problem: AbstractProblem, noise: AbstractNoise, method: AbstractMethod, zeta: Float[Array, "D"],
            v: Float[Array, "D"], c: ArrayLike) -> Float[Array, "D"]:
     """dv/dt = c (V(Sigma(zeta)) - v), shape (D,): v relaxes at the rate c towards its equilibrium at zeta;
     0 for methods without v (SGD)."""
@@ -63,7 +63,7 @@ def _v_rate(problem: AbstractProblem, noise: AbstractNoise, method: Method, zeta
     return c * (method.for_problem(problem).V(noise.covariance_diag(problem, zeta)) - v)
 
 
-def slow_sde_coefficients(problem: AbstractProblem, noise: AbstractNoise, method: Method, zeta: Float[Array, "D"],
+def slow_sde_coefficients(problem: AbstractProblem, noise: AbstractNoise, method: AbstractMethod, zeta: Float[Array, "D"],
                           v: Float[Array, "D"], c: ArrayLike, rank: Optional[int] = None,
                           structured: Optional[bool] = None
                           ) -> tuple[Float[Array, "D"], Float[Array, "D"], Float[Array, "D K"]]:
@@ -77,9 +77,9 @@ def slow_sde_coefficients(problem: AbstractProblem, noise: AbstractNoise, method
     """
     S = method.S(v)
     G = noise.covariance_factor(problem, zeta)
-    residuals, weights = problem.residual_parts()
-    if residuals is not None and structured is not False:
-        drift, A = geo.ls_slow_sde_coefficients(residuals, weights, zeta, S, G, rank)
+    ls = problem.least_squares()
+    if ls is not None and structured is not False:
+        drift, A = geo.ls_slow_sde_coefficients(ls, zeta, S, G, rank)
     else:
         H = geo.hessian(problem.loss, zeta)
         P = geo.projection_jacobian(H, S, rank)
@@ -90,12 +90,11 @@ def slow_sde_coefficients(problem: AbstractProblem, noise: AbstractNoise, method
     return drift, dv, A
 
 
-def label_noise_vector_field(problem: AbstractProblem, noise: AbstractNoise, method: Method, zeta: Float[Array, "D"],
+def label_noise_vector_field(problem: AbstractProblem, noise: AbstractNoise, method: AbstractMethod, zeta: Float[Array, "D"],
                              v: Float[Array, "D"], c: ArrayLike, alpha: ArrayLike) -> State:
     """(d zeta/dt, dv/dt) of the label-noise ODE (docs/math.md#label-noise-ode), structured for least squares."""
     S = method.S(v)
-    residuals, weights = problem.residual_parts()
-    dz = geo.label_noise_drift(problem.loss, zeta, S, alpha, residuals=residuals, weights=weights)
+    dz = geo.label_noise_drift(problem.loss, zeta, S, alpha, least_squares=problem.least_squares())
     dv = _v_rate(problem, noise, method, zeta, v, c)
     return dz, dv
 
@@ -152,12 +151,12 @@ def retract_onto_gamma(y0: State, y1: State, model: SlowSDEModel) -> State:
     y0's zeta, a point of Gamma (cut at ``model.rank`` or by the rank rule), never the Hessian's eigenvectors
     at y1, whose tangent eigenvalues are O(|y1 - y0|) and would bend the step tangentially."""
     problem = model.problem
-    residuals, weights = problem.residual_parts()
+    ls = problem.least_squares()
     zeta, v = y1
     S = model.method.S(v)
-    normals = None if residuals is not None else geo.normal_frame(geo.hessian(problem.loss, y0[0]), S, model.rank)
+    normals = None if ls is not None else geo.normal_frame(geo.hessian(problem.loss, y0[0]), S, model.rank)
     for _ in range(3):  # quadratic convergence: a displacement of 1e-2 lands within rounding
-        zeta = geo.newton_retraction_step(problem.loss, zeta, S, residuals=residuals, weights=weights, normals=normals)
+        zeta = geo.newton_retraction_step(problem.loss, zeta, S, least_squares=ls, normals=normals)
     return zeta, v
 
 
@@ -275,14 +274,14 @@ def _with_root_tolerances(solver, rtol, atol, norm):
 
 def _ode_in_log_coordinates(problem, method):
     """The label-noise ODE is integrated in z = (log|x|, log v) with the signs of x fixed when the residuals
-    are r(x) = B (x * x) - y (diagonal nets; ``problem.quadratic_residuals()``) and v > 0 evolves (AGMs).
+    are r(x) = B (x * x) - y (diagonal nets: ``LeastSquares.quadratic``) and v > 0 evolves (AGMs).
 
     Why: there every term of the drift carries a factor x_k, dx/dt = x * h(x, v), so x_k never changes sign
     and log|x_k| moves at the rate h_k. Near u_j v_j = 0, S_k ~ 1/eps and x_k decays at a rate up to
     ~ 1/eps^2: a stiff mode in x (explicit solvers stall, implicit ones need Jacobians of the whole drift),
     a straight line in log|x_k|; v_k decays at the rate c. The error is controlled in x (see _ErrorInX)."""
-    residuals, _ = problem.residual_parts()
-    return method.has_v and residuals is not None and geo.quadratic_structure(residuals) is not None
+    ls = problem.least_squares()
+    return method.has_v and ls is not None and ls.quadratic is not None
 
 
 _LOG_FLOOR, _TINY = -230.0, 1e-300  # log|x| is evaluated at >= log(1e-100): x_k^2 then drops out of the rest
@@ -294,8 +293,8 @@ def _label_noise_log_field(t, z, args):
     ``args`` = (model, sign of x)."""
     model, sign = args
     problem, method, D = model.problem, model.method, model.problem.dim
-    B, y_lab = geo.quadratic_structure(problem.residual_parts()[0])
-    w = problem.residual_parts()[1]
+    ls = problem.least_squares()
+    (B, y_lab), w = ls.quadratic, ls.weights
     x, v = sign * jnp.exp(jnp.maximum(z[:D], _LOG_FLOOR)), jnp.exp(z[D:])
     h = geo.quadratic_label_noise_rate(B, y_lab, w, x, method.S(v), model.alpha)
     return jnp.concatenate([h, model.c * (method.for_problem(problem).V(model.noise.covariance_diag(problem, x)) / v - 1.0)])
@@ -332,8 +331,7 @@ def _label_noise_field_with_floor(t: ArrayLike, y: State, args: tuple[SlowSDEMod
 def _drift_with_stiff_jvp(zeta: Float[Array, "D"], S: Float[Array, "D"], model: SlowSDEModel) -> Float[Array, "D"]:
     """The label-noise drift -(alpha/4) dPhi_S S grad^3 L[S] at zeta, shape (D,), whose derivative in zeta is
     the stiff part only (``_label_noise_stiff_matrix``; the derivatives in S and the model are dropped)."""
-    residuals, weights = model.problem.residual_parts()
-    return geo.label_noise_drift(model.problem.loss, zeta, S, model.alpha, residuals=residuals, weights=weights)
+    return geo.label_noise_drift(model.problem.loss, zeta, S, model.alpha, least_squares=model.problem.least_squares())
 
 
 @_drift_with_stiff_jvp.def_jvp
@@ -352,10 +350,10 @@ def _label_noise_stiff_matrix(zeta: Float[Array, "D"], S: Float[Array, "D"], mod
     """-(alpha/4) dPhi_S S grad^2 phi (D, D), phi(zeta) = tr(S J^T W J) (``slowsde_jax.geometry.
     ls_gn_trace_hessian``, in closed form where the problem declares one) with dPhi_S and S frozen: the stiff
     part of the derivative of the label-noise drift of an AGM on least squares."""
-    residuals, weights = model.problem.residual_parts()
-    J = geo.ls_jacobian(residuals, zeta)
-    curvature = S[:, None] * geo.ls_gn_trace_hessian(residuals, weights, zeta, S)
-    return -(model.alpha / 4.0) * geo.ls_apply_projection(J, weights, S, curvature)
+    ls = model.problem.least_squares()
+    J, w = ls.jacobian(zeta), ls.sample_weights(zeta)
+    curvature = S[:, None] * geo.ls_gn_trace_hessian(ls, w, zeta, S)
+    return -(model.alpha / 4.0) * geo.ls_apply_projection(J, w, S, curvature)
 
 
 def _label_noise_implicit_drift(t: ArrayLike, y: State, model: SlowSDEModel) -> State:
@@ -382,11 +380,11 @@ def _label_noise_explicit_v(t: ArrayLike, y: State, model: SlowSDEModel) -> Stat
 IMEX_SOLVERS = (diffrax.KenCarp3, diffrax.KenCarp4, diffrax.KenCarp5)
 
 
-def _imex_applies(problem: AbstractProblem, method: Method) -> bool:
+def _imex_applies(problem: AbstractProblem, method: AbstractMethod) -> bool:
     """Whether the IMEX split applies to the label-noise ODE: an AGM (it has v) on least squares, except the
     diagonal nets, whose ODE runs in log coordinates (``_ode_in_log_coordinates``) that remove the
     stiffness instead."""
-    return method.has_v and problem.residual_parts()[0] is not None and not _ode_in_log_coordinates(problem, method)
+    return method.has_v and problem.least_squares() is not None and not _ode_in_log_coordinates(problem, method)
 
 
 def imex_kencarp4(rtol: float = 1e-8, atol: float = 1e-10) -> diffrax.KenCarp4:
@@ -488,14 +486,14 @@ def _initial_state(model, theta0, v0_mode, v0, keys, max_steps):
     """(zeta(0), v(0)) per path and the projection's status: v from the one initial-state rule at theta0,
     zeta = Phi_{S(v)}(theta0), then v again at zeta for the equilibrium start."""
     problem, noise, method = model.problem, model.noise, model.method
-    residuals, weights = problem.residual_parts()
+    ls = problem.least_squares()
 
     def one(key):
         th = problem.init(jax.random.split(key)[0]) if theta0 is None else theta0
         v = initial_v(problem, noise, method, th, v0_mode, v0)
         v = jnp.zeros_like(th) if v is None else v  # SGD: S = I, v is a placeholder that never moves
-        zeta, status = geo.project_flow(problem.loss, th, method.S(v), max_steps=max_steps, residuals=residuals,
-                                        weights=weights, rank=model.rank)
+        zeta, status = geo.project_flow(problem.loss, th, method.S(v), max_steps=max_steps, least_squares=ls,
+                                        rank=model.rank)
         if method.has_v and v0_mode == "equilibrium":
             v = initial_v(problem, noise, method, zeta, v0_mode)
         return (zeta, v), status
@@ -509,4 +507,4 @@ def _matrix_size(model) -> int:
     theta = jnp.zeros(model.problem.dim)
     if getattr(model.noise, "cov_fn", None) is not None:
         return model.problem.dim
-    return factorized_size(theta, model.problem.residual_parts()[0])
+    return factorized_size(theta, model.problem.least_squares())

@@ -20,7 +20,7 @@ from . import geometry as geo
 from ._io import atomic_write, read_npz
 from .inputs import explain_start_failure, parse_inputs, run_meta
 from .integrators import AbstractSlowIntegrator, default_integrator
-from .methods import Method
+from .methods import AbstractMethod
 from .noise import AbstractNoise
 from .options import Execution, Recording, Start, engine_options
 from .problems import AbstractProblem, observe_batch
@@ -32,7 +32,7 @@ from .validation import ConfigError, check_range
 __all__ = ["simulate_slow_sde"]
 
 
-def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Method, T: float, n_paths: int = 1,
+def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: AbstractMethod, T: float, n_paths: int = 1,
                       key: Union[int, jax.Array] = 0, *, eta: Optional[float] = None, n_record: int = 100,
                       integrator: Optional[AbstractSlowIntegrator] = None, start: Optional[Start] = None,
                       recording: Optional[Recording] = None, execution: Optional[Execution] = None) -> Trajectory:

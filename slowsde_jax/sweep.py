@@ -17,7 +17,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike
 
 from . import methods, noise, problems
-from .methods import Method
+from .methods import AbstractMethod
 from .noise import AbstractNoise
 from .problems import AbstractProblem
 from .validation import ConfigError, as_real_array, show, suggest
@@ -26,13 +26,13 @@ __all__ = ["SWEEP_OWNERS", "OWNER", "SWEEPABLE", "apply_hypers", "sweep_grid", "
 
 # What a sweep may vary, as the classes declare it (``sweepable``: sweep name -> field), and which of
 # (problem, noise, method) owns each name. ``eta`` is the engine's own.
-SWEEP_OWNERS = {"method": methods.Method, "noise": noise.LabelNoise, "problem": problems.AbstractRegression}
+SWEEP_OWNERS = {"method": methods.AGM, "noise": noise.LabelNoise, "problem": problems.AbstractRegression}
 OWNER = {name: owner for owner, cls in SWEEP_OWNERS.items() for name in cls.sweepable}
 SWEEPABLE = ("eta", *OWNER)
 
 
-def apply_hypers(problem: AbstractProblem, noise: AbstractNoise, method: Method,
-                 hypers: dict) -> tuple[AbstractProblem, AbstractNoise, Method]:
+def apply_hypers(problem: AbstractProblem, noise: AbstractNoise, method: AbstractMethod,
+                 hypers: dict) -> tuple[AbstractProblem, AbstractNoise, AbstractMethod]:
     """Return (problem, noise, method) with the hyperparameters in ``hypers`` (arrays) substituted into the
     fields their classes declare sweepable (``type(x).sweepable``: sweep name -> field name)."""
     objs = {"problem": problem, "noise": noise, "method": method}
@@ -74,7 +74,7 @@ def sweep_grid(eta: Optional[ArrayLike], sweep: Optional[dict], dtype: Any) -> t
     return grid, [dict(zip(names, map(float, c))) for c in combos]
 
 
-def check_sweep_value(problem: AbstractProblem, nz: AbstractNoise, method: Method, k: str, v: ArrayLike,
+def check_sweep_value(problem: AbstractProblem, nz: AbstractNoise, method: AbstractMethod, k: str, v: ArrayLike,
                       field: str | None = None) -> None:
     """ConfigError naming ``field`` (default ``sweep.<k>``) unless the value ``v`` of sweep ``k`` passes the
     checks of the factory that owns ``k`` (``slowsde_jax.methods.adam`` and co. for ``beta1``, ``beta2``,
@@ -85,12 +85,11 @@ def check_sweep_value(problem: AbstractProblem, nz: AbstractNoise, method: Metho
 
     owner = OWNER.get(k)
     if owner == "method":
-        fields = {n: (None if getattr(method, n) is None else float(getattr(method, n)))
-                  for n in ("beta1", "beta2", "c", "eps", "lam")}
-        if fields[k] is None:
+        own = type(method).sweepable.get(k)
+        if own is None or getattr(method, own) is None:
             raise ConfigError(field, f"method {method.name} has no '{k}' to sweep")
-        try:  # the method checks itself (Method.__check_init__)
-            dataclasses.replace(method, **{Method.sweepable[k]: jnp.asarray(as_real_array(k, v), method.beta1.dtype)})
+        try:  # the method checks itself (its __check_init__)
+            dataclasses.replace(method, **{own: jnp.asarray(as_real_array(k, v), method.beta1.dtype)})
         except ConfigError as e:
             raise ConfigError(field if e.field == k else f"{field} ({e.field})", e.reason) from None
     elif owner == "noise":

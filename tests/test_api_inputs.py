@@ -322,7 +322,7 @@ def test_project_names_the_bad_argument(kw, field):
 
     args = {"theta": jnp.array([1.5, 1.0]), "S": jnp.ones(2), **kw}
     with pytest.raises(S.ConfigError) as e:
-        geometry.project(HYP.loss, args.pop("theta"), args.pop("S"), residuals=HYP.residuals, **args)
+        geometry.project(HYP.loss, args.pop("theta"), args.pop("S"), least_squares=HYP.least_squares(), dim=HYP.dim, **args)
     assert e.value.field == field
 
 

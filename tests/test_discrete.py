@@ -21,7 +21,7 @@ def n_traces():
 def projected_v(traj, method):
     """v-coordinate of Phi_{S(v_K)}(theta_K) for every path (math §7's measurement)."""
     theta, v = traj.theta[:, -1], traj.v[:, -1] if traj.v is not None else np.ones_like(traj.theta[:, -1])
-    x = geometry.project(HYP.loss, jnp.asarray(theta), method.S(jnp.asarray(v)), residuals=HYP.residuals)
+    x = geometry.project(HYP.loss, jnp.asarray(theta), method.S(jnp.asarray(v)), least_squares=HYP.least_squares())
     return np.asarray(x[:, 1])
 
 

@@ -120,8 +120,7 @@ def test_a_grid_points_states_are_projected_with_its_own_lam():
     x = np.asarray(P.init(jnp.asarray(np.array([0, 7], dtype=np.uint32)))) + 0.3
     v = np.linspace(0.05, 2.0, x.size)  # uneven: S depends on lam
     out = X.states_at_projection(P_j, m_j, np.stack([x, x]), np.stack([v, v]), diverged=[False, True])
-    proj = lambda m, p: np.asarray(geo.project(p.loss, jnp.asarray(x), m.S(jnp.asarray(v)), residuals=p.residuals,
-                                               weights=p.sample_weights()))
+    proj = lambda m, p: np.asarray(geo.project(p.loss, jnp.asarray(x), m.S(jnp.asarray(v)), least_squares=p.least_squares()))
     zeta = proj(S.adame(lam=0.75, beta2=0.95, eps=1e-6), P_j)
     np.testing.assert_allclose(out["zeta"][0], zeta, atol=1e-9)
     assert np.abs(zeta - proj(base, P_j)).max() > 1e-3  # the base method's S would have given another point

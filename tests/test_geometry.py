@@ -129,16 +129,16 @@ def test_structured_least_squares_path_agrees_with_dense():
     prob, x = diag_net_on_manifold()
     w = prob.sample_weights()
     H = jax.hessian(prob.loss)(x)
-    J = G.ls_jacobian(prob.residuals, x)
+    J = prob.least_squares().jacobian(x)
     S = jnp.asarray(np.random.default_rng(2).uniform(0.2, 2.0, size=x.size))
     P = G.projection_jacobian(H, S, rank=3)
     np.testing.assert_allclose(G.ls_projection_jacobian(J, w, S), P, atol=TOL)
     for M in (jnp.diag(S), jnp.asarray(np.cov(np.random.default_rng(3).normal(size=(x.size, 30))))):
         dense = P @ (S * G.third_derivative_contraction(prob.loss, x, M))
-        structured = P @ (S * G.ls_third_derivative_tangent(prob.residuals, w, x, M @ J.T))
+        structured = P @ (S * G.ls_third_derivative_tangent(prob.least_squares(), w, x, M @ J.T))
         np.testing.assert_allclose(structured, dense, rtol=1e-9, atol=1e-11)
     alpha = 0.25 / 3
-    np.testing.assert_allclose(G.label_noise_drift(prob.loss, x, S, alpha, residuals=prob.residuals, weights=w),
+    np.testing.assert_allclose(G.label_noise_drift(prob.loss, x, S, alpha, least_squares=prob.least_squares()),
                                G.label_noise_drift(prob.loss, x, S, alpha), rtol=1e-9, atol=1e-12)
 
 
@@ -150,7 +150,7 @@ def test_masked_samples_drop_out_of_the_structured_path():
     # n_train = 2 of 3: the point stays on the smaller manifold; J's third row must not count
     small = prob.with_n_train(2)
     w = small.sample_weights()
-    J = G.ls_jacobian(small.residuals, x)
+    J = small.least_squares().jacobian(x)
     S = jnp.ones(x.size)
     np.testing.assert_allclose(G.ls_projection_jacobian(J, w, S), G.projection_jacobian(jax.hessian(small.loss)(x), S, rank=2), atol=TOL)
 
@@ -163,14 +163,14 @@ def test_diagonal_net_drift_closed_forms():
     alpha = 0.25 / 3
     s = np.asarray(prob.feature_scales())
     sbar = jnp.asarray(np.concatenate([s, s]))
-    J = G.ls_jacobian(prob.residuals, x)
+    J = prob.least_squares().jacobian(x)
     v_eq = alpha * prob.hessian_diag(x)  # V(alpha H) for Adam
     np.testing.assert_allclose(v_eq, 4 * alpha * x**2 * sbar, rtol=1e-12)
     S_adam = 1.0 / jnp.sqrt(v_eq)
-    drift = G.label_noise_drift(prob.loss, x, S_adam, alpha, residuals=prob.residuals, weights=w)
+    drift = G.label_noise_drift(prob.loss, x, S_adam, alpha, least_squares=prob.least_squares())
     np.testing.assert_allclose(drift, -0.5 * G.ls_apply_projection(J, w, S_adam, 1.0 / x), rtol=1e-10, atol=1e-12)
     ones = jnp.ones(x.size)
-    drift_sgd = G.label_noise_drift(prob.loss, x, ones, alpha, residuals=prob.residuals, weights=w)
+    drift_sgd = G.label_noise_drift(prob.loss, x, ones, alpha, least_squares=prob.least_squares())
     np.testing.assert_allclose(drift_sgd, -2 * alpha * G.ls_apply_projection(J, w, ones, x * sbar), rtol=1e-10, atol=1e-12)
     # sharpness closed forms
     u, v = np.abs(np.asarray(x[:6])), np.abs(np.asarray(x[6:]))
@@ -207,7 +207,7 @@ def test_project_lands_on_gamma_and_matches_a_long_preconditioned_gradient_desce
     # Richardson extrapolation of GD (error O(h)) to the flow limit
     flow = 2 * gd(0.002) - gd(0.004)  # 10^4 steps: both have converged (s = 20 and s = 40)
     np.testing.assert_allclose(z, flow, atol=1e-6)
-    np.testing.assert_allclose(G.project(prob.loss, theta, S, residuals=prob.residuals), z, atol=1e-12)
+    np.testing.assert_allclose(G.project(prob.loss, theta, S, least_squares=prob.least_squares()), z, atol=1e-12)
     # batched points with per-point diagonal S
     zb = G.project(prob.loss, jnp.stack([theta, theta]), jnp.stack([S, S]))
     np.testing.assert_allclose(zb[1], z, atol=1e-12)
@@ -222,10 +222,10 @@ def test_project_reports_non_convergence():
 def test_project_from_a_far_start_converges_by_the_newton_finish(with_residuals):
     """From (5, 3) on the hyperbola the flow stops short of its gradient target; the Newton finish decides."""
     hyp = problems.hyperbola()
-    res = hyp.residuals if with_residuals else None
-    z = G.project(hyp.loss, jnp.array([5.0, 3.0]), jnp.ones(2), residuals=res, max_steps=2000)
+    ls = hyp.least_squares() if with_residuals else None
+    z = G.project(hyp.loss, jnp.array([5.0, 3.0]), jnp.ones(2), least_squares=ls, max_steps=2000)
     assert abs(float(z[0] ** 2 - z[1] ** 2) - 1.0) < 1e-12
-    ref = G.project(hyp.loss, jnp.array([5.0, 3.0]), jnp.ones(2), residuals=hyp.residuals)
+    ref = G.project(hyp.loss, jnp.array([5.0, 3.0]), jnp.ones(2), least_squares=hyp.least_squares())
     np.testing.assert_allclose(z, ref, atol=1e-9)
 
 
@@ -234,7 +234,7 @@ def test_projection_error_names_its_cause():
     with pytest.raises(G.ProjectionError, match="preconditioner S is not finite"):
         G.project(hyp.loss, jnp.array([1.5, 1.0]), jnp.array([jnp.inf, 1.0]))
     with pytest.raises(G.ProjectionError, match=r"step budget \(max_steps\) ran out.*max_steps=3"):
-        G.project(hyp.loss, jnp.array([50.0, 3.0]), jnp.ones(2), max_steps=3, residuals=hyp.residuals)
+        G.project(hyp.loss, jnp.array([50.0, 3.0]), jnp.ones(2), max_steps=3, least_squares=hyp.least_squares())
     with pytest.raises(G.ProjectionError, match="Newton finish did not settle"):
         G.project(lambda t: jnp.sum(t), jnp.ones(3), jnp.ones(3), max_steps=50)
     with pytest.raises(slowsde_jax.ConfigError, match="^S:"):

@@ -363,7 +363,7 @@ def test_unknown_method_suggests_a_close_match():
     (dict(beta2=1.0, c=None), "beta2"), (dict(beta2=0.9), "beta2"), (dict(c=None), "c"),
 ])
 def test_a_method_cannot_be_built_invalid(fields, field):
-    """The invariants live in the class: a Method built directly or by dataclasses.replace is checked too."""
+    """The invariants live in the class: a method built directly or by dataclasses.replace is checked too."""
     import dataclasses
 
     good = S.adam()
@@ -371,8 +371,26 @@ def test_a_method_cannot_be_built_invalid(fields, field):
         dataclasses.replace(good, **{k: (None if v is None else jnp.asarray(v)) for k, v in fields.items()})
     assert e.value.field == field
     with pytest.raises(S.ConfigError, match="^beta1:"):
-        S.Method(beta1=jnp.asarray(2.0), c=jnp.asarray(10.0), beta2=None, eps=jnp.asarray(1e-8),
-                 lam=jnp.asarray(0.5), name="adam")
+        S.AGM(beta1=jnp.asarray(2.0), c=jnp.asarray(10.0), beta2=None, eps=jnp.asarray(1e-8),
+              lam=jnp.asarray(0.5), name="adam")
+    with pytest.raises(S.ConfigError, match="^momentum:"):
+        S.sgd(momentum=1.0)
+    with pytest.raises(S.ConfigError, match="^beta1:"):
+        S.SGD(beta1=jnp.asarray(-0.1))
+
+
+def test_agm_and_sgd_are_final_classes_with_declared_v_and_s():
+    """Two final classes under one abstract method; V and S are their own, SGD has no second moment."""
+    assert isinstance(S.adam(), S.AGM) and isinstance(S.sgd(), S.SGD)
+    assert isinstance(S.adam(), S.AbstractMethod) and isinstance(S.sgd(), S.AbstractMethod)
+    assert S.AGM.has_v and not S.SGD.has_v
+    v = jnp.array([0.25, 4.0])
+    np.testing.assert_allclose(S.sgd().S(v), [1.0, 1.0])
+    np.testing.assert_allclose(S.adam(eps=0.0).S(v), [2.0, 0.5])
+    assert S.sgd().c_at(0.1) is None and not hasattr(S.sgd(), "lam")
+    with pytest.raises(TypeError, match="final"):
+        class MyAdam(S.AGM):  # noqa: F841
+            pass
 
 
 @pytest.mark.parametrize("method", [S.adam(), S.adalayer(), S.adame(lam=0.3)], ids=["adam", "adalayer", "adame"])

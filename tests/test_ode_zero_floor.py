@@ -173,7 +173,8 @@ def test_the_implicit_drift_jacobian_on_a_generic_least_squares_loss():
     jac, jac_v = jax.jit(lambda z, v: jax.jacfwd(lambda zz, vv: sde._label_noise_implicit_drift(0.0, (zz, vv), model)[0],
                                                  argnums=(0, 1))(z, v))(z, v)
     S_ = ADAM.S(v)
-    residuals, w = prob.residual_parts()
+    ls = prob.least_squares()
+    residuals, w = ls.residuals, ls.weights
 
     def phi(t):
         J = jax.jacrev(residuals)(t)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import slowsde_jax
-from slowsde_jax import geometry, problems
+from slowsde_jax import LeastSquares, geometry, problems
 
 
 def point_on_manifold(prob, key, a=0.2):
@@ -125,10 +125,13 @@ def test_abstract_final_hierarchy():
     lsq = problems.from_loss(lambda t: 0.5 * jnp.mean(t**2), jnp.ones(2), residuals=lambda t: t)
     assert type(plain) is type(per_sample) is problems.FromLoss and type(lsq) is problems.FromResiduals
     assert not isinstance(plain, problems.AbstractLeastSquares) and isinstance(lsq, problems.AbstractLeastSquares)
-    assert plain.residual_parts() == (None, None)
-    r, w = lsq.residual_parts()
-    np.testing.assert_allclose(r(jnp.array([1.0, 2.0])), [1.0, 2.0])
-    np.testing.assert_allclose(w, [0.5, 0.5])
+    assert plain.least_squares() is None and per_sample.least_squares() is None
+    ls = lsq.least_squares()
+    assert isinstance(ls, slowsde_jax.LeastSquares) and ls.quadratic is None and ls.jacobian_fn is None
+    np.testing.assert_allclose(ls.residuals(jnp.array([1.0, 2.0])), [1.0, 2.0])
+    np.testing.assert_allclose(ls.weights, [0.5, 0.5])
+    assert hyp.least_squares().quadratic is not None  # declared: r = B (x * x) - y
+    assert problems.matrix_factorization(d1=3, d2=3, n=4).least_squares().jacobian_fn is not None
     np.testing.assert_allclose(per_sample.per_sample_losses(jnp.array([1.0, 2.0])), [1.0, 4.0])
     with pytest.raises(slowsde_jax.ConfigError, match="per_sample_losses"):
         problems.from_loss(lambda t: 0.0, jnp.ones(2), residuals=lambda t: t, per_sample_losses=lambda t: t)
@@ -139,7 +142,7 @@ def test_factorization_residual_jacobian_is_the_autodiff_one(measurement):
     p = problems.matrix_factorization(d1=4, d2=3, rank=2, n=7, key=0, measurement=measurement)
     theta = p.init(jax.random.PRNGKey(1))
     np.testing.assert_allclose(p.residual_jacobian(theta), jax.jacrev(p.residuals)(theta), rtol=0, atol=1e-15)
-    np.testing.assert_array_equal(geometry.ls_jacobian(p.residuals, theta), p.residual_jacobian(theta))
+    np.testing.assert_array_equal(p.least_squares().jacobian(theta), p.residual_jacobian(theta))
 
 
 def _gn_trace_hessian_by_autodiff(residuals, w, theta, S):
@@ -161,7 +164,7 @@ def test_factorization_gn_trace_hessian_is_the_autodiff_one(measurement):
     expected = _gn_trace_hessian_by_autodiff(p.residuals, w, theta, S)
     assert np.abs(expected).max() > 0.1
     np.testing.assert_allclose(p.gn_trace_hessian(theta, S, w), expected, rtol=0, atol=1e-13)
-    np.testing.assert_array_equal(geometry.ls_gn_trace_hessian(p.residuals, w, theta, S), p.gn_trace_hessian(theta, S, w))
+    np.testing.assert_array_equal(geometry.ls_gn_trace_hessian(p.least_squares(), w, theta, S), p.gn_trace_hessian(theta, S, w))
 
 
 @pytest.mark.parametrize("measurement", ["entries", "gaussian"])
@@ -175,8 +178,8 @@ def test_factorization_residual_hessian_sum_is_the_autodiff_one(measurement):
     expected = jnp.einsum("n,nij,jn->i", w, jax.jit(jax.jacfwd(jax.jacrev(p.residuals)))(theta), a)
     assert np.abs(expected).max() > 0.1
     np.testing.assert_allclose(p.residual_hessian_sum(theta, w, a), expected, rtol=0, atol=1e-14)
-    generic = geometry.ls_third_derivative_tangent(lambda t: p.residuals(t), w, theta, a)  # not a bound method
-    np.testing.assert_allclose(geometry.ls_third_derivative_tangent(p.residuals, w, theta, a), generic,
+    generic = geometry.ls_third_derivative_tangent(LeastSquares(p.residuals), w, theta, a)  # no closed forms
+    np.testing.assert_allclose(geometry.ls_third_derivative_tangent(p.least_squares(), w, theta, a), generic,
                                rtol=0, atol=1e-14)
 
 
@@ -187,7 +190,7 @@ def test_gn_trace_hessian_of_quadratic_and_generic_residuals():
     theta = p.init(jax.random.PRNGKey(1)) + 0.3
     S = jnp.exp(jax.random.normal(jax.random.PRNGKey(2), theta.shape))
     w = jnp.array([0.5, 1.0, 2.0])
-    np.testing.assert_allclose(jax.jit(lambda *a: geometry.ls_gn_trace_hessian(p.residuals, *a))(w, theta, S),
+    np.testing.assert_allclose(jax.jit(lambda *a: geometry.ls_gn_trace_hessian(p.least_squares(), *a))(w, theta, S),
                                _gn_trace_hessian_by_autodiff(p.residuals, w, theta, S), rtol=1e-13, atol=1e-13)
 
     def cubic(t):
@@ -196,5 +199,5 @@ def test_gn_trace_hessian_of_quadratic_and_generic_residuals():
     theta = jnp.array([1.1, 0.7, -0.4])
     S = jnp.array([0.5, 2.0, 1.5])
     w = jnp.array([0.5, 1.5])
-    np.testing.assert_allclose(jax.jit(lambda *a: geometry.ls_gn_trace_hessian(cubic, *a))(w, theta, S),
+    np.testing.assert_allclose(jax.jit(lambda *a: geometry.ls_gn_trace_hessian(LeastSquares(cubic), *a))(w, theta, S),
                                _gn_trace_hessian_by_autodiff(cubic, w, theta, S), rtol=1e-13, atol=1e-13)

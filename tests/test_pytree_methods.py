@@ -95,7 +95,7 @@ def test_slow_ode_v_equation_uses_the_leaves(name):
 
     method, ids = METHODS[name]
     nz = noise.label_noise(0.5)
-    zeta0 = np.asarray(S.geometry.project(MLP.loss, FLAT0, np.ones(MLP.dim), residuals=MLP.residuals))
+    zeta0 = np.asarray(S.geometry.project(MLP.loss, FLAT0, np.ones(MLP.dim), least_squares=MLP.least_squares()))
     diag = np.asarray(nz.covariance_diag(MLP, jnp.asarray(zeta0)))
     want = np.array([diag[ids == ids[i]].mean() for i in range(diag.size)])
     assert np.ptp(want) > 1e-3 * np.max(want)  # a single block over all coordinates would give one number

@@ -389,7 +389,7 @@ def test_project_checks_shapes_against_the_problem(hyp):
     with pytest.raises(S.ConfigError, match="^S:"):
         G.project(prob.loss, [1.5, 1.0], [1.0, 1.0, 1.0])
     with pytest.raises(S.ConfigError, match="^theta:.*D = 2"):
-        G.project(prob.loss, np.ones((2, 3)), np.ones(3))
+        G.project(prob.loss, np.ones((2, 3)), np.ones(3), dim=prob.dim)  # the problem's D, declared
     with pytest.raises(S.ConfigError, match="^theta:"):
         G.project(prob.loss, "ab", [1.0, 1.0])
     with pytest.raises(S.ConfigError, match="^loss: must return a scalar"):

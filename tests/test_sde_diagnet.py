@@ -96,6 +96,7 @@ def test_adame_drift_is_the_preconditioned_gradient_of_trace_diag_h_pow(lam):
     dz, dv = sde.label_noise_vector_field(PROB, LABEL, m, x, v, 10.0, alpha)
     np.testing.assert_allclose(dv, 0.0, atol=1e-14)
     np.testing.assert_allclose(dz, want, rtol=1e-9, atol=1e-12 * np.abs(want).max())
-    B, y = geometry.quadratic_structure(PROB.residual_parts()[0])
-    h = geometry.quadratic_label_noise_rate(B, y, PROB.residual_parts()[1], x, s, alpha)
+    ls = PROB.least_squares()
+    (B, y), w = ls.quadratic, ls.weights
+    h = geometry.quadratic_label_noise_rate(B, y, w, x, s, alpha)
     np.testing.assert_allclose(x * h, want, rtol=1e-9, atol=1e-12 * np.abs(want).max())

@@ -41,10 +41,9 @@ def test_retraction_of_a_small_least_squares_problem_calls_no_lapack():
     """The vmapped Gauss-Newton step on a 4-sample problem compiles without LAPACK custom calls (they cost
     more than their arithmetic at this size and are what deadlocks XLA:CPU in large batches)."""
     prob = problems.diagonal_net(d=8, n=4, k=2, key=0)
-    res, w = prob.residual_parts()
     x = jnp.ones((16, prob.dim)) * 0.7
-    step = jax.jit(jax.vmap(lambda z: geo.newton_retraction_step(prob.loss, z, jnp.ones(prob.dim), residuals=res,
-                                                                  weights=w)))
+    step = jax.jit(jax.vmap(lambda z: geo.newton_retraction_step(prob.loss, z, jnp.ones(prob.dim), 
+                                                                  least_squares=prob.least_squares())))
     targets = re.findall(r'custom_call_target="(\w+)"', step.lower(x).compile().as_text())
     assert not [t for t in targets if "lapack" in t], targets
     np.testing.assert_allclose(np.asarray(step(x))[0], np.asarray(step(x))[1])

@@ -63,10 +63,10 @@ def test_projection_runs_through_the_corner_at_both_eps():
         tr = S.simulate_discrete(PROB, LABEL, m, eta=0.04, T=T, n_paths=32, key=3, n_record=6, start=S.Start(theta0=th0, v0=v0))
         pr = comparison.project_trajectory(tr, PROB, m)
         assert np.all(np.isfinite(pr.theta)) and np.max(np.abs(pr.observables["train_loss"])) < 1e-25
-    res, wts = PROB.residual_parts()
+    ls = PROB.least_squares()
     th, s = jnp.asarray(tr.theta[0, 2]), m.S(jnp.asarray(tr.v[0, 2]))
-    flow = geo._flow_end(PROB.loss, th, s, 200_000, res, wts, 1e-9)
-    np.testing.assert_allclose(geo.project(PROB.loss, th, s, residuals=res, weights=wts), flow, atol=1e-7)
+    flow = geo._flow_end(PROB.loss, th, s, 200_000, ls, 1e-9)
+    np.testing.assert_allclose(geo.project(PROB.loss, th, s, least_squares=ls), flow, atol=1e-7)
 
 
 @pytest.mark.parametrize("eps", [1e-6, 1e-3])

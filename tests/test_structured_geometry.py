@@ -8,7 +8,7 @@ import pytest
 
 import slowsde_jax  # noqa: F401
 from slowsde_jax import geometry as G
-from slowsde_jax import noise, problems
+from slowsde_jax import LeastSquares, noise, problems
 
 pytestmark = pytest.mark.slow  # the science tier: pytest -m slow
 
@@ -30,15 +30,16 @@ def dense_coefficients(loss, x, S, Sigma, rank=None):
     return -0.5 * P @ G._apply_S(S, t3), G.sigma_parallel(H, Sigma, S, rank)
 
 
-def check(loss, residuals, w, x, S, Gm, rank=None):
+def check(loss, ls, x, S, Gm, rank=None):
+    w = ls.weights
     Sigma = jnp.diag(Gm**2) if Gm.ndim == 1 else Gm @ Gm.T
     drift_d, Spar_d = dense_coefficients(loss, x, S, Sigma, rank)
-    drift, A = G.ls_slow_sde_coefficients(residuals, w, x, S, Gm, rank=rank)
+    drift, A = G.ls_slow_sde_coefficients(ls, x, S, Gm, rank=rank)
     assert A.shape == (x.size, Gm.shape[-1] if Gm.ndim == 2 else x.size)
     assert rel(drift, drift_d) < RTOL, rel(drift, drift_d)
     assert rel(A @ A.T, Spar_d) < RTOL, rel(A @ A.T, Spar_d)
     # Sigma_diamond J_w^T itself (the derivation), against the dense Sigma_diamond
-    J = G.ls_jacobian(residuals, x)
+    J = ls.jacobian(x)
     MJt, _ = G.ls_sigma_diamond_jt(J, w, S, Gm, rank=rank)
     X = G.sigma_diamond(jax.hessian(loss)(x), Sigma, S, rank)
     ref = X @ (jnp.sqrt(w)[:, None] * J).T
@@ -93,7 +94,7 @@ def rand_S(rng, D, full=False):
 @pytest.mark.parametrize("K", [1, 3, 20])
 def test_diag_net_matches_dense(seed, K):
     prob, x, rng = diag_net_case(seed)
-    check(prob.loss, prob.residuals, prob.sample_weights(), x, rand_S(rng, prob.dim),
+    check(prob.loss, prob.least_squares(), x, rand_S(rng, prob.dim),
           jnp.asarray(rng.normal(size=(prob.dim, K))))
 
 
@@ -102,7 +103,7 @@ def test_diag_net_masked_samples_match_dense():
     prob, x, rng = diag_net_case(3)
     small = prob.with_n_train(3)
     assert float(jnp.sum(small.sample_weights() == 0)) == 2
-    check(small.loss, small.residuals, small.sample_weights(), x, rand_S(rng, prob.dim),
+    check(small.loss, small.least_squares(), x, rand_S(rng, prob.dim),
           jnp.asarray(rng.normal(size=(prob.dim, 4))))
 
 
@@ -111,29 +112,29 @@ def test_rank_deficient_sample_space_matches_dense():
     prob, x, rng = diag_net_case(1, features="rademacher")
     Z = np.asarray(prob.Z)
     assert np.linalg.matrix_rank(Z) == 4
-    check(prob.loss, prob.residuals, prob.sample_weights(), x, rand_S(rng, prob.dim),
+    check(prob.loss, prob.least_squares(), x, rand_S(rng, prob.dim),
           jnp.asarray(rng.normal(size=(prob.dim, 3))))
-    check(prob.loss, prob.residuals, prob.sample_weights(), x, rand_S(rng, prob.dim),
+    check(prob.loss, prob.least_squares(), x, rand_S(rng, prob.dim),
           jnp.asarray(rng.normal(size=(prob.dim, 3))), rank=4)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_mlp_with_masked_and_unequal_weights_matches_dense(seed):
     loss, residuals, w, x, rng = mlp_case(seed)
-    check(loss, residuals, w, x, rand_S(rng, x.size), jnp.asarray(rng.normal(size=(x.size, 3))))
+    check(loss, LeastSquares(residuals, w), x, rand_S(rng, x.size), jnp.asarray(rng.normal(size=(x.size, 3))))
 
 
 def test_full_spd_preconditioner_matches_dense():
     loss, residuals, w, x, rng = mlp_case(4)
-    check(loss, residuals, w, x, rand_S(rng, x.size, full=True), jnp.asarray(rng.normal(size=(x.size, 2))))
+    check(loss, LeastSquares(residuals, w), x, rand_S(rng, x.size, full=True), jnp.asarray(rng.normal(size=(x.size, 2))))
     prob, x, rng = diag_net_case(0)
-    check(prob.loss, prob.residuals, prob.sample_weights(), x, rand_S(rng, prob.dim, full=True),
+    check(prob.loss, prob.least_squares(), x, rand_S(rng, prob.dim, full=True),
           jnp.asarray(rng.normal(size=(prob.dim, 3))))
 
 
 def test_diagonal_noise_factor_matches_dense():
     prob, x, rng = diag_net_case(2)
-    check(prob.loss, prob.residuals, prob.sample_weights(), x, rand_S(rng, prob.dim),
+    check(prob.loss, prob.least_squares(), x, rand_S(rng, prob.dim),
           jnp.asarray(rng.uniform(0.1, 1.0, size=prob.dim)))
 
 
@@ -141,9 +142,9 @@ def test_label_noise_factor_gives_the_label_noise_ode():
     """Sigma = alpha H (G = delta J^T W): no tangent noise and the drift of math §5, -(alpha/4) dPhi_S S grad^3 L[S]."""
     prob, x, rng = diag_net_case(0)
     w, S, nz = prob.sample_weights(), rand_S(rng, prob.dim), noise.label_noise(0.5)
-    drift, A = G.ls_slow_sde_coefficients(prob.residuals, w, x, S, nz.covariance_factor(prob, x))
+    drift, A = G.ls_slow_sde_coefficients(prob.least_squares(), x, S, nz.covariance_factor(prob, x))
     alpha = nz.label_noise_alpha(prob)
-    ode = G.label_noise_drift(prob.loss, x, S, alpha, residuals=prob.residuals, weights=w)
+    ode = G.label_noise_drift(prob.loss, x, S, alpha, least_squares=prob.least_squares())
     assert rel(drift, ode) < RTOL
     assert float(jnp.max(jnp.abs(A))) < 1e-12 * float(jnp.max(jnp.abs(nz.covariance_factor(prob, x))))
 
@@ -153,10 +154,10 @@ def test_jit_and_vmap_over_points():
     S = jnp.asarray(rng.uniform(0.3, 3.0, size=(3, prob.dim)))
     Gm = jnp.asarray(rng.normal(size=(3, prob.dim, 2)))
     xs = jnp.stack([x, x, x])
-    f = jax.jit(jax.vmap(lambda t, s, g: G.ls_slow_sde_coefficients(prob.residuals, prob.sample_weights(), t, s, g)))
+    f = jax.jit(jax.vmap(lambda t, s, g: G.ls_slow_sde_coefficients(prob.least_squares(), t, s, g)))
     drift, A = f(xs, S, Gm)
     for i in range(3):
-        d_i, A_i = G.ls_slow_sde_coefficients(prob.residuals, prob.sample_weights(), x, S[i], Gm[i])
+        d_i, A_i = G.ls_slow_sde_coefficients(prob.least_squares(), x, S[i], Gm[i])
         np.testing.assert_allclose(drift[i], d_i, rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(A[i], A_i, rtol=1e-12, atol=1e-14)
 
@@ -189,11 +190,12 @@ def test_quadratic_residuals_take_the_closed_form_jacobian_and_third_derivative(
         prob = problems.hyperbola(y=1.0)
     else:
         prob = problems.diagonal_net(d=6, n=5, k=2, key=1, n_test=10).with_n_train(3)
-    residuals, w = prob.residual_parts()
-    plain = lambda t: residuals(t)  # noqa: E731  (no quadratic_residuals behind it)
-    assert G.quadratic_structure(residuals) is not None and G.quadratic_structure(plain) is None
+    declared = prob.least_squares()
+    plain = LeastSquares(declared.residuals, declared.weights)  # the same residuals, no closed forms declared
+    assert declared.quadratic is not None and plain.quadratic is None
+    w = declared.weights
     x = jax.random.normal(jax.random.key(2), (prob.dim,))
-    np.testing.assert_allclose(G.ls_jacobian(residuals, x), G.ls_jacobian(plain, x), rtol=1e-14, atol=1e-14)
+    np.testing.assert_allclose(declared.jacobian(x), plain.jacobian(x), rtol=1e-14, atol=1e-14)
     MJt = jax.random.normal(jax.random.key(3), (prob.dim, w.shape[0]))
-    np.testing.assert_allclose(G.ls_third_derivative_tangent(residuals, w, x, MJt),
+    np.testing.assert_allclose(G.ls_third_derivative_tangent(declared, w, x, MJt),
                                G.ls_third_derivative_tangent(plain, w, x, MJt), rtol=1e-13, atol=1e-13)

@@ -81,7 +81,7 @@ def _missing(f):
 def test_the_walk_finds_the_api():
     # A broken walk (nothing found) would make the checks below pass vacuously.
     names = {q for _, q in PUBLIC}
-    for expected in ("simulate_discrete", "simulate_slow_sde", "adam", "Method.optax", "project",
+    for expected in ("simulate_discrete", "simulate_slow_sde", "adam", "AbstractMethod.optax", "project",
                      "AbstractNoise.covariance_factor", "GridBrownianPath.evaluate", "load_run", "build_runs"):
         assert expected in names
     assert len(CHECKED) > 150
