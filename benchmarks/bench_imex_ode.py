@@ -24,7 +24,8 @@ import numpy as np
 from _timing import best_time, timed
 
 import slowsde_jax as S
-from slowsde_jax import discrete, experiments as X, noise, problems, sde
+from slowsde_jax import paper as X
+from slowsde_jax import discrete, noise, problems, sde
 
 
 def problem(key):

@@ -13,7 +13,8 @@ import time
 import numpy as np
 
 import slowsde_jax as S
-from slowsde_jax import discrete, experiments as X, noise, sde
+from slowsde_jax import paper as X
+from slowsde_jax import discrete, noise, sde
 
 from factorization_predict import with_spectrum
 

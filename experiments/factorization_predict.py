@@ -3,7 +3,7 @@
 The label-noise slow ODE drives SGD to a minimizer of tr H on Gamma = {interpolating factorizations} and Adam
 to a minimizer of tr(Diag H^{1/2}). For each setting and seed this script starts from one interpolating point
 (L-BFGS on the clean loss from the problem's small init, then Gauss-Newton onto Gamma) and finds a minimizer of each sharpness
-on Gamma directly (:func:`slowsde_jax.experiments.min_sharpness_on_manifold`). Printed and saved: the test
+on Gamma directly (`slowsde_jax.paper.min_sharpness_on_manifold`). Printed and saved: the test
 error ||W - W*||_F^2 / (d1 d2) of the start and of each minimizer, tr H and tr(Diag H^{1/2}) at each, the
 singular values of each minimizer's W, and the "predict zero off the observations" baseline.
 
@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from slowsde_jax import experiments as X, problems
+from slowsde_jax import paper as X, problems
 
 jax.config.update("jax_enable_x64", True)
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import slowsde_jax as S
-from slowsde_jax import experiments as X, noise, problems
+from slowsde_jax import noise, paper as X, problems
 
 from factorization_predict import with_spectrum
 

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from slowsde_jax import experiments as X, problems
+from slowsde_jax import paper as X, problems
 
 
 def main():

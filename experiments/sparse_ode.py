@@ -22,7 +22,8 @@ import time
 import numpy as np
 
 import slowsde_jax as S
-from slowsde_jax import comparison, discrete, experiments as X, geometry as geo, noise, problems, sde
+from slowsde_jax import paper as X
+from slowsde_jax import comparison, discrete, geometry as geo, noise, problems, sde
 
 
 def main():

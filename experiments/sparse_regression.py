@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slowsde_jax import Start, config as cfgmod, experiments as X
+from slowsde_jax import Start, config as cfgmod, paper as X
 from slowsde_jax.observables import own_sharpness
 
 

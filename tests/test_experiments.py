@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import slowsde_jax as S
-from slowsde_jax import ConfigError, discrete, experiments as X, geometry as geo, noise, problems
+from slowsde_jax import ConfigError, discrete, geometry as geo, noise, paper as X, problems
 from slowsde_jax.observables import own_sharpness, sharpness_values
 
 pytestmark = pytest.mark.slow  # the science tier: pytest -m slow

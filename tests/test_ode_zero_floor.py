@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import slowsde_jax as S
-from slowsde_jax import discrete, experiments as X, geometry as geo, noise, problems, sde
+from slowsde_jax import discrete, geometry as geo, noise, paper as X, problems, sde
 from slowsde_jax.validation import ConfigError
 
 pytestmark = pytest.mark.slow  # the science tier: pytest -m slow

@@ -6,6 +6,7 @@ import pytest
 
 import slowsde_jax as S
 from slowsde_jax import comparison, discrete, noise, problems, sde
+from slowsde_jax.geometry.projection import _flow_end
 
 pytestmark = pytest.mark.slow  # the science tier: pytest -m slow
 
@@ -65,7 +66,7 @@ def test_projection_runs_through_the_corner_at_both_eps():
         assert np.all(np.isfinite(pr.theta)) and np.max(np.abs(pr.observables["train_loss"])) < 1e-25
     ls = PROB.least_squares()
     th, s = jnp.asarray(tr.theta[0, 2]), m.S(jnp.asarray(tr.v[0, 2]))
-    flow = geo._flow_end(PROB.loss, th, s, 200_000, ls, 1e-9)
+    flow = _flow_end(PROB.loss, th, s, 200_000, ls, 1e-9)
     np.testing.assert_allclose(geo.project(PROB.loss, th, s, least_squares=ls), flow, atol=1e-7)
 
 
@@ -99,7 +100,7 @@ def ode_end(prob, lam, T_end):
 def global_min_weighted(prob, q):
     """argmin sum_j |s_j w_j|^q on {Z w = y} (s_j = mean_i z_ij^2: tr(Diag H^{1-lam}) at u_j v_j = 0 is
     4^q times this, math §6), by enumerating basic solutions: no ODE involved."""
-    from slowsde_jax import experiments as X
+    from slowsde_jax import paper as X
 
     Z, y = np.asarray(prob.Z), np.asarray(prob.y)
     s = np.mean(Z * Z, axis=0)
@@ -112,7 +113,7 @@ def test_adame_ode_ends_at_the_global_minimizer_after_a_slow_saddle_for_small_la
     near it; AdamE-lam leaves it at the rate lam (4 alpha)^{1-2 lam} |w_j|^{-2 lam} (0.32 for lam = 1/4, 3.3
     for Adam): lam = 1/2 reaches a minimizer by t = 3, lam = 1/4 is still on the face at t = 4 and at a global
     minimizer of Sum |w|^{3/4} by T = 12."""
-    from slowsde_jax import experiments as X
+    from slowsde_jax import paper as X
 
     Z, y = np.asarray(PROB.Z), np.asarray(PROB.y)
     for lam in (0.5, 0.25):

@@ -8,6 +8,7 @@ import pytest
 
 import slowsde_jax  # noqa: F401
 from slowsde_jax import geometry as G
+from slowsde_jax.geometry.dense import _apply_S
 from slowsde_jax import LeastSquares, noise, problems
 
 pytestmark = pytest.mark.slow  # the science tier: pytest -m slow
@@ -27,7 +28,7 @@ def dense_coefficients(loss, x, S, Sigma, rank=None):
     P = G.projection_jacobian(H, S, rank)
     X = G.sigma_diamond(H, Sigma, S, rank)
     t3 = G.third_derivative_contraction(loss, x, X)
-    return -0.5 * P @ G._apply_S(S, t3), G.sigma_parallel(H, Sigma, S, rank)
+    return -0.5 * P @ _apply_S(S, t3), G.sigma_parallel(H, Sigma, S, rank)
 
 
 def check(loss, ls, x, S, Gm, rank=None):

@@ -31,15 +31,15 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import ArrayLike
 
-from .discrete import simulate_discrete
-from .methods import AbstractMethod
-from .noise import AbstractNoise
-from .observables import at_projection
-from .options import Execution, Recording
-from .problems import AbstractLeastSquares, AbstractProblem, MatrixFactorization
-from .sweep import apply_hypers
-from .trajectory import Trajectory
-from .validation import ConfigError, check_range
+from ..discrete import simulate_discrete
+from ..methods import AbstractMethod
+from ..noise import AbstractNoise
+from ..observables import at_projection
+from ..options import Execution, Recording
+from ..problems import AbstractLeastSquares, AbstractProblem, MatrixFactorization
+from ..sweep import apply_hypers
+from ..trajectory import Trajectory
+from ..validation import ConfigError, check_range
 
 __all__ = ["SeedGrid", "run_seed_grid", "threshold_n", "threshold_summary",
            "grid_point", "states_at_projection", "min_quasi_norm_interpolator", "min_quasi_norm_by_supports",
