@@ -13,7 +13,7 @@ from .slow_engine import simulate_slow_sde
 from .integrators import LabelNoiseODE, ProjectedEulerMaruyama
 from .options import Execution, Recording, Start
 from .comparison import compare, eta_sweep, weak_order
-from .observables import at_projection, project_trajectory, sharpness_values
+from .observables import at_projection, on_gamma, project_trajectory, sharpness_values
 from .geometry import ProjectionError
 from .compile_cache import enable_compilation_cache
 from .problems import from_loss
@@ -23,6 +23,6 @@ from ._version import __version__
 
 __all__ = ["ConfigError", "Execution", "LabelNoiseODE", "LeastSquares", "ProjectedEulerMaruyama", "Recording", "Start", "AbstractMethod", "AGM", "SGD", "ProjectionError", "ScaleByAGMState", "Trajectory", "adalayer", "adam",
            "adam_mini", "adame", "at_projection", "compare", "enable_compilation_cache", "eta_sweep", "from_loss",
-           "geometry", "load_run", "make_method", "mean_se", "noise", "plotting", "problems", "project_trajectory",
+           "geometry", "load_run", "make_method", "mean_se", "noise", "on_gamma", "plotting", "problems", "project_trajectory",
            "rmsprop", "scale_by_agm", "second_moment", "sgd", "sharpness_values", "simulate_discrete",
            "simulate_slow_sde", "weak_order"]

@@ -15,9 +15,13 @@ from .discrete import simulate_discrete
 from .observables import project_trajectory
 from .trajectory import Trajectory
 
-__all__ = ["Comparison", "compare", "describe_order", "eta_sweep", "fit_order", "weak_order", "NOT_RESOLVED"]
+__all__ = ["Comparison", "compare", "describe_order", "eta_sweep", "fit_order", "weak_order", "NOT_RESOLVED",
+           "NOT_RESOLVED_ROUNDING", "ROUNDING_ULPS"]
 
 NOT_RESOLVED = "order: not resolved (errors within noise)"
+NOT_RESOLVED_ROUNDING = "order: not resolved (errors at rounding level)"
+# An error within this many units in the last place of the observable's scale is rounding, not a weak error.
+ROUNDING_ULPS = 1e3
 
 
 @dataclasses.dataclass
@@ -72,29 +76,40 @@ def fit_order(etas: ArrayLike, errors: ArrayLike) -> tuple[float, float]:
     return float(order), float(np.exp(logc))
 
 
-def weak_order(etas: ArrayLike, errors: ArrayLike, se: ArrayLike) -> dict[str, Any]:
-    """The order of the weak error in eta, fitted only where it is resolved (error > 2 standard errors).
+def weak_order(etas: ArrayLike, errors: ArrayLike, se: ArrayLike, scale: Optional[float] = None,
+               eps: float = float(np.finfo(np.float64).eps)) -> dict[str, Any]:
+    """The order of the weak error in eta, fitted only where it is resolved: above the noise (error > 2
+    standard errors) and above rounding (error > ``ROUNDING_ULPS`` * ``eps`` * ``scale``).
+
+    ``scale``: the size of the observable (its largest |mean| over the runs compared; ``eta_sweep`` passes
+    it), so that an error of 1e-33 in a loss that is 1e-3 off Gamma and 0 on it is not read as a weak
+    error; None checks the noise only. ``eps``: the machine epsilon of the runs' dtype.
 
     Returns ``order`` and ``constant`` (None when fewer than two etas are resolved), ``order_se`` (the
     standard error of the order from the errors' standard errors, s.e.(log error) ~ se/error, propagated
-    through the fit), ``order_resolved`` and ``resolved`` (per eta). With every |error| < 2 s.e. the data
-    say nothing about the order."""
+    through the fit), ``order_resolved``, ``resolved`` (per eta) and ``unresolved`` (per eta: None,
+    "noise" or "rounding"). With fewer than two resolved etas the data say nothing about the order."""
     etas, errors, se = (np.asarray(a, float) for a in (etas, errors, se))
-    resolved = errors > 2 * se
+    rounding = np.abs(errors) <= (0.0 if scale is None else ROUNDING_ULPS * eps * abs(float(scale)))
+    noise = ~rounding & ~(errors > 2 * se)
+    resolved = ~rounding & ~noise
+    why = [None if r else ("rounding" if ro else "noise") for r, ro in zip(resolved, rounding)]
     if resolved.sum() < 2:
         return {"order": None, "constant": None, "order_se": None, "order_resolved": False,
-                "resolved": resolved.tolist()}
+                "resolved": resolved.tolist(), "unresolved": why}
     order, const = fit_order(etas[resolved], errors[resolved])
     x = np.log(etas[resolved]) - np.log(etas[resolved]).mean()
     order_se = float(np.sqrt(np.sum(x**2 * (se[resolved] / errors[resolved]) ** 2)) / np.sum(x**2))
     return {"order": order, "constant": const, "order_se": order_se, "order_resolved": True,
-            "resolved": resolved.tolist()}
+            "resolved": resolved.tolist(), "unresolved": why}
 
 
 def describe_order(entry: dict) -> str:
-    """"order 1.02" or "order: not resolved (errors within noise)" for an ``eta_sweep`` observable entry."""
+    """"order 1.02 ± 0.05", or "order: not resolved (errors within noise)" or "(errors at rounding level)"
+    (whichever holds for most etas) for an ``eta_sweep`` observable entry."""
     if not entry.get("order_resolved"):
-        return NOT_RESOLVED
+        why = [w for w in entry.get("unresolved", []) if w]
+        return NOT_RESOLVED_ROUNDING if why and why.count("rounding") * 2 >= len(why) else NOT_RESOLVED
     se = entry.get("order_se")
     return f"order {entry['order']:.2f}" + (f" ± {se:.2f}" if se is not None else "")
 
@@ -104,24 +119,38 @@ def eta_sweep(problem: AbstractProblem, noise: AbstractNoise, method: AbstractMe
               observables: Union[str, Sequence[str]], project: bool = True, **discrete_kw: Any) -> dict[str, Any]:
     """Run the discrete method at every eta in ``etas`` (one compiled sweep, recorded on ``sde_traj``'s
     times), compare each with ``sde_traj``, and fit the order of the weak error at the final time in eta
-    (see ``weak_order``: only etas whose error exceeds 2 s.e. enter the fit).
+    (see ``weak_order``: only etas whose error exceeds 2 s.e. and the rounding level of the observable's
+    scale over the runs, before and after projection, enter the fit).
 
     ``observables``: a name or a list of names (plot the result with ``slowsde_jax.plotting.plot_sweep``).
     Returns a dict: ``etas``, ``method``, ``T``,
     ``observables`` (name -> ``weak_error``, ``se``, ``order``, ``constant``, ``order_resolved``,
-    ``resolved``; ``order`` and ``constant`` are None when not resolved), ``comparisons`` and
+    ``resolved``, ``unresolved``; ``order`` and ``constant`` are None when not resolved), ``comparisons`` and
     ``trajectories`` (one per eta)."""
     names = [observables] if isinstance(observables, str) else list(observables)
-    trajs = simulate_discrete(problem, noise, method, T=T, n_paths=n_paths, key=key, sweep={"eta": list(etas)},
-                              n_record=sde_traj.t.size - 1, **discrete_kw)
-    if project:
-        trajs = [project_trajectory(tr, problem, method) for tr in trajs]
+    runs = simulate_discrete(problem, noise, method, T=T, n_paths=n_paths, key=key, sweep={"eta": list(etas)},
+                             n_record=sde_traj.t.size - 1, **discrete_kw)
+    trajs = [project_trajectory(tr, problem, method) for tr in runs] if project else runs
     comps = [compare(tr, sde_traj, names) for tr in trajs]
     per = {}
     for name in names:
         err = np.array([c.weak_error[name][-1] for c in comps])
         se = np.array([c.se[name][-1] for c in comps])
-        per[name] = {"weak_error": err.tolist(), "se": se.tolist(), **weak_order(etas, err, se)}
+        scale, eps = _observable_scale(name, [*runs, *trajs, sde_traj])
+        per[name] = {"weak_error": err.tolist(), "se": se.tolist(), **weak_order(etas, err, se, scale, eps)}
     out = {"etas": list(map(float, etas)), "method": method.name, "T": float(T), "observables": per,
            "comparisons": comps, "trajectories": trajs}
     return out
+
+
+def _observable_scale(name: str, trajs: Sequence[Trajectory]) -> tuple[float, float]:
+    """(scale, eps): the largest |mean over paths| of observable ``name`` over the recorded times of ``trajs``
+    (those that record it), against which a weak error is rounding, and the machine epsilon of the
+    coarsest dtype it was recorded in."""
+    recorded = [tr for tr in trajs if name in tr.observables]
+    means = [np.abs(tr.mean(name)) for tr in recorded]
+    finite = [m[np.isfinite(m)] for m in means]
+    dtypes = [np.asarray(tr.observables[name]).dtype for tr in recorded]
+    eps = max((float(np.finfo(d).eps) for d in dtypes if np.issubdtype(d, np.floating)),
+              default=float(np.finfo(np.float64).eps))
+    return float(max((np.max(m) for m in finite if m.size), default=0.0)), eps

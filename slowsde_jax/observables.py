@@ -12,7 +12,7 @@ decreases one sharpness measure per method (``docs/math.md``, "Sharpness each me
 | adame(lam) | tr(Diag H^{1-lam}) | ``trace_diag_H_pow`` |
 | adam_mini, adalayer | sum_B sqrt(n_B tr H_BB), n_B the size of block B | ``block_sharpness`` |
 
-Public: ``own_sharpness``, ``sharpness_values`` (a batch of parameters, any leading shape),
+Public: ``on_gamma`` (a point of Gamma to start from), ``own_sharpness``, ``sharpness_values`` (a batch of parameters, any leading shape),
 ``at_projection`` (a Trajectory seen on Gamma, with every method's measure), ``slow_ode_from_records``
 (the label-noise ODE started from a discrete run's recorded states, on the same clock).
 """
@@ -21,9 +21,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 from numpy.typing import ArrayLike
 
 from . import geometry as geo
@@ -33,14 +35,73 @@ from .problems import AbstractProblem, observe_batch
 from .options import Execution, Start
 from .slow_engine import simulate_slow_sde
 from .trajectory import Trajectory, mean_se
-from .validation import ConfigError
+from .validation import ConfigError, as_float_array, check_int, check_range
 
-__all__ = ["own_sharpness", "sharpness_values", "at_projection", "slow_ode_from_records", "theory_view",
+__all__ = ["on_gamma", "own_sharpness", "sharpness_values", "at_projection", "slow_ode_from_records", "theory_view",
            "theory_summary", "theory_table", "MEASURE_LABELS"]
 
 #: Readable names of the sharpness observables (also used by ``slowsde_jax.plotting.label``).
 MEASURE_LABELS = {"trace_H": "tr H", "trace_sqrt_diag_H": "tr(Diag H^{1/2})",
                   "trace_diag_H_pow": "tr(Diag H^{1-λ})", "block_sharpness": "Σ_B √(|B| tr H_BB)"}
+
+
+def on_gamma(problem: AbstractProblem, theta: Any = None, *, tol: float = 1e-12, max_steps: int = 100) -> jax.Array:
+    """A point of Gamma near ``theta``, to start both engines on the manifold (``Start(theta0=...)``).
+
+    ``theta``: flat parameters (D,), a batch (..., D), or the problem's parameter pytree (as given to
+    ``from_loss``); default ``problem.init(0)``. Returns flat points, shape (D,) or (..., D).
+
+    - Least squares (``problem.least_squares()``): minimum-norm Gauss-Newton, theta <- theta - J_w^+ r_w with
+      J_w = Diag(sqrt w) J, r_w = sqrt(w) r (masked samples impose nothing): the nearest point of Gamma to
+      first order in the Euclidean metric, in a few steps, each one n x n solve.
+    - Any other loss: Phi_I(theta), the limit of plain gradient flow (``geometry.project`` with S = I).
+
+    Stops when a step moves theta by at most ``tol`` max(1, |theta|); raises ``ProjectionError`` when a
+    point does not converge within ``max_steps`` steps (no minimizer nearby, or r cannot vanish)."""
+    check_range("tol", tol, low=0.0, low_open=True)
+    check_int("max_steps", max_steps, 1)
+    D = problem.dim
+    if theta is None:
+        theta = problem.init(jax.random.PRNGKey(0))
+    leaves = jax.tree_util.tree_leaves(theta)
+    if len(leaves) == 1 and np.ndim(leaves[0]) >= 1 and np.shape(leaves[0])[-1] == D:
+        flat = as_float_array("theta", leaves[0], None)
+    else:  # a parameter pytree: raveled as from_loss ravels params0
+        try:
+            flat = ravel_pytree(theta)[0]
+        except Exception as e:  # noqa: BLE001  (anything that is not a pytree of arrays)
+            raise ConfigError("theta", f"must be flat parameters (..., {D}) or the problem's parameter pytree: {e}") from None
+        if flat.shape != (D,):
+            raise ConfigError("theta", f"the parameters ravel to {flat.size} numbers; the problem has D = {D}")
+    flat = jnp.asarray(flat, dtype=jnp.result_type(float))
+    ls = problem.least_squares()
+    if ls is None:
+        return geo.project(problem.loss, flat, jnp.ones(D, flat.dtype), tol=max(tol, 1e-10), dim=D)
+    x, ok = _gauss_newton_to_gamma(problem.loss, ls, flat.reshape(-1, D), tol, max_steps)
+    if not np.all(np.asarray(ok)):
+        raise geo.ProjectionError(f"minimum-norm Gauss-Newton did not reach Gamma within {max_steps} steps for "
+                                  f"{int(np.sum(~np.asarray(ok)))} point(s) (no zero of the residuals nearby?)")
+    return x.reshape(flat.shape)
+
+
+@eqx.filter_jit
+def _gauss_newton_to_gamma(loss, ls, theta, tol, max_steps):
+    """Minimum-norm Gauss-Newton from each row of theta (N, D): (points (N, D), converged (N,))."""
+
+    def one(x0):
+        def unfinished(state):
+            x, step, k = state
+            return (step > tol * jnp.maximum(1.0, jnp.linalg.norm(x))) & (k < max_steps) & jnp.all(jnp.isfinite(x))
+
+        def gauss_newton(state):
+            x, _, k = state
+            x_new = geo.newton_retraction_step(loss, x, jnp.ones_like(x), least_squares=ls)
+            return x_new, jnp.linalg.norm(x_new - x), k + 1
+
+        x, step, _ = jax.lax.while_loop(unfinished, gauss_newton, (x0, jnp.asarray(jnp.inf, x0.dtype), 0))
+        return x, jnp.all(jnp.isfinite(x)) & (step <= tol * jnp.maximum(1.0, jnp.linalg.norm(x)))
+
+    return jax.vmap(one)(theta)
 
 
 def project_trajectory(traj: Trajectory, problem: AbstractProblem, method: AbstractMethod, tol: float = 1e-10,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Collection, Optional, Sequence, Union
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .comparison import NOT_RESOLVED
+from .comparison import describe_order
 from .observables import MEASURE_LABELS
 from .trajectory import Trajectory
 
@@ -185,13 +185,15 @@ def plot_cloud(discrete: Trajectory, continuous: Trajectory, observable: str, pa
 
 def plot_weak_error(etas: ArrayLike, err: ArrayLike, se: ArrayLike, order: Optional[float], const: Optional[float],
                     observable: str, path: PathLike = None, *, method: Optional[str] = None, T: Optional[float] = None,
-                    resolved: Optional[ArrayLike] = None, order_se: Optional[float] = None) -> "Figure":
+                    resolved: Optional[ArrayLike] = None, order_se: Optional[float] = None,
+                    unresolved: Optional[Sequence[Optional[str]]] = None) -> "Figure":
     """Log-log weak error at time T against η with ±2 s.e. bars, a slope-1 reference line and, when the order
     is resolved, the fitted line through the resolved points only (those whose error exceeds 2 s.e.).
 
     ``order``/``const``: the fit (None when not resolved: the plot then says so). ``resolved``: per-η
     booleans (default: error > 2 s.e.). ``method``, ``T``: shown in the title. ``order_se``: the fit's
-    standard error, shown with the order. Returns the Figure."""
+    standard error, shown with the order. ``unresolved``: per-η None, "noise" or "rounding" (``weak_order``),
+    for the note shown when the order is not resolved. Returns the Figure."""
     etas, err, se = np.asarray(etas, float), np.asarray(err, float), np.asarray(se, float)
     resolved = err > 2 * se if resolved is None else np.asarray(resolved, bool)
     fig, ax = _figure(figsize=(5.2, 3.9))
@@ -201,7 +203,7 @@ def plot_weak_error(etas: ArrayLike, err: ArrayLike, se: ArrayLike, order: Optio
                     label="weak error (±2 s.e.)")
     if (~resolved).any():
         ax.errorbar(etas[~resolved], err[~resolved], yerr=2 * se[~resolved], fmt="o", mfc="none", capsize=3,
-                    color="C7", label="within noise (|error| < 2 s.e.)")
+                    color="C7", label="not resolved (noise or rounding)")
     grid = np.geomspace(etas.min(), etas.max(), 50)
     pos = (err > 0) & (resolved if resolved.any() else True)  # anchor the reference on resolved points
     if pos.any():
@@ -212,7 +214,8 @@ def plot_weak_error(etas: ArrayLike, err: ArrayLike, se: ArrayLike, order: Optio
         pm = f" ± {order_se:.2f}" if order_se is not None else ""
         ax.plot(g, const * g**order, "--", color="C1", label=f"fit: order {order:.2f}{pm} (resolved points)")
     else:
-        ax.text(0.03, 0.95, NOT_RESOLVED, transform=ax.transAxes, va="top", fontsize=8)
+        note = describe_order({"order_resolved": False, "unresolved": list(unresolved or [])})
+        ax.text(0.03, 0.95, note, transform=ax.transAxes, va="top", fontsize=8)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xticks(etas, [f"{e:g}" for e in etas])
@@ -233,7 +236,7 @@ def plot_sweep(result: dict, observable: Optional[str] = None, path: PathLike = 
     r = result["observables"][observable]
     return plot_weak_error(result["etas"], r["weak_error"], r["se"], r["order"], r["constant"], observable, path,
                            method=result.get("method"), T=result.get("T"), resolved=r.get("resolved"),
-                           order_se=r.get("order_se"))
+                           order_se=r.get("order_se"), unresolved=r.get("unresolved"))
 
 
 def plot_slow_flow(view: dict, summary: dict, path: PathLike = None) -> "Figure":

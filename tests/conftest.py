@@ -4,6 +4,7 @@
   command-line runs the tests start in subprocesses, load the programs another process compiled instead
   of compiling them again. The controller makes the folder (workers inherit ``SLOWSDE_CACHE_DIR``) and
   removes it at the end. ``tests/test_compile_cache.py`` sets its own folders.
+- The fast tier (``-m 'not slow'``) compiles with XLA's backend optimizations off (``pytest_configure``).
 - Shared fixtures (session scope, so that compiled programs are shared across test files): a hyperbola,
   a small diagonal net, a small matrix factorization and a small two-layer MLP built with ``from_loss``.
 """
@@ -26,6 +27,14 @@ from slowsde_jax import problems  # noqa: E402
 slowsde_jax.enable_compilation_cache()
 # only programs that take a while to compile: writing every small one to disk costs more than it saves
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def pytest_configure(config):
+    """The fast tier compiles far more than it runs: XLA's backend optimizations off there (about a fifth
+    less wall time; the same IEEE arithmetic). The science tier runs long simulations and keeps them on.
+    Set before the first computation makes the CPU client (the test modules are imported after this)."""
+    if config.option.markexpr == "not slow" and "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 
 
 def pytest_unconfigure(config):

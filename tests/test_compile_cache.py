@@ -44,13 +44,17 @@ def _cli_run(tmp_path, *extra):
     return cli.main(["run", *sets, "--out", str(tmp_path / "runs"), "--quiet", *extra])
 
 
-def test_cli_keeps_compiled_programs_in_slowsde_cache_dir(tmp_path, monkeypatch, jax_cache_config):
-    jax.config.update("jax_compilation_cache_dir", None)
-    jax_cc.reset_cache()
-    jax.clear_caches()  # earlier tests may have compiled the same programs in this process: compile them again
-    monkeypatch.setenv("SLOWSDE_CACHE_DIR", str(tmp_path / "cache"))
-    assert _cli_run(tmp_path) == 0
-    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "cache")
+def test_cli_keeps_compiled_programs_in_slowsde_cache_dir(tmp_path):
+    """In a fresh process (clearing this worker's compiled programs would make every later test compile again)."""
+    import os
+    import subprocess
+    import sys
+
+    sets = sum((["--set", s] for s in SMALL), [])
+    env = {**os.environ, "SLOWSDE_CACHE_DIR": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-m", "slowsde_jax", "run", *sets, "--out", str(tmp_path / "runs"), "--quiet"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
     assert any((tmp_path / "cache").iterdir())  # the programs compiled by the run were written
 
 

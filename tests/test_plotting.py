@@ -99,6 +99,25 @@ def test_weak_order_fits_only_resolved_points():
     assert comparison.describe_order(r).startswith("order 1.00 ± ")
 
 
+def test_weak_order_refuses_errors_at_rounding_level(tmp_path):
+    """Errors of 1e-33 in an observable of scale 1e-3 (a loss at Phi_S) are rounding, not a weak error, even
+    when their standard errors are smaller still; the same errors at scale 1e-30 would be resolved."""
+    etas, err, se = [0.04, 0.02, 0.01], [5e-33, 3e-33, 1e-33], [1e-34] * 3
+    r = comparison.weak_order(etas, err, se, scale=1e-3)
+    assert r["order_resolved"] is False and r["order"] is None and r["unresolved"] == ["rounding"] * 3
+    assert comparison.describe_order(r) == "order: not resolved (errors at rounding level)"
+    assert comparison.weak_order(etas, err, se)["order_resolved"]  # without a scale: the noise rule only
+    assert comparison.weak_order(etas, err, se, scale=1e-30)["order_resolved"]
+    # the float32 epsilon raises the floor: 1e3 * 1.2e-7 * 1e-3 = 1.2e-7
+    r32 = comparison.weak_order(etas, [1e-7, 6e-8, 3e-8], [1e-9] * 3, scale=1e-3, eps=float(np.finfo(np.float32).eps))
+    assert r32["unresolved"] == ["rounding"] * 3
+    mixed = comparison.weak_order([0.04, 0.02, 0.01], [1e-2, 1e-2, 1e-40], [1e-1, 1e-1, 1e-41], scale=1.0)
+    assert mixed["unresolved"] == ["noise", "noise", "rounding"]
+    fig = plotting.plot_sweep({"etas": etas, "method": "adam", "T": 0.5,
+                               "observables": {"loss": {"weak_error": err, "se": se, **r}}}, "loss")
+    assert "order: not resolved (errors at rounding level)" in _texts(fig)
+
+
 def test_a_run_switched_to_another_method_says_so():
     fig = plotting.plot_observables({"adam": _traj(method="adame"), "sgd": _traj(eta=0.05, method="sgd")})
     texts = _texts(fig)

@@ -54,6 +54,7 @@ def test_diffusion_matches_T_sigma_parallel():
     np.testing.assert_allclose(traj.theta[:, -1, 0] ** 2 - x**2, 1.0, atol=1e-10)  # on Gamma
 
 
+@pytest.mark.slow  # a convergence in eta: the science tier (test_diffusion_matches_T_sigma_parallel is the fast check)
 def test_gaussian_noise_sde_matches_discrete_adam_and_the_gap_shrinks_with_eta():
     """Drift, diffusion and Ito correction all matter: the mean and variance of v at T = 0.2."""
     m = S.adam(c=10.0, eps=0.0)

@@ -1,0 +1,64 @@
+"""A user's own model end to end: a point of Gamma to start from (``on_gamma``), and weak errors that are
+rounding refused by ``eta_sweep``."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import slowsde_jax as S
+from slowsde_jax import noise, problems
+
+
+def test_on_gamma_puts_a_least_squares_model_on_gamma_by_minimum_norm_gauss_newton(small_mlp):
+    """Residuals vanish at the result; from a point already on Gamma it does not move; the first step is the
+    minimum-norm Gauss-Newton step (the pseudo-inverse of J_w)."""
+    theta0 = small_mlp.init(None)
+    ls = small_mlp.least_squares()
+    assert np.max(np.abs(ls.residuals(theta0))) > 1e-2  # starts off Gamma
+    zeta = S.on_gamma(small_mlp, theta0)
+    assert zeta.shape == (small_mlp.dim,) and np.max(np.abs(ls.residuals(zeta))) < 1e-12
+    np.testing.assert_allclose(S.on_gamma(small_mlp, zeta), zeta, atol=1e-13)
+    one = S.on_gamma(small_mlp, theta0, max_steps=1, tol=1.0)  # a single step, accepted by the loose tol
+    Jw = jnp.sqrt(ls.weights)[:, None] * ls.jacobian(theta0)
+    want = theta0 - jnp.linalg.pinv(Jw) @ (jnp.sqrt(ls.weights) * ls.residuals(theta0))
+    np.testing.assert_allclose(one, want, rtol=1e-10, atol=1e-12)
+    # the parameter pytree and a batch give the same points
+    params = small_mlp.unravel(theta0)
+    np.testing.assert_allclose(S.on_gamma(small_mlp, params), zeta, atol=1e-12)
+    batch = S.on_gamma(small_mlp, jnp.stack([theta0, zeta]))
+    np.testing.assert_allclose(batch[0], zeta, atol=1e-12)
+
+
+def test_on_gamma_without_residuals_is_the_gradient_flows_limit():
+    """A loss that is not least squares: Phi_I, the limit of plain gradient flow, for the hyperbola's loss
+    given as a plain function (u^2 - v^2 = 1 at the result, and equal to geometry.project with S = I)."""
+    plain = problems.from_loss(lambda t: 0.5 * (t[0] ** 2 - t[1] ** 2 - 1.0) ** 2, jnp.array([1.8, 0.9]))
+    zeta = S.on_gamma(plain)
+    assert abs(float(zeta[0] ** 2 - zeta[1] ** 2) - 1.0) < 1e-9
+    np.testing.assert_allclose(zeta, S.geometry.project(plain.loss, jnp.array([1.8, 0.9]), jnp.ones(2)), atol=1e-10)
+
+
+def test_on_gamma_names_bad_input_and_non_convergence(small_mlp):
+    with pytest.raises(S.ConfigError, match="^theta:"):
+        S.on_gamma(small_mlp, {"W1": jnp.ones((3, 2))})
+    with pytest.raises(S.ConfigError, match="^max_steps:"):
+        S.on_gamma(small_mlp, max_steps=0)
+    unreachable = problems.from_loss(lambda t: 0.5 * jnp.mean(jnp.array([t[0] ** 2 + 1.0]) ** 2), jnp.ones(1),
+                                     residuals=lambda t: jnp.array([t[0] ** 2 + 1.0]))  # r >= 1: no zero
+    with pytest.raises(S.ProjectionError, match="Gauss-Newton"):
+        S.on_gamma(unreachable, max_steps=20)
+
+
+@pytest.mark.slow
+def test_eta_sweep_of_the_loss_at_phi_s_is_rounding_not_a_weak_error(small_mlp):
+    """The loss of an interpolating model at Phi_S is rounding (about 1e-32) at every eta: eta_sweep must not
+    fit an order to it, and says why; the same sweep resolves nothing it should not."""
+    nz, sgd = noise.label_noise(0.5), S.sgd()
+    start = S.Start(theta0=S.on_gamma(small_mlp))
+    ode = S.simulate_slow_sde(small_mlp, nz, sgd, T=0.1, n_record=2, start=start, execution=S.Execution(progress=False))
+    res = S.eta_sweep(small_mlp, nz, sgd, [0.04, 0.02], 0.1, 16, 0, ode, "loss", start=start,
+                      execution=S.Execution(progress=False))
+    entry = res["observables"]["loss"]
+    assert max(entry["weak_error"]) < 1e-20
+    assert entry["order_resolved"] is False and set(entry["unresolved"]) == {"rounding"}
+    assert S.comparison.describe_order(entry) == "order: not resolved (errors at rounding level)"
