@@ -38,6 +38,7 @@ from .discrete import simulate_discrete
 from .geometry import ProjectionError
 from .observables import theory_summary, theory_table, theory_view
 from .options import Execution, Recording, Start
+from .sharpness import SHARPNESS_NAMES
 from .plotting import LOSS_NAMES, plot_cloud, plot_observables, plot_slow_flow, plot_sweep
 from .slow_engine import simulate_slow_sde
 from .validation import ConfigError, within
@@ -217,7 +218,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
             progress = Execution(progress=None if not args.quiet else False)
             sde_traj = simulate_slow_sde(problem, noise, method, T=T, n_paths=cmp.get("sde_paths", cfg.get("n_paths", 1)),
                                          key=seed + 1, eta=min(cmp["etas"]), n_record=n_record,
-                                         integrator=cfgmod.compare_integrator(cmp, problem, noise), execution=progress)
+                                         integrator=cfgmod.compare_integrator(cmp, problem, noise), execution=progress,
+                                         recording=Recording(sharpness=any(o in SHARPNESS_NAMES
+                                                                           for o in cmp.get("observables") or [])))
             names = cmp.get("observables") or sorted(sde_traj.observables)
             res = eta_sweep(problem, noise, method, cmp["etas"], T, cfg.get("n_paths", 1), seed, sde_traj, names,
                             project=cmp.get("project", True),

@@ -12,7 +12,9 @@ from .methods import AbstractMethod
 from .noise import AbstractNoise
 from .problems import AbstractProblem
 from .discrete import simulate_discrete
-from .observables import project_trajectory
+from .observables import at_projection, project_trajectory
+from .options import Recording
+from .sharpness import SHARPNESS_NAMES
 from .trajectory import Trajectory
 
 __all__ = ["Comparison", "compare", "describe_order", "eta_sweep", "fit_order", "weak_order", "NOT_RESOLVED",
@@ -122,15 +124,21 @@ def eta_sweep(problem: AbstractProblem, noise: AbstractNoise, method: AbstractMe
     (see ``weak_order``: only etas whose error exceeds 2 s.e. and the rounding level of the observable's
     scale over the runs, before and after projection, enter the fit).
 
-    ``observables``: a name or a list of names (plot the result with ``slowsde_jax.plotting.plot_sweep``).
+    ``observables``: a name or a list of names (plot the result with ``slowsde_jax.plotting.plot_sweep``):
+    the problem's observables or the sharpness measures (``slowsde_jax.sharpness``; record them on
+    ``sde_traj`` with ``Recording(sharpness=True)``).
     Returns a dict: ``etas``, ``method``, ``T``,
     ``observables`` (name -> ``weak_error``, ``se``, ``order``, ``constant``, ``order_resolved``,
     ``resolved``, ``unresolved``; ``order`` and ``constant`` are None when not resolved), ``comparisons`` and
     ``trajectories`` (one per eta)."""
     names = [observables] if isinstance(observables, str) else list(observables)
+    sharp = any(n in SHARPNESS_NAMES for n in names)
+    if sharp and not project:  # compared at the states themselves: record the measures there
+        discrete_kw["recording"] = dataclasses.replace(discrete_kw.get("recording") or Recording(), sharpness=True)
     runs = simulate_discrete(problem, noise, method, T=T, n_paths=n_paths, key=key, sweep={"eta": list(etas)},
                              n_record=sde_traj.t.size - 1, **discrete_kw)
-    trajs = [project_trajectory(tr, problem, method) for tr in runs] if project else runs
+    see_on_gamma = at_projection if sharp else project_trajectory  # at_projection adds the sharpness measures
+    trajs = [see_on_gamma(tr, problem, method) for tr in runs] if project else runs
     comps = [compare(tr, sde_traj, names) for tr in trajs]
     per = {}
     for name in names:

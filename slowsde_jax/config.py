@@ -48,6 +48,7 @@ from . import methods, noise, problems
 from .inputs import check_steps
 from .integrators import AbstractSlowIntegrator, LabelNoiseODE, ProjectedEulerMaruyama
 from .sweep import SWEEPABLE
+from .sharpness import own_sharpness
 from .validation import (ConfigError, check_bool, check_bound, check_choice, check_file_name, check_int, check_number, show,
                          suggest, within)
 
@@ -441,7 +442,7 @@ def prepare(cfg: dict, command: str = "run") -> Prepared:
         _check_run(cfg, name, run, problem, nz, method, etas)
         planned.append((name, method, _run_kwargs(cfg, run)))
     if command == "compare":
-        _check_compare(cfg, problem, nz)
+        _check_compare(cfg, problem, nz, [m for _, m, _ in planned])
     if cfg.get("slow_flow") and command == "run":
         _check_slow_flow(cfg, planned)
     return Prepared(problem=problem, noise=nz, runs=planned)
@@ -466,7 +467,7 @@ def _check_slow_flow(cfg, planned):
                               "S = 1/(sqrt(v) + eps) is infinite and the states cannot be mapped onto Gamma)")
 
 
-def _check_compare(cfg, problem, nz):
+def _check_compare(cfg, problem, nz, methods_):
     import jax
     import jax.numpy as jnp
 
@@ -479,11 +480,14 @@ def _check_compare(cfg, problem, nz):
     check_memory("compare.sde_paths", dim=problem.dim, n_cfg=1, n_paths=cmp.get("sde_paths", cfg.get("n_paths", 1)),
                  n_record=cfg.get("n_record", 10), record_state=True, has_v=True)
 
-    known = sorted(jax.eval_shape(problem.observables, jnp.zeros(problem.dim)))
+    own = sorted(jax.eval_shape(problem.observables, jnp.zeros(problem.dim)))
     for i, o in enumerate(cfg["compare"].get("observables") or []):
-        if o not in known:
-            raise ConfigError(f"compare.observables[{i}]", f"unknown observable '{o}'{suggest(o, known)}; "
-                                                           f"{type(problem).__name__} records {', '.join(known)}")
+        for m in methods_:  # the problem's observables, tr H, tr(Diag H^{1/2}) and each method's own measure
+            known = sorted({*own, "trace_H", "trace_sqrt_diag_H", own_sharpness(m)[0]})
+            if o not in known:
+                raise ConfigError(f"compare.observables[{i}]", f"unknown observable '{o}'{suggest(o, known)}; "
+                                                               f"{type(problem).__name__} with {m.name} records "
+                                                               f"{', '.join(known)}")
 
 
 def compare_integrator(cmp: dict, problem: problems.AbstractProblem, nz: noise.AbstractNoise

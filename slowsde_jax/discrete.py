@@ -50,6 +50,7 @@ from .validation import ConfigError, check_int, check_range
 from .methods import AbstractMethod, second_moment
 from .noise import AbstractNoise
 from .problems import AbstractProblem
+from .sharpness import sharpness_measures
 from .sweep import apply_hypers, check_sweep_value, sweep_grid
 from .options import Execution, Recording, Start, engine_options
 from .inputs import (check_step_count, check_steps, initial_v,
@@ -205,10 +206,10 @@ def _init_all(problem, noise, method, hypers, theta0, v0_mode, v0, key, n_paths:
 
 
 @eqx.filter_jit
-def _observe(problem, noise, method, hypers, state):
+def _observe(problem, noise, method, hypers, state, sharpness):
     def per_cfg(h, st):
-        p, _, _ = apply_hypers(problem, noise, method, h)
-        return jax.vmap(p.observables)(st.theta)
+        p, _, m = apply_hypers(problem, noise, method, h)
+        return jax.vmap(lambda t: {**p.observables(t), **(sharpness_measures(p, m, t) if sharpness else {})})(st.theta)
 
     return jax.vmap(per_cfg)(hypers, state)
 
@@ -241,6 +242,7 @@ class DiscreteRun:
     stream: Optional[RecordStream] = None  # where the records go instead, when streamed
     n_paths: Optional[int] = None  # the real paths: lanes past them (device padding) are left out of records
     observables: bool = True  # record the problem's observables
+    sharpness: bool = False  # and the sharpness measures
 
 
 def simulate_discrete(problem: AbstractProblem, noise: AbstractNoise, method: AbstractMethod, eta: Optional[float] = None,
@@ -340,7 +342,7 @@ def simulate_discrete(problem: AbstractProblem, noise: AbstractNoise, method: Ab
     state = _init_all(problem, noise, method, grid, inputs.theta0, inputs.v0_mode, inputs.v0, inputs.key,
                       inputs.n_paths, _sharding.padded_paths(inputs.n_paths, mesh), sharding=lanes)
     run = DiscreteRun(state=state, targets=targets, records={}, n_paths=inputs.n_paths,
-                      observables=record_observables)
+                      observables=record_observables, sharpness=recording.sharpness and record_observables)
     resume = checkpoint is not None and Path(checkpoint).exists()
     if record_to is not None:
         run.stream = RecordStream(record_to, targets.shape[1], fresh=not resume)
@@ -380,7 +382,7 @@ def _record(run, problem, noise, method, grid, record_state):
     run.state = _flag_non_finite_loss(problem, noise, method, grid, run.state)
     out = {}
     if run.observables:
-        out.update({"obs." + k: x for k, x in _observe(problem, noise, method, grid, run.state).items()})
+        out.update({"obs." + k: x for k, x in _observe(problem, noise, method, grid, run.state, run.sharpness).items()})
     if record_state:
         out["theta"] = run.state.theta
         v = second_moment(run.state.opt, batch_ndim=2)  # (n_cfg, n_paths, D), None for SGD
@@ -459,7 +461,8 @@ def load_checkpoint(path: Union[str, Path], fresh: DiscreteRun) -> DiscreteRun:
     saved = [_pad_lanes(a, x.shape[1]) for a, x in zip(saved, leaves)]  # device padding: repeats of path 0
     restored = [jnp.asarray(a, dtype=x.dtype) for a, x in zip(saved, leaves)]
     return DiscreteRun(state=jax.tree_util.tree_unflatten(treedef, restored), targets=fresh.targets,
-                       records=records, done=done, n_paths=fresh.n_paths, observables=fresh.observables)
+                       records=records, done=done, n_paths=fresh.n_paths, observables=fresh.observables,
+                       sharpness=fresh.sharpness)
 
 
 def _pad_lanes(a, n_lanes):

@@ -12,7 +12,7 @@ decreases one sharpness measure per method (``docs/math.md``, "Sharpness each me
 | adame(lam) | tr(Diag H^{1-lam}) | ``trace_diag_H_pow`` |
 | adam_mini, adalayer | sum_B sqrt(n_B tr H_BB), n_B the size of block B | ``block_sharpness`` |
 
-Public: ``on_gamma`` (a point of Gamma to start from), ``own_sharpness``, ``sharpness_values`` (a batch of parameters, any leading shape),
+Public: ``on_gamma`` (a point of Gamma to start from), ``sharpness_values`` (a batch of parameters, any leading shape),
 ``at_projection`` (a Trajectory seen on Gamma, with every method's measure), ``slow_ode_from_records``
 (the label-noise ODE started from a discrete run's recorded states, on the same clock).
 """
@@ -32,18 +32,14 @@ from . import geometry as geo
 from .methods import AbstractMethod
 from .noise import AbstractNoise
 from .problems import AbstractProblem, observe_batch
+from .sharpness import SHARPNESS_NAMES, own_sharpness, sharpness_batch
 from .options import Execution, Start
 from .slow_engine import simulate_slow_sde
 from .trajectory import Trajectory, mean_se
 from .validation import ConfigError, as_float_array, check_int, check_range
 
-__all__ = ["on_gamma", "own_sharpness", "sharpness_values", "at_projection", "slow_ode_from_records", "theory_view",
-           "theory_summary", "theory_table", "MEASURE_LABELS"]
-
-#: Readable names of the sharpness observables (also used by ``slowsde_jax.plotting.label``).
-MEASURE_LABELS = {"trace_H": "tr H", "trace_sqrt_diag_H": "tr(Diag H^{1/2})",
-                  "trace_diag_H_pow": "tr(Diag H^{1-λ})", "block_sharpness": "Σ_B √(|B| tr H_BB)"}
-
+__all__ = ["on_gamma", "sharpness_values", "at_projection", "slow_ode_from_records", "theory_view",
+           "theory_summary", "theory_table"]
 
 def on_gamma(problem: AbstractProblem, theta: Any = None, *, tol: float = 1e-12, max_steps: int = 100) -> jax.Array:
     """A point of Gamma near ``theta``, to start both engines on the manifold (``Start(theta0=...)``).
@@ -123,24 +119,11 @@ def project_trajectory(traj: Trajectory, problem: AbstractProblem, method: Abstr
                                           least_squares=problem.least_squares(), rank=rank, dim=problem.dim))
     obs = observe_batch(problem, jnp.asarray(zeta))
     observables = {k: np.asarray(x).reshape(P, T) for k, x in obs.items()}
+    if any(k in traj.observables for k in SHARPNESS_NAMES):  # recorded at the state: recomputed at Phi_S
+        observables.update(sharpness_values(problem, zeta.reshape(P, T, D), method))
     return dataclasses.replace(traj, theta=zeta.reshape(P, T, D), observables=observables,
                                meta={**traj.meta, "projected": True})
 
-
-
-def own_sharpness(method: AbstractMethod) -> tuple[str, str]:
-    """The sharpness measure ``method``'s slow flow reduces under label noise: (observable name, label).
-
-    ``adame`` with lam = 1/2 is Adam and gets Adam's name; any other lam gets ``trace_diag_H_pow``
-    with the label showing its lam, e.g. ``("trace_diag_H_pow", "tr(Diag H^{0.75})")`` for lam = 0.25."""
-    if not method.has_v:
-        return "trace_H", MEASURE_LABELS["trace_H"]
-    if method.blocks is not None:
-        return "block_sharpness", MEASURE_LABELS["block_sharpness"]
-    lam = float(np.asarray(method.lam))
-    if lam == 0.5:
-        return "trace_sqrt_diag_H", MEASURE_LABELS["trace_sqrt_diag_H"]
-    return "trace_diag_H_pow", f"tr(Diag H^{{{1.0 - lam:g}}})"
 
 
 def sharpness_values(problem: AbstractProblem, theta: ArrayLike, method: Optional[AbstractMethod] = None) -> dict[str, np.ndarray]:
@@ -152,16 +135,8 @@ def sharpness_values(problem: AbstractProblem, theta: ArrayLike, method: Optiona
     if theta.ndim < 1 or theta.shape[-1] != problem.dim:
         raise ConfigError("theta", f"must have shape (..., {problem.dim}), got {tuple(theta.shape)}")
     flat = theta.reshape(-1, problem.dim)
-    hdiag = jax.vmap(problem.hessian_diag)(flat)  # (N, D)
-    out = {"trace_H": geo.sharpness(hdiag, "trace", diagonal=True),
-           "trace_sqrt_diag_H": geo.sharpness(hdiag, "trace_sqrt_diag", diagonal=True)}
-    if method is not None:
-        name, _ = own_sharpness(method)
-        if name == "trace_diag_H_pow":
-            out[name] = geo.sharpness(hdiag, "trace_diag_pow", lam=method.lam, diagonal=True)
-        elif name == "block_sharpness":
-            ids = np.asarray(method.for_problem(problem).blocks)
-            out[name] = geo.sharpness(hdiag, "block", blocks=ids, diagonal=True)
+    bound = None if method is None else method.for_problem(problem)
+    out = sharpness_batch(problem, bound, flat)
     return {k: np.asarray(x).reshape(theta.shape[:-1]) for k, x in out.items()}
 
 

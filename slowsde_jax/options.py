@@ -112,15 +112,21 @@ class Recording(eqx.Module):
     - ``record_to``: (discrete engine) a folder to stream the records to as they are taken (one ``.npy`` per
       quantity, read back as memory maps), instead of keeping them in memory. The library claims the
       folder and never overwrites a file it did not write there.
+    - ``sharpness``: also record the sharpness measures (``trace_H``, ``trace_sqrt_diag_H`` and the method's
+      own, ``slowsde_jax.sharpness``) at every recorded state, by the same names in both engines; each
+      costs a Hessian diagonal per path and record. (The slow engine's states lie on Gamma; a discrete run's
+      are seen on Gamma by ``at_projection``, which recomputes them there.)
     """
 
     record_state: bool = True
     record_observables: bool = True
     record_to: Union[None, str, Path] = None
+    sharpness: bool = False
 
     def __check_init__(self):
         check_bool("record_state", self.record_state)
         check_bool("record_observables", self.record_observables)
+        check_bool("sharpness", self.sharpness)
         check_path("record_to", self.record_to)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .comparison import describe_order
-from .observables import MEASURE_LABELS
+from .sharpness import MEASURE_LABELS
 from .trajectory import Trajectory
 
 if TYPE_CHECKING:

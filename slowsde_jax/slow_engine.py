@@ -25,6 +25,7 @@ from .noise import AbstractNoise
 from .options import Execution, Recording, Start, engine_options
 from .problems import AbstractProblem, observe_batch
 from .progress import progress_bar
+from .sharpness import sharpness_batch
 from .sde import SlowSDEModel, _finite_records, _initial_state
 from .trajectory import Trajectory
 from .validation import ConfigError, check_range
@@ -130,10 +131,10 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Ab
     # package
     run = runs[0]
     zeta, v = np.stack(run.zeta, axis=1), np.stack(run.v, axis=1)
-    observables = _observe(problem, zeta)
+    observables = _observe(problem, method, zeta, recording.sharpness)
     failed_time, reasons = _flag_non_finite_loss(problem, zeta, t_grid, run.failed_time, run.reasons)
     if plan.levels == 2:  # Richardson: 2 f(zeta^h) - f(zeta^{2h})
-        coarse = _observe(problem, np.stack(runs[1].zeta, axis=1))
+        coarse = _observe(problem, method, np.stack(runs[1].zeta, axis=1), recording.sharpness)
         observables = {k: 2.0 * x - coarse[k] for k, x in observables.items()}
         failed_time = np.fmin(failed_time, runs[1].failed_time)
         reasons = [r or (None if rc is None else f"{rc} (at step 2 dt)") for r, rc in zip(reasons, runs[1].reasons)]
@@ -163,9 +164,13 @@ def _batch_loss(problem, theta):
     return jax.vmap(problem.loss)(theta)
 
 
-def _observe(problem, zeta) -> dict:
-    """The problem's observables of states (n_paths, n_times, D), each (n_paths, n_times)."""
-    obs = observe_batch(problem, jnp.asarray(zeta.reshape(-1, problem.dim)))
+def _observe(problem, method, zeta, sharpness) -> dict:
+    """The problem's observables of states (n_paths, n_times, D), each (n_paths, n_times), and with
+    ``sharpness`` the sharpness measures (``slowsde_jax.sharpness``) under the same names as the discrete engine."""
+    flat = jnp.asarray(zeta.reshape(-1, problem.dim))
+    obs = dict(observe_batch(problem, flat))
+    if sharpness:
+        obs.update(sharpness_batch(problem, method, flat))
     return {k: np.asarray(x).reshape(zeta.shape[:2]) for k, x in obs.items()}
 
 

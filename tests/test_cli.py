@@ -90,6 +90,7 @@ def test_compare_writes_weak_errors_and_plots(tmp_path, capsys):
     cfg.update(n_paths=200, n_record=2, T=0.1)
     cfg["runs"] = {"adam": cfg["runs"]["adam"]}
     cfg["compare"]["etas"] = [0.04, 0.02]
+    cfg["compare"]["observables"] = ["u", "v", "trace_sqrt_diag_H"]  # a sharpness measure, recorded by both sides
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg))
     assert cli.main(["compare", str(path), "--out", str(tmp_path / "out")]) == 0
@@ -98,6 +99,7 @@ def test_compare_writes_weak_errors_and_plots(tmp_path, capsys):
     result = json.loads((folder / "comparison.json").read_text())
     assert result["adam"]["sde_engine"] == "label_noise_ode" and result["adam"]["etas"] == [0.04, 0.02]
     assert len(result["adam"]["observables"]["v"]["weak_error"]) == 2
+    assert len(result["adam"]["observables"]["trace_sqrt_diag_H"]["weak_error"]) == 2
     assert (folder / "cloud_adam_v.png").exists() and (folder / "weak_error_adam_u.png").exists()
     trajs, summary = load_run(folder)
     assert summary["status"] == "completed" and len(trajs["adam.discrete"]) == 2
@@ -105,6 +107,8 @@ def test_compare_writes_weak_errors_and_plots(tmp_path, capsys):
 
 def test_compare_config_errors(tmp_path, capsys):
     path = Path(__file__).parents[1] / "configs" / "hyperbola_compare.yaml"
+    assert cli.main(["compare", str(path), "--set", "compare.observables=[block_sharpness]", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("slowsde: error: compare.observables[0]: unknown observable 'block_sharpness'")
     assert cli.main(["compare", str(path), "--set", "compare.etas=[0.1]", "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith("slowsde: error: compare.etas:")
     assert cli.main(["compare", str(path), "--set", "compare.dtt=0.1", "--out", str(tmp_path)]) == 2

@@ -7,7 +7,8 @@ import pytest
 
 import slowsde_jax as S
 from slowsde_jax import ConfigError, discrete, geometry as geo, noise, paper as X, problems
-from slowsde_jax.observables import own_sharpness, sharpness_values
+from slowsde_jax.observables import sharpness_values
+from slowsde_jax.sharpness import own_sharpness
 
 pytestmark = pytest.mark.slow  # the science tier: pytest -m slow
 

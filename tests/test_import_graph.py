@@ -14,7 +14,7 @@ LAYERS = [
     ("leaves", {"_version", "_precision", "_pattern", "_batching", "_small_linalg", "_memory", "brownian", "progress",
                 "sharding", "compile_cache", "validation", "_io", "_structure", "_runtime_checks", "streaming"}),
     ("models", {"problems", "noise", "methods", "trajectory"}),
-    ("math", {"geometry"}),
+    ("math", {"geometry", "sharpness"}),
     ("shared", {"options", "inputs", "sweep"}),
     ("engines", {"discrete", "sde", "integrators", "slow_engine"}),
     ("analysis", {"observables", "comparison"}),

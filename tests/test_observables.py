@@ -10,7 +10,7 @@ import pytest
 
 import slowsde_jax as S
 from slowsde_jax import geometry as geo
-from slowsde_jax import noise, observables, problems, runs
+from slowsde_jax import noise, observables, problems, runs, sharpness
 from slowsde_jax.trajectory import Trajectory
 
 HYP = problems.hyperbola(y=1.0)
@@ -37,12 +37,12 @@ def test_batched_sharpness_matches_single_points_and_closed_forms():
 
 
 def test_own_sharpness_per_method():
-    assert observables.own_sharpness(S.sgd()) == ("trace_H", "tr H")
-    assert observables.own_sharpness(S.adam())[0] == "trace_sqrt_diag_H"
-    assert observables.own_sharpness(S.rmsprop())[0] == "trace_sqrt_diag_H"
-    assert observables.own_sharpness(S.adame(lam=0.5))[0] == "trace_sqrt_diag_H"
-    assert observables.own_sharpness(S.adame(lam=0.25)) == ("trace_diag_H_pow", "tr(Diag H^{0.75})")
-    assert observables.own_sharpness(S.adam_mini([0, 0, 1, 1]))[0] == "block_sharpness"
+    assert sharpness.own_sharpness(S.sgd()) == ("trace_H", "tr H")
+    assert sharpness.own_sharpness(S.adam())[0] == "trace_sqrt_diag_H"
+    assert sharpness.own_sharpness(S.rmsprop())[0] == "trace_sqrt_diag_H"
+    assert sharpness.own_sharpness(S.adame(lam=0.5))[0] == "trace_sqrt_diag_H"
+    assert sharpness.own_sharpness(S.adame(lam=0.25)) == ("trace_diag_H_pow", "tr(Diag H^{0.75})")
+    assert sharpness.own_sharpness(S.adam_mini([0, 0, 1, 1]))[0] == "block_sharpness"
 
 
 def test_sharpness_values_on_gamma_closed_form():

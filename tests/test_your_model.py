@@ -62,3 +62,46 @@ def test_eta_sweep_of_the_loss_at_phi_s_is_rounding_not_a_weak_error(small_mlp):
     assert max(entry["weak_error"]) < 1e-20
     assert entry["order_resolved"] is False and set(entry["unresolved"]) == {"rounding"}
     assert S.comparison.describe_order(entry) == "order: not resolved (errors at rounding level)"
+
+
+def test_both_engines_record_the_sharpness_measures_by_the_same_names(hyperbola):
+    """Recording(sharpness=True): tr H, tr(Diag H^{1/2}) and the method's own measure at every recorded state,
+    by name, in both engines; equal to sharpness_values at the recorded states; compare takes them by name."""
+    nz, adam = noise.label_noise(0.5), S.adam(c=10.0, eps=0.0)
+    rec, quiet = S.Recording(sharpness=True), S.Execution(progress=False)
+    slow = S.simulate_slow_sde(hyperbola, nz, adam, T=0.1, n_record=2, recording=rec, execution=quiet,
+                               start=S.Start(v0="equilibrium"))
+    disc = S.simulate_discrete(hyperbola, nz, adam, eta=0.05, T=0.1, n_paths=8, key=1, n_record=2, recording=rec,
+                               execution=quiet, start=S.Start(v0="equilibrium"))
+    for traj in (slow, disc):
+        assert {"trace_H", "trace_sqrt_diag_H"} <= set(traj.observables)
+        want = S.sharpness_values(hyperbola, traj.theta, adam)
+        for name in ("trace_H", "trace_sqrt_diag_H"):
+            np.testing.assert_allclose(traj.observables[name], want[name], rtol=1e-13)
+    seen = S.at_projection(disc, hyperbola, adam)  # the discrete states seen on Gamma: recomputed there
+    np.testing.assert_allclose(seen.observables["trace_sqrt_diag_H"],
+                               S.sharpness_values(hyperbola, seen.theta, adam)["trace_sqrt_diag_H"], rtol=1e-13)
+    comp = S.compare(seen, slow, ["trace_sqrt_diag_H"])
+    assert comp.weak_error["trace_sqrt_diag_H"].shape == (3,)
+
+
+def test_a_swept_lam_and_per_leaf_blocks_record_their_own_measure(small_mlp):
+    """AdamE under a lam sweep records tr(Diag H^{1-lam}) with each configuration's lam; Adalayer with per-leaf
+    ids (a dict keyed like the parameters) records the block sharpness over the problem's leaves."""
+    quiet, rec = S.Execution(progress=False), S.Recording(sharpness=True)
+    nz = noise.label_noise(0.3)
+    runs = S.simulate_discrete(small_mlp, nz, S.adame(lam=0.3, c=10.0), eta=0.05, T=0.01, n_paths=2, key=0, n_record=1,
+                               sweep={"lam": [0.3, 0.7]}, recording=rec, execution=quiet)
+    for lam, tr in zip((0.3, 0.7), runs):
+        want = S.sharpness_values(small_mlp, tr.theta, S.adame(lam=lam))["trace_diag_H_pow"]
+        np.testing.assert_allclose(tr.observables["trace_diag_H_pow"], want, rtol=1e-12)
+    blocks = {"W1": 0, "b1": 0, "w2": 1}
+    tr = S.simulate_discrete(small_mlp, nz, S.adalayer(blocks=blocks), eta=0.05, T=0.01, n_paths=2, key=0,
+                             n_record=1, recording=rec, execution=quiet)
+    want = S.sharpness_values(small_mlp, tr.theta, S.adalayer(blocks=blocks))["block_sharpness"]
+    np.testing.assert_allclose(tr.observables["block_sharpness"], want, rtol=1e-12)
+    slow = S.simulate_slow_sde(small_mlp, nz, S.sgd(), T=0.01, n_record=1, recording=rec, execution=quiet,
+                               start=S.Start(theta0=S.on_gamma(small_mlp)))
+    assert set(slow.observables) == {"loss", "trace_H", "trace_sqrt_diag_H"}  # the MLP itself records only its loss
+    np.testing.assert_allclose(slow.observables["trace_H"], S.sharpness_values(small_mlp, slow.theta)["trace_H"],
+                               rtol=1e-13)

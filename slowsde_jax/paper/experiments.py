@@ -173,7 +173,7 @@ def states_at_projection(problem: "AbstractProblem", method: "AbstractMethod", t
 
     Returns name -> array (N,): the problem's observables at zeta = Phi_{S(v)}(theta) (``train_loss``,
     ``test_loss``, ...), the sharpness measures of ``slowsde_jax.observables.sharpness_values`` (``trace_H``,
-    ``trace_sqrt_diag_H`` and ``method``'s own, named by ``slowsde_jax.observables.own_sharpness``), and
+    ``trace_sqrt_diag_H`` and ``method``'s own, named by ``slowsde_jax.sharpness.own_sharpness``), and
     ``zeta`` (N, D). Paths marked in ``diverged`` (N,) bool are not projected and get NaN everywhere.
     ``method`` (and ``problem``) must be the grid point's (``grid_point``). ``project_kw``: ``tol``,
     ``max_steps``, ``rank``."""
