@@ -29,9 +29,9 @@ from . import _precision
 from ._pattern import forbid_subclassing_final
 from ._runtime_checks import user_on_error
 from .problems import AbstractLeastSquares, AbstractProblem
-from .validation import ConfigError, check_choice, check_int, check_range, show
+from .validation import ConfigError, as_real_array, check_choice, check_int, check_range, show
 
-__all__ = ["AbstractNoise", "LabelNoise", "Minibatch", "Gaussian", "Noise", "label_noise", "minibatch", "gaussian",
+__all__ = ["AbstractNoise", "LabelNoise", "Minibatch", "Gaussian", "label_noise", "minibatch", "gaussian",
            "psd_sqrt", "NOISES"]
 
 
@@ -89,6 +89,14 @@ class LabelNoise(AbstractNoise):
     delta: Float[Array, ""]
     distribution: str = eqx.field(static=True, default="rademacher")
     batch_size: Optional[int] = eqx.field(static=True, default=None)
+
+    def __check_init__(self):
+        """However it is built (``label_noise``, ``LabelNoise(...)`` or ``dataclasses.replace`` with a swept
+        delta); nothing to check on a jax tracer."""
+        check_range("delta", self.delta, low=0.0)
+        check_choice("distribution", self.distribution, ("rademacher", "gaussian"))
+        if self.batch_size is not None:
+            check_int("batch_size", self.batch_size, low=1)
 
     def _xi(self, key, shape, dtype):
         if self.distribution == "rademacher":
@@ -154,6 +162,9 @@ class Minibatch(AbstractNoise):
     sweepable: ClassVar[Mapping[str, str]] = {}
 
     batch_size: int = eqx.field(static=True)
+
+    def __check_init__(self):
+        check_int("batch_size", self.batch_size, low=1)
 
     def grad(self, problem: AbstractProblem, theta: Float[Array, "D"], key: PRNGKeyArray) -> Float[Array, "D"]:
         wb = _batch_weights(key, problem.sample_weights(), self.batch_size)
@@ -248,8 +259,6 @@ class Gaussian(AbstractNoise):
                                          f"semi-definite {where} (smallest eigenvalue {lam_min:.3g})")
 
 
-Noise = AbstractNoise
-"""Older name of ``AbstractNoise`` (for ``isinstance`` checks and annotations)."""
 
 
 def psd_sqrt(S: Float[Array, "D D"]) -> Float[Array, "D D"]:
@@ -268,16 +277,14 @@ def psd_sqrt(S: Float[Array, "D D"]) -> Float[Array, "D D"]:
 
 def label_noise(delta: float = 0.5, distribution: str = "rademacher", batch_size: Optional[int] = None) -> LabelNoise:
     """Label noise: +-delta (Rademacher) or N(0, delta^2) on every label, fresh each step (docs/math.md#noise)."""
-    check_range("delta", delta, low=0.0)
-    check_choice("distribution", distribution, ("rademacher", "gaussian"))
-    batch_size = None if batch_size is None else check_int("batch_size", batch_size, low=1)
+    as_real_array("delta", delta)  # a number before it becomes an array (the ranges: LabelNoise.__check_init__)
     return LabelNoise(delta=jnp.asarray(delta, _precision.default_float()), distribution=distribution,
                       batch_size=batch_size)
 
 
 def minibatch(batch_size: int) -> Minibatch:
     """Minibatch sampling noise with B = ``batch_size`` samples drawn with replacement."""
-    return Minibatch(batch_size=check_int("batch_size", batch_size, low=1))
+    return Minibatch(batch_size=batch_size)
 
 
 class _CovarianceFunction(eqx.Module):

@@ -37,7 +37,7 @@ from . import _precision
 from ._memory import available_memory
 from ._pattern import forbid_subclassing_final
 from ._structure import LeastSquares
-from .validation import ConfigError, as_float_params, as_key, check_choice, check_int, check_range
+from .validation import ConfigError, as_float_params, as_key, check_choice, check_int, check_range, show
 
 __all__ = ["AbstractProblem", "AbstractLeastSquares", "AbstractRegression", "Hyperbola", "DiagonalNet",
            "MatrixFactorization", "FromLoss", "FromResiduals", "hyperbola",
@@ -158,6 +158,14 @@ class AbstractRegression(AbstractLeastSquares):
 
     def loss(self, theta: Float[Array, "D"]) -> Scalar:
         return jnp.sum(self.sample_weights() * self.per_sample_losses(theta))
+
+    def __check_init__(self):
+        """n_active (how many of the n samples train) is a whole number in [1, n], however the problem is
+        built (a factory, the class, or ``dataclasses.replace`` with a swept n_train)."""
+        a = None if isinstance(self.n_active, jax.core.Tracer) else np.asarray(self.n_active)
+        if a is not None and not (np.all(np.isfinite(a)) and np.all(a == np.round(a)) and np.all((1 <= a) & (a <= self.n_samples))):
+            raise ConfigError("n_train", f"must be a whole number of samples in [1, {self.n_samples}] "
+                                         f"(n = {self.n_samples}), got {show(self.n_active)}")
 
     def with_n_train(self, n_train: ArrayLike) -> "AbstractRegression":
         """The same problem using only the first ``n_train`` samples (an array, so sweeps compile once)."""

@@ -20,7 +20,7 @@ from . import methods, noise, problems
 from .methods import AbstractMethod
 from .noise import AbstractNoise
 from .problems import AbstractProblem
-from .validation import ConfigError, as_real_array, show, suggest
+from .validation import ConfigError, as_real_array, suggest
 
 __all__ = ["SWEEP_OWNERS", "OWNER", "SWEEPABLE", "apply_hypers", "sweep_grid", "check_sweep_value"]
 
@@ -77,9 +77,9 @@ def sweep_grid(eta: Optional[ArrayLike], sweep: Optional[dict], dtype: Any) -> t
 def check_sweep_value(problem: AbstractProblem, nz: AbstractNoise, method: AbstractMethod, k: str, v: ArrayLike,
                       field: str | None = None) -> None:
     """ConfigError naming ``field`` (default ``sweep.<k>``) unless the value ``v`` of sweep ``k`` passes the
-    checks of the factory that owns ``k`` (``slowsde_jax.methods.adam`` and co. for ``beta1``, ``beta2``,
-    ``c``, ``eps``, ``lam``; ``label_noise`` for ``delta``; a whole number of samples in
-    [1, n] for ``n_train``), and the object it sets has that field. ``eta`` is checked by the caller (> 0 and
+    checks of the class that owns ``k`` (its ``__check_init__``, run by ``dataclasses.replace`` with the value:
+    ``AGM`` for ``beta1``, ``beta2``, ``c``, ``eps``, ``lam``; ``LabelNoise`` for ``delta``; a regression's
+    whole number of samples in [1, n] for ``n_train``), and the object it sets has that field. ``eta`` is checked by the caller (> 0 and
     c*eta^2 in (0, 1) with the method's c)."""
     field = field or f"sweep.{k}"
 
@@ -92,16 +92,12 @@ def check_sweep_value(problem: AbstractProblem, nz: AbstractNoise, method: Abstr
             dataclasses.replace(method, **{own: jnp.asarray(as_real_array(k, v), method.beta1.dtype)})
         except ConfigError as e:
             raise ConfigError(field if e.field == k else f"{field} ({e.field})", e.reason) from None
-    elif owner == "noise":
-        if not isinstance(nz, noise.LabelNoise):
-            raise ConfigError(field, f"noise {type(nz).__name__} has no '{k}' to sweep")
+    elif owner in ("noise", "problem"):  # the noise or the problem checks itself (its __check_init__)
+        obj = nz if owner == "noise" else problem
+        own = type(obj).sweepable.get(k)
+        if own is None:
+            raise ConfigError(field, f"{owner} {type(obj).__name__} has no '{k}' to sweep")
         try:
-            noise.label_noise(v, nz.distribution, nz.batch_size)
+            dataclasses.replace(obj, **{own: jnp.asarray(as_real_array(k, v), getattr(obj, own).dtype)})
         except ConfigError as e:
             raise ConfigError(field, e.reason) from None
-    elif owner == "problem":
-        if not isinstance(problem, problems.AbstractRegression):
-            raise ConfigError(field, f"problem {type(problem).__name__} has no '{k}' to sweep")
-        n = problem.n_samples
-        if float(v) != round(float(v)) or not 1 <= v <= n:
-            raise ConfigError(field, f"must be a whole number of samples in [1, {n}] (n = {n}), got {show(v)}")

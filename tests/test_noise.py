@@ -98,3 +98,30 @@ def test_minibatch_covariance_diagonal_is_never_negative():
         diag = np.asarray(nz.covariance_diag(p, th))
         assert np.all(diag >= 0)
         np.testing.assert_allclose(diag, np.diag(np.asarray(nz.covariance(p, th))), atol=1e-15)
+
+
+def test_a_noise_cannot_be_built_invalid():
+    """The invariants live in the classes: built directly or by dataclasses.replace (how a swept delta is
+    checked), a noise is checked as the factories check it."""
+    import dataclasses
+
+    from slowsde_jax import ConfigError
+
+    with pytest.raises(ConfigError, match="^delta:"):
+        dataclasses.replace(noise.label_noise(0.5), delta=jnp.asarray(-0.1))
+    with pytest.raises(ConfigError, match="^distribution:"):
+        noise.LabelNoise(delta=jnp.asarray(0.5), distribution="laplace")
+    with pytest.raises(ConfigError, match="^batch_size:"):
+        noise.Minibatch(batch_size=0)
+
+
+def test_a_regression_cannot_be_built_with_a_bad_n_train():
+    import dataclasses
+
+    from slowsde_jax import ConfigError
+
+    prob = problems.diagonal_net(d=4, n=3, k=1, n_test=5)
+    for bad in (0.0, 2.5, 4.0, float("nan")):
+        with pytest.raises(ConfigError, match=r"^n_train: must be a whole number of samples in \[1, 3\]"):
+            dataclasses.replace(prob, n_active=jnp.asarray(bad))
+    assert float(dataclasses.replace(prob, n_active=jnp.asarray(2.0)).n_active) == 2.0
