@@ -45,6 +45,12 @@ def label(name: str) -> str:
     return _LABELS.get(name, name.replace("_", " "))
 
 
+def mathtext(text: str) -> str:
+    """``text`` for a figure: powers written H^{1/2} become matplotlib mathtext, $H^{1/2}$, so that a title
+    shows a superscript instead of the braces."""
+    return re.sub(r"H\^\{([^}]*)\}", r"$H^{\1}$", text)
+
+
 def _words(name) -> str:
     """``DiagonalNet`` -> "diagonal net"."""
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", str(name)).lower()
@@ -143,7 +149,7 @@ def plot_observables(trajs: dict, path: PathLike = None, names: Optional[Sequenc
         if _use_log(log_y, name):
             ax.set_yscale("log")
         ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
-        ax.set_title(label(name))
+        ax.set_title(mathtext(label(name)))
         ax.set_xlabel(T_LABEL)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(names):]:
@@ -176,8 +182,8 @@ def plot_cloud(discrete: Trajectory, continuous: Trajectory, observable: str, pa
     if log_y:
         ax.set_yscale("log")
     ax.set_xlabel(T_LABEL)
-    ax.set_ylabel(label(observable))
-    ax.set_title(_title([discrete], extra=[discrete.meta.get("method")]) or label(observable), fontsize=10)
+    ax.set_ylabel(mathtext(label(observable)))
+    ax.set_title(mathtext(_title([discrete], extra=[discrete.meta.get("method")]) or label(observable)), fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return _finish(fig, path, dpi=120)
@@ -222,9 +228,9 @@ def plot_weak_error(etas: ArrayLike, err: ArrayLike, se: ArrayLike, order: Optio
     ax.set_xticks([], minor=True)
     ax.set_xlabel("learning rate η")
     lab = label(observable)
-    ax.set_ylabel(f"|E {lab} (discrete) − E {lab} (SDE)|")
+    ax.set_ylabel(mathtext(f"|E {lab} (discrete) − E {lab} (SDE)|"))
     head = f"weak error of {lab}" + (f", {method}" if method else "") + (f", T = {float(T):g}" if T is not None else "")
-    ax.set_title(head, fontsize=10)
+    ax.set_title(mathtext(head), fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
     return _finish(fig, path)
@@ -289,7 +295,7 @@ def plot_slow_flow(view: dict, summary: dict, path: PathLike = None) -> "Figure"
             if lo < 1e-12 * hi:
                 ax.set_ylim(bottom=1e-12 * hi)
                 title += " (cut at 10⁻¹² × top)"
-        ax.set_title(title, fontsize=9)
+        ax.set_title(mathtext(title), fontsize=9)
         ax.set_xlabel(T_LABEL)
         ax.grid(alpha=0.3)
     handles.append(Patch(color="0.5", alpha=0.3, label=f"shaded: {BAND_LABEL} (discrete)"))

@@ -64,6 +64,7 @@ def test_observable_figure_labels_title_legend_and_band():
     scales = {ax.get_title(): ax.get_yscale() for ax in fig.axes}
     assert scales["test loss"] == "log" and scales["tr H"] == "linear"
     assert plotting.label("trace_sqrt_diag_H") == "tr(Diag H^{1/2})"
+    assert plotting.mathtext("tr(Diag H^{0.75})") == "tr(Diag $H^{0.75}$)"  # a superscript in figures
 
 
 def test_no_band_for_a_deterministic_path():
@@ -165,7 +166,7 @@ def test_slow_flow_figure_and_table_tell_which_measure_belongs_to_whom(tmp_path)
     assert summary["adam"]["end"][0] == pytest.approx(np.mean(20 - 2 * np.arange(1, 4)))
     fig = plotting.plot_slow_flow(view, summary, tmp_path / "flow.png")
     titles = [ax.get_title() for ax in fig.axes]
-    assert titles == ["test loss at Φ_S(θ)", "tr(Diag H^{1/2}) at Φ_S(θ): reduced by adam",
+    assert titles == ["test loss at Φ_S(θ)", "tr(Diag $H^{1/2}$) at Φ_S(θ): reduced by adam",
                       "tr H at Φ_S(θ): reduced by sgd"]
     assert [ax.get_yscale() for ax in fig.axes] == ["log", "linear", "linear"]
     assert all(ax.get_xlabel() == "SDE time t = kη²" for ax in fig.axes)
