@@ -47,21 +47,21 @@ def step_cost(seed):
     D = P.dim
 
     def implicit_flat(yf):
-        return jnp.concatenate(sde._label_noise_implicit_drift(0.0, (yf[:D], yf[D:]), model))
+        return jnp.concatenate(sde.ode_devices._label_noise_implicit_drift(0.0, (yf[:D], yf[D:]), model))
 
     yf = jnp.concatenate(y)
     jac = jax.jit(jax.jacfwd(implicit_flat))
     A = jac(yf)
     parts = {
         "Jacobian of the implicit term (2D x 2D)": (jac, yf),
-        "  of which the stiff matrix (D x D)": (jax.jit(lambda z, s: sde._label_noise_stiff_matrix(z, s, model)),
+        "  of which the stiff matrix (D x D)": (jax.jit(lambda z, s: sde.ode_devices._label_noise_stiff_matrix(z, s, model)),
                                                 y[0], m.S(y[1])),
         "LU of a stage matrix I - h A (2D x 2D)": (jax.jit(lambda A: jax.scipy.linalg.lu_factor(jnp.eye(2 * D) - 0.01 * A)), A),
         "one evaluation of the implicit term": (jax.jit(implicit_flat), yf),
     }
     for name, (fn, *args) in parts.items():
         print(f"{name:42s} {best_time(fn, *args, repeats=20) * 1e3:7.2f} ms")
-    term = diffrax.MultiTerm(diffrax.ODETerm(sde._label_noise_explicit_v), diffrax.ODETerm(sde._label_noise_implicit_drift))
+    term = diffrax.MultiTerm(diffrax.ODETerm(sde.ode_devices._label_noise_explicit_v), diffrax.ODETerm(sde.ode_devices._label_noise_implicit_drift))
     solve = jax.jit(lambda y0: diffrax.diffeqsolve(
         term, sde.imex_kencarp4(), 1.0, 2.0, None, y0, args=model, max_steps=20000, throw=False,
         stepsize_controller=diffrax.PIDController(rtol=1e-8, atol=1e-10), saveat=diffrax.SaveAt(t1=True)))

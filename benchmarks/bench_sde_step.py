@@ -38,7 +38,7 @@ def breakdown(prob, nz, m, x0, P):
     w = ls.weights
     X = jnp.tile(x0, (P, 1)) * (1.0 + 1e-3 * jax.random.normal(jax.random.PRNGKey(0), (P, x0.size)))
     V = jnp.full_like(X, 0.5)
-    size = sde._matrix_size(model)  # vmapped in groups on the CPU, as the engine does (the LAPACK deadlock)
+    size = sde.coefficients._matrix_size(model)  # vmapped in groups on the CPU, as the engine does (the LAPACK deadlock)
     over_paths = lambda f: jax.jit(lambda X, V: map_paths(lambda a: f(*a), (X, V), size))  # noqa: E731
     coef = over_paths(lambda z, v: sde.sde_coefficients(0.0, (z, v), model))
 

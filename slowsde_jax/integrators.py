@@ -23,7 +23,8 @@ from ._runtime_checks import check_time_grid, host_checked
 from .methods import AbstractMethod
 from .noise import AbstractNoise
 from .problems import AbstractProblem
-from .sde import IMEX_SOLVERS, ZERO_FLOOR_ATOLS, _imex_applies, _ode_call, _sde_segment, imex_kencarp4
+from .sde.ode_devices import IMEX_SOLVERS, ZERO_FLOOR_ATOLS, _imex_applies, _ode_call, imex_kencarp4
+from .sde.solvers import _sde_segment
 from .validation import ConfigError, check_bool, check_int, check_range, suggest
 
 __all__ = ["AbstractSlowIntegrator", "ProjectedEulerMaruyama", "LabelNoiseODE", "default_integrator",

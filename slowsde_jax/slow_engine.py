@@ -26,7 +26,8 @@ from .options import Execution, Recording, Start, engine_options
 from .problems import AbstractProblem, observe_batch
 from .progress import progress_bar
 from .sharpness import sharpness_batch
-from .sde import SlowSDEModel, _finite_records, _initial_state
+from .sde.coefficients import SlowSDEModel, _finite_records
+from .sde.start import _initial_state
 from .trajectory import Trajectory
 from .validation import ConfigError, check_range
 

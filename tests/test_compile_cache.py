@@ -104,10 +104,10 @@ def test_segments_trace_without_host_callbacks(force_sde):
         if force_sde:
             t = jnp.linspace(0.0, 0.01, 2 * n + 1)
             keys = jax.random.split(jax.random.PRNGKey(0), 2)
-            return eqx.filter_make_jaxpr(sde._sde_segment)(model, diffrax.Euler(), y, keys, t, t[2::2],
+            return eqx.filter_make_jaxpr(sde.solvers._sde_segment)(model, diffrax.Euler(), y, keys, t, t[2::2],
                                                            jnp.asarray(0.0025), 1)[0]
         t = jnp.linspace(0.0, 0.5, n + 1)
-        return eqx.filter_make_jaxpr(sde._ode_segment)(model, diffrax.Tsit5(), diffrax.PIDController(
+        return eqx.filter_make_jaxpr(sde.ode_devices._ode_segment)(model, diffrax.Tsit5(), diffrax.PIDController(
             rtol=1e-8, atol=1e-10), y, t, 100)[0]
 
     with host_checked():
@@ -136,14 +136,12 @@ def test_results_do_not_depend_on_host_checked():
     m, ln = sj.adam(c=10.0, eps=1e-6), noise.label_noise(0.5)
     x0 = np.asarray(PROB.init(jax.random.PRNGKey(1)))
     a = sj.simulate_slow_sde(PROB, ln, m, T=0.05, n_record=2, n_paths=2, start=sj.Start(theta0=x0), execution=sj.Execution(progress=False), integrator=sj.ProjectedEulerMaruyama(dt=5e-3))
-    seg = sde._sde_segment
-    sde._sde_segment = eqx.filter_jit(seg.__wrapped__)  # a fresh cache: traced again, with the checks
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(sde, "host_checked", __import__("contextlib").nullcontext)
-            b = sj.simulate_slow_sde(PROB, ln, m, T=0.05, n_record=2, n_paths=2, start=sj.Start(theta0=x0), execution=sj.Execution(progress=False), integrator=sj.ProjectedEulerMaruyama(dt=5e-3))
-    finally:
-        sde._sde_segment = seg
+    from slowsde_jax import integrators
+
+    with pytest.MonkeyPatch.context() as mp:  # a fresh cache (traced again) and no run-time checks around it
+        mp.setattr(integrators, "_sde_segment", eqx.filter_jit(sde.solvers._sde_segment.__wrapped__))
+        mp.setattr(integrators, "host_checked", __import__("contextlib").nullcontext)
+        b = sj.simulate_slow_sde(PROB, ln, m, T=0.05, n_record=2, n_paths=2, start=sj.Start(theta0=x0), execution=sj.Execution(progress=False), integrator=sj.ProjectedEulerMaruyama(dt=5e-3))
     np.testing.assert_array_equal(a.theta, b.theta)
 
 

@@ -79,7 +79,7 @@ def test_the_graph_sees_subpackages():
     graph = import_graph()
     assert {"geometry.dense", "geometry.projection"} <= set(graph)
     assert "geometry.dense" in graph["geometry.least_squares"] and "validation" in graph["geometry.dense"]
-    assert "geometry" in graph["sde"]
+    assert "geometry" in graph["sde.coefficients"] and "sde.coefficients" in graph["sde.solvers"]
 
 
 def test_no_upward_arrows():

@@ -1,6 +1,6 @@
 """Adam's label-noise ODE on a matrix factorization, where the method kills column pairs (u_k, v_k) -> 0 and
 S = 1/(sqrt(v) + eps) grows towards 1/eps on them: the stiff mode that the ODE's zero floor removes
-(``LabelNoiseODE(zero_floor=...)``, ``sde._label_noise_field_with_floor``)."""
+(``LabelNoiseODE(zero_floor=...)``, ``sde.ode_devices._label_noise_field_with_floor``)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -66,7 +66,7 @@ def test_the_ode_passes_a_dead_column_with_the_floor_and_stalls_without_it(early
         # KenCarp4: Tsit5 is not tried again on the later calls.
         solvers = []
 
-        def segment(model, solver, *args, _segment=sde._ode_segment):
+        def segment(model, solver, *args, _segment=sde.ode_devices._ode_segment):
             solvers.append(type(solver).__name__)
             return _segment(model, solver, *args)
 
@@ -132,7 +132,7 @@ def test_zero_floor_is_checked():
 # ----- the IMEX solver (solver="kencarp4"): zeta implicit with a structured Jacobian, v explicit ----------------
 def test_the_imex_solver_agrees_with_tsit5(early):
     """Where Tsit5 still runs (before the dying column's rate gets large), KenCarp4 with the structured
-    Jacobian of sde._label_noise_implicit_drift gives the same trajectory to the tolerance."""
+    Jacobian of sde.ode_devices._label_noise_implicit_drift gives the same trajectory to the tolerance."""
     th0, v0 = early
     runs = [S.simulate_slow_sde(PROB, LABEL, ADAM, T=0.25, n_record=1, start=S.Start(theta0=th0, v0=v0), integrator=S.LabelNoiseODE(max_steps=3000, solver=s, zero_floor=0.0)) for s in ("tsit5", "kencarp4")]
     assert all(r.meta["failure_reasons"] == [] for r in runs)
@@ -145,10 +145,10 @@ def test_the_implicit_drift_has_the_exact_value_and_the_structured_jacobian():
     model = sde.SlowSDEModel(PROB, LABEL, ADAM, ADAM.c_at(None), alpha=LABEL.label_noise_alpha(PROB))
     z = PROB.init(jax.random.PRNGKey(3))
     v = jnp.abs(PROB.init(jax.random.PRNGKey(4))) + 1e-3
-    drift, zero = sde._label_noise_implicit_drift(0.0, (z, v), model)
+    drift, zero = sde.ode_devices._label_noise_implicit_drift(0.0, (z, v), model)
     np.testing.assert_array_equal(drift, sde.label_noise_ode_field(0.0, (z, v), model)[0])
     np.testing.assert_array_equal(zero, 0.0)
-    jac = jax.jacfwd(lambda zz: sde._label_noise_implicit_drift(0.0, (zz, v), model)[0])(z)
+    jac = jax.jacfwd(lambda zz: sde.ode_devices._label_noise_implicit_drift(0.0, (zz, v), model)[0])(z)
     S_ = np.asarray(ADAM.S(v))
     d, r = D1, D1
     SU, SV = S_[: d * r].reshape(d, r), S_[d * r:].reshape(d, r)
@@ -170,7 +170,7 @@ def test_the_implicit_drift_jacobian_on_a_generic_least_squares_loss():
                               residuals=lambda t: jnp.atleast_1d(t["a"] * t["b"] * t["c"] - 1.0))
     model = sde.SlowSDEModel(prob, LABEL, ADAM, ADAM.c_at(None), alpha=LABEL.label_noise_alpha(prob))
     z, v = jnp.array([1.5, 1.0, 1 / 1.5]), jnp.array([0.3, 0.02, 1.1])
-    jac, jac_v = jax.jit(lambda z, v: jax.jacfwd(lambda zz, vv: sde._label_noise_implicit_drift(0.0, (zz, vv), model)[0],
+    jac, jac_v = jax.jit(lambda z, v: jax.jacfwd(lambda zz, vv: sde.ode_devices._label_noise_implicit_drift(0.0, (zz, vv), model)[0],
                                                  argnums=(0, 1))(z, v))(z, v)
     S_ = ADAM.S(v)
     ls = prob.least_squares()

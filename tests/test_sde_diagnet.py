@@ -55,7 +55,7 @@ def test_block_methods_descend_their_block_sharpness_like_the_ode(name, blocks):
 
 @pytest.mark.parametrize("eps", [1e-6, 1e-3])
 def test_ode_integrates_into_the_sparse_corner(eps):
-    """Adam's flow drives u_j v_j -> 0, where S ~ 1/eps: integrated in log|x| (see sde._ode_chunk) the ODE
+    """Adam's flow drives u_j v_j -> 0, where S ~ 1/eps: integrated in log|x| (see sde.ode_devices._label_noise_log_field) the ODE
     runs through at the paper's eps = 1e-6 as at 1e-3, on a small step budget, and reaches the corner."""
     run = S.simulate_slow_sde(PROB, LABEL, S.adam(c=10.0, eps=eps), T=3.0, n_record=6, start=S.Start(theta0=X0), integrator=S.LabelNoiseODE(max_steps=3000))
     assert not run.diverged[0] and np.all(np.isfinite(run.theta)) and np.all(np.isfinite(run.v))
