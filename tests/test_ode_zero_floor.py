@@ -70,7 +70,7 @@ def test_the_ode_passes_a_dead_column_with_the_floor_and_stalls_without_it(early
             solvers.append(type(solver).__name__)
             return _segment(model, solver, *args)
 
-        monkeypatch.setattr(sde, "_ode_segment", segment)
+        monkeypatch.setattr(sde.ode_devices, "_ode_segment", segment)
         ckpt = tmp_path / f"ode{per_call}.npz"
         fallback = S.simulate_slow_sde(PROB, LABEL, ADAM, **plain,
                                        execution=S.Execution(checkpoint=ckpt, records_per_call=per_call))
