@@ -62,7 +62,9 @@ def compare(discrete: Trajectory, continuous: Trajectory, observables: Optional[
     for n in names:
         for traj, tag in ((discrete, "discrete"), (continuous, "sde")):
             if n not in traj.observables:
-                raise ConfigError("observables", f"'{n}' is not recorded by the {tag} trajectory")
+                hint = (" (record the sharpness measures with Recording(sharpness=True), or see a discrete run on "
+                        "Gamma with at_projection)" if n in SHARPNESS_NAMES else "")
+                raise ConfigError("observables", f"'{n}' is not recorded by the {tag} trajectory{hint}")
         md, sd = discrete.mean(n), discrete.stderr(n)
         ms, ss = continuous.mean(n), continuous.stderr(n)
         out["mean_discrete"][n], out["se_discrete"][n] = md, sd

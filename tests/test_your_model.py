@@ -83,6 +83,9 @@ def test_both_engines_record_the_sharpness_measures_by_the_same_names(hyperbola)
                                S.sharpness_values(hyperbola, seen.theta, adam)["trace_sqrt_diag_H"], rtol=1e-13)
     comp = S.compare(seen, slow, ["trace_sqrt_diag_H"])
     assert comp.weak_error["trace_sqrt_diag_H"].shape == (3,)
+    plain = S.simulate_discrete(hyperbola, nz, S.sgd(), eta=0.05, T=0.1, n_paths=2, key=1, n_record=2, execution=quiet)
+    with pytest.raises(S.ConfigError, match=r"^observables: 'trace_diag_H_pow' is not recorded .*Recording\(sharpness=True\)"):
+        S.compare(plain, slow, ["trace_diag_H_pow"])
 
 
 def test_a_swept_lam_and_per_leaf_blocks_record_their_own_measure(small_mlp):
