@@ -12,7 +12,7 @@ from .methods import AbstractMethod
 from .noise import AbstractNoise
 from .problems import AbstractProblem
 from .discrete import simulate_discrete
-from .observables import at_projection, project_trajectory
+from .observables import project_trajectory
 from .options import Recording
 from .sharpness import SHARPNESS_NAMES
 from .trajectory import Trajectory
@@ -139,8 +139,7 @@ def eta_sweep(problem: AbstractProblem, noise: AbstractNoise, method: AbstractMe
         discrete_kw["recording"] = dataclasses.replace(discrete_kw.get("recording") or Recording(), sharpness=True)
     runs = simulate_discrete(problem, noise, method, T=T, n_paths=n_paths, key=key, sweep={"eta": list(etas)},
                              n_record=sde_traj.t.size - 1, **discrete_kw)
-    see_on_gamma = at_projection if sharp else project_trajectory  # at_projection adds the sharpness measures
-    trajs = [see_on_gamma(tr, problem, method) for tr in runs] if project else runs
+    trajs = [project_trajectory(tr, problem, method, sharpness=sharp) for tr in runs] if project else runs
     comps = [compare(tr, sde_traj, names) for tr in trajs]
     per = {}
     for name in names:

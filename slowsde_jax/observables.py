@@ -3,14 +3,8 @@
 The slow SDE lives on the minimizer manifold Gamma, so its statements concern zeta = Phi_S(theta), not the
 raw iterate theta, which the gradient noise keeps jittering off Gamma (there the Hessian diagonal carries a
 residual term, see ``slowsde_jax.problems.DiagonalNet.hessian_diag``). Under label noise the slow flow
-decreases one sharpness measure per method (``docs/math.md``, "Sharpness each method reduces"):
-
-| method | measure | observable name |
-|---|---|---|
-| sgd | tr H | ``trace_H`` |
-| adam, rmsprop | tr(Diag H^{1/2}) | ``trace_sqrt_diag_H`` |
-| adame(lam) | tr(Diag H^{1-lam}) | ``trace_diag_H_pow`` |
-| adam_mini, adalayer | sum_B sqrt(n_B tr H_BB), n_B the size of block B | ``block_sharpness`` |
+decreases one sharpness measure per method; ``slowsde_jax.sharpness`` defines them and names each
+method's own.
 
 Public: ``on_gamma`` (a point of Gamma to start from), ``sharpness_values`` (a batch of parameters, any leading shape),
 ``at_projection`` (a Trajectory seen on Gamma, with every method's measure), ``slow_ode_from_records``
@@ -33,7 +27,7 @@ from .methods import AbstractMethod
 from .noise import AbstractNoise
 from .problems import AbstractProblem, observe_batch
 from .sharpness import SHARPNESS_NAMES, own_sharpness, sharpness_batch
-from .options import Execution, Start
+from .options import Execution, Recording, Start
 from .slow_engine import simulate_slow_sde
 from .trajectory import Trajectory, mean_se
 from .validation import ConfigError, as_float_array, check_int, check_range
@@ -101,9 +95,10 @@ def _gauss_newton_to_gamma(loss, ls, theta, tol, max_steps):
 
 
 def project_trajectory(traj: Trajectory, problem: AbstractProblem, method: AbstractMethod, tol: float = 1e-10,
-                       max_steps: int = 100_000, rank: Optional[int] = None) -> Trajectory:
+                       max_steps: int = 100_000, rank: Optional[int] = None, *, sharpness: bool = False) -> Trajectory:
     """The discrete trajectory seen on Gamma: theta_k -> Phi_{S(v_k)}(theta_k) at every recorded time, with
-    the problem's observables recomputed there (docs/math.md#the-slow-sde: (theta_k, v_k) corresponds to (zeta(k eta^2), v)).
+    the problem's observables recomputed there, and the sharpness measures (``sharpness_values``) when
+    ``sharpness`` or when ``traj`` recorded them at its states (docs/math.md#the-slow-sde: (theta_k, v_k) corresponds to (zeta(k eta^2), v)).
     Needs a trajectory recorded with ``record_state=True``. Diverged paths are left as they are.
     ``max_steps`` and ``rank``: see ``slowsde_jax.geometry.project``."""
     if traj.theta is None:
@@ -119,7 +114,7 @@ def project_trajectory(traj: Trajectory, problem: AbstractProblem, method: Abstr
                                           least_squares=problem.least_squares(), rank=rank, dim=problem.dim))
     obs = observe_batch(problem, jnp.asarray(zeta))
     observables = {k: np.asarray(x).reshape(P, T) for k, x in obs.items()}
-    if any(k in traj.observables for k in SHARPNESS_NAMES):  # recorded at the state: recomputed at Phi_S
+    if sharpness or any(k in traj.observables for k in SHARPNESS_NAMES):  # recorded at the state: recomputed
         observables.update(sharpness_values(problem, zeta.reshape(P, T, D), method))
     return dataclasses.replace(traj, theta=zeta.reshape(P, T, D), observables=observables,
                                meta={**traj.meta, "projected": True})
@@ -145,14 +140,7 @@ def at_projection(traj: Trajectory, problem: AbstractProblem, method: AbstractMe
     (``project_trajectory``), its observables recomputed there, and the sharpness
     measures of ``sharpness_values`` (with ``method``'s own) added. Needs ``record_state=True``.
     ``meta["projected"]`` is True. ``project_kw``: ``tol``, ``max_steps``, ``rank`` of the projection."""
-    proj = project_trajectory(traj, problem, method, **project_kw)
-    return _with_sharpness(proj, problem, method)
-
-
-def _with_sharpness(traj: Trajectory, problem, method) -> Trajectory:
-    obs = dict(traj.observables)
-    obs.update(sharpness_values(problem, traj.theta, method))
-    return dataclasses.replace(traj, observables=obs)
+    return project_trajectory(traj, problem, method, sharpness=True, **project_kw)
 
 
 def slow_ode_from_records(traj: Trajectory, problem: AbstractProblem, noise: AbstractNoise, method: AbstractMethod,
@@ -161,7 +149,7 @@ def slow_ode_from_records(traj: Trajectory, problem: AbstractProblem, noise: Abs
     ``traj.t[start]`` (projected onto Gamma by the engine) and is integrated up to ``traj.t[-1]``, recorded
     on the discrete run's times from ``start`` on. Returns one Trajectory with ``traj``'s paths (diverged
     discrete paths are skipped and marked diverged at their start), its times shifted to the discrete clock,
-    and the sharpness measures of ``sharpness_values`` added.
+    and the sharpness measures, recorded by the engine (``Recording(sharpness=True)``).
 
     Under label noise this is the deterministic ODE, so the paths differ only by their starting points.
     ``sde_kw`` goes to ``slowsde_jax.simulate_slow_sde`` (``integrator``, ``execution``)."""
@@ -172,6 +160,7 @@ def slow_ode_from_records(traj: Trajectory, problem: AbstractProblem, noise: Abs
         raise ConfigError("start", f"must be a record index in [0, {n_t - 2}], got {start}")
     t0, t1 = float(traj.t[start]), float(traj.t[-1])
     pieces, failed = [], []
+    recording = dataclasses.replace(sde_kw.pop("recording", None) or Recording(), sharpness=True)
     for i in range(traj.n_paths):
         if traj.diverged[i]:
             failed.append(i)
@@ -179,7 +168,8 @@ def slow_ode_from_records(traj: Trajectory, problem: AbstractProblem, noise: Abs
         v0 = "equilibrium" if traj.v is None else traj.v[i, start]
         pieces.append((i, simulate_slow_sde(problem, noise, method, T=t1 - t0, n_record=n_t - 1 - start,
                                             eta=traj.meta.get("eta"), key=i,
-                                            start=Start(theta0=traj.theta[i, start], v0=v0), **sde_kw)))
+                                            start=Start(theta0=traj.theta[i, start], v0=v0), recording=recording,
+                                            **sde_kw)))
     if not pieces:
         raise ConfigError("paths", "every path of the discrete run diverged: there is no start for the slow flow")
     first = pieces[0][1]
@@ -201,7 +191,7 @@ def slow_ode_from_records(traj: Trajectory, problem: AbstractProblem, noise: Abs
     meta = {**first.meta, "n_paths": P, "t_start": t0, "failure_reasons": reasons, "eta": traj.meta.get("eta"),
             "started_from": "discrete records"}
     out = Trajectory(t=first.t + t0, theta=theta, v=v, observables=obs, diverged_time=div, meta=meta)
-    return _with_sharpness(out, problem, method)
+    return out
 
 
 def theory_view(trajs: dict, methods: dict, problem: AbstractProblem, noise: AbstractNoise, *, slow_ode: bool = True,

@@ -130,8 +130,8 @@ def test_the_sde_form_under_label_noise():
     assert traj.meta["engine"] == "slow_sde"
 
 
-def test_kencarp4_on_the_label_noise_ode_of_a_factorization():
-    mf = problems.matrix_factorization(d1=3, d2=3, rank=1, n=5, model_rank=2)
+def test_kencarp4_on_the_label_noise_ode_of_a_factorization(small_factorization):
+    mf = small_factorization
     traj = S.simulate_slow_sde(mf, noise.label_noise(0.5), S.adam(), T=0.01, n_record=1, execution=QUIET,
                                integrator=S.LabelNoiseODE(solver="kencarp4"))
     assert traj.meta["solver"] == "KenCarp4" and np.all(np.isfinite(traj.theta))

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
+from .. import _precision
 from .._batching import factorized_size, map_paths
 from .._structure import LeastSquares
 from ..validation import ConfigError, as_float_array, check_int, check_range
@@ -159,8 +160,6 @@ def projection_failure_message(status: ArrayLike, max_steps: int) -> str:
 def _check_project_args(loss, theta, S, least_squares, dim):
     """theta and S as float arrays, checked against the loss: ConfigError for non-numbers, a scalar theta, a
     last axis that is not ``dim`` (when given), or a loss that is not a scalar."""
-    from .. import _precision
-
     theta = as_float_array("theta", theta, None)
     theta = theta.astype(_precision.default_float()) if not jnp.issubdtype(theta.dtype, jnp.floating) else theta
     S = as_float_array("S", S, theta.dtype)
