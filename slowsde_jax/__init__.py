@@ -18,7 +18,7 @@ from .geometry import ProjectionError
 from .compile_cache import enable_compilation_cache
 from .problems import from_loss
 from ._structure import LeastSquares
-from . import geometry, noise, plotting, problems
+from . import geometry, jobs, noise, plotting, problems
 from ._version import __version__
 
 __all__ = ["ConfigError", "Execution", "LabelNoiseODE", "LeastSquares", "ProjectedEulerMaruyama", "Recording", "Start", "AbstractMethod", "AGM", "SGD", "ProjectionError", "ScaleByAGMState", "Trajectory", "adalayer", "adam",

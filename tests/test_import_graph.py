@@ -18,7 +18,9 @@ LAYERS = [
     ("shared", {"options", "inputs", "sweep"}),
     ("engines", {"discrete", "sde", "integrators", "slow_engine"}),
     ("analysis", {"observables", "comparison"}),
-    ("app", {"paper", "plotting", "config", "runs", "cli", "__main__", "__init__"}),
+    ("app", {"paper", "plotting", "config", "runs"}),
+    ("jobs", {"jobs"}),
+    ("front", {"cli", "__main__", "__init__"}),
 ]
 LEVEL = {m: i for i, (_, mods) in enumerate(LAYERS) for m in mods}
 

@@ -181,13 +181,13 @@ def test_slow_flow_figure_and_table_tell_which_measure_belongs_to_whom(tmp_path)
         view, {"adam": slowsde_jax.adam(), "sgd": slowsde_jax.sgd()}))
 
 
-def test_cli_table_names_a_switched_method_and_prints_no_nan_for_one_path():
-    from slowsde_jax import cli
+def test_run_table_names_a_switched_method_and_prints_no_nan_for_one_path():
+    from slowsde_jax import jobs
 
     obs = {"test_loss": {"tail_mean": 0.5, "tail_se": float("nan")}}
     entry = {"method": "adame", "hypers": {"eta": 0.1}, "eta": 0.1, "steps": 10, "t_end": 0.1, "n_paths": 1,
              "n_diverged": 0, "observables": obs}
-    table = cli._table({"adam": [entry], "sgd": [{**entry, "method": "sgd", "observables": {
+    table = jobs.summary_table({"adam": [entry], "sgd": [{**entry, "method": "sgd", "observables": {
         "test_loss": {"tail_mean": 0.25, "tail_se": 0.01}}}]})
     rows = table.splitlines()
     assert rows[2].startswith("adam (adame) ") and rows[3].startswith("sgd ") and "(sgd)" not in rows[3]

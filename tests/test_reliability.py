@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import slowsde_jax as S
-from slowsde_jax import cli, config, discrete, noise, problems
+from slowsde_jax import cli, config, discrete, jobs, noise, problems
 
 RESUME_CFG = {
     "name": "resume", "seed": 3, "problem": {"kind": "diagonal_net", "d": 20, "n": 8, "k": 2, "n_test": 100},
@@ -341,7 +341,7 @@ def test_running_out_of_memory_is_one_line_and_the_folder_says_failed(tmp_path, 
     def oom(*a, **k):
         raise exc
 
-    monkeypatch.setattr(cli, "simulate_discrete", oom)
+    monkeypatch.setattr(jobs, "simulate_discrete", oom)
     sets = sum((["--set", s] for s in SMALL), [])
     assert cli.main(["run", *sets, "--out", str(tmp_path), "--quiet"]) == 3
     err = capsys.readouterr().err.strip()

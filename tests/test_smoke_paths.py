@@ -163,3 +163,28 @@ def test_compare_refuses_a_solver_of_the_other_engine(tmp_path, capsys):
     assert cli.main(["compare", str(path), "--out", str(tmp_path / "out"), "--quiet"]) == 2
     assert "compare.solver" in capsys.readouterr().err
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_jobs_run_resume_and_compare_from_a_notebook(tmp_path):
+    """The API twin of the two commands: ``jobs.run`` and ``jobs.compare`` take a config dict and return
+    what they wrote; ``jobs.resume`` of a completed folder is refused before any work; ``echo`` gets the
+    report that ``slowsde`` prints."""
+    from slowsde_jax import config, jobs
+
+    lines = []
+    echo = lambda *a, **k: lines.append(" ".join(map(str, a)))
+    cfg = smoke_size(config.load_config(None))
+    result = jobs.run(cfg, out=tmp_path / "runs", quiet=True, echo=echo)
+    assert result.folder.parent == tmp_path / "runs" and (result.folder / "summary.json").exists()
+    assert set(result.trajectories) == set(cfg["runs"]) and result.n_diverged == 0
+    assert result.summary["status"] == "completed" and any(line.startswith("run ") for line in lines)
+    loaded, summary = load_run(result.folder)
+    name = sorted(cfg["runs"])[0]
+    one = loaded[name] if isinstance(loaded[name], list) else [loaded[name]]
+    np.testing.assert_array_equal(one[0].theta, result.trajectories[name][0].theta)
+    assert summary["runs"] == result.summary["runs"]
+    with pytest.raises(S.ConfigError, match="completed run"):
+        jobs.resume(result.folder, echo=echo)
+    cmp_cfg = smoke_size(yaml.safe_load((Path(__file__).parents[1] / "configs" / "hyperbola_compare.yaml").read_text()))
+    compared = jobs.compare(cmp_cfg, out=tmp_path / "cmp", quiet=True, echo=echo)
+    assert (compared.folder / "comparison.json").exists() and set(compared.comparison) == set(cmp_cfg["runs"])
