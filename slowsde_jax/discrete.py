@@ -44,7 +44,7 @@ import numpy as np
 
 from . import _precision
 from . import sharding as _sharding
-from ._io import atomic_write, read_npz
+from . import _checkpoint
 from .streaming import RecordStream
 from .validation import ConfigError, check_int, check_range
 from .methods import AbstractMethod, second_moment
@@ -426,38 +426,37 @@ def _continue(run, problem, noise, method, grid, record_state, chunk_steps, prog
     return run
 
 
+def _fingerprint(run: DiscreteRun) -> dict:
+    """What makes a checkpoint belong to this run: the record schedule and the real (unpadded) state shapes."""
+    real = lambda x: x.shape[:1] + (run.n_paths,) + x.shape[2:] if run.n_paths is not None else x.shape
+    return {"record steps (steps, eta, n_record)": np.asarray(run.targets).tolist(),
+            "state shapes (n_paths, the problem, the method)": [list(real(x)) for x in jax.tree_util.tree_leaves(run.state)]}
+
+
 def save_checkpoint(path: Union[str, Path], run: DiscreteRun) -> None:
-    """Write the run's state, schedule and records to ``path`` (npz), atomically (write, then rename)."""
+    """Write the run's state and records to ``path`` in the engines' checkpoint format (``_checkpoint``)."""
     leaves = jax.tree_util.tree_leaves(run.state)
     arrays = {f"state.{i}": _sharding.to_host(x)[:, : run.n_paths] for i, x in enumerate(leaves)}
     arrays.update({f"rec.{k}": np.stack(v) for k, v in run.records.items()})
-    arrays.update(targets=run.targets, done=np.asarray(run.done))
-    atomic_write(Path(path), lambda p: np.savez(p, **arrays))
+    arrays.update(done=np.asarray(run.done))
+    _checkpoint.save(path, "discrete", _fingerprint(run), arrays)
 
 
 def load_checkpoint(path: Union[str, Path], fresh: DiscreteRun) -> DiscreteRun:
     """Restore a run saved by ``save_checkpoint`` into the structure of a freshly initialized run.
 
-    A file that is empty, truncated, not an npz or missing entries raises ConfigError("checkpoint", ...)
-    naming it and how to restart (delete it: the run then starts over from step 0), as does a checkpoint
-    of another run (other schedule or shapes)."""
-    restart = f"delete it to restart this run from its beginning (rm '{path}')"
+    A file that is damaged, written by the other engine or by another run (other schedule or shapes) raises
+    ConfigError("checkpoint", ...) naming it and how to restart (delete it: the run then starts over)."""
+    arrays = _checkpoint.load(path, "discrete", _fingerprint(fresh))
+    leaves, treedef = jax.tree_util.tree_flatten(fresh.state)
     try:
-        arrays = read_npz(path, "checkpoint", "checkpoint")
-        targets, done = np.asarray(arrays["targets"]), int(arrays["done"])
-        leaves, treedef = jax.tree_util.tree_flatten(fresh.state)
+        done = int(arrays["done"])
         saved = [np.asarray(arrays[f"state.{i}"]) for i in range(len(leaves))]
         records = {k[4:]: list(v) for k, v in arrays.items() if k.startswith("rec.")}
-    except (ValueError, KeyError, TypeError) as e:  # read_npz's ConfigError (a ValueError), or a missing entry
-        why = "it is empty" if Path(path).is_file() and Path(path).stat().st_size == 0 else f"{type(e).__name__}: {e}"
-        raise ConfigError("checkpoint", f"'{path}' is corrupt or truncated ({why}); {restart}") from None
-    if not np.array_equal(targets, fresh.targets):
-        raise ConfigError("checkpoint", f"{path} belongs to a run with another schedule (steps, eta or n_record differ); {restart}")
-    real = lambda x: x.shape[:1] + (fresh.n_paths,) + x.shape[2:] if fresh.n_paths is not None else x.shape
-    if any(a.shape != real(x) for a, x in zip(saved, leaves)):  # saved without the device padding
-        raise ConfigError("checkpoint", f"{path} belongs to a run with other shapes (n_paths or the problem differ); {restart}")
-    if not 1 <= done <= fresh.targets.shape[1] or any(len(v) != done for v in records.values()):
-        raise ConfigError("checkpoint", f"'{path}' is inconsistent ({done} points done, records of other lengths); {restart}")
+        if not 1 <= done <= fresh.targets.shape[1] or any(len(v) != done for v in records.values()):
+            raise ValueError(f"{done} points done, records of other lengths")
+    except (ValueError, KeyError, TypeError) as e:
+        raise _checkpoint.damaged(path, e) from None
     saved = [_pad_lanes(a, x.shape[1]) for a, x in zip(saved, leaves)]  # device padding: repeats of path 0
     restored = [jnp.asarray(a, dtype=x.dtype) for a, x in zip(saved, leaves)]
     return DiscreteRun(state=jax.tree_util.tree_unflatten(treedef, restored), targets=fresh.targets,

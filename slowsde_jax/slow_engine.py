@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import geometry as geo
-from ._io import atomic_write, read_npz
+from . import _checkpoint
 from .inputs import explain_start_failure, parse_inputs, run_meta
 from .integrators import AbstractSlowIntegrator, default_integrator
 from .methods import AbstractMethod
@@ -224,41 +224,39 @@ class _SDERun:
         self.y = (self.zeta[-1], self.v[-1])
 
 
+def _fingerprint(t_grid, n_paths, D, n_levels) -> dict:
+    """What makes a checkpoint belong to this run: record times, paths, dimension, step-size levels."""
+    return {"record times (T, n_record)": np.asarray(t_grid).tolist(), "n_paths": int(n_paths), "dimension": int(D),
+            "step-size levels (richardson)": int(n_levels)}
+
+
 def _save_checkpoint(path, runs):
-    """The runs' records, states and failures (one run per step-size level) as an npz, written atomically."""
+    """The runs' records, states and failures (one run per step-size level) in the engines' checkpoint format."""
     arrays = {}
     for i, run in enumerate(runs):
         p = "" if i == 0 else f"level{i}_"
         arrays.update({p + "zeta": np.stack(run.zeta), p + "v": np.stack(run.v), p + "failed_time": run.failed_time,
                        p + "reasons": np.array(json.dumps(run.reasons)), p + "fallback_solves": run.fallback_solves,
                        p + "imex": run.imex})
-    arrays["t_grid"] = runs[0].t_grid
-    atomic_write(Path(path), lambda p: np.savez(p, **arrays))
+    zeta = arrays["zeta"]
+    _checkpoint.save(path, "slow", _fingerprint(runs[0].t_grid, zeta.shape[1], zeta.shape[2], len(runs)), arrays)
 
 
 def _load_checkpoint(path, t_grid, n_paths, D, n_levels) -> list:
+    arrays = _checkpoint.load(path, "slow", _fingerprint(t_grid, n_paths, D, n_levels))
+    runs = []
     try:
-        arrays = read_npz(path, "checkpoint", "checkpoint")
-        runs = []
         for i in range(n_levels):
             p = "" if i == 0 else f"level{i}_"
-            if p + "zeta" not in arrays:
-                raise ConfigError("checkpoint", f"{path} belongs to another run (richardson differs)")
             run = _SDERun(t_grid)
-            zeta, v = arrays[p + "zeta"], arrays[p + "v"]
-            if not np.array_equal(arrays["t_grid"], t_grid) or zeta.shape[1:] != (n_paths, D):
-                raise ConfigError("checkpoint",
-                                  f"{path} belongs to another run (T, n_record, n_paths or the problem differ)")
-            run.zeta, run.v = list(zeta), list(v)
+            run.zeta, run.v = list(arrays[p + "zeta"]), list(arrays[p + "v"])
+            if not 1 <= len(run.zeta) <= len(t_grid) or len(run.v) != len(run.zeta):
+                raise ValueError(f"{len(run.zeta)} records of zeta and {len(run.v)} of v for {len(t_grid)} times")
             run.failed_time, run.reasons = arrays[p + "failed_time"], json.loads(str(arrays[p + "reasons"]))
             run.y = (run.zeta[-1], run.v[-1])
-            run.fallback_solves = int(arrays.get(p + "fallback_solves", 0))  # (absent from older checkpoints)
-            run.imex = np.asarray(arrays.get(p + "imex", np.zeros(n_paths, bool)), bool)
+            run.fallback_solves = int(arrays[p + "fallback_solves"])
+            run.imex = np.asarray(arrays[p + "imex"], bool)
             runs.append(run)
-        if f"level{n_levels}_zeta" in arrays:
-            raise ConfigError("checkpoint", f"{path} belongs to another run (richardson differs)")
-    except (ValueError, KeyError) as e:  # read_npz has named a file it cannot read; this is a missing entry
-        if isinstance(e, ConfigError):
-            raise
-        raise ConfigError("checkpoint", f"{path} is not a readable slow-SDE checkpoint ({type(e).__name__}: {e})") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise _checkpoint.damaged(path, e) from None
     return runs

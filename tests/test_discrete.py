@@ -271,5 +271,5 @@ def test_checkpoint_of_another_path_count_is_refused(tmp_path):
     kw = dict(LANES, steps=20, key=2, n_record=2)
     S.simulate_discrete(NET, LABEL, ADAM, **kw, execution=S.Execution(block_steps=8, checkpoint=ck, checkpoint_every_s=0))
     for n in (5, 7):
-        with pytest.raises(S.ConfigError, match="other shapes"):
+        with pytest.raises(S.ConfigError, match=r"another run \(state shapes \(n_paths, the problem, the method\) differ\)"):
             S.simulate_discrete(NET, LABEL, ADAM, **dict(kw, n_paths=n), execution=S.Execution(block_steps=8, checkpoint=ck))

@@ -42,6 +42,32 @@ def test_bad_keys_are_config_errors(key):
         S.simulate_discrete(HYP, LABEL, ADAM, eta=0.1, steps=2, key=key)
 
 
+def test_both_engines_share_one_checkpoint_format_and_refuse_each_others_files(tmp_path):
+    """One format (``_checkpoint``): a header names the engine and the run; a file of the other engine, of
+    another run or of no engine is refused with ConfigError("checkpoint") that names the file and says
+    how to restart, before any work."""
+    import json
+
+    ck_d, ck_s = tmp_path / "d.npz", tmp_path / "s.npz"
+    S.simulate_discrete(HYP, GAUSS, ADAM, eta=0.1, steps=4, n_record=2, execution=S.Execution(checkpoint=ck_d))
+    S.simulate_slow_sde(HYP, GAUSS, ADAM, T=0.01, n_record=2, integrator=S.ProjectedEulerMaruyama(dt=5e-3),
+                        execution=S.Execution(checkpoint=ck_s))
+    for ck, engine in ((ck_d, "discrete"), (ck_s, "slow")):
+        with np.load(ck) as f:
+            assert str(f["checkpoint.format"]) == "slowsde_jax checkpoint 1" and str(f["checkpoint.engine"]) == engine
+            assert isinstance(json.loads(str(f["checkpoint.fingerprint"])), dict)
+    with pytest.raises(S.ConfigError, match=r"^checkpoint: .*of the discrete engine, not of the slow engine.*rm "):
+        S.simulate_slow_sde(HYP, GAUSS, ADAM, T=0.01, n_record=2, integrator=S.ProjectedEulerMaruyama(dt=5e-3),
+                            execution=S.Execution(checkpoint=ck_d))
+    with pytest.raises(S.ConfigError, match=r"^checkpoint: .*of the slow engine, not of the discrete engine"):
+        S.simulate_discrete(HYP, GAUSS, ADAM, eta=0.1, steps=4, n_record=2, execution=S.Execution(checkpoint=ck_s))
+    with pytest.raises(S.ConfigError, match=r"another run \(record steps \(steps, eta, n_record\) differ\)"):
+        S.simulate_discrete(HYP, GAUSS, ADAM, eta=0.1, steps=6, n_record=2, execution=S.Execution(checkpoint=ck_d))
+    np.savez(ck_d, **{"done": np.asarray(1)})
+    with pytest.raises(S.ConfigError, match="^checkpoint: .*is not a slowsde_jax checkpoint"):
+        S.simulate_discrete(HYP, GAUSS, ADAM, eta=0.1, steps=4, n_record=2, execution=S.Execution(checkpoint=ck_d))
+
+
 def test_solver_and_controller_objects_equal_the_string_shortcuts():
     a = S.simulate_slow_sde(HYP, LABEL, ADAM, T=0.1, n_record=2)
     b = S.simulate_slow_sde(HYP, LABEL, ADAM, T=0.1, n_record=2, integrator=S.LabelNoiseODE(
