@@ -50,8 +50,8 @@ def hyperbola():
 
 @pytest.fixture(scope="session")
 def small_diagonal_net():
-    """Sparse regression with a diagonal net: d = 6 (D = 12), n = 4 samples, 2-sparse w*."""
-    return problems.diagonal_net(d=6, n=4, k=2, key=0, n_test=50)
+    """Sparse regression with a diagonal net: d = 4 (D = 8), n = 3 samples, 1-sparse w*."""
+    return problems.diagonal_net(d=4, n=3, k=1, key=0, n_test=10)
 
 
 @pytest.fixture(scope="session")

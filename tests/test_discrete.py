@@ -62,9 +62,9 @@ def test_same_seed_same_numbers_and_other_seed_other_numbers():
     assert not np.allclose(a.theta, c.theta)
 
 
-def test_engine_matches_a_hand_loop_of_the_optax_transform():
+def test_engine_matches_a_hand_loop_of_the_optax_transform(small_diagonal_net):
     """The engine is the optax transform applied to noise.grad with the key stream split once per step."""
-    prob = problems.diagonal_net(d=4, n=3, k=1, key=0, n_test=10)
+    prob = small_diagonal_net
     m, eta, steps = S.adam(beta2=0.9, eps=1e-6), 0.05, 30
     traj = S.simulate_discrete(prob, LABEL, m, eta=eta, steps=steps, n_paths=2, key=5, n_record=1)
     k_path = jax.random.split(jax.random.PRNGKey(5), 2)[1]
@@ -80,8 +80,8 @@ def test_engine_matches_a_hand_loop_of_the_optax_transform():
     np.testing.assert_allclose(traj.v[1, -1], second_moment(st), rtol=1e-12)
 
 
-def test_eta_sweep_compiles_once_and_matches_single_runs():
-    prob = problems.diagonal_net(d=4, n=3, k=1, key=0, n_test=10)
+def test_eta_sweep_compiles_once_and_matches_single_runs(small_diagonal_net):
+    prob = small_diagonal_net
     m = S.adame(lam=0.3, c=5.0)
     kw = dict(T=0.05, n_paths=3, key=1, n_record=2)
     before = n_traces()
@@ -136,9 +136,9 @@ def test_sweep_names_come_from_the_classes_that_declare_them():
         S.simulate_discrete(HYP, LABEL, S.sgd(), eta=0.1, steps=2, sweep={"lam": [0.5]})
 
 
-def test_pathological_paths_are_frozen_and_flagged():
+def test_pathological_paths_are_frozen_and_flagged(small_diagonal_net):
     """With a huge learning rate some paths blow up: they are frozen at their last finite state."""
-    prob = problems.diagonal_net(d=4, n=3, k=1, key=0, n_test=10)
+    prob = small_diagonal_net
     traj = S.simulate_discrete(prob, noise.label_noise(1.0), S.sgd(), eta=3.0, steps=200, n_paths=4, key=0, n_record=2, execution=S.Execution(divergence_bound=1e6))
     assert np.all(traj.diverged)
     assert np.all(np.isfinite(traj.theta))
