@@ -11,11 +11,12 @@ and turns the outcome into an exit status.
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import jax.numpy as jnp
 
@@ -86,7 +87,8 @@ def summary_table(summary_runs: dict) -> str:
                                "recorded times ± s.e.; no ± with one path)")
 
 
-def run(cfg: Optional[dict] = None, *, out="runs", quiet: bool = False, echo: Callable = print) -> RunResult:
+def run(cfg: Optional[dict] = None, *, out: Union[str, os.PathLike] = "runs", quiet: bool = False,
+        echo: Callable = print) -> RunResult:
     """Run a config (a dict as ``config.load_config`` returns it; None: the built-in default) into a new run
     folder under ``out``: config.yaml, summary.json, trajectories.npz, observables.png, and with
     ``slow_flow: true`` slow_flow.png. ``quiet``: no progress bars.
@@ -99,7 +101,7 @@ def run(cfg: Optional[dict] = None, *, out="runs", quiet: bool = False, echo: Ca
     return _run_in(folder, cfg, plan, quiet, echo, resumed=False)
 
 
-def resume(folder, *, quiet: bool = False, echo: Callable = print) -> RunResult:
+def resume(folder: Union[str, os.PathLike], *, quiet: bool = False, echo: Callable = print) -> RunResult:
     """Continue an interrupted run folder from its checkpoints, with its own config.yaml. A completed folder,
     a folder that is not a run folder or a damaged checkpoint raise ConfigError, before any work."""
     folder = Path(folder)
@@ -217,7 +219,8 @@ def _read_done(path: Path, name: str) -> list:
                                         f"'{name}' again from its beginning (rm '{path}')") from None
 
 
-def compare(cfg: dict, *, out="runs", quiet: bool = False, echo: Callable = print) -> CompareResult:
+def compare(cfg: dict, *, out: Union[str, os.PathLike] = "runs", quiet: bool = False,
+            echo: Callable = print) -> CompareResult:
     """Integrate the slow SDE of every run's method, run the discrete method at each learning rate of the
     config's ``compare.etas`` on the same clock, and write a run folder under ``out``: comparison.json (weak
     errors per eta and their fitted order, or "not resolved" when the errors are within noise),
