@@ -63,28 +63,53 @@ PROJECTION_STATUS = {
 }
 
 
-def _flow_end(loss, theta, S, max_steps, least_squares, flow_tol):
+def _flow_end(loss, theta, S, max_steps, least_squares, flow_tol, restarts=8):
     """End of the flow dx/ds = -S grad L (Tsit5), stopped once the point is within flow_tol of Gamma as the
     Newton finish measures it: the Gauss-Newton step's length for least squares, |S grad L| otherwise.
-    (Stopping on |grad L| alone left points whose Newton step, S times larger, failed the finish's check.)"""
-    grad = jax.grad(loss)
-    if least_squares is not None:
-        w = least_squares.sample_weights(theta)
-        sw = jnp.sqrt(w)
+    (Stopping on |grad L| alone left points whose Newton step, S times larger, failed the finish's check.)
 
-        def gap(x):
-            SJt, z = _ls_gram_solve(sw[:, None] * least_squares.jacobian(x), w, S, sw * least_squares.residuals(x))
-            return jnp.linalg.norm(SJt @ z)
-    else:
-        def gap(x):
-            return jnp.linalg.norm(_apply_S(S, grad(x)))
+    For least squares the Gauss-Newton step S J^T (J S J^T)^{-1} r needs J, n reverse passes: checked at every
+    step it cost more than the flow itself. The flow is therefore stopped by the same step with J frozen at
+    the segment's start, P r(x) with P = S J0^T (J0 S J0^T)^{-1} (one forward pass per step); the true gap is
+    measured at the segment's end, and the flow goes on from there with J refreshed until it is below
+    2 flow_tol (a few segments: near Gamma J hardly changes). ``max_steps`` bounds the steps of all segments."""
+    grad = jax.grad(loss)
     term = diffrax.ODETerm(lambda s, x, args: -_apply_S(S, grad(x)))
-    sol = diffrax.diffeqsolve(
-        term, diffrax.Tsit5(), t0=0.0, t1=jnp.inf, dt0=None, y0=theta,
-        stepsize_controller=diffrax.PIDController(rtol=1e-9, atol=1e-12),
-        event=diffrax.Event(lambda s, x, args, **kw: gap(x) < flow_tol),
-        saveat=diffrax.SaveAt(t1=True), max_steps=max_steps, throw=False)
-    return sol.ys[-1]
+    controller = diffrax.PIDController(rtol=1e-9, atol=1e-12)
+
+    def segment(x0, gap, budget):
+        sol = diffrax.diffeqsolve(term, diffrax.Tsit5(), t0=0.0, t1=jnp.inf, dt0=None, y0=x0,
+                                  stepsize_controller=controller,
+                                  event=diffrax.Event(lambda s, x, args, **kw: gap(x) < flow_tol),
+                                  saveat=diffrax.SaveAt(t1=True), max_steps=budget, throw=False)
+        return sol.ys[-1], sol.stats["num_steps"]
+
+    if least_squares is None:
+        return segment(theta, lambda x: jnp.linalg.norm(_apply_S(S, grad(x))), max_steps)[0]
+    w = least_squares.sample_weights(theta)
+    sw = jnp.sqrt(w)
+
+    def gn_map(x):  # P (D, n): the Gauss-Newton step at x is P r(x)
+        Jw = sw[:, None] * least_squares.jacobian(x)
+        SJt, Z = _ls_gram_solve(Jw, w, S, jnp.diag(sw))
+        return SJt @ Z
+
+    def true_gap(x):
+        return jnp.linalg.norm(gn_map(x) @ least_squares.residuals(x))
+
+    def body(carry):
+        x, used, k, _ = carry
+        P = gn_map(x)
+        budget = max(1, max_steps // restarts)
+        x, n = segment(x, lambda y: jnp.linalg.norm(P @ least_squares.residuals(y)), budget)
+        return x, used + n, k + 1, true_gap(x)
+
+    def cond(carry):
+        _, used, k, gap = carry
+        return (gap >= 2.0 * flow_tol) & (k < restarts) & (used < max_steps)
+
+    x, _, _, _ = jax.lax.while_loop(cond, body, (theta, jnp.asarray(0), jnp.asarray(0), true_gap(theta)))
+    return x
 
 
 def project_flow(loss: LossFn, theta: Float[Array, "D"], S: Preconditioner, tol: float = 1e-10,
