@@ -139,7 +139,10 @@ def eta_sweep(problem: AbstractProblem, noise: AbstractNoise, method: AbstractMe
         discrete_kw["recording"] = dataclasses.replace(discrete_kw.get("recording") or Recording(), sharpness=True)
     runs = simulate_discrete(problem, noise, method, T=T, n_paths=n_paths, key=key, sweep={"eta": list(etas)},
                              n_record=sde_traj.t.size - 1, **discrete_kw)
-    trajs = [project_trajectory(tr, problem, method, sharpness=sharp) for tr in runs] if project else runs
+    ex = discrete_kw.get("execution")
+    progress = None if ex is None else ex.progress
+    trajs = [project_trajectory(tr, problem, method, sharpness=sharp, progress=progress) for tr in runs] \
+        if project else runs
     comps = [compare(tr, sde_traj, names) for tr in trajs]
     per = {}
     for name in names:

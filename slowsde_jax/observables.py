@@ -95,12 +95,14 @@ def _gauss_newton_to_gamma(loss, ls, theta, tol, max_steps):
 
 
 def project_trajectory(traj: Trajectory, problem: AbstractProblem, method: AbstractMethod, tol: float = 1e-10,
-                       max_steps: int = 100_000, rank: Optional[int] = None, *, sharpness: bool = False) -> Trajectory:
+                       max_steps: int = 100_000, rank: Optional[int] = None, *, sharpness: bool = False,
+                       progress: Optional[bool] = None) -> Trajectory:
     """The discrete trajectory seen on Gamma: theta_k -> Phi_{S(v_k)}(theta_k) at every recorded time, with
     the problem's observables recomputed there, and the sharpness measures (``sharpness_values``) when
     ``sharpness`` or when ``traj`` recorded them at its states (docs/math.md#the-slow-sde: (theta_k, v_k) corresponds to (zeta(k eta^2), v)).
     Needs a trajectory recorded with ``record_state=True``. Diverged paths are left as they are.
-    ``max_steps`` and ``rank``: see ``slowsde_jax.geometry.project``."""
+    ``max_steps`` and ``rank``: see ``slowsde_jax.geometry.project``; ``progress``: a bar over the states
+    (None: shown in a terminal or notebook; False: never)."""
     if traj.theta is None:
         raise ConfigError("record_state", "projecting a trajectory needs its recorded states (record_state=True)")
     P, T, D = traj.theta.shape
@@ -111,7 +113,8 @@ def project_trajectory(traj: Trajectory, problem: AbstractProblem, method: Abstr
     zeta = np.array(theta)
     if ok.any():
         zeta[ok] = np.asarray(geo.project(problem.loss, theta[ok], S[ok], tol=tol, max_steps=max_steps,
-                                          least_squares=problem.least_squares(), rank=rank, dim=problem.dim))
+                                          least_squares=problem.least_squares(), rank=rank, dim=problem.dim,
+                                          progress=progress))
     obs = observe_batch(problem, jnp.asarray(zeta))
     observables = {k: np.asarray(x).reshape(P, T) for k, x in obs.items()}
     if sharpness or any(k in traj.observables for k in SHARPNESS_NAMES):  # recorded at the state: recomputed
@@ -139,7 +142,8 @@ def at_projection(traj: Trajectory, problem: AbstractProblem, method: AbstractMe
     """``traj`` seen on Gamma: every recorded theta_k replaced by Phi_{S(v_k)}(theta_k)
     (``project_trajectory``), its observables recomputed there, and the sharpness
     measures of ``sharpness_values`` (with ``method``'s own) added. Needs ``record_state=True``.
-    ``meta["projected"]`` is True. ``project_kw``: ``tol``, ``max_steps``, ``rank`` of the projection."""
+    ``meta["projected"]`` is True. ``project_kw``: ``tol``, ``max_steps``, ``rank`` of the projection,
+    ``progress``."""
     return project_trajectory(traj, problem, method, sharpness=True, **project_kw)
 
 
@@ -208,7 +212,7 @@ def theory_view(trajs: dict, methods: dict, problem: AbstractProblem, noise: Abs
         if len(items) != 1 or items[0].theta is None:
             continue
         tr, method = items[0], methods[name]
-        entry = {"projected": at_projection(tr, problem, method)}
+        entry = {"projected": at_projection(tr, problem, method, progress=progress)}
         if slow_ode:
             start = 0 if tr.v is None or np.all(tr.v[:, 0] > 0) else 1
             entry["slow_ode"] = slow_ode_from_records(tr, problem, noise, method, start=start,

@@ -5,6 +5,7 @@ import dataclasses
 import io
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -166,3 +167,21 @@ def test_slow_flow_config_needs_recorded_states():
     with pytest.raises(S.ConfigError, match="slow_flow: must be true or false"):
         config.validate({**SHOWCASE, "slow_flow": "yes"})
     config.validate({**SHOWCASE, "record_state": False, "slow_flow": False})
+
+
+def test_projection_goes_in_groups_with_a_bar_and_the_same_numbers(small_factorization, monkeypatch):
+    """``geometry.project`` works through the points in groups (padded to a few compiled sizes) with a bar
+    over the points; the groups change no number: with groups of 4 (10 points: 4, 4 and 2) the points equal
+    those of one group."""
+    from slowsde_jax.geometry import projection
+
+    prob = small_factorization
+    theta = np.asarray(prob.init(jax.random.PRNGKey(1)))[None] + 0.05 * np.random.default_rng(0).normal(size=(10, prob.dim))
+    S_ = np.exp(np.random.default_rng(1).normal(size=(10, prob.dim)))
+    whole = np.asarray(geo.project(prob.loss, theta, S_, least_squares=prob.least_squares(), progress=False))
+    monkeypatch.setattr(projection, "safe_batch", lambda size: 4)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        grouped = np.asarray(geo.project(prob.loss, theta, S_, least_squares=prob.least_squares(), progress=True))
+    np.testing.assert_allclose(grouped, whole, rtol=1e-13, atol=1e-15)
+    assert "projection onto Gamma" in err.getvalue() and "10/10" in err.getvalue()

@@ -13,8 +13,9 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
 from .. import _precision
-from .._batching import factorized_size, map_paths
+from .._batching import factorized_size, map_paths, safe_batch
 from .._structure import LeastSquares
+from ..progress import progress_bar
 from ..validation import ConfigError, as_float_array, check_int, check_range
 from .dense import LossFn, Preconditioner, RankArg, _apply_S, normal_frame
 from .least_squares import _ls_gram_solve
@@ -162,13 +163,31 @@ def project_flow(loss: LossFn, theta: Float[Array, "D"], S: Preconditioner, tol:
 
 
 @eqx.filter_jit
-
-
 def _project_batch(loss, theta, S, tol, max_steps, least_squares, rank):
     """project_flow over a batch (N, D). Compiled once per loss: methods of problems (equinox Modules) are
     pytrees, so a new problem with the same structure reuses the compiled function."""
     return map_paths(lambda a: project_flow(loss, a[0], a[1], tol, max_steps, least_squares=least_squares,
                                             rank=rank), (theta, S), factorized_size(theta[0], least_squares))
+
+
+def _project_in_groups(loss, theta, S, tol, max_steps, least_squares, rank, progress):
+    """``_project_batch`` over (N, D) points in groups, with a progress bar over the points. On the CPU a group
+    holds ``safe_batch`` points (what ``map_paths`` would vmap at once), and a last, smaller group is padded
+    with copies of its first point up to a power of two, so that a few compiled sizes serve every N."""
+    n = theta.shape[0]
+    group = safe_batch(factorized_size(theta[0], least_squares)) if jax.default_backend() == "cpu" else n
+    bar = progress_bar(n, "projection onto Gamma", progress=progress, unit="point")
+    xs, statuses = [], []
+    for i in range(0, n, group):
+        k = min(group, n - i)
+        size = k if n <= group else min(group, 1 << (k - 1).bit_length())
+        take = np.concatenate([np.arange(i, i + k), np.full(size - k, i)])
+        x, status = _project_batch(loss, theta[take], S[take], tol, max_steps, least_squares, rank)
+        xs.append(np.asarray(x)[:k])
+        statuses.append(np.asarray(status)[:k])
+        bar.update(k)
+    bar.close()
+    return np.concatenate(xs), np.concatenate(statuses)
 
 
 def projection_failure_message(status: ArrayLike, max_steps: int) -> str:
@@ -210,14 +229,15 @@ def _check_project_args(loss, theta, S, least_squares, dim):
 
 def project(loss: LossFn, theta: Float[ArrayLike, "*batch D"], S: ArrayLike, tol: float = 1e-10,
             max_steps: int = 100_000, *, least_squares: Optional[LeastSquares] = None, rank: RankArg = None,
-            dim: Optional[int] = None) -> Float[Array, "*batch D"]:
+            dim: Optional[int] = None, progress: Optional[bool] = None) -> Float[Array, "*batch D"]:
     """Phi_S(theta) (see ``project_flow``); raises ``ProjectionError`` naming the cause when a point
     does not converge.
 
     ``theta`` may carry leading batch axes (..., D); ``S`` is then either shared ((D,) or (D, D)) or given per
     point (shape (..., D) or (..., D, D)). ``least_squares``: the declared structure (``problem.least_squares()``);
     ``rank``: the codimension of Gamma for a loss without residuals; ``max_steps``: the flow's step budget per
-    point; ``dim``: the problem's D, checked against theta's last axis (``observables.at_projection`` passes it).
+    point; ``dim``: the problem's D, checked against theta's last axis (``observables.at_projection`` passes it);
+    ``progress``: a bar over the points (None: shown in a terminal or notebook, see ``slowsde_jax.progress``).
     """
     theta, S = _check_project_args(loss, theta, S, least_squares, dim)
     check_range("tol", tol, low=0.0, low_open=True)
@@ -238,9 +258,9 @@ def project(loss: LossFn, theta: Float[ArrayLike, "*batch D"], S: ArrayLike, tol
     else:
         raise ConfigError("S", f"must have shape ({D},), ({D}, {D}), {tuple(theta.shape)} or "
                                f"{tuple(theta.shape) + (D,)} for theta of shape {tuple(theta.shape)}, got {tuple(S.shape)}")
-    x, status = _project_batch(loss, th, s, tol, max_steps, least_squares, rank)
+    x, status = _project_in_groups(loss, th, s, tol, max_steps, least_squares, rank, progress)
     x, status = x.reshape(theta.shape), np.asarray(status).reshape(batch)
     if np.any(status != PROJECTION_OK):
         raise ProjectionError(f"the projection onto Gamma did not converge (tolerance {tol}) for "
                               + projection_failure_message(status, max_steps))
-    return x
+    return jnp.asarray(x)
