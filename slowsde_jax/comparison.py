@@ -13,6 +13,7 @@ from .noise import AbstractNoise
 from .problems import AbstractProblem
 from .discrete import simulate_discrete
 from .observables import project_trajectory
+from .regime import finite_eta_regime
 from .options import Recording
 from .sharpness import SHARPNESS_NAMES
 from .trajectory import Trajectory
@@ -131,8 +132,9 @@ def eta_sweep(problem: AbstractProblem, noise: AbstractNoise, method: AbstractMe
     ``sde_traj`` with ``Recording(sharpness=True)``).
     Returns a dict: ``etas``, ``method``, ``T``,
     ``observables`` (name -> ``weak_error``, ``se``, ``order``, ``constant``, ``order_resolved``,
-    ``resolved``, ``unresolved``; ``order`` and ``constant`` are None when not resolved), ``comparisons`` and
-    ``trajectories`` (one per eta)."""
+    ``resolved``, ``unresolved``; ``order`` and ``constant`` are None when not resolved), ``regime`` (the
+    finite-eta report of ``slowsde_jax.regime.finite_eta_regime``, None when the sweep is not in that regime),
+    ``comparisons`` and ``trajectories`` (one per eta)."""
     names = [observables] if isinstance(observables, str) else list(observables)
     sharp = any(n in SHARPNESS_NAMES for n in names)
     if sharp and not project:  # compared at the states themselves: record the measures there
@@ -151,6 +153,7 @@ def eta_sweep(problem: AbstractProblem, noise: AbstractNoise, method: AbstractMe
         scale, eps = _observable_scale(name, [*runs, *trajs, sde_traj])
         per[name] = {"weak_error": err.tolist(), "se": se.tolist(), **weak_order(etas, err, se, scale, eps)}
     out = {"etas": list(map(float, etas)), "method": method.name, "T": float(T), "observables": per,
+           "regime": finite_eta_regime(problem, method, etas, runs, sde_traj),
            "comparisons": comps, "trajectories": trajs}
     return out
 

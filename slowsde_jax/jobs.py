@@ -28,6 +28,7 @@ from .discrete import simulate_discrete
 from .geometry import ProjectionError
 from .observables import theory_summary, theory_table, theory_view
 from .options import Execution, Recording, Start
+from .regime import describe_regime
 from .plotting import LOSS_NAMES, plot_cloud, plot_observables, plot_slow_flow, plot_sweep
 from .sharpness import SHARPNESS_NAMES
 from .slow_engine import simulate_slow_sde
@@ -257,6 +258,7 @@ def compare(cfg: dict, *, out: Union[str, os.PathLike] = "runs", quiet: bool = F
                 plot_sweep(res, obs, folder / f"weak_error_{name}_{obs}.png")
                 plot_cloud(res["trajectories"][-1], sde_traj, obs, folder / f"cloud_{name}_{obs}.png")
             result[name] = {"sde_engine": sde_traj.meta["engine"], "etas": res["etas"], "observables": res["observables"],
+                            "regime": res["regime"],
                             "final": {f"{e:g}": c.summary() for e, c in zip(res["etas"], res["comparisons"])}}
             trajs[f"{name}.sde"] = [sde_traj]
             trajs[f"{name}.discrete"] = res["trajectories"]
@@ -269,5 +271,7 @@ def compare(cfg: dict, *, out: Union[str, os.PathLike] = "runs", quiet: bool = F
         for obs, o in r["observables"].items():
             errs = ", ".join(f"{e:.3g}±{s:.1g}" for e, s in zip(o["weak_error"], o["se"]))
             echo(f"  {obs:<20} {errs}   fitted {describe_order(o)}")
+        if r["regime"]:
+            echo("  " + describe_regime(r["regime"], problem.dim))
     echo(f"wrote {folder}/comparison.json and plots ({time.time() - t0:.1f} s)")
     return CompareResult(folder=folder, comparison=result)

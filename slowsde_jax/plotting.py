@@ -106,6 +106,41 @@ def _use_log(log_y, name) -> bool:
     return bool(log_y) if isinstance(log_y, bool) else name in set(log_y)
 
 
+LOG_DECADES = 12  # a log panel shows at most this many decades below its top
+LINEAR_SPAN = 1.5  # a panel asked to be logarithmic stays linear when its values span less than this factor
+
+
+def _log_axis(ax) -> str:
+    """Put ``ax`` on a log scale, after its lines and bands are drawn; returns a note for its title.
+
+    Values at or below the floor 10^-LOG_DECADES x top (zeros and negatives included, which a log axis would
+    drop and so break the line into gaps) are drawn at the floor, marked by a dotted line. A panel whose
+    values are positive and span less than a factor LINEAR_SPAN (a quantity that moves by a few percent)
+    keeps its linear axis, where the motion is visible."""
+    lines = [ln for ln in ax.lines if ln.get_gid() != "floor"]
+    bands = [v for c in ax.collections for path in c.get_paths() for v in [path.vertices]]
+    ys = [np.asarray(ln.get_ydata(), float) for ln in lines] + [v[:, 1] for v in bands]
+    values = np.concatenate([y[np.isfinite(y)] for y in ys]) if ys else np.zeros(0)
+    positive = values[values > 0]
+    if positive.size == 0:
+        return ""
+    top = positive.max()
+    if positive.size == values.size and top <= LINEAR_SPAN * positive.min():
+        return ""
+    floor = 10.0 ** -LOG_DECADES * top
+    note = ""
+    if np.any(values <= floor):
+        for ln in lines:
+            ln.set_ydata(np.maximum(np.asarray(ln.get_ydata(), float), floor))
+        for v in bands:
+            v[:, 1] = np.maximum(v[:, 1], floor)
+        ax.axhline(floor, ls=":", color="0.4", lw=1, gid="floor")
+        power = str(LOG_DECADES).translate(str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹"))
+        note = f" (dotted: at or below 10⁻{power} × top)"
+    ax.set_yscale("log")
+    return note
+
+
 def plot_observables(trajs: dict, path: PathLike = None, names: Optional[Sequence[str]] = None,
                      log_y: Union[bool, Collection[str]] = False) -> "Figure":
     """One panel per observable over SDE time t = kη²: the mean over surviving paths and, when paths differ,
@@ -146,10 +181,9 @@ def plot_observables(trajs: dict, path: PathLike = None, names: Optional[Sequenc
                 line, = ax.plot(tr.t, y.mean(0), color=color, label=lab)
                 handles.setdefault(lab, line)
                 banded |= _band(ax, tr.t, y, color)
-        if _use_log(log_y, name):
-            ax.set_yscale("log")
+        note = _log_axis(ax) if _use_log(log_y, name) else ""
         ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
-        ax.set_title(mathtext(label(name)))
+        ax.set_title(mathtext(label(name) + note))
         ax.set_xlabel(T_LABEL)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(names):]:
@@ -289,12 +323,7 @@ def plot_slow_flow(view: dict, summary: dict, path: PathLike = None) -> "Figure"
                     ax.plot(ode.t, z.mean(0), "--", color=color, lw=2)
     for ax, (obs, title, log) in zip(axes.flat, panels):
         if log:
-            ax.set_yscale("log")
-            # at most 12 decades: a flow that reaches zero to rounding would squash the rest
-            lo, hi = ax.get_ylim()
-            if lo < 1e-12 * hi:
-                ax.set_ylim(bottom=1e-12 * hi)
-                title += " (cut at 10⁻¹² × top)"
+            title += _log_axis(ax)
         ax.set_title(mathtext(title), fontsize=9)
         ax.set_xlabel(T_LABEL)
         ax.grid(alpha=0.3)

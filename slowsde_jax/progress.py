@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import os
 import sys
+import time
 from typing import IO, Any, Optional
 
 __all__ = ["progress_bar", "enabled", "NullBar"]
@@ -87,8 +88,43 @@ def progress_bar(total: float, desc: str, *, progress: Optional[bool] = None, un
     # trims lines to -1 columns. Such a terminal gets a fixed 80 x 24.
     sized = _terminal_sized(sys.stderr if file is None else file)
     fixed = {} if sized else {"ncols": 80, "nrows": 24}
-    return tqdm(total=total, desc=desc, unit=unit, initial=initial, file=file, mininterval=0.5, leave=True,
-                dynamic_ncols=sized, **fixed)
+    bar = tqdm(total=total, desc=desc, unit=unit, initial=initial, file=file, mininterval=0.5, leave=True,
+               dynamic_ncols=sized, smoothing=0, **fixed)
+    return _CompileAwareBar(bar)
+
+
+class _CompileAwareBar:
+    """A tqdm bar that says "compiling" until its first update and then times itself from there: the rate and
+    the time left are the average since the first compiled call returned (``smoothing=0``), never an
+    estimate that counts the compilation as work."""
+
+    def __init__(self, bar):
+        self.bar = bar
+        self._started = False
+        bar.set_postfix_str("compiling")
+
+    def __getattr__(self, name):
+        return getattr(self.bar, name)
+
+    def update(self, n: float = 1) -> None:
+        if not self._started:
+            self._started = True
+            self.bar.set_postfix_str("", refresh=False)
+            self.bar.n += n  # the first call's work, done while compiling, counts as done but not in the rate
+            self.bar.initial = self.bar.n
+            self.bar.start_t = self.bar.last_print_t = time.time()
+            self.bar.refresh()
+            return
+        self.bar.update(n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def _terminal_sized(stream) -> bool:

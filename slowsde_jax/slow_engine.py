@@ -109,9 +109,9 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Ab
         for run in runs:
             run.start(y, inputs.n_paths)
     path_keys = jax.random.split(k_run, inputs.n_paths)
-    work = inputs.n_paths * plan.levels  # path-time units per unit of SDE time (x2 with Richardson)
-    bar = progress_bar(float(T) * work, f"slow {'SDE' if plan.alpha is None else 'ODE'} ({method.name})",
-                       progress=execution.progress, unit="path·t", initial=float(t_grid[runs[0].done]) * work)
+    work = inputs.n_paths * plan.levels  # path groups per record interval (x2 with Richardson)
+    bar = progress_bar(float(T), f"slow {'SDE' if plan.alpha is None else 'ODE'} ({method.name})",
+                       progress=execution.progress, unit="t", initial=float(t_grid[runs[0].done]))  # SDE time
     while runs[0].done < inputs.n_record:
         j0, j1 = runs[0].done, min(runs[0].done + records_per_call, inputs.n_record)
         for level, run in enumerate(runs):
@@ -122,7 +122,7 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Ab
                 seg = plan.segment(model, run, level, y, path_keys[sl], j0, j1, sl)
                 ys.append(jax.tree_util.tree_map(np.asarray, seg[0]))
                 ok.append(np.asarray(seg[1]))
-                bar.update(float(t_grid[j1] - t_grid[j0]) * (sl.stop - sl.start))
+                bar.update(float(t_grid[j1] - t_grid[j0]) * (sl.stop - sl.start) / work)
             run.extend(tuple(np.concatenate([y[i] for y in ys]) for i in range(2)), np.concatenate(ok),
                        j0, plan.alpha is None)
         if checkpoint is not None:

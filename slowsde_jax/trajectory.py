@@ -51,7 +51,11 @@ class Trajectory:
 
     def __post_init__(self):
         if self.diverged_time is None:
-            n = next(iter(self.observables.values())).shape[0] if self.diverged_step is None else len(self.diverged_step)
+            if self.diverged_step is not None:
+                n = len(self.diverged_step)
+            else:  # the paths axis of whatever was recorded (observables, or only the states)
+                recorded = [*self.observables.values(), self.theta, self.v]
+                n = next(np.shape(x)[0] for x in recorded if x is not None)
             out = np.full(n, np.nan)
             if self.diverged_step is not None and self.meta.get("eta") is not None:
                 div = np.asarray(self.diverged_step) >= 0

@@ -17,7 +17,7 @@ LAYERS = [
     ("math", {"geometry", "sharpness"}),
     ("shared", {"options", "inputs", "sweep"}),
     ("engines", {"discrete", "sde", "integrators", "slow_engine"}),
-    ("analysis", {"observables", "comparison"}),
+    ("analysis", {"observables", "regime", "comparison"}),
     ("app", {"paper", "plotting", "config", "runs"}),
     ("jobs", {"jobs"}),
     ("front", {"cli", "__main__", "__init__"}),

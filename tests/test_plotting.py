@@ -192,3 +192,22 @@ def test_run_table_names_a_switched_method_and_prints_no_nan_for_one_path():
     rows = table.splitlines()
     assert rows[2].startswith("adam (adame) ") and rows[3].startswith("sgd ") and "(sgd)" not in rows[3]
     assert "nan" not in table and "0.5 " in rows[2] + " " and "0.25±0.01" in rows[3]
+
+
+def test_log_panels_draw_values_below_their_floor_at_a_dotted_line_and_small_motions_linearly():
+    """A loss that reaches zero would break a log axis into gaps: it is drawn at the floor 1e-12 x top, marked
+    by a dotted line and named in the title. A quantity that moves by 5 % keeps a linear axis."""
+    t = np.linspace(0.0, 1.0, 6)
+    loss = np.tile([1.0, 1e-3, 1e-9, 0.0, 0.0, 1e-14], (3, 1))
+    steady = np.tile(1.0 + 0.05 * t, (3, 1))
+    tr = Trajectory(t=t, theta=None, v=None, observables={"test_loss": loss, "steady_loss": steady},
+                    meta={"engine": "discrete", "eta": 0.1})
+    fig = plotting.plot_observables({"adam": tr}, log_y=["test_loss", "steady_loss"])
+    ax_loss, ax_steady = fig.axes[1], fig.axes[0]  # panels in name order: steady_loss, test_loss
+    assert ax_loss.get_yscale() == "log" and ax_steady.get_yscale() == "linear"
+    drawn = [ln for ln in ax_loss.lines if ln.get_gid() != "floor"]
+    y = np.asarray(drawn[0].get_ydata())
+    assert np.all(y > 0) and np.isclose(y.min(), 1e-12)  # no gap: zeros sit at the floor
+    assert [ln.get_gid() for ln in ax_loss.lines].count("floor") == 1
+    assert "dotted: at or below 10⁻¹² × top" in ax_loss.get_title()
+    assert "dotted" not in ax_steady.get_title()

@@ -1,6 +1,6 @@
 """Progress bars: shown when asked and in a terminal, never when switched off, with the tqdm release
-installed. That the engines (discrete runs, sweeps, the slow ODE) drive their bars to completion is checked
-in tests/test_observables.py, on runs that test compiles anyway."""
+installed; the engines' bars say "compiling" until their first compiled call returns and then run to
+completion, the slow engine's in SDE time."""
 import io
 import os
 import pty
@@ -88,4 +88,21 @@ def test_notebook_without_ipywidgets_gets_a_text_bar(monkeypatch, capsys):
     for _ in range(3):
         bar.update(1)
     bar.close()
-    assert type(bar).__module__ == "tqdm.std" and "3/3" in capsys.readouterr().err
+    assert type(bar.bar).__module__ == "tqdm.std" and "3/3" in capsys.readouterr().err
+
+
+def test_engine_bars_say_compiling_first_and_finish_in_their_units(capsys, hyperbola):
+    import slowsde_jax as S
+    from slowsde_jax import noise
+
+    S.simulate_slow_sde(hyperbola, noise.label_noise(0.5), S.adam(c=10.0), T=0.02, n_paths=3, n_record=4,
+                        execution=S.Execution(progress=True, records_per_call=1))
+    err = capsys.readouterr().err
+    shown = [seg for seg in err.split("\r") if seg.strip()]
+    assert any("compiling" in seg for seg in shown[:2]), shown
+    last = shown[-1]
+    assert "slow ODE (adam)" in last and "100%" in last and "0.02/0.02" in last and "t/s" in last, last
+    S.simulate_discrete(hyperbola, noise.label_noise(0.5), S.adam(), eta=0.1, steps=40, n_record=2,
+                        execution=S.Execution(progress=True))
+    last = capsys.readouterr().err.strip().split("\r")[-1]
+    assert "40/40" in last and "step/s" in last and "compiling" not in last, last

@@ -108,3 +108,30 @@ def test_a_swept_lam_and_per_leaf_blocks_record_their_own_measure(small_mlp):
     assert set(slow.observables) == {"loss", "trace_H", "trace_sqrt_diag_H"}  # the MLP itself records only its loss
     np.testing.assert_allclose(slow.observables["trace_H"], S.sharpness_values(small_mlp, slow.theta)["trace_H"],
                                rtol=1e-13)
+
+
+@pytest.mark.slow
+def test_the_regime_report_flags_adam_on_an_mlp_and_not_the_hyperbola(hyperbola):
+    """The finite-eta report on real sweeps (no projection needed: it reads v). Adam on the issue's MLP
+    (2 -> 30 -> 1, 12 points, eps = 1e-8): the label-noise ODE drives entries of W1 (and others) to zero, where its S
+    exceeds the discrete S at eta = 0.01 many times over, and the discrete S grows as eta falls. Adam on the
+    hyperbola, where the weak order is 1 (math, section 7), gets no report."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from bench_projection import mlp_problem
+
+    nz, method = noise.label_noise(0.5), S.adam(c=10.0, eps=1e-8)
+    ex = S.Execution(progress=False)
+    for prob, flagged in ((mlp_problem(), True), (hyperbola, False)):
+        theta0 = S.on_gamma(prob)
+        start = S.Start(theta0=theta0, v0="equilibrium")
+        ode = S.simulate_slow_sde(prob, nz, method, T=0.5, n_record=2, start=start, execution=ex)
+        res = S.eta_sweep(prob, nz, method, [0.04, 0.02, 0.01], 0.5, 16, 3, ode, ["loss"], project=False,
+                          start=start, execution=ex)
+        rep = res["regime"]
+        assert (rep is not None) == flagged, rep
+        if flagged:
+            assert any(n.startswith("['W1']") for n in rep["names"]) and min(rep["ratio"]) > 2, rep["names"]
+            assert rep["S_growth"] > 0.5 and rep["eta_reach"] < 0.01
