@@ -62,8 +62,10 @@ class _Plan:
     alpha: Optional[float]
     levels: int
 
-    def segment(self, model, run, level, y, keys, j0, j1, sl):
-        """One compiled call for the paths ``sl`` of ``run`` from record j0 to j1: ((ζ, v) records, solved)."""
+    def segment(self, model, run, level, y, keys, j0, j1, lanes, n_real):
+        """One compiled call for the paths ``lanes`` (indices into ``run``'s paths; the first ``n_real`` are
+        distinct, the rest repeat one of them to fill the devices) from record j0 to j1: ((ζ, v) records,
+        solved), one entry per lane."""
         raise NotImplementedError
 
     def meta(self, runs) -> dict:
@@ -140,7 +142,7 @@ class _SDEPlan(_Plan):
             self.t_steps.append(t_steps)
         self.t_grid = t_grid
 
-    def segment(self, model, run, level, y, keys, j0, j1, sl):
+    def segment(self, model, run, level, y, keys, j0, j1, lanes, n_real):
         per_record, substeps = self.level_steps[level]
         with host_checked():
             return _sde_segment(model, diffrax.Euler(), y, keys,
@@ -249,9 +251,10 @@ class _ODEPlan(_Plan):
         self.fallback = (imex_kencarp4(rtol, atol) if spec.imex_fallback and explicit and _imex_applies(problem, method)
                          else None)
 
-    def segment(self, model, run, level, y, keys, j0, j1, sl):
-        seg, run.imex[sl], solves = _ode_call(model, self.solver, self.fallback, self.controller, y,
-                                              run.t_grid[j0: j1 + 1], self.spec.max_steps, self.floor, run.imex[sl])
+    def segment(self, model, run, level, y, keys, j0, j1, lanes, n_real):
+        seg, imex, solves = _ode_call(model, self.solver, self.fallback, self.controller, y, run.t_grid[j0: j1 + 1],
+                                      self.spec.max_steps, self.floor, run.imex[lanes], n_real)
+        run.imex[lanes[:n_real]] = imex[:n_real]
         run.fallback_solves += solves
         return seg
 

@@ -131,19 +131,22 @@ class Recording(eqx.Module):
 
 
 class Execution(eqx.Module):
-    """How a run's work is cut, placed and kept safe; none of it changes the numbers.
+    """How a run's work is cut, placed and kept safe. None of it changes the discrete engine's numbers; the
+    slow engine's change in the last bits with the batch shape of a call (``paths_per_call``, ``devices``),
+    within 1e-12 relative.
 
     Both engines:
     - ``dtype``: float64 (default) or float32;
     - ``progress``: a progress bar (True, False, or None: shown in a terminal or notebook);
     - ``checkpoint``: an .npz path; the run writes its state there and, if the file exists at the start,
-      continues from it with the same numbers as an uninterrupted run.
+      continues from it with the same numbers as an uninterrupted run;
+    - ``devices``: the devices to spread the independent lanes over (default ``jax.devices()``): the
+      discrete engine's (configuration, path) lanes, the slow engine's paths of each call.
 
     Discrete engine:
     - ``checkpoint_every_s``: seconds between checkpoint writes (0: after every record);
     - ``chunk_steps``: at most this many steps per compiled call (progress and checkpoints between calls);
     - ``block_steps``: steps per block of the fast path (1: the plain path, a checked step at a time);
-    - ``devices``: the devices to spread the (configuration, path) lanes over (default ``jax.devices()``);
     - ``divergence_bound``: a path whose |θ| exceeds it (or turns non-finite) is frozen and flagged; inf: no
       bound beyond finiteness;
     - ``on_chunk(run)``: called after every recorded point with the run in progress.
@@ -185,8 +188,7 @@ class Execution(eqx.Module):
 
 
 # the fields only one engine uses: the other refuses them when they are set
-DISCRETE_FIELDS = {"execution": ("checkpoint_every_s", "chunk_steps", "block_steps", "devices", "divergence_bound",
-                                 "on_chunk"),
+DISCRETE_FIELDS = {"execution": ("checkpoint_every_s", "chunk_steps", "block_steps", "divergence_bound", "on_chunk"),
                    "recording": ("record_observables", "record_to")}
 SLOW_FIELDS = {"execution": ("paths_per_call", "records_per_call"), "start": ("project_max_steps",)}
 

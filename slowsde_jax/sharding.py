@@ -1,10 +1,13 @@
-"""Spreading the discrete engine's lanes over devices with ``jax.sharding``.
+"""Spreading the engines' lanes over devices with ``jax.sharding``.
 
 The engine's state has two leading batch axes, configurations of a sweep (``n_cfg``) and paths
 (``n_paths``); every lane is independent of the others. ``lane_mesh`` lays the devices out as a 2-D
 ``jax.sharding.Mesh`` with axes ``("cfg", "paths")`` and ``lane_sharding`` splits those two axes
 over it, so the same jitted step runs on every device with no communication inside a step (the only
 collectives are the one-flag reductions at block ends, see ``slowsde_jax.discrete._advance``).
+
+The slow engine's paths are independent too: ``path_mesh`` is a 1-D ``("paths",)`` mesh, and each compiled
+call of the slow engine takes its group of paths split over it (``path_sharding``, ``path_lanes``).
 
 Several hosts: call ``jax.distributed.initialize()`` in every process first; ``jax.devices()`` then lists
 the devices of all hosts and the same call shards over all of them. ``to_host`` gathers a sharded array
@@ -25,7 +28,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import ArrayLike, PyTree
 
-__all__ = ["mesh_shape", "padded_paths", "lane_mesh", "lane_sharding", "config_sharding", "place", "to_host"]
+__all__ = ["mesh_shape", "padded_paths", "lane_mesh", "lane_sharding", "config_sharding", "path_mesh",
+           "path_sharding", "path_lanes", "place", "to_host"]
 
 
 def mesh_shape(n_cfg: int, n_paths: int, n_devices: int) -> tuple[int, int]:
@@ -68,6 +72,25 @@ def lane_sharding(mesh: Mesh) -> NamedSharding:
 def config_sharding(mesh: Mesh) -> NamedSharding:
     """A leading axis (n_cfg,) split over the mesh's "cfg" axis (hyperparameters, targets)."""
     return NamedSharding(mesh, PartitionSpec("cfg"))
+
+
+def path_mesh(n_paths: int, devices: Optional[Sequence] = None) -> Optional[Mesh]:
+    """The slow engine's mesh: a 1-D ``("paths",)`` mesh over at most ``n_paths`` of ``devices`` (default
+    ``jax.devices()``), or None for a single device."""
+    devs = list(jax.devices() if devices is None else devices)[: max(1, int(n_paths))]
+    return Mesh(np.asarray(devs, dtype=object), ("paths",)) if len(devs) > 1 else None
+
+
+def path_sharding(mesh: Mesh) -> NamedSharding:
+    """A leading paths axis split over the mesh's "paths" axis; the rest replicated."""
+    return NamedSharding(mesh, PartitionSpec("paths"))
+
+
+def path_lanes(start: int, n_real: int, mesh: Optional[Mesh]) -> np.ndarray:
+    """Indices of the paths start ... start + n_real - 1, followed by repeats of ``start`` up to a multiple of
+    the mesh's devices: the lanes of one call of the slow engine (the repeats are dropped from its results)."""
+    lanes = padded_paths(n_real, mesh)
+    return np.concatenate([np.arange(start, start + n_real), np.full(lanes - n_real, start)]).astype(np.int64)
 
 
 def place(tree: PyTree[ArrayLike], sharding: jax.sharding.Sharding) -> PyTree[jax.Array]:

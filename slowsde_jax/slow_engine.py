@@ -18,6 +18,7 @@ import numpy as np
 
 from . import geometry as geo
 from . import _checkpoint
+from . import sharding as _sharding
 from .inputs import explain_start_failure, parse_inputs, run_meta
 from .integrators import AbstractSlowIntegrator, default_integrator
 from .methods import AbstractMethod
@@ -89,6 +90,7 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Ab
     t_grid = np.linspace(0.0, float(T), inputs.n_record + 1)
     plan = integrator.plan(problem, noise, method, t_grid, inputs.dtype)
     paths_per_call = execution.paths_per_call or inputs.n_paths
+    mesh = _sharding.path_mesh(min(paths_per_call, inputs.n_paths), execution.devices)
     records_per_call = execution.records_per_call or (1 if execution.checkpoint is not None else inputs.n_record)
     records_per_call = min(records_per_call, inputs.n_record)
     model = SlowSDEModel(problem, noise, method, c, plan.alpha, integrator.rank)
@@ -117,12 +119,16 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Ab
         for level, run in enumerate(runs):
             ys, ok = [], []
             for p0 in range(0, inputs.n_paths, paths_per_call):
-                sl = slice(p0, min(p0 + paths_per_call, inputs.n_paths))
-                y = jax.tree_util.tree_map(lambda x: jnp.asarray(x[sl], inputs.dtype), run.y)
-                seg = plan.segment(model, run, level, y, path_keys[sl], j0, j1, sl)
-                ys.append(jax.tree_util.tree_map(np.asarray, seg[0]))
-                ok.append(np.asarray(seg[1]))
-                bar.update(float(t_grid[j1] - t_grid[j0]) * (sl.stop - sl.start) / work)
+                n_real = min(paths_per_call, inputs.n_paths - p0)
+                lanes = _sharding.path_lanes(p0, n_real, mesh)  # padded to a multiple of the devices
+                y = jax.tree_util.tree_map(lambda x: np.asarray(x[lanes], inputs.dtype), run.y)
+                keys = path_keys[lanes]
+                if mesh is not None:
+                    y, keys = _sharding.place((y, keys), _sharding.path_sharding(mesh))
+                seg = plan.segment(model, run, level, y, keys, j0, j1, lanes, n_real)
+                ys.append(jax.tree_util.tree_map(lambda x: _sharding.to_host(x)[:n_real], seg[0]))
+                ok.append(_sharding.to_host(seg[1])[:n_real])
+                bar.update(float(t_grid[j1] - t_grid[j0]) * n_real / work)
             run.extend(tuple(np.concatenate([y[i] for y in ys]) for i in range(2)), np.concatenate(ok),
                        j0, plan.alpha is None)
         if checkpoint is not None:

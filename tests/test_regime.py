@@ -36,7 +36,7 @@ def test_report_names_the_coordinates_and_fits_the_growth_of_the_discrete_S(q, s
     ratio = np.median([1.0 / (np.sqrt(1e-10) + 1e-8) / s_disc, 1.0 / (np.sqrt(1e-8) + 1e-8) / s_disc])
     np.testing.assert_allclose(rep["eta_reach"], 0.01 * ratio ** (-1.0 / q), rtol=1e-5)
     text = regime.describe_regime(rep, D)
-    assert "on 2 of 12 coordinate(s)" in text and "U[1]" in text and f"eta^-{q:.2f}" in text and "below 1" in text
+    assert "on 2 of 12 coordinate(s)" in text and "U[1]" in text and f"eta^-{q:.2f}" in text and "below 1" in text and "may be pre-asymptotic" in text
 
 
 def test_nothing_to_report(small_factorization):

@@ -185,11 +185,12 @@ def _ode_segment(model, solver, controller, y, t_save, max_steps, floor=(0.0, 0.
     return map_paths(lambda y0: one(y0, t_save), y, _matrix_size(model))
 
 
-def _ode_call(model, solver, fallback, controller, y, t_save, max_steps, floor, on_imex):
+def _ode_call(model, solver, fallback, controller, y, t_save, max_steps, floor, on_imex, n_real=None):
     """One compiled call of the label-noise ODE for a group of P paths from the states ``y`` at t_save[0]
     through t_save[1:] (m + 1,), with the default solver's IMEX ``fallback`` (None: ``solver`` alone).
-    ``on_imex`` (P,) bool: the paths already handed to the fallback. Returns (((zeta, v) records (P, m, D),
-    solved (P,)), the new ``on_imex``, the number of solves the fallback made).
+    ``on_imex`` (P,) bool: the paths already handed to the fallback; ``n_real``: the paths to count (the rest
+    repeat one of them, to fill the devices; default all). Returns (((zeta, v) records (P, m, D), solved (P,)),
+    the new ``on_imex``, the number of solves the fallback made for the counted paths).
 
     A group with a path on the fallback runs on it (a stiffness that held Tsit5 does not go away). Otherwise
     ``solver`` gets at most ``EXPLICIT_STEPS_BEFORE_IMEX`` steps, and a path whose solve fails is solved
@@ -198,12 +199,13 @@ def _ode_call(model, solver, fallback, controller, y, t_save, max_steps, floor, 
     m - 1; the result is discarded), so that under ``vmap`` it does not set the solve's length. Every
     fallback solve takes a save grid per path, so the fallback compiles once per number of records."""
     m, steps = len(t_save) - 1, max_steps * (len(t_save) - 1)
+    n_real = len(on_imex) if n_real is None else n_real
     t_save = np.asarray(t_save)
     if fallback is not None and on_imex.any():
         with host_checked():
             seg = _ode_segment(model, fallback, controller, y, jnp.asarray(np.tile(t_save, (len(on_imex), 1))),
                                steps)
-        return seg, on_imex, len(on_imex)
+        return seg, on_imex, n_real
     with host_checked():
         seg = _ode_segment(model, solver, controller, y, jnp.asarray(t_save),
                            steps if fallback is None else min(steps, EXPLICIT_STEPS_BEFORE_IMEX), floor)
@@ -221,6 +223,6 @@ def _ode_call(model, solver, fallback, controller, y, t_save, max_steps, floor, 
             model, fallback, controller, tuple(jnp.asarray(a) for a in start), jnp.asarray(ts), steps))
     redone = ~solved[:, None] & (np.arange(m)[None, :] >= k[:, None])  # (P, m): records taken from the redo
     return (((np.where(redone[..., None], z2, zeta), np.where(redone[..., None], v2, v)), solved | ok2),
-            on_imex | ~solved, int(np.sum(~solved)))
+            on_imex | ~solved, int(np.sum(~solved[:n_real])))
 
 
