@@ -76,8 +76,11 @@ def config_sharding(mesh: Mesh) -> NamedSharding:
 
 def path_mesh(n_paths: int, devices: Optional[Sequence] = None) -> Optional[Mesh]:
     """The slow engine's mesh: a 1-D ``("paths",)`` mesh over at most ``n_paths`` of ``devices`` (default
-    ``jax.devices()``), or None for a single device."""
-    devs = list(jax.devices() if devices is None else devices)[: max(1, int(n_paths))]
+    ``jax.devices()``), or None for a single device. Under several processes every device is kept, so that
+    each process holds a shard of every call (and takes part in gathering it)."""
+    devs = list(jax.devices() if devices is None else devices)
+    if jax.process_count() == 1:
+        devs = devs[: max(1, int(n_paths))]
     return Mesh(np.asarray(devs, dtype=object), ("paths",)) if len(devs) > 1 else None
 
 
@@ -101,7 +104,8 @@ def place(tree: PyTree[ArrayLike], sharding: jax.sharding.Sharding) -> PyTree[ja
         if isinstance(x, jax.Array) and x.is_fully_addressable:
             return jax.device_put(x, sharding)
         x = np.asarray(x)
-        return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+        return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx], dtype=x.dtype)  # (a process
+        # whose devices hold no shard still needs the dtype)
 
     return jax.tree_util.tree_map(put, tree)
 

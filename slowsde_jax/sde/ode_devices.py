@@ -11,6 +11,7 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, ArrayLike, Float
 
+from ..sharding import to_host
 from .. import geometry as geo
 from .._batching import map_paths
 from .._runtime_checks import host_checked
@@ -209,7 +210,7 @@ def _ode_call(model, solver, fallback, controller, y, t_save, max_steps, floor, 
     with host_checked():
         seg = _ode_segment(model, solver, controller, y, jnp.asarray(t_save),
                            steps if fallback is None else min(steps, EXPLICIT_STEPS_BEFORE_IMEX), floor)
-    (zeta, v), solved = jax.tree_util.tree_map(np.asarray, seg)
+    (zeta, v), solved = jax.tree_util.tree_map(to_host, seg)  # gathered from every process's devices
     if fallback is None or solved.all():
         return seg, on_imex, 0
     reached = np.argmin(np.concatenate([_finite_records(zeta, v), np.zeros((len(solved), 1), bool)], axis=1),

@@ -1,0 +1,95 @@
+"""Both engines under ``jax.distributed``: several processes on this machine, each with CPU devices and gloo
+collectives, started by the test, against the one-process run.
+
+The discrete engine's lanes span every device of every process (``jax.devices()`` is global once
+``jax.distributed.initialize`` has run); records are gathered onto every process. The slow engine spreads
+each call's paths the same way."""
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import slowsde_jax as S
+from slowsde_jax import noise, problems
+
+WORKER = textwrap.dedent("""
+    import sys
+    import jax
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    pid, nproc, port, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=nproc, process_id=pid)
+    import numpy as np
+    import slowsde_jax as S
+    from slowsde_jax import noise, problems
+    NET = problems.diagonal_net(d=4, n=3, k=1, key=0, n_test=10)
+    FACT = problems.matrix_factorization(d1=3, d2=3, rank=1, n=5, key=0, model_rank=2)
+    ex = S.Execution(block_steps=8, progress=False)
+    disc = S.simulate_discrete(NET, noise.label_noise(0.5), S.adam(c=5.0), T=0.2, n_paths=5, key=3, n_record=3,
+                               sweep={"eta": [0.05, 0.07]}, execution=ex)
+    ode = S.simulate_slow_sde(FACT, noise.label_noise(0.5), S.adam(c=5.0, eps=1e-6), T=0.05, n_paths=5, key=2,
+                              n_record=2, execution=S.Execution(progress=False))
+    sde = S.simulate_slow_sde(NET, noise.label_noise(0.5), S.adam(c=5.0), T=0.01, n_paths=7, key=4, n_record=2,
+                              integrator=S.ProjectedEulerMaruyama(dt=2.5e-3),
+                              execution=S.Execution(paths_per_call=3, progress=False))
+    np.savez(f"{out}.{pid}.npz", devices=len(jax.devices()), processes=jax.process_count(),
+             **{f"disc{i}.{k}": getattr(t, k) for i, t in enumerate(disc) for k in ("theta", "v")},
+             ode=ode.theta, sde=sde.theta)
+""")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(tmp_path, n_proc, devices_each):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_each}", JAX_PLATFORMS="cpu")
+    port, out = str(_free_port()), str(tmp_path / "out")
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(i), str(n_proc), port, out], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(n_proc)]
+    logs = []
+    try:
+        for p in procs:
+            logs.append(p.communicate(timeout=400)[0].decode(errors="replace"))
+    finally:
+        for p in procs:
+            p.kill()
+    assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
+    return [dict(np.load(f"{out}.{i}.npz")) for i in range(n_proc)]
+
+
+@pytest.fixture(scope="module")
+def single():
+    NET = problems.diagonal_net(d=4, n=3, k=1, key=0, n_test=10)
+    FACT = problems.matrix_factorization(d1=3, d2=3, rank=1, n=5, key=0, model_rank=2)
+    disc = S.simulate_discrete(NET, noise.label_noise(0.5), S.adam(c=5.0), T=0.2, n_paths=5, key=3, n_record=3,
+                               sweep={"eta": [0.05, 0.07]}, execution=S.Execution(block_steps=8))
+    ode = S.simulate_slow_sde(FACT, noise.label_noise(0.5), S.adam(c=5.0, eps=1e-6), T=0.05, n_paths=5, key=2,
+                              n_record=2)
+    sde = S.simulate_slow_sde(NET, noise.label_noise(0.5), S.adam(c=5.0), T=0.01, n_paths=7, key=4, n_record=2,
+                              integrator=S.ProjectedEulerMaruyama(dt=2.5e-3), execution=S.Execution(paths_per_call=3))
+    return disc, ode, sde
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n_proc,devices_each", [(2, 2), (4, 1)], ids=["2x2", "4x1"])
+def test_several_processes_give_the_one_process_numbers(tmp_path, single, n_proc, devices_each):
+    """A sweep of 2 step sizes x 5 paths (uneven over 4 devices) in the discrete engine: bit for bit in every
+    process. The slow engine's label-noise ODE and projected Euler-Maruyama: to rounding (its numbers move in
+    the last bits with a call's batch shape, see tests/test_sharding.py), the same in every process."""
+    disc, ode, sde = single
+    outs = _launch(tmp_path, n_proc, devices_each)
+    for out in outs:
+        assert int(out["devices"]) == 4 and int(out["processes"]) == n_proc
+        for i, tr in enumerate(disc):
+            np.testing.assert_array_equal(out[f"disc{i}.theta"], tr.theta)
+            np.testing.assert_array_equal(out[f"disc{i}.v"], tr.v)
+        np.testing.assert_allclose(out["ode"], ode.theta, rtol=1e-12, atol=1e-13)
+        np.testing.assert_allclose(out["sde"], sde.theta, rtol=1e-12, atol=1e-13)
+        np.testing.assert_array_equal(out["ode"], outs[0]["ode"])
+        np.testing.assert_array_equal(out["sde"], outs[0]["sde"])
