@@ -9,7 +9,7 @@ collectives are the one-flag reductions at block ends, see ``slowsde_jax.discret
 The slow engine's paths are independent too: ``path_mesh`` is a 1-D ``("paths",)`` mesh, and each compiled
 call of the slow engine takes its group of paths split over it (``path_sharding``, ``path_lanes``).
 
-Several hosts: call ``jax.distributed.initialize()`` in every process first; ``jax.devices()`` then lists
+Several processes: call ``jax.distributed.initialize()`` in every process first; ``jax.devices()`` then lists
 the devices of all hosts and the same call shards over all of them. ``to_host`` gathers a sharded array
 onto every host for recording.
 
