@@ -4,6 +4,10 @@
     slowsde compare CONFIG.yaml [--set key=value ...] [--out DIR] [--quiet] [--no-cache]
     slowsde --version
 
+Several processes (``jax.distributed``): add ``--coordinator HOST:PORT --num-processes N --process-id I`` to
+the same command in every process, or ``--distributed`` to read them from the cluster's environment; every
+process computes, process 0 writes the run folder and prints.
+
 ``run`` runs a YAML config (the built-in default without CONFIG) and writes a run folder under DIR (default
 ``runs/``): config.yaml, summary.json, trajectories.npz and observables.png; it prints a short table as soon
 as the discrete runs are done.
@@ -32,6 +36,34 @@ from ._version import __version__
 from .compile_cache import enable_compilation_cache
 from .geometry import ProjectionError
 from .validation import ConfigError
+
+
+def _start_distributed(args: argparse.Namespace) -> None:
+    """``jax.distributed.initialize`` from the flags (all three, checked first), or from the cluster's
+    environment with ``--distributed``; nothing without them. CPU devices use gloo collectives."""
+    given = {k: getattr(args, k) for k in ("coordinator", "num_processes", "process_id")}
+    if not any(v is not None for v in given.values()) and not args.distributed:
+        return
+    if any(v is not None for v in given.values()):
+        missing = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is None]
+        if missing:
+            raise ConfigError(missing[0], "--coordinator, --num-processes and --process-id go together (or give "
+                                          "--distributed alone to read them from the cluster's environment)")
+        host, _, port = args.coordinator.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError("--coordinator", f"must be HOST:PORT, e.g. 127.0.0.1:12355, got {args.coordinator!r}")
+        if args.num_processes < 1:
+            raise ConfigError("--num-processes", f"must be >= 1, got {args.num_processes}")
+        if not 0 <= args.process_id < args.num_processes:
+            raise ConfigError("--process-id", f"must be in 0 ... {args.num_processes - 1}, got {args.process_id}")
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if any(v is not None for v in given.values()):
+        jax.distributed.initialize(coordinator_address=args.coordinator, num_processes=args.num_processes,
+                                   process_id=args.process_id)
+    else:
+        jax.distributed.initialize()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -91,12 +123,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p_cmp.add_argument("--quiet", action="store_true", help="no progress bars")
     p_cmp.add_argument("--no-cache", action="store_true", help=_NO_CACHE_HELP)
     p_cmp.set_defaults(func=cmd_compare)
+    for p in (p_run, p_cmp):
+        group = p.add_argument_group("several processes (jax.distributed; process 0 writes the run folder)")
+        group.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0's coordinator")
+        group.add_argument("--num-processes", type=int, metavar="N", help="number of processes")
+        group.add_argument("--process-id", type=int, metavar="I", help="this process's id, 0 ... N-1")
+        group.add_argument("--distributed", action="store_true",
+                           help="read the three from the cluster's environment (SLURM, ...)")
     sub.add_parser("default-config", help="print the built-in default config").set_defaults(
         func=lambda a: print(__import__("slowsde_jax.config", fromlist=["x"]).default_config_text(), end="") or 0)
     args = parser.parse_args(argv)
     if args.command in ("run", "compare") and not args.no_cache:
         enable_compilation_cache()
     try:
+        if args.command in ("run", "compare"):
+            _start_distributed(args)
         return args.func(args)
     except ConfigError as e:
         print(f"slowsde: error: {e}", file=sys.stderr)

@@ -7,9 +7,14 @@ Each job checks the whole config before it makes a run folder or compiles anythi
 writes the folder's files atomically (``runs``), and reports what it does through ``echo``, called like
 ``print`` (``print`` by default; ``echo=lambda *a, **k: None`` for silence). The command line (``cli``) only parses its arguments
 and turns the outcome into an exit status.
+
+Under ``jax.distributed`` (several processes) every process runs the same job and computes the same
+numbers; process 0 alone makes the run folder (its path is broadcast), writes its files and checkpoints,
+and reports.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -18,7 +23,9 @@ import time
 from pathlib import Path
 from typing import Callable, Optional, Union
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from . import config as cfgmod
 from . import runs
@@ -62,6 +69,27 @@ class CompareResult:
     comparison: dict
 
 
+def _is_writer() -> bool:
+    """Whether this process writes the run folder and reports: process 0 (the only one without
+    ``jax.distributed``). Every process computes; the others write nothing and say nothing."""
+    return jax.process_index() == 0
+
+
+def _shared_folder(out, name: str) -> Path:
+    """A new run folder made by process 0, its path the same in every process (broadcast from process 0)."""
+    folder = runs.new_folder(out, name) if _is_writer() else None
+    if jax.process_count() == 1:
+        return folder
+    from jax.experimental import multihost_utils
+
+    raw = np.zeros(4096, np.uint8)
+    if folder is not None:
+        encoded = np.frombuffer(str(folder).encode(), np.uint8)
+        raw[: encoded.size] = encoded
+    raw = np.asarray(multihost_utils.broadcast_one_to_all(raw))
+    return Path(bytes(raw[raw > 0]).decode())
+
+
 def _pm(mean, se) -> str:
     """"1.234±0.05", or "1.234" when the standard error is unknown (one stochastic path) or zero."""
     return f"{mean:.4g}" if not se == se or se == 0 else f"{mean:.4g}±{se:.2g}"
@@ -97,8 +125,9 @@ def run(cfg: Optional[dict] = None, *, out: Union[str, os.PathLike] = "runs", qu
     Raises ConfigError naming the field for a bad config, before the folder is made."""
     cfg = cfgmod.load_config(None) if cfg is None else cfg
     plan = cfgmod.prepare(cfg)  # every check, before a folder is made or anything compiles
-    folder = runs.new_folder(out, cfg.get("name", "run"))
-    runs.write_config(folder, cfg)
+    folder = _shared_folder(out, cfg.get("name", "run"))
+    if _is_writer():
+        runs.write_config(folder, cfg)
     return _run_in(folder, cfg, plan, quiet, echo, resumed=False)
 
 
@@ -114,7 +143,8 @@ def resume(folder: Union[str, os.PathLike], *, quiet: bool = False, echo: Callab
         raise ConfigError("--resume", f"'{folder}' holds a completed run (summary.json); start a new run instead")
     for ck in sorted((folder / "checkpoints").glob("*.npz")):
         if ck.name.startswith("."):  # a temporary file of an interrupted atomic write: never a checkpoint
-            ck.unlink(missing_ok=True)
+            if _is_writer():
+                ck.unlink(missing_ok=True)
             continue
         _check_npz(ck)
     plan = cfgmod.prepare(cfg)
@@ -125,16 +155,20 @@ def _run_in(folder: Path, cfg: dict, plan, quiet: bool, echo: Callable, resumed:
     problem, noise, planned = plan.problem, plan.noise, plan.runs
     dtype = jnp.float32 if cfg.get("dtype") == "float32" else None
     progress = False if quiet else None
+    writer, several = _is_writer(), jax.process_count() > 1
+    if not writer:  # every process computes; process 0 alone writes and reports
+        echo = _silent
     ckpts = folder / "checkpoints"
     try:
-        ckpts.mkdir(exist_ok=True)
+        if writer:
+            ckpts.mkdir(exist_ok=True)
     except OSError as e:
         raise runs.RunIOError(e.errno, runs.describe_os_error(e, ckpts)) from None
     summary = {"name": cfg.get("name", "run"), "seed": cfg.get("seed", 0), "config": cfg,
                "environment": runs.environment(), "started": time.strftime("%Y-%m-%d %H:%M:%S"), "resumed": resumed}
     echo(f"run folder: {folder}" + (" (resumed)" if resumed else ""))
     t0 = time.time()
-    with runs.status_guard(folder, summary):
+    with runs.status_guard(folder, summary) if writer else contextlib.nullcontext():
         trajs = {}
         for name, method, kw in planned:
             done = ckpts / f"{name}.done.npz"
@@ -143,16 +177,20 @@ def _run_in(folder: Path, cfg: dict, plan, quiet: bool, echo: Callable, resumed:
                 continue
             kw = dict(kw)
             start = Start(v0=kw.pop("v0", "zeros"))
-            recording = Recording(record_state=kw.pop("record_state", True), record_to=folder / "records" / name)
+            # several processes keep the records in memory: streamed files would be read before process 0 wrote them
+            recording = Recording(record_state=kw.pop("record_state", True),
+                                  record_to=None if several else folder / "records" / name)
             execution = Execution(dtype=dtype, progress=progress, chunk_steps=cfg.get("chunk_steps", 1_000_000),
                                   divergence_bound=cfg.get("divergence_bound", 1e10), checkpoint=ckpts / f"{name}.npz",
                                   checkpoint_every_s=cfg.get("checkpoint_every_s", 30.0))
             out = simulate_discrete(problem, noise, method, n_paths=kw.pop("n_paths", 1), key=cfg.get("seed", 0),
                                     start=start, recording=recording, execution=execution, **kw)
             trajs[name] = out if isinstance(out, list) else [out]
-            runs.save_trajectories(done, {name: trajs[name]})
-            (ckpts / f"{name}.npz").unlink(missing_ok=True)
-        runs.save_trajectories(folder / "trajectories.npz", trajs)  # the discrete results, safe before what follows
+            if writer:
+                runs.save_trajectories(done, {name: trajs[name]})
+                (ckpts / f"{name}.npz").unlink(missing_ok=True)
+        if writer:
+            runs.save_trajectories(folder / "trajectories.npz", trajs)  # the discrete results, safe before what follows
         run_summary = runs.summarize(trajs)
         echo(summary_table(run_summary), flush=True)  # the first result, before the slow flow compiles
         view = {}
@@ -165,20 +203,22 @@ def _run_in(folder: Path, cfg: dict, plan, quiet: bool, echo: Callable, resumed:
                 echo(f"warning: slow flow left out: {e}", file=sys.stderr)
             if view:
                 summary["slow_flow"] = theory_summary(view, methods)
-                plot_slow_flow(view, summary["slow_flow"], folder / "slow_flow.png")
-        if view:  # add the slow-flow results to the discrete ones written above
+                if writer:
+                    plot_slow_flow(view, summary["slow_flow"], folder / "slow_flow.png")
+        if view and writer:  # add the slow-flow results to the discrete ones written above
             saved = dict(trajs)
             for name, entry in view.items():
                 saved.update({f"{name}.at_phi": [entry["projected"]], f"{name}.slow_ode": [entry["slow_ode"]]})
             runs.save_trajectories(folder / "trajectories.npz", saved)
-        for name, _, _ in planned:  # the finished-run checkpoints are now in trajectories.npz
-            (ckpts / f"{name}.done.npz").unlink(missing_ok=True)
-        if not any(ckpts.iterdir()):
-            ckpts.rmdir()
         summary.update(status="completed", runs=run_summary, elapsed_s=time.time() - t0)
-        plot_observables(trajs, folder / "observables.png", log_y=LOSS_NAMES)
-        runs.write_json(folder / "summary.json", summary)
-        shutil.rmtree(folder / "records", ignore_errors=True)  # streamed while running; trajectories.npz has them
+        if writer:
+            for name, _, _ in planned:  # the finished-run checkpoints are now in trajectories.npz
+                (ckpts / f"{name}.done.npz").unlink(missing_ok=True)
+            if not any(ckpts.iterdir()):
+                ckpts.rmdir()
+            plot_observables(trajs, folder / "observables.png", log_y=LOSS_NAMES)
+            runs.write_json(folder / "summary.json", summary)
+            shutil.rmtree(folder / "records", ignore_errors=True)  # streamed while running; trajectories.npz has them
     if "slow_flow" in summary:
         echo()
         echo(theory_table(summary["slow_flow"]))
@@ -190,6 +230,10 @@ def _run_in(folder: Path, cfg: dict, plan, quiet: bool, echo: Callable, resumed:
     figs = "observables.png" + (", slow_flow.png" if "slow_flow" in summary else "")
     echo(f"wrote {folder}/summary.json, trajectories.npz, {figs} ({time.time() - t0:.1f} s)")
     return RunResult(folder=folder, summary=summary, trajectories=trajs)
+
+
+def _silent(*args, **kwargs) -> None:
+    """``echo`` of the processes other than process 0."""
 
 
 def _folder_status(folder: Path) -> Optional[str]:
@@ -235,14 +279,18 @@ def compare(cfg: dict, *, out: Union[str, os.PathLike] = "runs", quiet: bool = F
     cmp = cfg["compare"]
     plan = cfgmod.prepare(cfg, command="compare")  # every check, before a folder is made or anything compiles
     problem, noise = plan.problem, plan.noise
-    folder = runs.new_folder(out, cfg.get("name", "compare"))
-    runs.write_config(folder, cfg)
+    folder = _shared_folder(out, cfg.get("name", "compare"))
+    writer = _is_writer()
+    if writer:
+        runs.write_config(folder, cfg)
+    else:  # every process computes; process 0 alone writes and reports
+        echo = _silent
     summary = {"kind": "compare", "seed": cfg.get("seed", 0), "config": cfg, "environment": runs.environment()}
     echo(f"run folder: {folder}")
     t0 = time.time()
     seed, T, n_record = cfg.get("seed", 0), cfg["T"], cfg.get("n_record", 10)
     execution = Execution(progress=False if quiet else None)
-    with runs.status_guard(folder, summary):
+    with runs.status_guard(folder, summary) if writer else contextlib.nullcontext():
         result, trajs = {}, {}
         for name, method, kw in plan.runs:
             sde_traj = simulate_slow_sde(problem, noise, method, T=T, n_paths=cmp.get("sde_paths", cfg.get("n_paths", 1)),
@@ -254,7 +302,7 @@ def compare(cfg: dict, *, out: Union[str, os.PathLike] = "runs", quiet: bool = F
             res = eta_sweep(problem, noise, method, cmp["etas"], T, cfg.get("n_paths", 1), seed, sde_traj, names,
                             project=cmp.get("project", True),
                             start=Start(v0=cfg.get("v0", "equilibrium")), execution=execution)
-            for obs in names:
+            for obs in names if writer else []:
                 plot_sweep(res, obs, folder / f"weak_error_{name}_{obs}.png")
                 plot_cloud(res["trajectories"][-1], sde_traj, obs, folder / f"cloud_{name}_{obs}.png")
             result[name] = {"sde_engine": sde_traj.meta["engine"], "etas": res["etas"], "observables": res["observables"],
@@ -262,10 +310,11 @@ def compare(cfg: dict, *, out: Union[str, os.PathLike] = "runs", quiet: bool = F
                             "final": {f"{e:g}": c.summary() for e, c in zip(res["etas"], res["comparisons"])}}
             trajs[f"{name}.sde"] = [sde_traj]
             trajs[f"{name}.discrete"] = res["trajectories"]
-        runs.save_trajectories(folder / "trajectories.npz", trajs)
-        runs.write_json(folder / "comparison.json", result)
         summary.update(status="completed", elapsed_s=time.time() - t0)
-        runs.write_json(folder / "summary.json", summary)
+        if writer:
+            runs.save_trajectories(folder / "trajectories.npz", trajs)
+            runs.write_json(folder / "comparison.json", result)
+            runs.write_json(folder / "summary.json", summary)
     for name, r in result.items():
         echo(f"{name} (slow side: {r['sde_engine']}), weak error at T = {T:g} per eta {r['etas']}:")
         for obs, o in r["observables"].items():

@@ -63,7 +63,12 @@ def _has_widgets() -> bool:
 
 
 def enabled(progress: Optional[bool], file: Optional[IO] = None) -> bool:
-    """Whether a bar is shown for the engines' ``progress`` argument (see the module docstring)."""
+    """Whether a bar is shown for the engines' ``progress`` argument (see the module docstring). Under several
+    processes (``jax.distributed``) only process 0 shows bars."""
+    import jax
+
+    if jax.process_index() != 0:
+        return False
     env = os.environ.get("SLOWSDE_PROGRESS")
     if env is not None and env.strip() in ("0", "1"):
         return env.strip() == "1"

@@ -93,3 +93,61 @@ def test_several_processes_give_the_one_process_numbers(tmp_path, single, n_proc
         np.testing.assert_allclose(out["sde"], sde.theta, rtol=1e-12, atol=1e-13)
         np.testing.assert_array_equal(out["ode"], outs[0]["ode"])
         np.testing.assert_array_equal(out["sde"], outs[0]["sde"])
+
+
+@pytest.mark.parametrize("flags,field", [
+    (["--coordinator", "127.0.0.1:1"], "--num-processes"),
+    (["--coordinator", "nohost", "--num-processes", "2", "--process-id", "0"], "--coordinator"),
+    (["--coordinator", "127.0.0.1:1", "--num-processes", "0", "--process-id", "0"], "--num-processes"),
+    (["--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "2"], "--process-id"),
+])
+def test_distributed_flags_are_checked_before_any_work(flags, field, tmp_path, capsys):
+    from slowsde_jax import cli
+
+    assert cli.main(["run", "--out", str(tmp_path), "--quiet", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"slowsde: error: {field}:") and err.count("\n") == 0, err
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_the_cli_under_two_processes_writes_one_run_folder_with_the_one_process_numbers(tmp_path):
+    """``slowsde run`` in two processes (two CPU devices each) with the distributed flags: both exit 0, process
+    0 alone makes the run folder and prints, and its trajectories equal a one-process run's to rounding. (Not
+    bit for bit here: one of the 5 paths, the one that shares its device with a padding lane, differs by
+    2.8e-16 relative; the API test above is bit for bit. Not explained yet.)"""
+    import yaml
+
+    from slowsde_jax import cli, config, load_run
+
+    cfg = config.load_config(None)
+    cfg["problem"].update(d=6, n=4, k=2, n_test=50)
+    cfg.update(n_paths=5, n_record=2, slow_flow=False)
+    cfg.pop("T", None)
+    cfg["steps"] = 40
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    port = str(_free_port())
+    procs = [subprocess.Popen([sys.executable, "-m", "slowsde_jax", "run", str(path), "--out", str(tmp_path / "multi"),
+                               "--quiet", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+                               "--process-id", str(i)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for i in range(2)]
+    outs = [p.communicate(timeout=400) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1].decode()[-2000:] for o in outs]
+    said = ["\n".join(line for line in o[0].decode().splitlines() if not line.startswith("[Gloo]")) for o in outs]
+    assert "run folder:" in said[0] and said[1].strip() == "", said  # gloo's own lines aside
+    (folder,) = list((tmp_path / "multi").iterdir())
+    assert cli.main(["run", str(path), "--out", str(tmp_path / "one"), "--quiet"]) == 0
+    (one,) = list((tmp_path / "one").iterdir())
+    multi_trajs, summary = load_run(folder)
+    one_trajs, _ = load_run(one)
+    assert summary["status"] == "completed" and not (folder / "checkpoints").exists()
+    for name in one_trajs:
+        a = multi_trajs[name] if isinstance(multi_trajs[name], list) else [multi_trajs[name]]
+        b = one_trajs[name] if isinstance(one_trajs[name], list) else [one_trajs[name]]
+        for x, y in zip(a, b):
+            np.testing.assert_allclose(x.theta, y.theta, rtol=1e-13, atol=1e-15)
+            assert (x.v is None) == (y.v is None)
+            if y.v is not None:
+                np.testing.assert_allclose(x.v, y.v, rtol=1e-13, atol=1e-15)
