@@ -111,7 +111,7 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Ab
         for run in runs:
             run.start(y, inputs.n_paths)
     path_keys = jax.random.split(k_run, inputs.n_paths)
-    work = inputs.n_paths * plan.levels  # path groups per record interval (x2 with Richardson)
+    work = inputs.n_paths * plan.levels  # a call of k paths moves the bar by k / work of its interval
     bar = progress_bar(float(T), f"slow {'SDE' if plan.alpha is None else 'ODE'} ({method.name})",
                        progress=execution.progress, unit="t", initial=float(t_grid[runs[0].done]))  # SDE time
     while runs[0].done < inputs.n_record:

@@ -216,7 +216,7 @@ def _ode_call(model, solver, fallback, controller, y, t_save, max_steps, floor, 
     reached = np.argmin(np.concatenate([_finite_records(zeta, v), np.zeros((len(solved), 1), bool)], axis=1),
                         axis=1)  # records before the first non-finite one
     k = np.where(solved, m - 1, np.minimum(reached, m - 1))  # restart from record k - 1 (or the start) at t_k
-    start = tuple(np.where((k > 0)[:, None], rec[np.arange(len(k)), np.maximum(k - 1, 0)], np.asarray(y0))
+    start = tuple(np.where((k > 0)[:, None], rec[np.arange(len(k)), np.maximum(k - 1, 0)], to_host(y0))
                   for rec, y0 in ((zeta, y[0]), (v, y[1])))
     ts = np.maximum(t_save[None, :], t_save[k][:, None])  # (P, m + 1), from t_k on
     with host_checked():
