@@ -27,7 +27,8 @@ from .options import Execution, Recording, Start, engine_options
 from .problems import AbstractProblem, observe_batch
 from .progress import progress_bar
 from .sharpness import sharpness_batch
-from .sde.coefficients import SlowSDEModel, _finite_records
+from ._batching import safe_batch
+from .sde.coefficients import SlowSDEModel, _finite_records, _matrix_size
 from .sde.start import _initial_state
 from .trajectory import Trajectory
 from .validation import ConfigError, check_range
@@ -94,6 +95,10 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Ab
     records_per_call = execution.records_per_call or (1 if execution.checkpoint is not None else inputs.n_record)
     records_per_call = min(records_per_call, inputs.n_record)
     model = SlowSDEModel(problem, noise, method, c, plan.alpha, integrator.rank)
+    if mesh is not None and jax.default_backend() == "cpu":
+        # a call's lanes in one vmap: map_paths' grouping (lax.map) over a sharded axis crashes XLA's SPMD
+        # partitioner, so a sharded call holds at most the CPU-safe batch, padded to the devices
+        paths_per_call = min(paths_per_call, max(1, safe_batch(_matrix_size(model)) // mesh.size) * mesh.size)
 
     # loop
     k_init, k_run = jax.random.split(inputs.key)

@@ -148,7 +148,11 @@ SLOW_SCRIPT = textwrap.dedent("""
     sde = S.simulate_slow_sde(NET, noise.label_noise(0.5), S.adam(c=5.0), T=0.01, n_paths=7, key=4, n_record=2,
                               integrator=S.ProjectedEulerMaruyama(dt=2.5e-3),
                               execution=S.Execution(devices=jax.devices(), paths_per_call=3))
-    np.savez(sys.argv[1], **{f"{name}.{k}": x for name, tr in (("ode", ode), ("sde", sde))
+    # more paths than the CPU-safe batch (39 for n = 10): calls capped so that no lax.map runs over the mesh
+    WIDE = problems.diagonal_net(d=20, n=10, k=2, key=0, n_test=10)
+    wide = S.simulate_slow_sde(WIDE, noise.label_noise(0.5), S.adam(c=5.0, eps=1e-6), T=0.05, n_paths=48, key=1,
+                               n_record=1, execution=S.Execution(devices=jax.devices()))
+    np.savez(sys.argv[1], **{f"{name}.{k}": x for name, tr in (("ode", ode), ("sde", sde), ("wide", wide))
                              for k, x in (("theta", tr.theta), ("v", tr.v), ("failed", tr.diverged_time))})
 """)
 
@@ -168,8 +172,11 @@ def test_slow_engine_paths_sharded_over_four_devices_equal_one_device_to_roundin
                               n_record=2)
     sde = S.simulate_slow_sde(NET, noise.label_noise(0.5), S.adam(c=5.0), T=0.01, n_paths=7, key=4, n_record=2,
                               integrator=S.ProjectedEulerMaruyama(dt=2.5e-3), execution=S.Execution(paths_per_call=3))
+    wide_net = problems.diagonal_net(d=20, n=10, k=2, key=0, n_test=10)
+    wide = S.simulate_slow_sde(wide_net, noise.label_noise(0.5), S.adam(c=5.0, eps=1e-6), T=0.05, n_paths=48, key=1,
+                               n_record=1)
     with np.load(out) as f:
-        for name, tr in (("ode", ode), ("sde", sde)):
+        for name, tr in (("ode", ode), ("sde", sde), ("wide", wide)):
             np.testing.assert_allclose(f[f"{name}.theta"], tr.theta, rtol=1e-12, atol=1e-13)
             np.testing.assert_allclose(f[f"{name}.v"], tr.v, rtol=1e-12, atol=1e-13)
             np.testing.assert_array_equal(f[f"{name}.failed"], tr.diverged_time)
