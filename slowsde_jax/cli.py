@@ -59,11 +59,15 @@ def _start_distributed(args: argparse.Namespace) -> None:
     import jax
 
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    if any(v is not None for v in given.values()):
-        jax.distributed.initialize(coordinator_address=args.coordinator, num_processes=args.num_processes,
-                                   process_id=args.process_id)
-    else:
-        jax.distributed.initialize()
+    try:
+        if any(v is not None for v in given.values()):
+            jax.distributed.initialize(coordinator_address=args.coordinator, num_processes=args.num_processes,
+                                       process_id=args.process_id)
+        else:
+            jax.distributed.initialize()
+    except (ValueError, RuntimeError) as e:  # e.g. --distributed outside a cluster: nothing to read
+        flag = "--distributed" if args.distributed and not any(v is not None for v in given.values()) else "--coordinator"
+        raise ConfigError(flag, f"jax.distributed could not start: {str(e).strip().splitlines()[0][:300]}") from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -110,6 +110,17 @@ def test_distributed_flags_are_checked_before_any_work(flags, field, tmp_path, c
     assert not any(tmp_path.iterdir())
 
 
+def test_distributed_outside_a_cluster_is_one_line(tmp_path):
+    """``--distributed`` where no cluster environment says who is who: exit 2 with one line naming the flag
+    (in a fresh process: jax.distributed may start only once per process)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM", "OMPI", "PMI"))}
+    p = subprocess.run([sys.executable, "-m", "slowsde_jax", "run", "--out", str(tmp_path), "--quiet", "--distributed"],
+                       env=env, capture_output=True, text=True, timeout=120)
+    err = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and err[-1].startswith("slowsde: error: --distributed: jax.distributed could not start"), p.stderr
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.mark.slow
 def test_the_cli_under_two_processes_writes_one_run_folder_with_the_one_process_numbers(tmp_path):
     """``slowsde run`` in two processes (two CPU devices each) with the distributed flags: both exit 0, process
