@@ -66,7 +66,8 @@ def _start_distributed(args: argparse.Namespace) -> None:
         else:
             jax.distributed.initialize()
     except (ValueError, RuntimeError) as e:  # e.g. --distributed outside a cluster: nothing to read
-        flag = "--distributed" if args.distributed and not any(v is not None for v in given.values()) else "--coordinator"
+        from_flags = any(v is not None for v in given.values())
+        flag = "--coordinator" if from_flags else "--distributed"
         raise ConfigError(flag, f"jax.distributed could not start: {str(e).strip().splitlines()[0][:300]}") from None
 
 

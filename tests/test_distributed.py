@@ -117,7 +117,8 @@ def test_distributed_outside_a_cluster_is_one_line(tmp_path):
     p = subprocess.run([sys.executable, "-m", "slowsde_jax", "run", "--out", str(tmp_path), "--quiet", "--distributed"],
                        env=env, capture_output=True, text=True, timeout=120)
     err = p.stderr.strip().splitlines()
-    assert p.returncode == 2 and err[-1].startswith("slowsde: error: --distributed: jax.distributed could not start"), p.stderr
+    assert p.returncode == 2, p.stderr
+    assert err[-1].startswith("slowsde: error: --distributed: jax.distributed could not start"), p.stderr
     assert not any(tmp_path.iterdir())
 
 
