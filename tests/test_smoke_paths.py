@@ -173,7 +173,7 @@ def test_jobs_run_resume_and_compare_from_a_notebook(tmp_path):
 
     lines = []
     echo = lambda *a, **k: lines.append(" ".join(map(str, a)))
-    cfg = smoke_size(config.load_config(None))
+    cfg = dict(smoke_size(config.load_config(None)), slow_flow=False)  # the default's slow flow: the config test
     result = jobs.run(cfg, out=tmp_path / "runs", quiet=True, echo=echo)
     assert result.folder.parent == tmp_path / "runs" and (result.folder / "summary.json").exists()
     assert set(result.trajectories) == set(cfg["runs"]) and result.n_diverged == 0
