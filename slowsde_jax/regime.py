@@ -31,8 +31,8 @@ REGIME_FACTOR = 2.0  # the slow flow's S over the discrete run's, above which a 
 
 
 def coordinate_names(problem: AbstractProblem) -> list[str]:
-    """A name per coordinate of theta (D,): its parameter leaf and its index in that leaf ("theta[3]", "U[0]",
-    "['W1'][5]" for a user pytree)."""
+    """A name per coordinate of theta (D,): its parameter leaf and its index in that leaf (``theta[3]``,
+    ``U[0]``, ``['W1'][5]`` for a user pytree)."""
     names = []
     for leaf, size in zip(problem.leaf_names, problem.leaf_sizes):
         names += [f"{leaf or 'theta'}[{i}]" for i in range(size)]
