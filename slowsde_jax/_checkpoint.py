@@ -13,7 +13,6 @@ import json
 from pathlib import Path
 from typing import Union
 
-import jax
 import numpy as np
 
 from ._io import atomic_write, read_npz
@@ -28,10 +27,8 @@ def _restart(path) -> str:
 
 
 def save(path: Union[str, Path], engine: str, fingerprint: dict, arrays: dict) -> None:
-    """Write ``arrays`` (name -> array) with the header, atomically (write, then rename). Under several
-    processes only process 0 writes (every process holds the same gathered arrays)."""
-    if jax.process_index() != 0:
-        return
+    """Write ``arrays`` (name -> array) with the header, atomically (write, then rename; process 0 only under
+    several processes, see ``_io.atomic_write``)."""
     header = {"checkpoint.format": np.array(FORMAT), "checkpoint.engine": np.array(engine),
               "checkpoint.fingerprint": np.array(json.dumps(fingerprint, sort_keys=True))}
     atomic_write(Path(path), lambda p: np.savez(p, **arrays, **header))

@@ -38,7 +38,12 @@ def describe_os_error(e: OSError, path: Optional[Union[str, os.PathLike]] = None
 def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
     """Call ``write(tmp_path)`` and rename the result onto ``path``. If anything fails, the temporary file is
     removed and ``path`` keeps its previous content; the error is re-raised as a ``RunIOError``
-    naming ``path`` (other exceptions pass through unchanged)."""
+    naming ``path`` (other exceptions pass through unchanged). Under several processes (``jax.distributed``)
+    only process 0 writes: every process holds the same results, and this is the library's one file writer."""
+    import jax
+
+    if jax.process_index() != 0:
+        return
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
     try:

@@ -42,9 +42,10 @@ def _start_distributed(args: argparse.Namespace) -> None:
     """``jax.distributed.initialize`` from the flags (all three, checked first), or from the cluster's
     environment with ``--distributed``; nothing without them. CPU devices use gloo collectives."""
     given = {k: getattr(args, k) for k in ("coordinator", "num_processes", "process_id")}
-    if not any(v is not None for v in given.values()) and not args.distributed:
+    from_flags = any(v is not None for v in given.values())
+    if not from_flags and not args.distributed:
         return
-    if any(v is not None for v in given.values()):
+    if from_flags:
         missing = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is None]
         if missing:
             raise ConfigError(missing[0], "--coordinator, --num-processes and --process-id go together (or give "
@@ -60,15 +61,14 @@ def _start_distributed(args: argparse.Namespace) -> None:
 
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
-        if any(v is not None for v in given.values()):
+        if from_flags:
             jax.distributed.initialize(coordinator_address=args.coordinator, num_processes=args.num_processes,
                                        process_id=args.process_id)
         else:
             jax.distributed.initialize()
     except (ValueError, RuntimeError) as e:  # e.g. --distributed outside a cluster: nothing to read
-        from_flags = any(v is not None for v in given.values())
-        flag = "--coordinator" if from_flags else "--distributed"
-        raise ConfigError(flag, f"jax.distributed could not start: {str(e).strip().splitlines()[0][:300]}") from None
+        raise ConfigError("--coordinator" if from_flags else "--distributed",
+                          f"jax.distributed could not start: {str(e).strip().splitlines()[0][:300]}") from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:

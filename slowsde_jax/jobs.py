@@ -9,12 +9,11 @@ writes the folder's files atomically (``runs``), and reports what it does throug
 and turns the outcome into an exit status.
 
 Under ``jax.distributed`` (several processes) every process runs the same job and computes the same
-numbers; process 0 alone makes the run folder (its path is broadcast), writes its files and checkpoints,
-and reports.
+numbers; process 0 alone makes the run folder (its path is broadcast), writes its files (``_io.atomic_write``
+writes on process 0 only) and reports; the other processes skip the figures and the folder's clean-up.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import shutil
@@ -126,8 +125,7 @@ def run(cfg: Optional[dict] = None, *, out: Union[str, os.PathLike] = "runs", qu
     cfg = cfgmod.load_config(None) if cfg is None else cfg
     plan = cfgmod.prepare(cfg)  # every check, before a folder is made or anything compiles
     folder = _shared_folder(out, cfg.get("name", "run"))
-    if _is_writer():
-        runs.write_config(folder, cfg)
+    runs.write_config(folder, cfg)
     return _run_in(folder, cfg, plan, quiet, echo, resumed=False)
 
 
@@ -168,7 +166,7 @@ def _run_in(folder: Path, cfg: dict, plan, quiet: bool, echo: Callable, resumed:
                "environment": runs.environment(), "started": time.strftime("%Y-%m-%d %H:%M:%S"), "resumed": resumed}
     echo(f"run folder: {folder}" + (" (resumed)" if resumed else ""))
     t0 = time.time()
-    with runs.status_guard(folder, summary) if writer else contextlib.nullcontext():
+    with runs.status_guard(folder, summary):
         trajs = {}
         for name, method, kw in planned:
             done = ckpts / f"{name}.done.npz"
@@ -186,11 +184,10 @@ def _run_in(folder: Path, cfg: dict, plan, quiet: bool, echo: Callable, resumed:
             out = simulate_discrete(problem, noise, method, n_paths=kw.pop("n_paths", 1), key=cfg.get("seed", 0),
                                     start=start, recording=recording, execution=execution, **kw)
             trajs[name] = out if isinstance(out, list) else [out]
-            if writer:
-                runs.save_trajectories(done, {name: trajs[name]})
+            runs.save_trajectories(done, {name: trajs[name]})
+            if writer:  # process 0 removes the checkpoint once it has saved the finished run
                 (ckpts / f"{name}.npz").unlink(missing_ok=True)
-        if writer:
-            runs.save_trajectories(folder / "trajectories.npz", trajs)  # the discrete results, safe before what follows
+        runs.save_trajectories(folder / "trajectories.npz", trajs)  # the discrete results, safe before what follows
         run_summary = runs.summarize(trajs)
         echo(summary_table(run_summary), flush=True)  # the first result, before the slow flow compiles
         view = {}
@@ -205,7 +202,7 @@ def _run_in(folder: Path, cfg: dict, plan, quiet: bool, echo: Callable, resumed:
                 summary["slow_flow"] = theory_summary(view, methods)
                 if writer:
                     plot_slow_flow(view, summary["slow_flow"], folder / "slow_flow.png")
-        if view and writer:  # add the slow-flow results to the discrete ones written above
+        if view:  # add the slow-flow results to the discrete ones written above
             saved = dict(trajs)
             for name, entry in view.items():
                 saved.update({f"{name}.at_phi": [entry["projected"]], f"{name}.slow_ode": [entry["slow_ode"]]})
@@ -217,19 +214,19 @@ def _run_in(folder: Path, cfg: dict, plan, quiet: bool, echo: Callable, resumed:
             if not any(ckpts.iterdir()):
                 ckpts.rmdir()
             plot_observables(trajs, folder / "observables.png", log_y=LOSS_NAMES)
-            runs.write_json(folder / "summary.json", summary)
             shutil.rmtree(folder / "records", ignore_errors=True)  # streamed while running; trajectories.npz has them
+        runs.write_json(folder / "summary.json", summary)
     if "slow_flow" in summary:
         echo()
         echo(theory_table(summary["slow_flow"]))
-    n_div = sum(e["n_diverged"] for entries in summary["runs"].values() for e in entries)
-    if n_div:
+    result = RunResult(folder=folder, summary=summary, trajectories=trajs)
+    if result.n_diverged:
         first = min(t for entries in summary["runs"].values() for e in entries for t in e["diverged_times"])
-        echo(f"warning: {n_div} path(s) diverged and were frozen (first at SDE time {first:.4g}); "
+        echo(f"warning: {result.n_diverged} path(s) diverged and were frozen (first at SDE time {first:.4g}); "
              "see summary.json for each step and time")
     figs = "observables.png" + (", slow_flow.png" if "slow_flow" in summary else "")
     echo(f"wrote {folder}/summary.json, trajectories.npz, {figs} ({time.time() - t0:.1f} s)")
-    return RunResult(folder=folder, summary=summary, trajectories=trajs)
+    return result
 
 
 def _silent(*args, **kwargs) -> None:
@@ -280,17 +277,16 @@ def compare(cfg: dict, *, out: Union[str, os.PathLike] = "runs", quiet: bool = F
     plan = cfgmod.prepare(cfg, command="compare")  # every check, before a folder is made or anything compiles
     problem, noise = plan.problem, plan.noise
     folder = _shared_folder(out, cfg.get("name", "compare"))
+    runs.write_config(folder, cfg)
     writer = _is_writer()
-    if writer:
-        runs.write_config(folder, cfg)
-    else:  # every process computes; process 0 alone writes and reports
+    if not writer:  # every process computes; process 0 alone writes and reports
         echo = _silent
     summary = {"kind": "compare", "seed": cfg.get("seed", 0), "config": cfg, "environment": runs.environment()}
     echo(f"run folder: {folder}")
     t0 = time.time()
     seed, T, n_record = cfg.get("seed", 0), cfg["T"], cfg.get("n_record", 10)
     execution = Execution(progress=False if quiet else None)
-    with runs.status_guard(folder, summary) if writer else contextlib.nullcontext():
+    with runs.status_guard(folder, summary):
         result, trajs = {}, {}
         for name, method, kw in plan.runs:
             sde_traj = simulate_slow_sde(problem, noise, method, T=T, n_paths=cmp.get("sde_paths", cfg.get("n_paths", 1)),
@@ -302,19 +298,19 @@ def compare(cfg: dict, *, out: Union[str, os.PathLike] = "runs", quiet: bool = F
             res = eta_sweep(problem, noise, method, cmp["etas"], T, cfg.get("n_paths", 1), seed, sde_traj, names,
                             project=cmp.get("project", True),
                             start=Start(v0=cfg.get("v0", "equilibrium")), execution=execution)
-            for obs in names if writer else []:
-                plot_sweep(res, obs, folder / f"weak_error_{name}_{obs}.png")
-                plot_cloud(res["trajectories"][-1], sde_traj, obs, folder / f"cloud_{name}_{obs}.png")
+            if writer:  # the figures: the other processes would build them for nothing
+                for obs in names:
+                    plot_sweep(res, obs, folder / f"weak_error_{name}_{obs}.png")
+                    plot_cloud(res["trajectories"][-1], sde_traj, obs, folder / f"cloud_{name}_{obs}.png")
             result[name] = {"sde_engine": sde_traj.meta["engine"], "etas": res["etas"], "observables": res["observables"],
                             "regime": res["regime"],
                             "final": {f"{e:g}": c.summary() for e, c in zip(res["etas"], res["comparisons"])}}
             trajs[f"{name}.sde"] = [sde_traj]
             trajs[f"{name}.discrete"] = res["trajectories"]
+        runs.save_trajectories(folder / "trajectories.npz", trajs)
+        runs.write_json(folder / "comparison.json", result)
         summary.update(status="completed", elapsed_s=time.time() - t0)
-        if writer:
-            runs.save_trajectories(folder / "trajectories.npz", trajs)
-            runs.write_json(folder / "comparison.json", result)
-            runs.write_json(folder / "summary.json", summary)
+        runs.write_json(folder / "summary.json", summary)
     for name, r in result.items():
         echo(f"{name} (slow side: {r['sde_engine']}), weak error at T = {T:g} per eta {r['etas']}:")
         for obs, o in r["observables"].items():

@@ -12,11 +12,13 @@ from __future__ import annotations
 import math
 import os
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Collection, Optional, Sequence, Union
 
 import numpy as np
 from numpy.typing import ArrayLike
 
+from ._io import atomic_write
 from .comparison import describe_order
 from .sharpness import MEASURE_LABELS
 from .trajectory import Trajectory
@@ -65,8 +67,8 @@ def _figure(nrows=1, ncols=1, figsize=(6.0, 3.8)):
 
 
 def _finish(fig, path, dpi=110):
-    if path is not None:
-        fig.savefig(path, dpi=dpi)
+    if path is not None:  # written atomically, like every file of the library (the suffix names the format)
+        atomic_write(Path(path), lambda p: fig.savefig(p, dpi=dpi))
     return fig
 
 
