@@ -17,6 +17,7 @@ as failed) instead of raising; pass ``on_error="raise"`` to keep the error.
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Iterator
 
 import numpy as np
@@ -29,6 +30,7 @@ except ImportError:  # pragma: no cover - another equinox layout: keep the check
     _eqx_errors = None
 
 _depth = 0
+_lock = threading.RLock()  # the slow engine runs its calls from one thread per device
 
 
 def user_on_error() -> str:
@@ -42,17 +44,20 @@ def host_checked() -> Iterator[None]:
     """Within: ``equinox.error_if`` with the default ``on_error`` traces to a NaN fill instead of a host
     callback. Use only around calls whose run-time checks the caller has made on the host."""
     global _depth
-    if _eqx_errors is None or getattr(_eqx_errors, "EQX_ON_ERROR", None) != "raise":
-        yield
-        return
-    _depth += 1
-    _eqx_errors.EQX_ON_ERROR = "nan"
+    with _lock:
+        if _eqx_errors is None or (not _depth and getattr(_eqx_errors, "EQX_ON_ERROR", None) != "raise"):
+            counted = False
+        else:
+            counted, _depth = True, _depth + 1
+            _eqx_errors.EQX_ON_ERROR = "nan"
     try:
         yield
     finally:
-        _depth -= 1
-        if not _depth:
-            _eqx_errors.EQX_ON_ERROR = "raise"
+        if counted:
+            with _lock:
+                _depth -= 1
+                if not _depth:
+                    _eqx_errors.EQX_ON_ERROR = "raise"
 
 
 def check_time_grid(ts: np.ndarray, t0: float, t1: float, strict: bool, field: str = "T") -> None:

@@ -62,10 +62,11 @@ class _Plan:
     alpha: Optional[float]
     levels: int
 
-    def segment(self, model, run, level, y, keys, j0, j1, lanes, n_real):
-        """One compiled call for the paths ``lanes`` (indices into ``run``'s paths; the first ``n_real`` are
-        distinct, the rest repeat one of them to fill the devices) from record j0 to j1: ((ζ, v) records,
-        solved), one entry per lane."""
+    def segment(self, model, y, keys, on_imex, t_grid, j0, j1, level):
+        """One compiled call for a group of P paths from record j0 to j1 of ``t_grid``: the states ``y`` (ζ, v)
+        and Brownian ``keys`` per path; ``on_imex`` (P,) bool, the paths the ODE's default solver has handed to
+        its IMEX fallback. Returns ((ζ, v) records (P, j1 - j0, ·), solved (P,), on_imex after the call (P,),
+        IMEX solves made for each path (P,)), as host arrays."""
         raise NotImplementedError
 
     def meta(self, runs) -> dict:
@@ -142,12 +143,13 @@ class _SDEPlan(_Plan):
             self.t_steps.append(t_steps)
         self.t_grid = t_grid
 
-    def segment(self, model, run, level, y, keys, j0, j1, lanes, n_real):
+    def segment(self, model, y, keys, on_imex, t_grid, j0, j1, level):
         per_record, substeps = self.level_steps[level]
         with host_checked():
-            return _sde_segment(model, diffrax.Euler(), y, keys,
-                                jnp.asarray(self.t_steps[level][j0 * per_record: j1 * per_record + 1]),
-                                jnp.asarray(self.t_grid[j0 + 1: j1 + 1]), jnp.asarray(self.grid, self.dtype), substeps)
+            ys, ok = _sde_segment(model, diffrax.Euler(), y, keys,
+                                  jnp.asarray(self.t_steps[level][j0 * per_record: j1 * per_record + 1]),
+                                  jnp.asarray(self.t_grid[j0 + 1: j1 + 1]), jnp.asarray(self.grid, self.dtype), substeps)
+        return tuple(np.asarray(x) for x in ys), np.asarray(ok), on_imex, np.zeros(len(on_imex), np.int64)
 
     def meta(self, runs):
         return dict(dt=float(self.h), steps_per_record=self.n_sub, solver="Euler", richardson=bool(self.richardson))
@@ -251,12 +253,9 @@ class _ODEPlan(_Plan):
         self.fallback = (imex_kencarp4(rtol, atol) if spec.imex_fallback and explicit and _imex_applies(problem, method)
                          else None)
 
-    def segment(self, model, run, level, y, keys, j0, j1, lanes, n_real):
-        seg, imex, solves = _ode_call(model, self.solver, self.fallback, self.controller, y, run.t_grid[j0: j1 + 1],
-                                      self.spec.max_steps, self.floor, run.imex[lanes], n_real)
-        run.imex[lanes[:n_real]] = imex[:n_real]
-        run.fallback_solves += solves
-        return seg
+    def segment(self, model, y, keys, on_imex, t_grid, j0, j1, level):
+        return _ode_call(model, self.solver, self.fallback, self.controller, y, t_grid[j0: j1 + 1],
+                         self.spec.max_steps, self.floor, on_imex)
 
     def meta(self, runs):
         return dict(alpha=float(self.alpha), solver=type(self.solver).__name__, richardson=False,

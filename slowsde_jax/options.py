@@ -132,8 +132,8 @@ class Recording(eqx.Module):
 
 class Execution(eqx.Module):
     """How a run's work is cut, placed and kept safe. None of it changes the discrete engine's numbers; the
-    slow engine's change in the last bits with the batch shape of a call (``paths_per_call``, ``devices``),
-    within 1e-12 relative.
+    slow engine's move in the last bits with ``paths_per_call`` (a call's batch shape), never with the
+    devices.
 
     Both engines:
     - ``dtype``: float64 (default) or float32;
@@ -141,7 +141,7 @@ class Execution(eqx.Module):
     - ``checkpoint``: an .npz path; the run writes its state there and, if the file exists at the start,
       continues from it with the same numbers as an uninterrupted run;
     - ``devices``: the devices to spread the independent lanes over (default ``jax.devices()``): the
-      discrete engine's (configuration, path) lanes, the slow engine's paths of each call.
+      discrete engine's (configuration, path) lanes, the slow engine's groups of paths (one call each).
 
     Discrete engine:
     - ``checkpoint_every_s``: seconds between checkpoint writes (0: after every record);
@@ -152,7 +152,8 @@ class Execution(eqx.Module):
     - ``on_chunk(run)``: called after every recorded point with the run in progress.
 
     Slow engine:
-    - ``paths_per_call``: at most this many paths per compiled call (bounds memory); default all;
+    - ``paths_per_call``: paths per compiled call (default 1024): the groups that go to the devices, each
+      one call (this bounds memory);
     - ``records_per_call``: recording intervals per compiled call (default: all in one, or 1 with a
       ``checkpoint``).
     """

@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import os
 import sys
+import threading
 import time
 from typing import IO, Any, Optional
 
@@ -106,21 +107,23 @@ class _CompileAwareBar:
     def __init__(self, bar):
         self.bar = bar
         self._started = False
+        self._lock = threading.Lock()  # the slow engine updates from one thread per device
         bar.set_postfix_str("compiling")
 
     def __getattr__(self, name):
         return getattr(self.bar, name)
 
     def update(self, n: float = 1) -> None:
-        if not self._started:
+        with self._lock:
+            if self._started:
+                self.bar.update(n)
+                return
             self._started = True
             self.bar.set_postfix_str("", refresh=False)
             self.bar.n += n  # the first call's work, done while compiling, counts as done but not in the rate
             self.bar.initial = self.bar.n
             self.bar.start_t = self.bar.last_print_t = time.time()
             self.bar.refresh()
-            return
-        self.bar.update(n)
 
     def close(self) -> None:
         self.bar.close()

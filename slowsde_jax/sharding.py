@@ -1,35 +1,36 @@
-"""Spreading the engines' lanes over devices with ``jax.sharding``.
+"""Spreading the engines' independent lanes over devices and processes.
 
-The engine's state has two leading batch axes, configurations of a sweep (``n_cfg``) and paths
+Discrete engine: the state has two leading batch axes, configurations of a sweep (``n_cfg``) and paths
 (``n_paths``); every lane is independent of the others. ``lane_mesh`` lays the devices out as a 2-D
 ``jax.sharding.Mesh`` with axes ``("cfg", "paths")`` and ``lane_sharding`` splits those two axes
 over it, so the same jitted step runs on every device with no communication inside a step (the only
-collectives are the one-flag reductions at block ends, see ``slowsde_jax.discrete._advance``).
+collectives are the one-flag reductions at block ends, see ``slowsde_jax.discrete._advance``). Path counts
+that the devices do not divide are padded (``padded_paths``): the engine adds lanes that repeat path 0 (its
+key, so its numbers) and drops them from every record, checkpoint and result.
 
-The slow engine's paths are independent too: ``path_mesh`` is a 1-D ``("paths",)`` mesh, and each compiled
-call of the slow engine takes its group of paths split over it (``path_sharding``, ``path_lanes``).
+Slow engine: its paths go in groups of ``paths_per_call``, one compiled call per group, and
+``run_groups`` runs group i on device i mod (number of devices), this process's groups concurrently (one
+thread per local device), then gathers every group's results onto every process. A group's call is the
+same program on every device, so the numbers depend on the groups, never on the devices or processes. (A
+call's numbers move in the last bits with its batch shape: XLA:CPU's kernels vectorise differently.)
 
 Several processes: call ``jax.distributed.initialize()`` in every process first; ``jax.devices()`` then lists
-the devices of all hosts and the same call shards over all of them. ``to_host`` gathers a sharded array
-onto every host for recording.
-
-Path counts that the devices do not divide are padded (``padded_paths``): the engine adds lanes that
-repeat path 0 (its key, so its numbers) up to a multiple of the devices along the paths, and drops them
-from every record, checkpoint and result. Lanes never interact, so the real paths' numbers are those of
-one device.
+the devices of all hosts and both engines use all of them. ``to_host`` gathers a sharded array onto every
+host for recording.
 """
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Optional, Sequence
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import ArrayLike, PyTree
 
-__all__ = ["mesh_shape", "padded_paths", "lane_mesh", "lane_sharding", "config_sharding", "path_mesh",
-           "path_sharding", "path_lanes", "place", "to_host"]
+__all__ = ["mesh_shape", "padded_paths", "lane_mesh", "lane_sharding", "config_sharding", "run_groups", "place",
+           "to_host"]
 
 
 def mesh_shape(n_cfg: int, n_paths: int, n_devices: int) -> tuple[int, int]:
@@ -74,26 +75,60 @@ def config_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec("cfg"))
 
 
-def path_mesh(n_paths: int, devices: Optional[Sequence] = None) -> Optional[Mesh]:
-    """The slow engine's mesh: a 1-D ``("paths",)`` mesh over at most ``n_paths`` of ``devices`` (default
-    ``jax.devices()``), or None for a single device. Under several processes every device is kept, so that
-    each process holds a shard of every call (and takes part in gathering it)."""
+def run_groups(call: Callable[[int], PyTree[np.ndarray]], sizes: Sequence[int], like: PyTree[jax.ShapeDtypeStruct],
+               devices: Optional[Sequence] = None) -> list:
+    """Every group's ``call(i)``, i = 0 ... len(sizes) - 1, in every process: group i runs on device
+    i mod len(devices) (default ``jax.devices()``, every device of every process), under
+    ``jax.default_device``, this process's groups concurrently, one thread per local device.
+
+    ``call(i)`` returns a pytree of host arrays whose leaves lead with an axis of ``sizes[i]`` (the group's
+    paths) and otherwise have the shapes and dtypes of ``like``'s leaves. Under several processes each
+    process computes the groups of its own devices and one ``process_allgather`` per leaf shares them."""
     devs = list(jax.devices() if devices is None else devices)
+    mine = {}  # local device -> its groups, in order
+    for i in range(len(sizes)):
+        d = devs[i % len(devs)]
+        if d.process_index == jax.process_index():
+            mine.setdefault(d, []).append(i)
+
+    def work(device):
+        with jax.default_device(device):
+            return [(i, call(i)) for i in mine[device]]
+
+    results = {}
+    if len(mine) <= 1:
+        for d in mine:
+            results.update(work(d))
+    else:
+        with ThreadPoolExecutor(len(mine)) as pool:
+            for done in pool.map(work, list(mine)):
+                results.update(done)
     if jax.process_count() == 1:
-        devs = devs[: max(1, int(n_paths))]
-    return Mesh(np.asarray(devs, dtype=object), ("paths",)) if len(devs) > 1 else None
+        return [results[i] for i in range(len(sizes))]
+    return _gather_groups(results, sizes, like, devs)
 
 
-def path_sharding(mesh: Mesh) -> NamedSharding:
-    """A leading paths axis split over the mesh's "paths" axis; the rest replicated."""
-    return NamedSharding(mesh, PartitionSpec("paths"))
+def _gather_groups(results: dict, sizes: Sequence[int], like, devs) -> list:
+    """All groups' results on every process from each process's own (``run_groups``): each process stacks its
+    groups, padded to the largest group and to the most groups a process holds, and gathers the stacks."""
+    from jax.experimental import multihost_utils
 
-
-def path_lanes(start: int, n_real: int, mesh: Optional[Mesh]) -> np.ndarray:
-    """Indices of the paths start ... start + n_real - 1, followed by repeats of ``start`` up to a multiple of
-    the mesh's devices: the lanes of one call of the slow engine (the repeats are dropped from its results)."""
-    lanes = padded_paths(n_real, mesh)
-    return np.concatenate([np.arange(start, start + n_real), np.full(lanes - n_real, start)]).astype(np.int64)
+    owner = [devs[i % len(devs)].process_index for i in range(len(sizes))]
+    held = [[i for i in range(len(sizes)) if owner[i] == p] for p in range(jax.process_count())]
+    rows, width = max(len(h) for h in held), max(sizes)
+    leaves, treedef = jax.tree_util.tree_flatten(like)
+    stacks = []
+    for k, leaf in enumerate(leaves):
+        stack = np.zeros((rows, width, *leaf.shape), leaf.dtype)
+        for r, i in enumerate(held[jax.process_index()]):
+            stack[r, : sizes[i]] = jax.tree_util.tree_leaves(results[i])[k]
+        stacks.append(stack)
+    gathered = [np.asarray(multihost_utils.process_allgather(x)) for x in stacks]  # (processes, rows, width, ...)
+    out = []
+    for i in range(len(sizes)):
+        r = held[owner[i]].index(i)
+        out.append(jax.tree_util.tree_unflatten(treedef, [g[owner[i], r, : sizes[i]] for g in gathered]))
+    return out
 
 
 def place(tree: PyTree[ArrayLike], sharding: jax.sharding.Sharding) -> PyTree[jax.Array]:

@@ -27,13 +27,15 @@ from .options import Execution, Recording, Start, engine_options
 from .problems import AbstractProblem, observe_batch
 from .progress import progress_bar
 from .sharpness import sharpness_batch
-from ._batching import safe_batch
-from .sde.coefficients import SlowSDEModel, _finite_records, _matrix_size
+from .sde.coefficients import SlowSDEModel, _finite_records
+from ._runtime_checks import host_checked
 from .sde.start import _initial_state
 from .trajectory import Trajectory
 from .validation import ConfigError, check_range
 
-__all__ = ["simulate_slow_sde"]
+__all__ = ["simulate_slow_sde", "DEFAULT_PATHS_PER_CALL"]
+
+DEFAULT_PATHS_PER_CALL = 1024  # paths per compiled call unless Execution.paths_per_call says otherwise
 
 
 def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: AbstractMethod, T: float, n_paths: int = 1,
@@ -90,15 +92,10 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Ab
         c = jnp.asarray(0.0, inputs.dtype)
     t_grid = np.linspace(0.0, float(T), inputs.n_record + 1)
     plan = integrator.plan(problem, noise, method, t_grid, inputs.dtype)
-    paths_per_call = execution.paths_per_call or inputs.n_paths
-    mesh = _sharding.path_mesh(min(paths_per_call, inputs.n_paths), execution.devices)
+    paths_per_call = min(execution.paths_per_call or DEFAULT_PATHS_PER_CALL, inputs.n_paths)
     records_per_call = execution.records_per_call or (1 if execution.checkpoint is not None else inputs.n_record)
     records_per_call = min(records_per_call, inputs.n_record)
     model = SlowSDEModel(problem, noise, method, c, plan.alpha, integrator.rank)
-    if mesh is not None and jax.default_backend() == "cpu":
-        # a call's lanes in one vmap: map_paths' grouping (lax.map) over a sharded axis crashes XLA's SPMD
-        # partitioner, so a sharded call holds at most the CPU-safe batch, padded to the devices
-        paths_per_call = min(paths_per_call, max(1, safe_batch(_matrix_size(model)) // mesh.size) * mesh.size)
 
     # loop
     k_init, k_run = jax.random.split(inputs.key)
@@ -119,23 +116,25 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Ab
     work = inputs.n_paths * plan.levels  # a call of k paths moves the bar by k / work of its interval
     bar = progress_bar(float(T), f"slow {'SDE' if plan.alpha is None else 'ODE'} ({method.name})",
                        progress=execution.progress, unit="t", initial=float(t_grid[runs[0].done]))  # SDE time
+    starts = range(0, inputs.n_paths, paths_per_call)  # the groups of paths, one compiled call each
+    sizes = [min(paths_per_call, inputs.n_paths - p0) for p0 in starts]
     while runs[0].done < inputs.n_record:
         j0, j1 = runs[0].done, min(runs[0].done + records_per_call, inputs.n_record)
         for level, run in enumerate(runs):
-            ys, ok = [], []
-            for p0 in range(0, inputs.n_paths, paths_per_call):
-                n_real = min(paths_per_call, inputs.n_paths - p0)
-                lanes = _sharding.path_lanes(p0, n_real, mesh)  # padded to a multiple of the devices
-                y = jax.tree_util.tree_map(lambda x: np.asarray(x[lanes], inputs.dtype), run.y)
-                keys = path_keys[lanes]
-                if mesh is not None:
-                    y, keys = _sharding.place((y, keys), _sharding.path_sharding(mesh))
-                seg = plan.segment(model, run, level, y, keys, j0, j1, lanes, n_real)
-                ys.append(jax.tree_util.tree_map(lambda x: _sharding.to_host(x)[:n_real], seg[0]))
-                ok.append(_sharding.to_host(seg[1])[:n_real])
-                bar.update(float(t_grid[j1] - t_grid[j0]) * n_real / work)
-            run.extend(tuple(np.concatenate([y[i] for y in ys]) for i in range(2)), np.concatenate(ok),
-                       j0, plan.alpha is None)
+
+            def call(i, run=run, level=level):
+                lanes = slice(starts[i], starts[i] + sizes[i])
+                out = plan.segment(model, tuple(np.asarray(x[lanes], inputs.dtype) for x in run.y), path_keys[lanes],
+                                   run.imex[lanes], t_grid, j0, j1, level)
+                bar.update(float(t_grid[j1] - t_grid[j0]) * sizes[i] / work)
+                return out
+
+            like = _group_result_like(run, j1 - j0, inputs.dtype)
+            with host_checked():  # once around the threads (see slowsde_jax._runtime_checks)
+                groups = _sharding.run_groups(call, sizes, like, execution.devices)
+            (zeta, v), ok, imex, solves = jax.tree_util.tree_map(lambda *x: np.concatenate(x), *groups)
+            run.imex, run.fallback_solves = imex, run.fallback_solves + int(solves.sum())
+            run.extend((zeta, v), ok, j0, plan.alpha is None)
         if checkpoint is not None:
             _save_checkpoint(checkpoint, runs)
     bar.close()
@@ -156,6 +155,14 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Ab
     return Trajectory(t=t_grid, theta=zeta if recording.record_state else None,
                       v=v if (recording.record_state and method.has_v) else None, observables=observables,
                       diverged_time=failed_time, meta=meta)
+
+
+def _group_result_like(run, n_new, dtype) -> tuple:
+    """The shapes and dtypes, per path, of what a group's call returns (``_Plan.segment``)."""
+    D, Dv = run.y[0].shape[1], run.y[1].shape[1]
+    f = lambda *shape: jax.ShapeDtypeStruct(shape, dtype)
+    return ((f(n_new, D), f(n_new, Dv)), jax.ShapeDtypeStruct((), bool), jax.ShapeDtypeStruct((), bool),
+            jax.ShapeDtypeStruct((), np.int64))
 
 
 def _flag_non_finite_loss(problem, zeta, t_grid, failed_time, reasons):

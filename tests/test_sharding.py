@@ -141,51 +141,54 @@ SLOW_SCRIPT = textwrap.dedent("""
     assert len(jax.devices()) == 4
     NET = problems.diagonal_net(d=4, n=3, k=1, key=0, n_test=10)
     FACT = problems.matrix_factorization(d1=3, d2=3, rank=1, n=5, key=0, model_rank=2)
-    # the label-noise ODE on a factorization (5 paths: 8 lanes on 4 devices) and projected Euler-Maruyama on
-    # a diagonal net under label noise (7 paths, 3 per call: 4 lanes, then 4 and 4 with one real path)
-    ode = S.simulate_slow_sde(FACT, noise.label_noise(0.5), S.adam(c=5.0, eps=1e-6), T=0.05, n_paths=5, key=2,
-                              n_record=2, execution=S.Execution(devices=jax.devices()))
-    sde = S.simulate_slow_sde(NET, noise.label_noise(0.5), S.adam(c=5.0), T=0.01, n_paths=7, key=4, n_record=2,
-                              integrator=S.ProjectedEulerMaruyama(dt=2.5e-3),
-                              execution=S.Execution(devices=jax.devices(), paths_per_call=3))
-    # more paths than the CPU-safe batch (39 for n = 10): calls capped so that no lax.map runs over the mesh
     WIDE = problems.diagonal_net(d=20, n=10, k=2, key=0, n_test=10)
-    wide = S.simulate_slow_sde(WIDE, noise.label_noise(0.5), S.adam(c=5.0, eps=1e-6), T=0.05, n_paths=48, key=1,
-                               n_record=1, execution=S.Execution(devices=jax.devices()))
+    ex = lambda p: S.Execution(devices=jax.devices(), paths_per_call=p, progress=False)
+    # the label-noise ODE on a factorization (5 paths in groups of 2, 2, 1 on devices 0, 1, 2), projected
+    # Euler-Maruyama on a diagonal net (7 paths in groups of 3, 3, 1), and groups larger than the CPU-safe
+    # batch (39 for n = 10: each group maps over sub-groups inside its call)
+    ode = S.simulate_slow_sde(FACT, noise.label_noise(0.5), S.adam(c=5.0, eps=1e-6), T=0.05, n_paths=5, key=2,
+                              n_record=2, execution=ex(2))
+    sde = S.simulate_slow_sde(NET, noise.label_noise(0.5), S.adam(c=5.0), T=0.01, n_paths=7, key=4, n_record=2,
+                              integrator=S.ProjectedEulerMaruyama(dt=2.5e-3), execution=ex(3))
+    wide = S.simulate_slow_sde(WIDE, noise.label_noise(0.5), S.adam(c=5.0, eps=1e-6), T=0.05, n_paths=92, key=1,
+                               n_record=1, execution=ex(45))
     np.savez(sys.argv[1], **{f"{name}.{k}": x for name, tr in (("ode", ode), ("sde", sde), ("wide", wide))
                              for k, x in (("theta", tr.theta), ("v", tr.v), ("failed", tr.diverged_time))})
 """)
 
 
 @pytest.mark.slow
-def test_slow_engine_paths_sharded_over_four_devices_equal_one_device_to_rounding(tmp_path):
-    """The slow engine's paths of each call split over 4 host devices (uneven counts padded with repeats of the
-    call's first path, dropped from the results): the label-noise ODE and projected Euler-Maruyama give the
-    single-device numbers to rounding. Not bit for bit: XLA:CPU's kernels depend on a call's batch shape in
-    the last bit (on one device ``paths_per_call`` changes these runs by up to 2e-13 as well), and the
-    retraction's Newton steps carry such differences on."""
+def test_slow_engine_groups_over_four_devices_equal_one_device_bit_for_bit(tmp_path):
+    """The slow engine's groups of paths run on 4 host devices, one group per device (uneven groups): the
+    label-noise ODE and projected Euler-Maruyama give the one-device numbers bit for bit, for the same
+    ``paths_per_call``."""
     out = tmp_path / "slow.npz"
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     subprocess.run([sys.executable, "-c", SLOW_SCRIPT, str(out)], check=True, env=env, timeout=600)
     fact = problems.matrix_factorization(d1=3, d2=3, rank=1, n=5, key=0, model_rank=2)
+    ex = lambda p: S.Execution(paths_per_call=p)
     ode = S.simulate_slow_sde(fact, noise.label_noise(0.5), S.adam(c=5.0, eps=1e-6), T=0.05, n_paths=5, key=2,
-                              n_record=2)
+                              n_record=2, execution=ex(2))
     sde = S.simulate_slow_sde(NET, noise.label_noise(0.5), S.adam(c=5.0), T=0.01, n_paths=7, key=4, n_record=2,
-                              integrator=S.ProjectedEulerMaruyama(dt=2.5e-3), execution=S.Execution(paths_per_call=3))
+                              integrator=S.ProjectedEulerMaruyama(dt=2.5e-3), execution=ex(3))
     wide_net = problems.diagonal_net(d=20, n=10, k=2, key=0, n_test=10)
-    wide = S.simulate_slow_sde(wide_net, noise.label_noise(0.5), S.adam(c=5.0, eps=1e-6), T=0.05, n_paths=48, key=1,
-                               n_record=1)
+    wide = S.simulate_slow_sde(wide_net, noise.label_noise(0.5), S.adam(c=5.0, eps=1e-6), T=0.05, n_paths=92, key=1,
+                               n_record=1, execution=ex(45))
     with np.load(out) as f:
         for name, tr in (("ode", ode), ("sde", sde), ("wide", wide)):
-            np.testing.assert_allclose(f[f"{name}.theta"], tr.theta, rtol=1e-12, atol=1e-13)
-            np.testing.assert_allclose(f[f"{name}.v"], tr.v, rtol=1e-12, atol=1e-13)
+            np.testing.assert_array_equal(f[f"{name}.theta"], tr.theta)
+            np.testing.assert_array_equal(f[f"{name}.v"], tr.v)
             np.testing.assert_array_equal(f[f"{name}.failed"], tr.diverged_time)
             assert not np.array_equal(f[f"{name}.theta"][:, 0], f[f"{name}.theta"][:, -1])  # the paths moved
 
 
-def test_path_lanes_pad_a_call_to_the_devices():
-    assert sharding.path_lanes(3, 5, None).tolist() == [3, 4, 5, 6, 7]
+def test_run_groups_returns_every_group_in_order():
+    """Groups assigned round robin over a device list (here one device listed three times: one thread), each
+    group's result in its place."""
     import jax
 
-    mesh = sharding.path_mesh(5, jax.devices() * 1)
-    assert mesh is None  # one CPU device here
+    sizes = [3, 3, 1]
+    out = sharding.run_groups(lambda i: (np.full(sizes[i], i), np.arange(sizes[i])), sizes,
+                              (jax.ShapeDtypeStruct((), np.int64),) * 2, jax.devices()[:1] * 3)
+    assert [o[0].tolist() for o in out] == [[0, 0, 0], [1, 1, 1], [2]]
+    assert [o[1].tolist() for o in out] == [[0, 1, 2], [0, 1, 2], [0]]

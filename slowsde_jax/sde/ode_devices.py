@@ -11,7 +11,6 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, ArrayLike, Float
 
-from ..sharding import to_host
 from .. import geometry as geo
 from .._batching import map_paths
 from .._runtime_checks import host_checked
@@ -186,12 +185,11 @@ def _ode_segment(model, solver, controller, y, t_save, max_steps, floor=(0.0, 0.
     return map_paths(lambda y0: one(y0, t_save), y, _matrix_size(model))
 
 
-def _ode_call(model, solver, fallback, controller, y, t_save, max_steps, floor, on_imex, n_real=None):
+def _ode_call(model, solver, fallback, controller, y, t_save, max_steps, floor, on_imex):
     """One compiled call of the label-noise ODE for a group of P paths from the states ``y`` at t_save[0]
     through t_save[1:] (m + 1,), with the default solver's IMEX ``fallback`` (None: ``solver`` alone).
-    ``on_imex`` (P,) bool: the paths already handed to the fallback; ``n_real``: the paths to count (the rest
-    repeat one of them, to fill the devices; default all). Returns (((zeta, v) records (P, m, D), solved (P,)),
-    the new ``on_imex``, the number of solves the fallback made for the counted paths).
+    ``on_imex`` (P,) bool: the paths already handed to the fallback. Returns ((zeta, v) records (P, m, D),
+    solved (P,), the new ``on_imex``, the fallback solves made per path (P,)), as host arrays.
 
     A group with a path on the fallback runs on it (a stiffness that held Tsit5 does not go away). Otherwise
     ``solver`` gets at most ``EXPLICIT_STEPS_BEFORE_IMEX`` steps, and a path whose solve fails is solved
@@ -200,30 +198,29 @@ def _ode_call(model, solver, fallback, controller, y, t_save, max_steps, floor, 
     m - 1; the result is discarded), so that under ``vmap`` it does not set the solve's length. Every
     fallback solve takes a save grid per path, so the fallback compiles once per number of records."""
     m, steps = len(t_save) - 1, max_steps * (len(t_save) - 1)
-    n_real = len(on_imex) if n_real is None else n_real
-    t_save = np.asarray(t_save)
+    t_save, none = np.asarray(t_save), np.zeros(len(on_imex), np.int64)
     if fallback is not None and on_imex.any():
         with host_checked():
-            seg = _ode_segment(model, fallback, controller, y, jnp.asarray(np.tile(t_save, (len(on_imex), 1))),
-                               steps)
-        return seg, on_imex, n_real
+            (zeta, v), solved = _ode_segment(model, fallback, controller, y,
+                                             jnp.asarray(np.tile(t_save, (len(on_imex), 1))), steps)
+        return (np.asarray(zeta), np.asarray(v)), np.asarray(solved), on_imex, none
     with host_checked():
         seg = _ode_segment(model, solver, controller, y, jnp.asarray(t_save),
                            steps if fallback is None else min(steps, EXPLICIT_STEPS_BEFORE_IMEX), floor)
-    (zeta, v), solved = jax.tree_util.tree_map(to_host, seg)  # gathered from every process's devices
+    (zeta, v), solved = jax.tree_util.tree_map(np.asarray, seg)
     if fallback is None or solved.all():
-        return seg, on_imex, 0
+        return (zeta, v), solved, on_imex, none
     reached = np.argmin(np.concatenate([_finite_records(zeta, v), np.zeros((len(solved), 1), bool)], axis=1),
                         axis=1)  # records before the first non-finite one
     k = np.where(solved, m - 1, np.minimum(reached, m - 1))  # restart from record k - 1 (or the start) at t_k
-    start = tuple(np.where((k > 0)[:, None], rec[np.arange(len(k)), np.maximum(k - 1, 0)], to_host(y0))
+    start = tuple(np.where((k > 0)[:, None], rec[np.arange(len(k)), np.maximum(k - 1, 0)], np.asarray(y0))
                   for rec, y0 in ((zeta, y[0]), (v, y[1])))
     ts = np.maximum(t_save[None, :], t_save[k][:, None])  # (P, m + 1), from t_k on
     with host_checked():
         (z2, v2), ok2 = jax.tree_util.tree_map(np.asarray, _ode_segment(
             model, fallback, controller, tuple(jnp.asarray(a) for a in start), jnp.asarray(ts), steps))
     redone = ~solved[:, None] & (np.arange(m)[None, :] >= k[:, None])  # (P, m): records taken from the redo
-    return (((np.where(redone[..., None], z2, zeta), np.where(redone[..., None], v2, v)), solved | ok2),
-            on_imex | ~solved, int(np.sum(~solved[:n_real])))
+    return ((np.where(redone[..., None], z2, zeta), np.where(redone[..., None], v2, v)), solved | ok2,
+            on_imex | ~solved, (~solved).astype(np.int64))
 
 
