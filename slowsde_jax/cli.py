@@ -21,7 +21,8 @@ default ``~/.cache/slowsde_jax``; ``--no-cache`` or ``SLOWSDE_CACHE_DIR=off`` to
 Exit status: 0 done; 1 diverged paths in a ``--strict`` run, or a start that could not be projected; 2 a
 mistake in the input (config, ``--set``, ``--out``, a corrupt checkpoint), printed as one line naming the
 field, found before a run folder is made or anything is compiled; 3 a fault of the environment (disk full,
-out of memory, I/O error), printed as one line saying what failed; 130 interrupted.
+out of memory, I/O error, a lost process of a several-process job), printed as one line saying what failed;
+130 interrupted.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ import sys
 from typing import Optional, Sequence
 
 from . import config as cfgmod
-from . import jobs
+from . import distributed, jobs
 from ._io import RunIOError, describe_os_error
 from ._version import __version__
 from .compile_cache import enable_compilation_cache
@@ -44,6 +45,9 @@ def _start_distributed(args: argparse.Namespace) -> None:
     given = {k: getattr(args, k) for k in ("coordinator", "num_processes", "process_id")}
     from_flags = any(v is not None for v in given.values())
     if not from_flags and not args.distributed:
+        if args.lost_after is not None:
+            raise ConfigError("--lost-after", "watches the processes of a several-process job: give it with "
+                                              "--coordinator/--num-processes/--process-id or --distributed")
         return
     if from_flags:
         missing = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is None]
@@ -57,15 +61,14 @@ def _start_distributed(args: argparse.Namespace) -> None:
             raise ConfigError("--num-processes", f"must be >= 1, got {args.num_processes}")
         if not 0 <= args.process_id < args.num_processes:
             raise ConfigError("--process-id", f"must be in 0 ... {args.num_processes - 1}, got {args.process_id}")
-    import jax
-
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if args.lost_after is not None and not args.lost_after > 0:
+        raise ConfigError("--lost-after", f"must be > 0 seconds, got {args.lost_after:g}")
+    lost_after = distributed.LOST_AFTER_S if args.lost_after is None else args.lost_after
     try:
         if from_flags:
-            jax.distributed.initialize(coordinator_address=args.coordinator, num_processes=args.num_processes,
-                                       process_id=args.process_id)
+            distributed.start(args.coordinator, args.num_processes, args.process_id, lost_after_s=lost_after)
         else:
-            jax.distributed.initialize()
+            distributed.start(lost_after_s=lost_after)
     except (ValueError, RuntimeError) as e:  # e.g. --distributed outside a cluster: nothing to read
         raise ConfigError("--coordinator" if from_flags else "--distributed",
                           f"jax.distributed could not start: {str(e).strip().splitlines()[0][:300]}") from None
@@ -135,6 +138,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         group.add_argument("--process-id", type=int, metavar="I", help="this process's id, 0 ... N-1")
         group.add_argument("--distributed", action="store_true",
                            help="read the three from the cluster's environment (SLURM, ...)")
+        group.add_argument("--lost-after", type=float, metavar="SECONDS",
+                           help=f"a process silent this long counts as lost: the others stop with status 3 "
+                                f"(default {distributed.LOST_AFTER_S:g})")
     sub.add_parser("default-config", help="print the built-in default config").set_defaults(
         func=lambda a: print(__import__("slowsde_jax.config", fromlist=["x"]).default_config_text(), end="") or 0)
     args = parser.parse_args(argv)
@@ -143,7 +149,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.command in ("run", "compare"):
             _start_distributed(args)
-        return args.func(args)
+        status = args.func(args)
+        distributed.finished()
+        return status
     except ConfigError as e:
         print(f"slowsde: error: {e}", file=sys.stderr)
         return 2
@@ -151,6 +159,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("slowsde: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - environment faults get one line; anything else keeps its traceback
+        lost = distributed.lost_process_message(e)
+        if lost is not None:  # the job cannot go on; a normal exit would wait for the lost process
+            print(f"slowsde: error: {lost}", file=sys.stderr)
+            distributed.exit_now(distributed.EXIT_LOST)
         fault = _environment_fault(e)
         if fault is None:
             raise

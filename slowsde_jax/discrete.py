@@ -345,11 +345,12 @@ def simulate_discrete(problem: AbstractProblem, noise: AbstractNoise, method: Ab
                       observables=record_observables, sharpness=recording.sharpness and record_observables)
     resume = checkpoint is not None and Path(checkpoint).exists()
     if record_to is not None:
-        run.stream = RecordStream(record_to, targets.shape[1], fresh=not resume)
+        run.stream = RecordStream(record_to, targets.shape[1], fresh=not resume, writer=jax.process_index() == 0)
     if resume:
         stream = run.stream
         run = load_checkpoint(checkpoint, run)
         run.stream = stream
+        _records_on_resume(run)
         if lanes is not None:
             run.state = _sharding.place(run.state, lanes)
     else:
@@ -390,11 +391,33 @@ def _record(run, problem, noise, method, grid, record_state):
             out["v"] = v
     for k, x in out.items():
         x = _sharding.to_host(x)[:, : run.n_paths]
-        if run.stream is None:
+        if run.stream is not None:
+            run.stream.write(run.done, k, x)  # (process 0; the others' streams only read)
+        if _in_memory(run):
             run.records.setdefault(k, []).append(x)
-        elif jax.process_index() == 0:
-            run.stream.write(run.done, k, x)
     run.done += 1
+
+
+def _in_memory(run) -> bool:
+    """Whether the run keeps its records in memory: without a stream, or under several processes (where the
+    others would read process 0's files before it wrote them). Process 0 streams them as well."""
+    return run.stream is None or jax.process_count() > 1
+
+
+def _records_on_resume(run) -> None:
+    """Make a resumed run's records match where this run keeps them, whatever the interrupted run did: records
+    its checkpoint held (kept in memory) go into the stream; streamed records are read back into memory
+    when this run keeps them there. So a run resumes under another number of processes."""
+    if run.stream is None:
+        return
+    if run.records:
+        for k, xs in run.records.items():
+            for j, x in enumerate(xs):
+                run.stream.write(j, k, x)
+    elif _in_memory(run):
+        run.records = {k: [np.array(run.stream.read(k)[j]) for j in range(run.done)] for k in run.stream.names()}
+    if not _in_memory(run):
+        run.records = {}
 
 
 def _continue(run, problem, noise, method, grid, record_state, chunk_steps, progress, bound, on_chunk, block=1,
@@ -437,7 +460,8 @@ def save_checkpoint(path: Union[str, Path], run: DiscreteRun) -> None:
     """Write the run's state and records to ``path`` in the engines' checkpoint format (``_checkpoint``)."""
     leaves = jax.tree_util.tree_leaves(run.state)
     arrays = {f"state.{i}": _sharding.to_host(x)[:, : run.n_paths] for i, x in enumerate(leaves)}
-    arrays.update({f"rec.{k}": np.stack(v) for k, v in run.records.items()})
+    if run.stream is None:  # streamed records are on disk already
+        arrays.update({f"rec.{k}": np.stack(v) for k, v in run.records.items()})
     arrays.update(done=np.asarray(run.done))
     _checkpoint.save(path, "discrete", _fingerprint(run), arrays)
 
@@ -487,7 +511,7 @@ def _checkpointing(path, every_s, inner):
 
 
 def _trajectories(run, cfgs, method, noise, problem, extra):
-    if run.stream is None:
+    if _in_memory(run):
         rec = {k: np.stack(v, axis=2) for k, v in run.records.items()}  # (n_cfg, n_paths, n_t, ...)
     else:  # memory maps (n_t, n_cfg, n_paths, ...), seen as (n_cfg, n_paths, n_t, ...) without a copy
         rec = {k: np.moveaxis(run.stream.read(k), 0, 2) for k in run.stream.names()}

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import config as cfgmod
+from . import distributed
 from . import runs
 from ._io import read_npz
 from .comparison import describe_order, eta_sweep
@@ -151,9 +152,11 @@ def resume(folder: Union[str, os.PathLike], *, quiet: bool = False, echo: Callab
 
 def _run_in(folder: Path, cfg: dict, plan, quiet: bool, echo: Callable, resumed: bool) -> RunResult:
     problem, noise, planned = plan.problem, plan.noise, plan.runs
+    distributed.note_resume(f"slowsde run --resume {folder} and the flags that started them (any number of "
+                            "processes; from Python: slowsde_jax.jobs.resume)")
     dtype = jnp.float32 if cfg.get("dtype") == "float32" else None
     progress = False if quiet else None
-    writer, several = _is_writer(), jax.process_count() > 1
+    writer = _is_writer()
     if not writer:  # every process computes; process 0 alone writes and reports
         echo = _silent
     ckpts = folder / "checkpoints"
@@ -175,9 +178,7 @@ def _run_in(folder: Path, cfg: dict, plan, quiet: bool, echo: Callable, resumed:
                 continue
             kw = dict(kw)
             start = Start(v0=kw.pop("v0", "zeros"))
-            # several processes keep the records in memory: streamed files would be read before process 0 wrote them
-            recording = Recording(record_state=kw.pop("record_state", True),
-                                  record_to=None if several else folder / "records" / name)
+            recording = Recording(record_state=kw.pop("record_state", True), record_to=folder / "records" / name)
             execution = Execution(dtype=dtype, progress=progress, chunk_steps=cfg.get("chunk_steps", 1_000_000),
                                   divergence_bound=cfg.get("divergence_bound", 1e10), checkpoint=ckpts / f"{name}.npz",
                                   checkpoint_every_s=cfg.get("checkpoint_every_s", 30.0))
@@ -276,6 +277,7 @@ def compare(cfg: dict, *, out: Union[str, os.PathLike] = "runs", quiet: bool = F
     cmp = cfg["compare"]
     plan = cfgmod.prepare(cfg, command="compare")  # every check, before a folder is made or anything compiles
     problem, noise = plan.problem, plan.noise
+    distributed.note_resume(None)  # a comparison is not resumed: run it again
     folder = _shared_folder(out, cfg.get("name", "compare"))
     runs.write_config(folder, cfg)
     writer = _is_writer()

@@ -27,13 +27,20 @@ class RecordStream:
     ``folder``: created if missing; a folder that holds files the library did not write is refused
     (ConfigError naming ``field``), so no user file is ever replaced. ``n_t``: number of records per
     quantity; ``fresh``: remove the record files this library wrote there first (a new run), else keep them
-    (a resumed run continues them).
+    (a resumed run continues them); ``writer``: False for a stream that only reads (makes, removes and writes
+    nothing).
     """
 
-    def __init__(self, folder, n_t: int, fresh: bool = True, field: str = "record_to"):
-        self.folder, self.field = owned_folder(folder, field), field
-        self.n_t = int(n_t)
+    def __init__(self, folder, n_t: int, fresh: bool = True, field: str = "record_to", writer: bool = True):
+        self.n_t, self.field, self.writer = int(n_t), field, writer
         self._offsets: dict = {}
+        if not writer:  # a process that only reads (several processes: all but process 0); it checks, makes nothing
+            self.folder = Path(folder)
+            if self.folder.exists() and (not self.folder.is_dir() or (
+                    owned_files(self.folder) is None and any(self.folder.iterdir()))):
+                owned_folder(folder, field)  # raises the writer's ConfigError
+            return
+        self.folder = owned_folder(folder, field)
         if fresh:
             try:
                 for name in owned_files(self.folder) or []:
@@ -76,7 +83,9 @@ class RecordStream:
 
     def write(self, j: int, name: str, x: ArrayLike) -> None:
         """Write record ``j`` (0 <= j < n_t) of quantity ``name`` (an array of the same shape every time); an
-        OSError (a full disk) becomes a ``RunIOError`` naming the file."""
+        OSError (a full disk) becomes a ``RunIOError`` naming the file. Nothing in a stream that only reads."""
+        if not self.writer:
+            return
         x = np.ascontiguousarray(x)
         try:
             offset = self._open(name, x)
