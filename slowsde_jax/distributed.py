@@ -30,7 +30,7 @@ LOST_AFTER_S = 30.0  # seconds without a sign of life before a process counts as
 EXIT_LOST = 3  # the exit status of a process that lost another (a fault of the environment)
 _BEAT_S = 1.0
 _PREFIX = "slowsde_jax/alive/"
-_state = {"resume": None, "thread": None}
+_state = {"resume": None, "thread": None, "stop": threading.Event()}
 
 
 def start(coordinator: Optional[str] = None, num_processes: Optional[int] = None, process_id: Optional[int] = None,
@@ -55,7 +55,8 @@ def note_resume(hint: Optional[str]) -> None:
 
 
 def finished() -> None:
-    """Say that this process is done: the others stop watching it."""
+    """Say that this process is done: the others stop watching it, and it stops watching them."""
+    _state["stop"].set()
     client = _client()
     if client is not None:
         import jax
@@ -76,7 +77,7 @@ def watch(lost_after_s: float = LOST_AFTER_S, on_lost: Optional[Callable[[str], 
     if client is None or jax.process_count() == 1 or _state["thread"] is not None:
         return
     me, n = jax.process_index(), jax.process_count()
-    thread = threading.Thread(target=_watch, args=(client, me, n, float(lost_after_s), on_lost or _die),
+    thread = threading.Thread(target=_watch, args=(client, me, n, float(lost_after_s), on_lost or _die, _state["stop"]),
                               name="slowsde-watchdog", daemon=True)
     _state["thread"] = thread
     thread.start()
@@ -119,9 +120,9 @@ def _die(message: str) -> None:
     exit_now(EXIT_LOST)
 
 
-def _watch(client, me: int, n: int, lost_after_s: float, on_lost) -> None:
+def _watch(client, me: int, n: int, lost_after_s: float, on_lost, stop: threading.Event) -> None:
     beat, seen = 0, {}  # process -> (its last sign, when this process saw it change)
-    while True:
+    while not stop.is_set():
         beat += 1
         now = time.monotonic()
         try:
@@ -148,7 +149,7 @@ def _watch(client, me: int, n: int, lost_after_s: float, on_lost) -> None:
                 on_lost(f"process {p} of {n} gave no sign of life for {lost_after_s:g} s (killed, out of memory, or "
                         f"its host lost): this job cannot go on without it" + _advice())
                 return
-        time.sleep(_BEAT_S)
+        stop.wait(_BEAT_S)
 
 
 def _advice() -> str:

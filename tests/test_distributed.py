@@ -19,9 +19,9 @@ from slowsde_jax import noise, problems
 WORKER = textwrap.dedent("""
     import sys
     import jax
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    from slowsde_jax import distributed
     pid, nproc, port, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
-    jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=nproc, process_id=pid)
+    distributed.start(f"127.0.0.1:{port}", num_processes=nproc, process_id=pid)  # as docs/howto/devices.md
     import numpy as np
     import slowsde_jax as S
     from slowsde_jax import noise, problems
@@ -38,6 +38,7 @@ WORKER = textwrap.dedent("""
     np.savez(f"{out}.{pid}.npz", devices=len(jax.devices()), processes=jax.process_count(),
              **{f"disc{i}.{k}": getattr(t, k) for i, t in enumerate(disc) for k in ("theta", "v")},
              ode=ode.theta, sde=sde.theta)
+    distributed.finished()
 """)
 
 
@@ -98,6 +99,9 @@ def test_several_processes_give_the_one_process_numbers(tmp_path, single, n_proc
     (["--coordinator", "nohost", "--num-processes", "2", "--process-id", "0"], "--coordinator"),
     (["--coordinator", "127.0.0.1:1", "--num-processes", "0", "--process-id", "0"], "--num-processes"),
     (["--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "2"], "--process-id"),
+    (["--lost-after", "5"], "--lost-after"),
+    (["--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "0", "--lost-after", "0"], "--lost-after"),
+    (["--distributed", "--lost-after", "nan"], "--lost-after"),
 ])
 def test_distributed_flags_are_checked_before_any_work(flags, field, tmp_path, capsys):
     from slowsde_jax import cli
@@ -237,3 +241,62 @@ def test_a_killed_process_stops_the_job_with_one_line_and_it_resumes_on_another_
     for name in straight:
         np.testing.assert_array_equal(resumed[name].theta, straight[name].theta)
         np.testing.assert_array_equal(resumed[name].v, straight[name].v)
+
+
+class _FakeStore:
+    """The coordination service's key-value store as ``distributed._watch`` uses it; process 1 beats
+    ``beats`` times, then goes silent (or says "done")."""
+
+    def __init__(self, beats, then="silent", fail=False):
+        self.kv, self.beats, self.then, self.fail = {}, beats, then, fail
+
+    def key_value_set(self, key, value, allow_overwrite=False):
+        if self.fail:
+            raise RuntimeError("UNAVAILABLE: Socket closed")
+        self.kv[key] = value
+        if self.beats > 0:
+            self.beats -= 1
+            self.kv["slowsde_jax/alive/1"] = str(self.beats)
+        elif self.then == "done":
+            self.kv["slowsde_jax/alive/1"] = "done"
+
+    def key_value_dir_get(self, prefix):
+        return [(k, v) for k, v in self.kv.items() if k.startswith(prefix)]
+
+
+@pytest.mark.parametrize("store,lost", [
+    (_FakeStore(beats=3), "process 1 of 2 gave no sign of life"),
+    (_FakeStore(beats=3, then="done"), None),
+    (_FakeStore(beats=0, fail=True), "process 1 of 2 lost the coordinator, process 0"),
+], ids=["silent", "done", "coordinator-gone"])
+def test_the_watchdog_names_a_silent_process_and_not_a_finished_one(store, lost, monkeypatch):
+    """``distributed._watch`` (the thread ``watch`` starts): a process whose sign of life stops changing is
+    reported once, with the resume hint; one that said "done" never is; a store that stops answering is the
+    coordinator's loss (seen from process 1)."""
+    import threading
+
+    from slowsde_jax import distributed
+
+    monkeypatch.setattr(distributed, "_BEAT_S", 0.01)
+    distributed.note_resume("slowsde run --resume runs/x")
+    said = []
+    me = 1 if store.fail else 0
+    stop = threading.Event()
+    t = threading.Thread(target=distributed._watch, args=(store, me, 2, 0.2, said.append, stop), daemon=True)
+    t.start()
+    t.join(2.0 if lost is None else 10.0)
+    distributed.note_resume(None)
+    if lost is None:
+        assert t.is_alive() and not said  # still watching, nothing reported
+        stop.set()
+        t.join(1.0)
+        assert not t.is_alive()
+        return
+    assert not t.is_alive() and len(said) == 1 and said[0].startswith(lost), said
+    assert said[0].endswith("Restart every process with: slowsde run --resume runs/x")
+
+
+def test_a_lost_peer_is_read_only_under_several_processes():
+    from slowsde_jax import distributed
+
+    assert distributed.lost_process_message(RuntimeError("Gloo all-reduce failed: Connection closed by peer")) is None
