@@ -18,7 +18,7 @@ LAYERS = [
     ("math", {"geometry", "sharpness"}),
     ("shared", {"options", "inputs", "sweep"}),
     ("engines", {"discrete", "sde", "integrators", "slow_engine"}),
-    ("analysis", {"observables", "regime", "comparison"}),
+    ("analysis", {"observables", "regime", "comparison", "potential"}),
     ("app", {"paper", "plotting", "config", "runs"}),
     ("jobs", {"jobs"}),
     ("front", {"cli", "__main__", "__init__"}),
