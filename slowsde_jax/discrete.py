@@ -369,7 +369,7 @@ def _static_sqrt(method, grid):
     """Adam's exponent as a Python constant: with ``lam`` = 1/2 fixed (not swept), S(v) = 1/(v^(1/2) + eps)
     compiles to a square root instead of a power with a traced exponent (exp(lam log v), several times
     dearer and different in the last bit). Other exponents, and swept ones, stay arrays (compile once)."""
-    if not method.has_v:
+    if not method.has_v or not hasattr(method, "lam"):
         return method
     lam = method.lam
     if "lam" in grid or not eqx.is_array(lam) or lam.ndim or float(lam) != 0.5:

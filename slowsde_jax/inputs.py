@@ -81,8 +81,9 @@ def parse_inputs(problem: AbstractProblem, noise: AbstractNoise, method: Abstrac
         v0_mode = v0
     else:
         v0_mode, v0_arr = "given", as_float_array("v0", v0, dtype)
-        if v0_arr.shape not in ((D,), ()):
-            raise ConfigError("v0", f"must have shape ({D},), got {v0_arr.shape}")
+        K = _statistic_size(problem, method)
+        if v0_arr.shape not in ((K,), ()):
+            raise ConfigError("v0", f"must have shape ({K},), got {v0_arr.shape}")
         if not bool(jnp.all(jnp.isfinite(v0_arr))):
             raise ConfigError("v0", f"must be finite, got {show(v0)}")
         lowest = "zeros" in v0_modes
@@ -194,15 +195,25 @@ def check_step_count(T: ArrayLike, eta: ArrayLike, field: str = "eta", T_field: 
 
 def initial_v(problem: AbstractProblem, noise: AbstractNoise, method: AbstractMethod, theta: Float[Array, "D"], v0_mode: str,
               v0: Optional[ArrayLike] = None) -> Optional[Float[Array, "D"]]:
-    """The second moment at the start, flat (D,): zeros, the equilibrium V(Sigma(theta)) of the v-equation at
-    ``theta``, or the given array; None for SGD (no second moment). jit/vmap-able."""
+    """The second moment at the start, flat (K,) (K = D except for a statistic of another shape, Adafactor's):
+    zeros, the equilibrium V(Sigma(theta)) of the v-equation at ``theta``, or the given array; None for SGD
+    (no second moment). jit/vmap-able."""
     if not method.has_v:
         return None
+    bound = method.for_problem(problem)
     if v0_mode == "equilibrium":
-        return method.for_problem(problem).V(noise.covariance_diag(problem, theta))
+        return bound.V(noise.covariance_diag(problem, theta))
+    shape = jax.eval_shape(bound.V, theta).shape  # (K,): (D,) unless the statistic is shaped otherwise
     if v0_mode == "zeros":
-        return jnp.zeros_like(theta)
-    return jnp.broadcast_to(jnp.asarray(v0, theta.dtype), theta.shape)
+        return jnp.zeros(shape, theta.dtype)
+    return jnp.broadcast_to(jnp.asarray(v0, theta.dtype), shape)
+
+
+def _statistic_size(problem: AbstractProblem, method: AbstractMethod) -> int:
+    """K, the length of the method's second moment v on ``problem`` (D for the diagonal AGMs and SGD)."""
+    if not method.has_v:
+        return problem.dim
+    return int(jax.eval_shape(method.for_problem(problem).V, jax.ShapeDtypeStruct((problem.dim,), jnp.float64)).shape[0])
 
 
 # The keys of Trajectory.meta, the same for every engine (None where a key does not apply).

@@ -16,7 +16,11 @@ length D, ``S(v)`` is a diagonal preconditioner returned as its diagonal (length
 | adalayer | mean of M_jj over i's leaf (layer) | 1 / (sqrt(v) + eps) |
 | adame(lam) | M_ii | 1 / (v^lam + eps) |
 | rmsprop | as adam with beta1 = 0 | as adam |
+| adafactor | a matrix leaf W (a, b): its row and column sums of M (a + b numbers); other leaves as adam | 1 / (sqrt(R_i C_j / sum_k R_k) + eps) on W; as adam elsewhere |
 | sgd | (no v) | 1 (momentum is the EMA form above) |
+
+Adafactor's statistic v is not shaped like the parameters: it has K = sum over leaves of (a + b) for a
+matrix leaf and the leaf's size otherwise (``statistic_size``).
 
 The optimizer is built from optax blocks, in optax's conventions:
 
@@ -53,9 +57,10 @@ from .validation import ConfigError, as_real_array, check_range, suggest
 if TYPE_CHECKING:  # annotations only
     from .problems import AbstractProblem
 
-__all__ = ["ScaleByAGMState", "scale_by_agm", "second_moment", "initial_second_moment", "precondition",
-           "AbstractMethod", "AGM", "SGD", "adam", "adam_mini", "adalayer", "adame", "rmsprop", "sgd",
-           "FACTORIES", "METHOD_NAMES", "make_method"]
+__all__ = ["ScaleByAGMState", "scale_by_agm", "scale_by_statistic", "second_moment", "initial_second_moment",
+           "precondition", "factored_statistic", "factored_preconditioner", "AbstractMethod", "AGM", "Adafactor",
+           "SGD", "adam", "adam_mini", "adalayer", "adame", "rmsprop", "adafactor", "sgd", "FACTORIES",
+           "METHOD_NAMES", "make_method"]
 
 
 def _f(x):
@@ -124,6 +129,77 @@ def scale_by_agm(beta1: ArrayLike, beta2: ArrayLike, eps: ArrayLike, lam: ArrayL
         return out, ScaleByAGMState(count=count, mu=mu, nu=nu)
 
     return optax.GradientTransformation(init, update)
+
+
+def scale_by_statistic(beta1: ArrayLike, beta2: ArrayLike, V: Callable, S: Callable, *,
+                       v0: Optional[ArrayLike] = None) -> optax.GradientTransformation:
+    """Scale updates g by an AGM whose statistic is not shaped like the parameters: returns S(v) m, with
+
+        mu <- beta1 mu + (1 - beta1) g,   nu <- beta2 nu + (1 - beta2) V(g * g, shapes),   S(nu, shapes)
+
+    on the raveled parameters (``ravel_pytree`` order): ``V(sq, shapes)`` maps the squared gradient (D,) to
+    the statistic (K,), ``S(nu, shapes)`` the statistic to the preconditioner's diagonal (D,); ``shapes`` are
+    the shapes of the gradient pytree's leaves. ``nu`` is a flat (K,) array; ``v0``: None (zeros), a scalar
+    or a (K,) array. No bias correction."""
+
+    def shapes_of(tree):
+        return tuple(tuple(np.shape(x)) for x in jax.tree_util.tree_leaves(tree))
+
+    def init(params):
+        flat, _ = ravel_pytree(params)
+        K = jax.eval_shape(lambda x: V(x, shapes_of(params)), flat).shape[0]
+        nu = jnp.zeros((K,), flat.dtype) if v0 is None else jnp.broadcast_to(jnp.asarray(v0, flat.dtype), (K,))
+        return ScaleByAGMState(count=jnp.zeros((), jnp.int32), mu=jax.tree.map(jnp.zeros_like, params), nu=nu)
+
+    def update(updates, state, params=None):
+        del params
+        count = optax.safe_increment(state.count)
+        mu = jax.tree.map(lambda m, g: (beta1 * m + (1.0 - beta1) * g).astype(m.dtype), state.mu, updates)
+        shapes = shapes_of(updates)
+        g, _ = ravel_pytree(updates)
+        nu = (beta2 * state.nu + (1.0 - beta2) * V(g * g, shapes)).astype(state.nu.dtype)
+        m_flat, unravel = ravel_pytree(mu)
+        out = unravel(S(nu, shapes) * m_flat)
+        out = jax.tree.map(lambda o, u: o.astype(u.dtype), out, updates)
+        return out, ScaleByAGMState(count=count, mu=mu, nu=nu)
+
+    return optax.GradientTransformation(init, update)
+
+
+def factored_statistic(sq: Float[Array, "D"], shapes: tuple) -> Float[Array, "K"]:
+    """Adafactor's statistic of the squared gradient ``sq`` (D,), raveled over leaves of ``shapes``: for a
+    matrix leaf (a, b) its row sums (a,) then its column sums (b,); any other leaf unchanged. Linear."""
+    out, i = [], 0
+    for shape in shapes:
+        n = int(np.prod(shape))
+        x = sq[i: i + n]
+        i += n
+        if len(shape) == 2:
+            X = x.reshape(shape)
+            out += [X.sum(axis=1), X.sum(axis=0)]
+        else:
+            out.append(x)
+    return jnp.concatenate(out)
+
+
+def factored_preconditioner(v: Float[Array, "K"], shapes: tuple, eps: ArrayLike) -> Float[Array, "D"]:
+    """Adafactor's preconditioner's diagonal (D,) from its statistic ``v`` (K,): on a matrix leaf with row and
+    column statistics R (a,), C (b,), 1 / (sqrt(R_i C_j / sum_k R_k) + eps) in row-major order; elsewhere
+    1 / (sqrt(v) + eps) (Adam). A matrix whose statistic is all zero gets 1 / eps."""
+    out, k = [], 0
+    for shape in shapes:
+        if len(shape) == 2:
+            a, b = shape
+            R, C = v[k: k + a], v[k + a: k + a + b]
+            k += a + b
+            total = jnp.sum(R)
+            vhat = R[:, None] * C[None, :] / jnp.where(total > 0, total, 1.0)
+            out.append(precondition(vhat, 0.5, eps).reshape(-1))
+        else:
+            n = int(np.prod(shape))
+            out.append(precondition(v[k: k + n], 0.5, eps))
+            k += n
+    return jnp.concatenate(out)
 
 
 def second_moment(opt_state: PyTree, batch_ndim: int = 0) -> Optional[Float[Array, "*batch D"]]:
@@ -345,6 +421,97 @@ class AGM(AbstractMethod):
 
 
 @final
+class Adafactor(AbstractMethod):
+    """Adafactor in the AGM form (no update clipping, no relative step size, EMA momentum m, constant
+    beta2 = 1 - c eta^2): on a matrix leaf W (a, b) v holds the row and column sums of G∘G and
+    S(v) = 1/(sqrt(R_i C_j / sum_k R_k) + eps); vectors and scalars as Adam (``factored_statistic``,
+    ``factored_preconditioner``). v has K = sum (a + b) + (other leaves' sizes) entries, not D.
+
+    Fields: ``beta1``; ``c`` or ``beta2`` (exactly one); ``eps``; static ``shapes``, the parameter leaves'
+    shapes in ravel order (None until ``for_problem`` binds the method to a problem; an unbound method's
+    optax block reads them from the gradient pytree). Built by ``adafactor``.
+    """
+
+    has_v: ClassVar[bool] = True
+    sweepable: ClassVar[Mapping[str, str]] = {"c": "c", "beta1": "beta1", "beta2": "beta2", "eps": "eps"}
+
+    beta1: jax.Array
+    c: Optional[jax.Array]
+    beta2: Optional[jax.Array]
+    eps: jax.Array
+    name: str = eqx.field(static=True, default="adafactor")
+    shapes: Optional[tuple] = eqx.field(static=True, default=None)
+    blocks: ClassVar[None] = None
+    bias_correction: ClassVar[bool] = False
+
+    def __check_init__(self):
+        check_range("beta1", self.beta1, low=0.0, high=1.0, high_open=True)
+        check_range("eps", self.eps, low=0.0)
+        if self.beta2 is not None and self.c is not None:
+            raise ConfigError("beta2", "give either beta2 or c (1 - beta2 = c eta^2), not both")
+        if self.beta2 is None and self.c is None:
+            raise ConfigError("c", "an adaptive method needs c (1 - beta2 = c eta^2) or beta2")
+        if self.beta2 is not None:
+            check_range("beta2", self.beta2, low=0.0, high=1.0, high_open=True)
+        if self.c is not None:
+            check_range("c", self.c, low=0.0)
+
+    def beta2_at(self, eta: ArrayLike) -> Array:
+        """beta2 used at learning rate eta: 1 - c eta^2, or the explicit beta2."""
+        return self.beta2 if self.c is None else 1.0 - self.c * jnp.asarray(eta) ** 2
+
+    def c_at(self, eta: Optional[ArrayLike]) -> Array:
+        return self.c if self.c is not None else (1.0 - self.beta2) / jnp.asarray(eta) ** 2
+
+    @property
+    def bound(self) -> bool:
+        return self.shapes is not None
+
+    def _shapes(self, diag, params=None) -> tuple:
+        if params is not None:
+            return tuple(tuple(np.shape(x)) for x in jax.tree_util.tree_leaves(params))
+        if self.shapes is None:
+            raise ValueError("adafactor needs the parameter leaves' shapes: call method.for_problem(problem) "
+                             "first, or pass params")
+        return self.shapes
+
+    def for_problem(self, problem: "AbstractProblem") -> "Adafactor":
+        """This method with the problem's leaf shapes (``problem.leaf_shapes``)."""
+        shapes = tuple(tuple(int(n) for n in s) for s in problem.leaf_shapes)
+        return self if self.shapes == shapes else dataclasses.replace(self, shapes=shapes)
+
+    def statistic_size(self, params: Optional[PyTree] = None) -> int:
+        """K, the length of v."""
+        return sum(s[0] + s[1] if len(s) == 2 else int(np.prod(s)) for s in self._shapes(None, params))
+
+    def V(self, diag: Float[Array, "*batch D"], params: Optional[PyTree] = None) -> Float[Array, "*batch K"]:
+        """The statistic (K,) of diag(M) (D,) (``factored_statistic``); leading batch axes are mapped over."""
+        if jnp.ndim(diag) > 1:
+            return jax.vmap(lambda d: self.V(d, params))(diag)
+        return factored_statistic(diag, self._shapes(diag, params))
+
+    def V_tree(self, diag: PyTree) -> Float[Array, "K"]:
+        flat, _ = ravel_pytree(diag)
+        return self.V(flat, diag)
+
+    def S(self, v: Float[Array, "*batch K"]) -> Float[Array, "*batch D"]:
+        """The preconditioner's diagonal (D,) (``factored_preconditioner``); leading batch axes are mapped over."""
+        if jnp.ndim(v) > 1:
+            return jax.vmap(self.S)(v)
+        return factored_preconditioner(v, self._shapes(None), self.eps)
+
+    def scale_by_agm(self, eta: ArrayLike, v0: Optional[ArrayLike] = None) -> optax.GradientTransformation:
+        """``scale_by_statistic`` with Adafactor's statistic and preconditioner at learning rate ``eta`` (which
+        sets beta2 = 1 - c eta^2). ``v0``: None (zeros), a scalar or a flat (K,) array."""
+        beta2 = self.beta2_at(eta)
+        check_range("beta2", beta2, low=0.0, high=1.0, high_open=True)
+        fixed = self.shapes
+        V = lambda sq, shapes: factored_statistic(sq, fixed or shapes)
+        S = lambda v, shapes: factored_preconditioner(v, fixed or shapes, self.eps)
+        return scale_by_statistic(self.beta1, beta2, V, S, v0=v0)
+
+
+@final
 class SGD(AbstractMethod):
     """SGD with EMA momentum m <- beta1 m + (1 - beta1) g (the AGM form): no second moment, S = I. Built by ``sgd``."""
 
@@ -457,6 +624,20 @@ def adalayer(beta1: ArrayLike = 0.9, beta2: Optional[ArrayLike] = None, c: Optio
     return _make("adalayer", beta1, beta2, c, eps, 0.5, blocks=_blocks_spec(blocks), bias_correction=bias_correction)
 
 
+def adafactor(beta1: ArrayLike = 0.9, beta2: Optional[ArrayLike] = None, c: Optional[ArrayLike] = None,
+              eps: ArrayLike = 1e-8) -> Adafactor:
+    """Adafactor (``Adafactor``): factored second moments on matrix leaves, Adam elsewhere. Without beta2 or c,
+    c = 10 (1 - beta2 = 10 eta^2)."""
+    if beta2 is None and c is None:
+        c = 10.0
+    for field, value in (("beta1", beta1), ("beta2", beta2), ("c", c), ("eps", eps)):
+        if value is not None:
+            as_real_array(field, value)
+    if beta2 is not None and c is not None:
+        raise ConfigError("beta2", "give either beta2 or c (1 - beta2 = c eta^2), not both")
+    return Adafactor(beta1=_f(beta1), c=_f(c), beta2=_f(beta2), eps=_f(eps))
+
+
 def sgd(momentum: ArrayLike = 0.0, bias_correction: bool = False) -> SGD:
     """SGD, S = I, with optional EMA momentum m <- momentum m + (1 - momentum) g (the AGM form)."""
     as_real_array("momentum", momentum)
@@ -467,7 +648,7 @@ def sgd(momentum: ArrayLike = 0.0, bias_correction: bool = False) -> SGD:
 
 
 FACTORIES = {"adam": adam, "adam_mini": adam_mini, "adalayer": adalayer, "adame": adame,
-             "rmsprop": rmsprop, "sgd": sgd}
+             "rmsprop": rmsprop, "adafactor": adafactor, "sgd": sgd}
 METHOD_NAMES = tuple(FACTORIES)
 
 

@@ -106,8 +106,9 @@ def project_trajectory(traj: Trajectory, problem: AbstractProblem, method: Abstr
     if traj.theta is None:
         raise ConfigError("record_state", "projecting a trajectory needs its recorded states (record_state=True)")
     P, T, D = traj.theta.shape
+    method = method.for_problem(problem)
     theta = np.asarray(traj.theta.reshape(P * T, D))  # numpy: selecting the live rows compiles nothing
-    v = jnp.asarray(traj.v.reshape(P * T, D)) if traj.v is not None else jnp.zeros(theta.shape, theta.dtype)
+    v = jnp.asarray(traj.v.reshape(P * T, -1)) if traj.v is not None else jnp.zeros(theta.shape, theta.dtype)
     S = np.asarray(method.S(v))
     ok = np.repeat(~traj.diverged, T)
     zeta = np.array(theta)
@@ -180,7 +181,7 @@ def slow_ode_from_records(traj: Trajectory, problem: AbstractProblem, noise: Abs
     P, shape = traj.n_paths, first.t.shape
     obs = {k: np.full((P,) + shape, np.nan) for k in first.observables}
     theta = np.full((P,) + shape + (problem.dim,), np.nan)
-    v = None if first.v is None else np.full_like(theta, np.nan)
+    v = None if first.v is None else np.full((P,) + shape + first.v.shape[-1:], np.nan)  # (K,): Adafactor's v
     div = np.full(P, np.nan)
     reasons = []
     for i, tr in pieces:

@@ -75,6 +75,12 @@ class AbstractProblem(eqx.Module):
         return (self.dim,)
 
     @property
+    def leaf_shapes(self) -> tuple[tuple[int, ...], ...]:
+        """The shapes of the parameter leaves, in ravel order (their sizes are ``leaf_sizes``): the matrices
+        that Adafactor factors. Vectors unless a problem declares matrices."""
+        return tuple((int(n),) for n in self.leaf_sizes)
+
+    @property
     def leaf_names(self) -> tuple[str, ...]:
         """A name per parameter leaf, in ravel order (``jax.tree_util.keystr`` of its path for a user pytree)."""
         return ("theta",) if len(self.leaf_sizes) == 1 else tuple(f"leaf{i}" for i in range(len(self.leaf_sizes)))
@@ -354,6 +360,12 @@ class MatrixFactorization(AbstractRegression):
         return (d1 * r, d2 * r)
 
     @property
+    def leaf_shapes(self) -> tuple[tuple[int, ...], ...]:
+        """U (d1, r) and V (d2, r)."""
+        d1, d2, r = self.shape
+        return ((d1, r), (d2, r))
+
+    @property
     def leaf_names(self) -> tuple[str, ...]:
         return ("U", "V")
 
@@ -489,6 +501,7 @@ class _AbstractUserLoss(AbstractProblem):
     observables_fn: eqx.AbstractVar[Optional[Callable]]
     param_sizes: eqx.AbstractVar[tuple]
     param_names: eqx.AbstractVar[tuple]
+    param_shapes: eqx.AbstractVar[tuple]
 
     @property
     def dim(self) -> int:
@@ -498,6 +511,11 @@ class _AbstractUserLoss(AbstractProblem):
     def leaf_sizes(self) -> tuple[int, ...]:
         """The sizes of the user's parameter leaves (``params0``), in ravel order."""
         return self.param_sizes or (self.dim,)
+
+    @property
+    def leaf_shapes(self) -> tuple[tuple[int, ...], ...]:
+        """The shapes of the user's parameter leaves (``params0``), in ravel order."""
+        return self.param_shapes or ((self.dim,),)
 
     @property
     def leaf_names(self) -> tuple[str, ...]:
@@ -536,6 +554,7 @@ class FromLoss(_AbstractUserLoss):
     n: int = eqx.field(static=True, default=0)
     param_sizes: tuple = eqx.field(static=True, default=())
     param_names: tuple = eqx.field(static=True, default=())
+    param_shapes: tuple = eqx.field(static=True, default=())
 
     def per_sample_losses(self, theta: Float[Array, "D"]) -> Float[Array, "n"]:
         """Per-sample losses l_i (shape (n,)) with L = sum_i w_i l_i; needed for minibatch noise."""
@@ -569,6 +588,7 @@ class FromResiduals(_AbstractUserLoss, AbstractLeastSquares):
     n: int = eqx.field(static=True)
     param_sizes: tuple = eqx.field(static=True, default=())
     param_names: tuple = eqx.field(static=True, default=())
+    param_shapes: tuple = eqx.field(static=True, default=())
 
     @property
     def n_active(self) -> Float[Array, ""]:
@@ -612,6 +632,7 @@ def from_loss(loss: Callable[[PyTree], Scalar], params0: PyTree, residuals: Opti
     flat = flat.astype(_precision.default_float())
     with_paths = jax.tree_util.tree_leaves_with_path(params0)
     sizes = tuple(int(np.size(x)) for _, x in with_paths)
+    shapes = tuple(tuple(int(n) for n in np.shape(x)) for _, x in with_paths)
     names = tuple(jax.tree_util.keystr(path) for path, _ in with_paths)
     _check_user_output("loss", loss, params0, scalar=True)
     if residuals is not None:
@@ -620,12 +641,13 @@ def from_loss(loss: Callable[[PyTree], Scalar], params0: PyTree, residuals: Opti
                                                    "the per-sample losses are r_i^2 / 2)")
         n = _check_user_output("residuals", residuals, params0, scalar=False)
         return FromResiduals(loss_fn=loss, theta0=flat, unravel=unravel, residuals_fn=residuals, n=n,
-                             observables_fn=observables, param_sizes=sizes, param_names=names)
+                             observables_fn=observables, param_sizes=sizes, param_names=names,
+                             param_shapes=shapes)
     n = 0 if per_sample_losses is None else _check_user_output("per_sample_losses", per_sample_losses, params0,
                                                                 scalar=False)
     return FromLoss(loss_fn=loss, theta0=flat, unravel=unravel, observables_fn=observables,
                     per_sample_fn=per_sample_losses, n=n, param_sizes=sizes,
-                    param_names=names)
+                    param_names=names, param_shapes=shapes)
 
 
 def _check_user_output(field: str, fn: Callable, params0: PyTree, *, scalar: bool) -> int:

@@ -9,6 +9,7 @@ Under label noise the slow flow decreases one sharpness measure per method (``do
 | adam, rmsprop | tr(Diag H^{1/2}) | ``trace_sqrt_diag_H`` |
 | adame(lam) | tr(Diag H^{1-lam}) | ``trace_diag_H_pow`` |
 | adam_mini, adalayer | sum_B sqrt(n_B tr H_BB), n_B the size of block B | ``block_sharpness`` |
+| adafactor | none known (``slowsde_jax.potential`` tests whether there is one); Adam's is recorded | ``trace_sqrt_diag_H`` |
 
 ``sharpness_measures(problem, method, theta)`` gives tr H, tr(Diag H^{1/2}) and the method's own measure
 when it is another one, from ``problem.hessian_diag`` at one point (D,); it is jittable and vmappable (a
@@ -48,6 +49,8 @@ def own_sharpness(method: AbstractMethod) -> tuple[str, str]:
     with the label showing its lam, e.g. ``("trace_diag_H_pow", "tr(Diag H^{0.75})")`` for lam = 0.25."""
     if not method.has_v:
         return "trace_H", MEASURE_LABELS["trace_H"]
+    if not hasattr(method, "lam"):  # Adafactor: no measure is known to be reduced; Adam's is shown beside it
+        return "trace_sqrt_diag_H", MEASURE_LABELS["trace_sqrt_diag_H"] + " (Adam's; none known for " + method.name + ")"
     if method.blocks is not None:
         return "block_sharpness", MEASURE_LABELS["block_sharpness"]
     if _lam_is_half(method):

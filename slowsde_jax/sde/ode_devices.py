@@ -189,7 +189,8 @@ def _ode_call(model, solver, fallback, controller, y, t_save, max_steps, floor, 
     """One compiled call of the label-noise ODE for a group of P paths from the states ``y`` at t_save[0]
     through t_save[1:] (m + 1,), with the default solver's IMEX ``fallback`` (None: ``solver`` alone).
     ``on_imex`` (P,) bool: the paths already handed to the fallback. Returns ((zeta, v) records (P, m, D),
-    solved (P,), the new ``on_imex``, the fallback solves made per path (P,)), as host arrays.
+    solved (P,), the new ``on_imex``, the fallback solves made per path (P,): 1 for every path of a group
+    that runs on the fallback, and for a path solved again by it), as host arrays.
 
     A group with a path on the fallback runs on it (a stiffness that held Tsit5 does not go away). Otherwise
     ``solver`` gets at most ``EXPLICIT_STEPS_BEFORE_IMEX`` steps, and a path whose solve fails is solved
@@ -203,7 +204,7 @@ def _ode_call(model, solver, fallback, controller, y, t_save, max_steps, floor, 
         with host_checked():
             (zeta, v), solved = _ode_segment(model, fallback, controller, y,
                                              jnp.asarray(np.tile(t_save, (len(on_imex), 1))), steps)
-        return (np.asarray(zeta), np.asarray(v)), np.asarray(solved), on_imex, none
+        return (np.asarray(zeta), np.asarray(v)), np.asarray(solved), on_imex, np.ones(len(on_imex), np.int64)
     with host_checked():
         seg = _ode_segment(model, solver, controller, y, jnp.asarray(t_save),
                            steps if fallback is None else min(steps, EXPLICIT_STEPS_BEFORE_IMEX), floor)
