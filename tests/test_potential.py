@@ -71,3 +71,16 @@ def test_closedness_refuses_what_it_cannot_test(on_gamma):
     net, z = on_gamma
     with pytest.raises(S.ConfigError, match="noise"):
         potential.label_noise_closedness(net, noise.gaussian(np.ones(net.dim)), S.adam(), z)
+
+
+def test_adafactor_label_noise_flow_is_no_gradient_where_adam_and_sgd_are():
+    """3 x 3 matrix sensing (benchmarks/potential_study.py, point 0): Adafactor's S_ij = 1/√(R_i C_j / Σ R) is
+    no function of H_ij alone, and its flow's 1-form is not closed (3.0e-2 when written), at a point where
+    SGD's and Adam's are closed to rounding."""
+    prob = problems.matrix_factorization(d1=3, d2=3, rank=2, n=6, key=0, measurement="gaussian")
+    z = S.on_gamma(prob, prob.init(jax.random.PRNGKey(0)) * 5)
+    nz = noise.label_noise(0.5)
+    got = {name: potential.label_noise_closedness(prob, nz, m, z).asymmetry
+           for name, m in (("sgd", S.sgd()), ("adam", S.adam(c=10.0, eps=0.0)),
+                           ("adafactor", S.adafactor(c=10.0, eps=0.0)))}
+    assert got["sgd"] < 1e-12 and got["adam"] < 1e-12 and got["adafactor"] > 1e-3, got
