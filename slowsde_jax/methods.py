@@ -59,7 +59,8 @@ if TYPE_CHECKING:  # annotations only
 
 __all__ = ["ScaleByAGMState", "scale_by_agm", "scale_by_statistic", "second_moment", "initial_second_moment",
            "precondition", "factored_statistic", "factored_preconditioner", "AbstractMethod", "AGM", "Adafactor",
-           "SGD", "adam", "adam_mini", "adalayer", "adame", "rmsprop", "adafactor", "sgd", "FACTORIES",
+           "CustomAGM", "SGD", "adam", "adam_mini", "adalayer", "adame", "rmsprop", "adafactor", "custom_agm", "sgd",
+           "FACTORIES",
            "METHOD_NAMES", "make_method"]
 
 
@@ -512,6 +513,75 @@ class Adafactor(AbstractMethod):
 
 
 @final
+class CustomAGM(AbstractMethod):
+    """A user's AGM from its statistic and preconditioner, on flat vectors in ravel order:
+
+    - ``statistic``: V, the squared gradient (D,) (the diagonal of g gᵀ) -> the statistic (K,), linear;
+    - ``preconditioner``: S, the statistic (K,) -> the preconditioner's diagonal (D,), positive.
+
+    Both must be jittable functions of arrays. The discrete side is ``scale_by_statistic``; the slow side
+    takes V and S as they are (the v-equation c (V(Σ) − v) in K dimensions). Fields ``beta1``; ``c`` or
+    ``beta2``; static ``name``, ``statistic``, ``preconditioner``. Built by ``custom_agm``.
+    """
+
+    has_v: ClassVar[bool] = True
+    sweepable: ClassVar[Mapping[str, str]] = {"c": "c", "beta1": "beta1", "beta2": "beta2"}
+
+    beta1: jax.Array
+    c: Optional[jax.Array]
+    beta2: Optional[jax.Array]
+    statistic: Callable = eqx.field(static=True, default=None)
+    preconditioner: Callable = eqx.field(static=True, default=None)
+    name: str = eqx.field(static=True, default="custom")
+    blocks: ClassVar[None] = None
+    bias_correction: ClassVar[bool] = False
+
+    def __check_init__(self):
+        for field in ("statistic", "preconditioner"):
+            if not callable(getattr(self, field)):
+                raise ConfigError(field, f"must be a function of a flat array, got {type(getattr(self, field)).__name__}")
+        check_range("beta1", self.beta1, low=0.0, high=1.0, high_open=True)
+        if self.beta2 is not None and self.c is not None:
+            raise ConfigError("beta2", "give either beta2 or c (1 - beta2 = c eta^2), not both")
+        if self.beta2 is None and self.c is None:
+            raise ConfigError("c", "an adaptive method needs c (1 - beta2 = c eta^2) or beta2")
+        if self.beta2 is not None:
+            check_range("beta2", self.beta2, low=0.0, high=1.0, high_open=True)
+        if self.c is not None:
+            check_range("c", self.c, low=0.0)
+
+    def beta2_at(self, eta: ArrayLike) -> Array:
+        """beta2 used at learning rate eta: 1 - c eta^2, or the explicit beta2."""
+        return self.beta2 if self.c is None else 1.0 - self.c * jnp.asarray(eta) ** 2
+
+    def c_at(self, eta: Optional[ArrayLike]) -> Array:
+        return self.c if self.c is not None else (1.0 - self.beta2) / jnp.asarray(eta) ** 2
+
+    def V(self, diag: Float[Array, "*batch D"], params: Optional[PyTree] = None) -> Float[Array, "*batch K"]:
+        """The statistic (K,) of diag(M) (D,); leading batch axes are mapped over."""
+        if jnp.ndim(diag) > 1:
+            return jax.vmap(self.V)(diag)
+        return self.statistic(diag)
+
+    def V_tree(self, diag: PyTree) -> Float[Array, "K"]:
+        return self.V(ravel_pytree(diag)[0])
+
+    def S(self, v: Float[Array, "*batch K"]) -> Float[Array, "*batch D"]:
+        """The preconditioner's diagonal (D,); leading batch axes are mapped over."""
+        if jnp.ndim(v) > 1:
+            return jax.vmap(self.S)(v)
+        return self.preconditioner(v)
+
+    def scale_by_agm(self, eta: ArrayLike, v0: Optional[ArrayLike] = None) -> optax.GradientTransformation:
+        """``scale_by_statistic`` with this method's V and S at learning rate ``eta``. ``v0``: None (zeros), a
+        scalar or a flat (K,) array."""
+        beta2 = self.beta2_at(eta)
+        check_range("beta2", beta2, low=0.0, high=1.0, high_open=True)
+        return scale_by_statistic(self.beta1, beta2, lambda sq, shapes: self.statistic(sq),
+                                  lambda v, shapes: self.preconditioner(v), v0=v0)
+
+
+@final
 class SGD(AbstractMethod):
     """SGD with EMA momentum m <- beta1 m + (1 - beta1) g (the AGM form): no second moment, S = I. Built by ``sgd``."""
 
@@ -636,6 +706,22 @@ def adafactor(beta1: ArrayLike = 0.9, beta2: Optional[ArrayLike] = None, c: Opti
     if beta2 is not None and c is not None:
         raise ConfigError("beta2", "give either beta2 or c (1 - beta2 = c eta^2), not both")
     return Adafactor(beta1=_f(beta1), c=_f(c), beta2=_f(beta2), eps=_f(eps))
+
+
+def custom_agm(statistic: Callable, preconditioner: Callable, beta1: ArrayLike = 0.9,
+               beta2: Optional[ArrayLike] = None, c: Optional[ArrayLike] = None, name: str = "custom") -> CustomAGM:
+    """An AGM of your own (``CustomAGM``): ``statistic`` V maps the squared gradient (D,) linearly to a
+    statistic (K,), ``preconditioner`` S maps it to the preconditioner's diagonal (D,). Without beta2 or c,
+    c = 10. E.g. Adam is ``custom_agm(lambda sq: sq, lambda v: 1 / (jnp.sqrt(v) + 1e-8))``."""
+    if beta2 is None and c is None:
+        c = 10.0
+    for field, value in (("beta1", beta1), ("beta2", beta2), ("c", c)):
+        if value is not None:
+            as_real_array(field, value)
+    if beta2 is not None and c is not None:
+        raise ConfigError("beta2", "give either beta2 or c (1 - beta2 = c eta^2), not both")
+    return CustomAGM(beta1=_f(beta1), c=_f(c), beta2=_f(beta2), statistic=statistic, preconditioner=preconditioner,
+                     name=str(name))
 
 
 def sgd(momentum: ArrayLike = 0.0, bias_correction: bool = False) -> SGD:

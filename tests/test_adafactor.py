@@ -93,3 +93,32 @@ def test_adafactor_label_noise_ode_against_discrete_runs_in_eta(small_factorizat
         assert np.all(err[:-1] - err[1:] > 2 * np.hypot(se[:-1], se[1:])), (name, err, se)
         assert o["order_resolved"] and 0.6 < o["order"] < 1.4, (name, o["order"])
     assert res["regime"] is None
+
+
+def _adam_as_custom(eps):
+    return S.custom_agm(lambda sq: sq, lambda v: 1.0 / (jnp.sqrt(v) + eps), c=5.0, name="my_adam")
+
+
+def _one_block_as_custom(eps):  # Adam-mini with a single block: K = 1
+    return S.custom_agm(lambda sq: jnp.mean(sq, keepdims=True), lambda v: jnp.full(12, 1.0 / (jnp.sqrt(v[0]) + eps)),
+                        c=5.0, name="one_block")
+
+
+@pytest.mark.parametrize("custom,builtin", [(_adam_as_custom(1e-6), S.adam(c=5.0, eps=1e-6)),
+                                            (_one_block_as_custom(1e-6), S.adam_mini(blocks=[0] * 12, c=5.0, eps=1e-6))],
+                         ids=["adam", "one-block"])
+def test_a_user_agm_from_its_statistic_and_preconditioner_is_the_builtin_it_restates(small_factorization, custom,
+                                                                                    builtin):
+    """``custom_agm(V, S)`` restating Adam (K = D) and Adam-mini with one block (K = 1): the discrete runs and
+    the label-noise ODE give the built-in's numbers, to rounding and to the ODE solver's tolerance (rtol 1e-8,
+    atol 1e-10: the two compute S in different orders), with v of the statistic's shape."""
+    nz, start = noise.label_noise(0.5), S.Start(v0="equilibrium")
+    kw = dict(eta=0.05, T=0.05, n_paths=2, key=0, n_record=2, start=start)
+    a, b = (S.simulate_discrete(small_factorization, nz, m, **kw) for m in (custom, builtin))
+    np.testing.assert_allclose(a.theta, b.theta, rtol=1e-12, atol=1e-14)
+    K = custom.V(jnp.ones(12)).shape[0]
+    assert a.v.shape[-1] == K and np.allclose(a.v[..., 0], b.v[..., 0], rtol=1e-12)
+    ode_a, ode_b = (S.simulate_slow_sde(small_factorization, nz, m, T=0.05, n_paths=1, key=0, n_record=2,
+                                        start=S.Start(theta0=np.asarray(a.theta[0, -1]))) for m in (custom, builtin))
+    np.testing.assert_allclose(ode_a.theta, ode_b.theta, rtol=1e-7, atol=1e-10)  # the ODE solver's tolerances
+    assert ode_a.v.shape[-1] == K
