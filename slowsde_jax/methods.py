@@ -347,6 +347,27 @@ class AbstractMethod(eqx.Module):
     __str__ = __repr__
 
 
+def _check_rates(method) -> None:
+    """The second-moment rate of an adaptive method: exactly one of ``c`` (1 - beta2 = c eta^2, >= 0) and
+    ``beta2`` (in [0, 1))."""
+    if method.beta2 is not None and method.c is not None:
+        raise ConfigError("beta2", "give either beta2 or c (1 - beta2 = c eta^2), not both")
+    if method.beta2 is None and method.c is None:
+        raise ConfigError("c", "an adaptive method needs c (1 - beta2 = c eta^2) or beta2")
+    if method.beta2 is not None:
+        check_range("beta2", method.beta2, low=0.0, high=1.0, high_open=True)
+    if method.c is not None:
+        check_range("c", method.c, low=0.0)
+
+
+def _beta2_at(method, eta: ArrayLike) -> Array:
+    return method.beta2 if method.c is None else 1.0 - method.c * jnp.asarray(eta) ** 2
+
+
+def _c_at(method, eta: Optional[ArrayLike]) -> Array:
+    return method.c if method.c is not None else (1.0 - method.beta2) / jnp.asarray(eta) ** 2
+
+
 @final
 class AGM(AbstractMethod):
     """An adaptive gradient method: V is the identity (``blocks=None``) or the block mean, S(v) = 1/(v^lam + eps).
@@ -375,21 +396,14 @@ class AGM(AbstractMethod):
         check_range("beta1", self.beta1, low=0.0, high=1.0, high_open=True)
         check_range("eps", self.eps, low=0.0)
         check_range("lam", self.lam, low=0.0, high=1.0, low_open=True)
-        if self.beta2 is not None and self.c is not None:
-            raise ConfigError("beta2", "give either beta2 or c (1 - beta2 = c eta^2), not both")
-        if self.beta2 is None and self.c is None:
-            raise ConfigError("c", "an adaptive method needs c (1 - beta2 = c eta^2) or beta2")
-        if self.beta2 is not None:
-            check_range("beta2", self.beta2, low=0.0, high=1.0, high_open=True)
-        if self.c is not None:
-            check_range("c", self.c, low=0.0)
+        _check_rates(self)
 
     def beta2_at(self, eta: ArrayLike) -> Array:
         """beta2 used at learning rate eta: 1 - c eta^2, or the explicit beta2."""
-        return self.beta2 if self.c is None else 1.0 - self.c * jnp.asarray(eta) ** 2
+        return _beta2_at(self, eta)
 
     def c_at(self, eta: Optional[ArrayLike]) -> Array:
-        return self.c if self.c is not None else (1.0 - self.beta2) / jnp.asarray(eta) ** 2
+        return _c_at(self, eta)
 
     def V(self, diag: Float[Array, "D"], params: Optional[PyTree] = None) -> Float[Array, "D"]:
         """V(M) from diag(M) (shape (D,)): the identity for Adam, the block mean for Adam-mini/Adalayer.
@@ -448,21 +462,14 @@ class Adafactor(AbstractMethod):
     def __check_init__(self):
         check_range("beta1", self.beta1, low=0.0, high=1.0, high_open=True)
         check_range("eps", self.eps, low=0.0)
-        if self.beta2 is not None and self.c is not None:
-            raise ConfigError("beta2", "give either beta2 or c (1 - beta2 = c eta^2), not both")
-        if self.beta2 is None and self.c is None:
-            raise ConfigError("c", "an adaptive method needs c (1 - beta2 = c eta^2) or beta2")
-        if self.beta2 is not None:
-            check_range("beta2", self.beta2, low=0.0, high=1.0, high_open=True)
-        if self.c is not None:
-            check_range("c", self.c, low=0.0)
+        _check_rates(self)
 
     def beta2_at(self, eta: ArrayLike) -> Array:
         """beta2 used at learning rate eta: 1 - c eta^2, or the explicit beta2."""
-        return self.beta2 if self.c is None else 1.0 - self.c * jnp.asarray(eta) ** 2
+        return _beta2_at(self, eta)
 
     def c_at(self, eta: Optional[ArrayLike]) -> Array:
-        return self.c if self.c is not None else (1.0 - self.beta2) / jnp.asarray(eta) ** 2
+        return _c_at(self, eta)
 
     @property
     def bound(self) -> bool:
@@ -541,21 +548,14 @@ class CustomAGM(AbstractMethod):
             if not callable(getattr(self, field)):
                 raise ConfigError(field, f"must be a function of a flat array, got {type(getattr(self, field)).__name__}")
         check_range("beta1", self.beta1, low=0.0, high=1.0, high_open=True)
-        if self.beta2 is not None and self.c is not None:
-            raise ConfigError("beta2", "give either beta2 or c (1 - beta2 = c eta^2), not both")
-        if self.beta2 is None and self.c is None:
-            raise ConfigError("c", "an adaptive method needs c (1 - beta2 = c eta^2) or beta2")
-        if self.beta2 is not None:
-            check_range("beta2", self.beta2, low=0.0, high=1.0, high_open=True)
-        if self.c is not None:
-            check_range("c", self.c, low=0.0)
+        _check_rates(self)
 
     def beta2_at(self, eta: ArrayLike) -> Array:
         """beta2 used at learning rate eta: 1 - c eta^2, or the explicit beta2."""
-        return self.beta2 if self.c is None else 1.0 - self.c * jnp.asarray(eta) ** 2
+        return _beta2_at(self, eta)
 
     def c_at(self, eta: Optional[ArrayLike]) -> Array:
-        return self.c if self.c is not None else (1.0 - self.beta2) / jnp.asarray(eta) ** 2
+        return _c_at(self, eta)
 
     def V(self, diag: Float[Array, "*batch D"], params: Optional[PyTree] = None) -> Float[Array, "*batch K"]:
         """The statistic (K,) of diag(M) (D,); leading batch axes are mapped over."""
