@@ -23,6 +23,7 @@ def _hdiag(problem, t):
     return jnp.diag(jax.hessian(problem.loss)(t))
 
 
+@pytest.mark.slow
 def test_adam_and_sgd_label_noise_flows_are_gradients_of_their_known_potentials(on_gamma):
     """Adam (ε = 0): the ζ-drift −(α/4) ∂Φ_S S ∇³L[S] with S = (αH_ii)^{-1/2} is −κ times the S⁻¹-gradient of
     tr(Diag H^{1/2}) with κ = √α / 2 (∇³L[S] = 2 α^{-1/2} ∇ Σ H_ii^{1/2}); SGD: of tr H with κ = α/4."""
@@ -73,6 +74,7 @@ def test_closedness_refuses_what_it_cannot_test(on_gamma):
         potential.label_noise_closedness(net, noise.gaussian(np.ones(net.dim)), S.adam(), z)
 
 
+@pytest.mark.slow
 def test_adafactor_label_noise_flow_is_no_gradient_where_adam_and_sgd_are():
     """3 x 3 matrix sensing (benchmarks/potential_study.py, point 0): Adafactor's S_ij = 1/√(R_i C_j / Σ R) is
     no function of H_ij alone, and its flow's 1-form is not closed (3.0e-2 when written), at a point where
