@@ -64,11 +64,8 @@ def _start_distributed(args: argparse.Namespace) -> None:
     if args.lost_after is not None and not args.lost_after > 0:
         raise ConfigError("--lost-after", f"must be > 0 seconds, got {args.lost_after:g}")
     lost_after = distributed.LOST_AFTER_S if args.lost_after is None else args.lost_after
-    try:
-        if from_flags:
-            distributed.start(args.coordinator, args.num_processes, args.process_id, lost_after_s=lost_after)
-        else:
-            distributed.start(lost_after_s=lost_after)
+    try:  # without the flags the three are None: start reads the cluster's environment
+        distributed.start(args.coordinator, args.num_processes, args.process_id, lost_after_s=lost_after)
     except (ValueError, RuntimeError) as e:  # e.g. --distributed outside a cluster: nothing to read
         raise ConfigError("--coordinator" if from_flags else "--distributed",
                           f"jax.distributed could not start: {str(e).strip().splitlines()[0][:300]}") from None

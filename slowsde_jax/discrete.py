@@ -47,7 +47,7 @@ from . import sharding as _sharding
 from . import _checkpoint
 from .streaming import RecordStream
 from .validation import ConfigError, check_int, check_range
-from .methods import AbstractMethod, second_moment
+from .methods import AGM, AbstractMethod, second_moment
 from .noise import AbstractNoise
 from .problems import AbstractProblem
 from .sharpness import sharpness_measures
@@ -369,7 +369,7 @@ def _static_sqrt(method, grid):
     """Adam's exponent as a Python constant: with ``lam`` = 1/2 fixed (not swept), S(v) = 1/(v^(1/2) + eps)
     compiles to a square root instead of a power with a traced exponent (exp(lam log v), several times
     dearer and different in the last bit). Other exponents, and swept ones, stay arrays (compile once)."""
-    if not method.has_v or not hasattr(method, "lam"):
+    if not isinstance(method, AGM):  # only AGM has the exponent lam
         return method
     lam = method.lam
     if "lam" in grid or not eqx.is_array(lam) or lam.ndim or float(lam) != 0.5:

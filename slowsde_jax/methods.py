@@ -58,10 +58,9 @@ if TYPE_CHECKING:  # annotations only
     from .problems import AbstractProblem
 
 __all__ = ["ScaleByAGMState", "scale_by_agm", "scale_by_statistic", "second_moment", "initial_second_moment",
-           "precondition", "factored_statistic", "factored_preconditioner", "AbstractMethod", "AGM", "Adafactor",
-           "CustomAGM", "SGD", "adam", "adam_mini", "adalayer", "adame", "rmsprop", "adafactor", "custom_agm", "sgd",
-           "FACTORIES",
-           "METHOD_NAMES", "make_method"]
+           "precondition", "factored_statistic", "factored_preconditioner", "AbstractMethod", "AbstractStatisticAGM",
+           "AGM", "Adafactor", "CustomAGM", "SGD", "adam", "adam_mini", "adalayer", "adame", "rmsprop", "adafactor",
+           "custom_agm", "sgd", "FACTORIES", "METHOD_NAMES", "make_method"]
 
 
 def _f(x):
@@ -143,12 +142,9 @@ def scale_by_statistic(beta1: ArrayLike, beta2: ArrayLike, V: Callable, S: Calla
     the shapes of the gradient pytree's leaves. ``nu`` is a flat (K,) array; ``v0``: None (zeros), a scalar
     or a (K,) array. No bias correction."""
 
-    def shapes_of(tree):
-        return tuple(tuple(np.shape(x)) for x in jax.tree_util.tree_leaves(tree))
-
     def init(params):
         flat, _ = ravel_pytree(params)
-        K = jax.eval_shape(lambda x: V(x, shapes_of(params)), flat).shape[0]
+        K = jax.eval_shape(lambda x: V(x, _leaf_shapes(params)), flat).shape[0]
         nu = jnp.zeros((K,), flat.dtype) if v0 is None else jnp.broadcast_to(jnp.asarray(v0, flat.dtype), (K,))
         return ScaleByAGMState(count=jnp.zeros((), jnp.int32), mu=jax.tree.map(jnp.zeros_like, params), nu=nu)
 
@@ -156,7 +152,7 @@ def scale_by_statistic(beta1: ArrayLike, beta2: ArrayLike, V: Callable, S: Calla
         del params
         count = optax.safe_increment(state.count)
         mu = jax.tree.map(lambda m, g: (beta1 * m + (1.0 - beta1) * g).astype(m.dtype), state.mu, updates)
-        shapes = shapes_of(updates)
+        shapes = _leaf_shapes(updates)
         g, _ = ravel_pytree(updates)
         nu = (beta2 * state.nu + (1.0 - beta2) * V(g * g, shapes)).astype(state.nu.dtype)
         m_flat, unravel = ravel_pytree(mu)
@@ -330,7 +326,7 @@ class AbstractMethod(eqx.Module):
             return f"{a.item():g}" if a.ndim == 0 else np.array2string(a, separator=", ", threshold=6)
 
         shown = [(f.name, getattr(self, f.name)) for f in dataclasses.fields(self)
-                 if f.name not in ("name", "blocks", "bias_correction")]
+                 if not f.metadata.get("static")]  # the hyperparameters (name, blocks, shapes, functions: static)
         names = {} if self.has_v else {"beta1": "momentum"}
         parts = [f"{names.get(k, k)}={show(x)}" for k, x in shown if x is not None]
         if self.blocks is not None:
@@ -435,8 +431,64 @@ class AGM(AbstractMethod):
                             bias_correction=self.bias_correction, v0=v0)
 
 
+class AbstractStatisticAGM(AbstractMethod):
+    """An AGM whose second moment is a statistic v (K,) of the squared gradient, not shaped like the
+    parameters, with a diagonal preconditioner: subclasses give ``_statistic(sq, shapes)`` (D,) -> (K,),
+    linear, and ``_precondition(v, shapes)`` (K,) -> (D,), ``shapes`` being the parameter leaves' shapes.
+    The discrete side is ``scale_by_statistic``; ``V`` and ``S`` map over leading batch axes."""
+
+    has_v: ClassVar[bool] = True
+    beta1: eqx.AbstractVar[jax.Array]
+    c: eqx.AbstractVar[Optional[jax.Array]]
+    beta2: eqx.AbstractVar[Optional[jax.Array]]
+    blocks: ClassVar[None] = None
+    bias_correction: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def _statistic(self, sq: Float[Array, "D"], shapes: Optional[tuple]) -> Float[Array, "K"]:
+        """V on one squared gradient (D,); ``shapes``: the leaves' shapes (None: the method's own)."""
+
+    @abc.abstractmethod
+    def _precondition(self, v: Float[Array, "K"], shapes: Optional[tuple]) -> Float[Array, "D"]:
+        """S on one statistic (K,)."""
+
+    def beta2_at(self, eta: ArrayLike) -> Array:
+        """beta2 used at learning rate eta: 1 - c eta^2, or the explicit beta2."""
+        return _beta2_at(self, eta)
+
+    def c_at(self, eta: Optional[ArrayLike]) -> Array:
+        return _c_at(self, eta)
+
+    def V(self, diag: Float[Array, "*batch D"], params: Optional[PyTree] = None) -> Float[Array, "*batch K"]:
+        """The statistic (K,) of diag(M) (D,); leading batch axes are mapped over. ``params``: a pytree whose
+        leaves give the shapes (default: the method's own, see ``for_problem``)."""
+        if jnp.ndim(diag) > 1:
+            return jax.vmap(lambda d: self.V(d, params))(diag)
+        return self._statistic(diag, None if params is None else _leaf_shapes(params))
+
+    def V_tree(self, diag: PyTree) -> Float[Array, "K"]:
+        return self.V(ravel_pytree(diag)[0], diag)
+
+    def S(self, v: Float[Array, "*batch K"]) -> Float[Array, "*batch D"]:
+        """The preconditioner's diagonal (D,); leading batch axes are mapped over."""
+        if jnp.ndim(v) > 1:
+            return jax.vmap(self.S)(v)
+        return self._precondition(v, None)
+
+    def scale_by_agm(self, eta: ArrayLike, v0: Optional[ArrayLike] = None) -> optax.GradientTransformation:
+        """``scale_by_statistic`` with this method's V and S at learning rate ``eta`` (which sets beta2 = 1 -
+        c eta^2). ``v0``: None (zeros), a scalar or a flat (K,) array."""
+        beta2 = self.beta2_at(eta)
+        check_range("beta2", beta2, low=0.0, high=1.0, high_open=True)
+        return scale_by_statistic(self.beta1, beta2, self._statistic, self._precondition, v0=v0)
+
+
+def _leaf_shapes(tree: PyTree) -> tuple:
+    return tuple(tuple(np.shape(x)) for x in jax.tree_util.tree_leaves(tree))
+
+
 @final
-class Adafactor(AbstractMethod):
+class Adafactor(AbstractStatisticAGM):
     """Adafactor in the AGM form (no update clipping, no relative step size, EMA momentum m, constant
     beta2 = 1 - c eta^2): on a matrix leaf W (a, b) v holds the row and column sums of G∘G and
     S(v) = 1/(sqrt(R_i C_j / sum_k R_k) + eps); vectors and scalars as Adam (``factored_statistic``,
@@ -447,7 +499,6 @@ class Adafactor(AbstractMethod):
     optax block reads them from the gradient pytree). Built by ``adafactor``.
     """
 
-    has_v: ClassVar[bool] = True
     sweepable: ClassVar[Mapping[str, str]] = {"c": "c", "beta1": "beta1", "beta2": "beta2", "eps": "eps"}
 
     beta1: jax.Array
@@ -456,32 +507,24 @@ class Adafactor(AbstractMethod):
     eps: jax.Array
     name: str = eqx.field(static=True, default="adafactor")
     shapes: Optional[tuple] = eqx.field(static=True, default=None)
-    blocks: ClassVar[None] = None
-    bias_correction: ClassVar[bool] = False
 
     def __check_init__(self):
         check_range("beta1", self.beta1, low=0.0, high=1.0, high_open=True)
         check_range("eps", self.eps, low=0.0)
         _check_rates(self)
 
-    def beta2_at(self, eta: ArrayLike) -> Array:
-        """beta2 used at learning rate eta: 1 - c eta^2, or the explicit beta2."""
-        return _beta2_at(self, eta)
-
-    def c_at(self, eta: Optional[ArrayLike]) -> Array:
-        return _c_at(self, eta)
-
     @property
     def bound(self) -> bool:
         return self.shapes is not None
 
-    def _shapes(self, diag, params=None) -> tuple:
-        if params is not None:
-            return tuple(tuple(np.shape(x)) for x in jax.tree_util.tree_leaves(params))
-        if self.shapes is None:
+    def _own(self, shapes: Optional[tuple]) -> tuple:
+        """The shapes to use: the method's own when bound, else ``shapes`` (from a pytree)."""
+        if self.shapes is not None:
+            return self.shapes
+        if shapes is None:
             raise ValueError("adafactor needs the parameter leaves' shapes: call method.for_problem(problem) "
                              "first, or pass params")
-        return self.shapes
+        return shapes
 
     def for_problem(self, problem: "AbstractProblem") -> "Adafactor":
         """This method with the problem's leaf shapes (``problem.leaf_shapes``)."""
@@ -490,37 +533,18 @@ class Adafactor(AbstractMethod):
 
     def statistic_size(self, params: Optional[PyTree] = None) -> int:
         """K, the length of v."""
-        return sum(s[0] + s[1] if len(s) == 2 else int(np.prod(s)) for s in self._shapes(None, params))
+        shapes = self._own(None if params is None else _leaf_shapes(params))
+        return sum(s[0] + s[1] if len(s) == 2 else int(np.prod(s)) for s in shapes)
 
-    def V(self, diag: Float[Array, "*batch D"], params: Optional[PyTree] = None) -> Float[Array, "*batch K"]:
-        """The statistic (K,) of diag(M) (D,) (``factored_statistic``); leading batch axes are mapped over."""
-        if jnp.ndim(diag) > 1:
-            return jax.vmap(lambda d: self.V(d, params))(diag)
-        return factored_statistic(diag, self._shapes(diag, params))
+    def _statistic(self, sq, shapes):
+        return factored_statistic(sq, self._own(shapes))
 
-    def V_tree(self, diag: PyTree) -> Float[Array, "K"]:
-        flat, _ = ravel_pytree(diag)
-        return self.V(flat, diag)
-
-    def S(self, v: Float[Array, "*batch K"]) -> Float[Array, "*batch D"]:
-        """The preconditioner's diagonal (D,) (``factored_preconditioner``); leading batch axes are mapped over."""
-        if jnp.ndim(v) > 1:
-            return jax.vmap(self.S)(v)
-        return factored_preconditioner(v, self._shapes(None), self.eps)
-
-    def scale_by_agm(self, eta: ArrayLike, v0: Optional[ArrayLike] = None) -> optax.GradientTransformation:
-        """``scale_by_statistic`` with Adafactor's statistic and preconditioner at learning rate ``eta`` (which
-        sets beta2 = 1 - c eta^2). ``v0``: None (zeros), a scalar or a flat (K,) array."""
-        beta2 = self.beta2_at(eta)
-        check_range("beta2", beta2, low=0.0, high=1.0, high_open=True)
-        fixed = self.shapes
-        V = lambda sq, shapes: factored_statistic(sq, fixed or shapes)
-        S = lambda v, shapes: factored_preconditioner(v, fixed or shapes, self.eps)
-        return scale_by_statistic(self.beta1, beta2, V, S, v0=v0)
+    def _precondition(self, v, shapes):
+        return factored_preconditioner(v, self._own(shapes), self.eps)
 
 
 @final
-class CustomAGM(AbstractMethod):
+class CustomAGM(AbstractStatisticAGM):
     """A user's AGM from its statistic and preconditioner, on flat vectors in ravel order:
 
     - ``statistic``: V, the squared gradient (D,) (the diagonal of g gᵀ) -> the statistic (K,), linear;
@@ -531,7 +555,6 @@ class CustomAGM(AbstractMethod):
     ``beta2``; static ``name``, ``statistic``, ``preconditioner``. Built by ``custom_agm``.
     """
 
-    has_v: ClassVar[bool] = True
     sweepable: ClassVar[Mapping[str, str]] = {"c": "c", "beta1": "beta1", "beta2": "beta2"}
 
     beta1: jax.Array
@@ -540,8 +563,6 @@ class CustomAGM(AbstractMethod):
     statistic: Callable = eqx.field(static=True, default=None)
     preconditioner: Callable = eqx.field(static=True, default=None)
     name: str = eqx.field(static=True, default="custom")
-    blocks: ClassVar[None] = None
-    bias_correction: ClassVar[bool] = False
 
     def __check_init__(self):
         for field in ("statistic", "preconditioner"):
@@ -550,35 +571,11 @@ class CustomAGM(AbstractMethod):
         check_range("beta1", self.beta1, low=0.0, high=1.0, high_open=True)
         _check_rates(self)
 
-    def beta2_at(self, eta: ArrayLike) -> Array:
-        """beta2 used at learning rate eta: 1 - c eta^2, or the explicit beta2."""
-        return _beta2_at(self, eta)
+    def _statistic(self, sq, shapes):
+        return self.statistic(sq)
 
-    def c_at(self, eta: Optional[ArrayLike]) -> Array:
-        return _c_at(self, eta)
-
-    def V(self, diag: Float[Array, "*batch D"], params: Optional[PyTree] = None) -> Float[Array, "*batch K"]:
-        """The statistic (K,) of diag(M) (D,); leading batch axes are mapped over."""
-        if jnp.ndim(diag) > 1:
-            return jax.vmap(self.V)(diag)
-        return self.statistic(diag)
-
-    def V_tree(self, diag: PyTree) -> Float[Array, "K"]:
-        return self.V(ravel_pytree(diag)[0])
-
-    def S(self, v: Float[Array, "*batch K"]) -> Float[Array, "*batch D"]:
-        """The preconditioner's diagonal (D,); leading batch axes are mapped over."""
-        if jnp.ndim(v) > 1:
-            return jax.vmap(self.S)(v)
+    def _precondition(self, v, shapes):
         return self.preconditioner(v)
-
-    def scale_by_agm(self, eta: ArrayLike, v0: Optional[ArrayLike] = None) -> optax.GradientTransformation:
-        """``scale_by_statistic`` with this method's V and S at learning rate ``eta``. ``v0``: None (zeros), a
-        scalar or a flat (K,) array."""
-        beta2 = self.beta2_at(eta)
-        check_range("beta2", beta2, low=0.0, high=1.0, high_open=True)
-        return scale_by_statistic(self.beta1, beta2, lambda sq, shapes: self.statistic(sq),
-                                  lambda v, shapes: self.preconditioner(v), v0=v0)
 
 
 @final
@@ -613,14 +610,21 @@ class SGD(AbstractMethod):
 
 
 # ----- factories -------------------------------------------------------------------------------------------
-def _make(name, beta1, beta2, c, eps, lam, blocks=None, bias_correction=False) -> AGM:
+def _default_rate(beta2, c, **numbers):
+    """c, defaulting to 10 (the authors' choice for the slow limit) when neither beta2 nor c is given; every
+    given hyperparameter checked to be a number before it becomes an array (the ranges: ``__check_init__``)."""
     if beta2 is not None and c is not None:
         raise ConfigError("beta2", "give either beta2 or c (1 - beta2 = c eta^2), not both")
     if beta2 is None and c is None:
-        c = 10.0  # the authors' choice for the slow limit
-    for field, value in (("beta1", beta1), ("beta2", beta2), ("c", c), ("eps", eps), ("lam", lam)):
+        c = 10.0
+    for field, value in {**numbers, "beta2": beta2, "c": c}.items():
         if value is not None:
-            as_real_array(field, value)  # a number before it becomes an array (the ranges: AGM.__check_init__)
+            as_real_array(field, value)
+    return c
+
+
+def _make(name, beta1, beta2, c, eps, lam, blocks=None, bias_correction=False) -> AGM:
+    c = _default_rate(beta2, c, beta1=beta1, eps=eps, lam=lam)
     return AGM(beta1=_f(beta1), c=_f(c), beta2=_f(beta2), eps=_f(eps), lam=_f(lam), name=name,
                blocks=blocks, bias_correction=bool(bias_correction))
 
@@ -698,13 +702,7 @@ def adafactor(beta1: ArrayLike = 0.9, beta2: Optional[ArrayLike] = None, c: Opti
               eps: ArrayLike = 1e-8) -> Adafactor:
     """Adafactor (``Adafactor``): factored second moments on matrix leaves, Adam elsewhere. Without beta2 or c,
     c = 10 (1 - beta2 = 10 eta^2)."""
-    if beta2 is None and c is None:
-        c = 10.0
-    for field, value in (("beta1", beta1), ("beta2", beta2), ("c", c), ("eps", eps)):
-        if value is not None:
-            as_real_array(field, value)
-    if beta2 is not None and c is not None:
-        raise ConfigError("beta2", "give either beta2 or c (1 - beta2 = c eta^2), not both")
+    c = _default_rate(beta2, c, beta1=beta1, eps=eps)
     return Adafactor(beta1=_f(beta1), c=_f(c), beta2=_f(beta2), eps=_f(eps))
 
 
@@ -713,13 +711,7 @@ def custom_agm(statistic: Callable, preconditioner: Callable, beta1: ArrayLike =
     """An AGM of your own (``CustomAGM``): ``statistic`` V maps the squared gradient (D,) linearly to a
     statistic (K,), ``preconditioner`` S maps it to the preconditioner's diagonal (D,). Without beta2 or c,
     c = 10. E.g. Adam is ``custom_agm(lambda sq: sq, lambda v: 1 / (jnp.sqrt(v) + 1e-8))``."""
-    if beta2 is None and c is None:
-        c = 10.0
-    for field, value in (("beta1", beta1), ("beta2", beta2), ("c", c)):
-        if value is not None:
-            as_real_array(field, value)
-    if beta2 is not None and c is not None:
-        raise ConfigError("beta2", "give either beta2 or c (1 - beta2 = c eta^2), not both")
+    c = _default_rate(beta2, c, beta1=beta1)
     return CustomAGM(beta1=_f(beta1), c=_f(c), beta2=_f(beta2), statistic=statistic, preconditioner=preconditioner,
                      name=str(name))
 

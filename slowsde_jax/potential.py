@@ -57,10 +57,9 @@ class Closedness:
         return self.asymmetry < tol
 
 
-def _chart(residuals: Callable, zeta0: Float[Array, "D"], B: Float[Array, "D m"]) -> Callable:
-    """ψ(u) = ζ0 + B u + J0ᵀ w with r(ψ(u)) = 0, w from Newton's method (a fixed number of steps, so that forward
-    derivatives go through it; they converge with the iterates)."""
-    J0 = jax.jacfwd(residuals)(zeta0)
+def _chart(residuals: Callable, zeta0: Float[Array, "D"], J0: Float[Array, "n D"], B: Float[Array, "D m"]) -> Callable:
+    """ψ(u) = ζ0 + B u + J0ᵀ w with r(ψ(u)) = 0 (J0 the residuals' Jacobian at ζ0), w from Newton's method (a
+    fixed number of steps, so that forward derivatives go through it; they converge with the iterates)."""
 
     def psi(u):
         p = zeta0 + B @ u
@@ -80,13 +79,13 @@ def closedness(residuals: Callable[[Float[Array, "D"]], Float[Array, "n"]], fiel
     ``residuals``: r(ζ) (n,); ``field``: F(ζ) (D,), tangent to Γ; ``metric``: S(ζ), the diagonal (D,) or an
     SPD matrix (D, D), so that F is tested as an S⁻¹-gradient; ``candidate``: φ(ζ) (scalar), optional."""
     zeta0 = jnp.asarray(zeta0)
-    J = np.asarray(jax.jacfwd(residuals)(zeta0))
-    _, s, vt = np.linalg.svd(J)
+    J = jax.jacfwd(residuals)(zeta0)
+    _, s, vt = np.linalg.svd(np.asarray(J))
     rank = int(np.sum(s > rank_rtol * s.max())) if s.size else 0
     B = jnp.asarray(vt[rank:].T)  # (D, m): the tangent space at zeta0
     if B.shape[1] == 0:
         raise ConfigError("zeta", "Gamma is a point here (the residual Jacobian has full column rank)")
-    psi = _chart(residuals, zeta0, B)
+    psi = _chart(residuals, zeta0, J, B)
 
     def solve_metric(S, x):
         return x / S if S.ndim == 1 else jnp.linalg.solve(S, x)

@@ -71,14 +71,14 @@ class AbstractProblem(eqx.Module):
     @property
     def leaf_sizes(self) -> tuple[int, ...]:
         """The sizes of the parameter pytree's leaves, in ravel order (they sum to D): the layers that
-        Adalayer and ``blocks="leaf"`` average over. One leaf (the flat theta) unless a problem declares more."""
-        return (self.dim,)
+        Adalayer and ``blocks="leaf"`` average over; from ``leaf_shapes``."""
+        return tuple(int(np.prod(s)) for s in self.leaf_shapes)
 
     @property
     def leaf_shapes(self) -> tuple[tuple[int, ...], ...]:
-        """The shapes of the parameter leaves, in ravel order (their sizes are ``leaf_sizes``): the matrices
-        that Adafactor factors. Vectors unless a problem declares matrices."""
-        return tuple((int(n),) for n in self.leaf_sizes)
+        """The shapes of the parameter leaves, in ravel order: the layers of Adalayer, the matrices that
+        Adafactor factors. One leaf, the flat theta (D,), unless a problem declares more."""
+        return ((self.dim,),)
 
     @property
     def leaf_names(self) -> tuple[str, ...]:
@@ -354,12 +354,6 @@ class MatrixFactorization(AbstractRegression):
         return (d1 + d2) * r
 
     @property
-    def leaf_sizes(self) -> tuple[int, ...]:
-        """Two layers, U (d1 r) and V (d2 r)."""
-        d1, d2, r = self.shape
-        return (d1 * r, d2 * r)
-
-    @property
     def leaf_shapes(self) -> tuple[tuple[int, ...], ...]:
         """U (d1, r) and V (d2, r)."""
         d1, d2, r = self.shape
@@ -499,18 +493,12 @@ class _AbstractUserLoss(AbstractProblem):
     theta0: eqx.AbstractVar[Float[Array, "D"]]
     unravel: eqx.AbstractVar[Callable]
     observables_fn: eqx.AbstractVar[Optional[Callable]]
-    param_sizes: eqx.AbstractVar[tuple]
     param_names: eqx.AbstractVar[tuple]
     param_shapes: eqx.AbstractVar[tuple]
 
     @property
     def dim(self) -> int:
         return int(self.theta0.shape[0])
-
-    @property
-    def leaf_sizes(self) -> tuple[int, ...]:
-        """The sizes of the user's parameter leaves (``params0``), in ravel order."""
-        return self.param_sizes or (self.dim,)
 
     @property
     def leaf_shapes(self) -> tuple[tuple[int, ...], ...]:
@@ -552,7 +540,6 @@ class FromLoss(_AbstractUserLoss):
     observables_fn: Optional[Callable]
     per_sample_fn: Optional[Callable] = None
     n: int = eqx.field(static=True, default=0)
-    param_sizes: tuple = eqx.field(static=True, default=())
     param_names: tuple = eqx.field(static=True, default=())
     param_shapes: tuple = eqx.field(static=True, default=())
 
@@ -586,7 +573,6 @@ class FromResiduals(_AbstractUserLoss, AbstractLeastSquares):
     observables_fn: Optional[Callable]
     residuals_fn: Callable
     n: int = eqx.field(static=True)
-    param_sizes: tuple = eqx.field(static=True, default=())
     param_names: tuple = eqx.field(static=True, default=())
     param_shapes: tuple = eqx.field(static=True, default=())
 
@@ -631,7 +617,6 @@ def from_loss(loss: Callable[[PyTree], Scalar], params0: PyTree, residuals: Opti
     flat, unravel = ravel_pytree(params0)
     flat = flat.astype(_precision.default_float())
     with_paths = jax.tree_util.tree_leaves_with_path(params0)
-    sizes = tuple(int(np.size(x)) for _, x in with_paths)
     shapes = tuple(tuple(int(n) for n in np.shape(x)) for _, x in with_paths)
     names = tuple(jax.tree_util.keystr(path) for path, _ in with_paths)
     _check_user_output("loss", loss, params0, scalar=True)
@@ -641,13 +626,11 @@ def from_loss(loss: Callable[[PyTree], Scalar], params0: PyTree, residuals: Opti
                                                    "the per-sample losses are r_i^2 / 2)")
         n = _check_user_output("residuals", residuals, params0, scalar=False)
         return FromResiduals(loss_fn=loss, theta0=flat, unravel=unravel, residuals_fn=residuals, n=n,
-                             observables_fn=observables, param_sizes=sizes, param_names=names,
-                             param_shapes=shapes)
+                             observables_fn=observables, param_names=names, param_shapes=shapes)
     n = 0 if per_sample_losses is None else _check_user_output("per_sample_losses", per_sample_losses, params0,
                                                                 scalar=False)
     return FromLoss(loss_fn=loss, theta0=flat, unravel=unravel, observables_fn=observables,
-                    per_sample_fn=per_sample_losses, n=n, param_sizes=sizes,
-                    param_names=names, param_shapes=shapes)
+                    per_sample_fn=per_sample_losses, n=n, param_names=names, param_shapes=shapes)
 
 
 def _check_user_output(field: str, fn: Callable, params0: PyTree, *, scalar: bool) -> int:

@@ -25,7 +25,7 @@ import numpy as np
 from jaxtyping import Array, Float, Scalar
 
 from . import geometry as geo
-from .methods import AbstractMethod
+from .methods import AGM, AbstractMethod
 from .problems import AbstractProblem
 
 __all__ = ["MEASURE_LABELS", "SHARPNESS_NAMES", "own_sharpness", "sharpness_measures", "sharpness_batch"]
@@ -49,7 +49,7 @@ def own_sharpness(method: AbstractMethod) -> tuple[str, str]:
     with the label showing its lam, e.g. ``("trace_diag_H_pow", "tr(Diag H^{0.75})")`` for lam = 0.25."""
     if not method.has_v:
         return "trace_H", MEASURE_LABELS["trace_H"]
-    if not hasattr(method, "lam"):  # Adafactor: no measure is known to be reduced; Adam's is shown beside it
+    if not isinstance(method, AGM):  # Adafactor, a custom AGM: no measure is known to be reduced; Adam's is shown
         return "trace_sqrt_diag_H", MEASURE_LABELS["trace_sqrt_diag_H"] + " (Adam's; none known for " + method.name + ")"
     if method.blocks is not None:
         return "block_sharpness", MEASURE_LABELS["block_sharpness"]

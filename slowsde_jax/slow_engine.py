@@ -28,7 +28,6 @@ from .problems import AbstractProblem, observe_batch
 from .progress import progress_bar
 from .sharpness import sharpness_batch
 from .sde.coefficients import SlowSDEModel, _finite_records
-from ._runtime_checks import host_checked
 from .sde.start import _initial_state
 from .trajectory import Trajectory
 from .validation import ConfigError, check_range
@@ -130,8 +129,7 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Ab
                 return out
 
             like = _group_result_like(run, j1 - j0, inputs.dtype)
-            with host_checked():  # once around the threads (see slowsde_jax._runtime_checks)
-                groups = _sharding.run_groups(call, sizes, like, execution.devices)
+            groups = _sharding.run_groups(call, sizes, like, execution.devices)
             (zeta, v), ok, imex, solves = jax.tree_util.tree_map(lambda *x: np.concatenate(x), *groups)
             run.imex, run.fallback_solves = imex, run.fallback_solves + int(solves.sum())
             run.extend((zeta, v), ok, j0, plan.alpha is None)
