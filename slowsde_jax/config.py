@@ -16,7 +16,8 @@ A config (see ``configs/default.yaml``)::
       adam: {method: adam, eta: 0.1, beta2: 0.95, eps: 1.0e-6}
       sgd: {method: sgd, eta: 0.005}
 
-``slow_flow: true`` also maps every run onto the manifold and integrates its slow ODE from the recorded
+``paths_per_call`` (default 1024) cuts every run's paths into groups, one compiled call each, spread over
+the devices (see ``slowsde_jax.Execution``). ``slow_flow: true`` also maps every run onto the manifold and integrates its slow ODE from the recorded
 states (needs ``record_state``; sweeps are left out), see ``slowsde_jax.observables``.
 Each run may override ``steps``/``T``, ``n_paths``, ``n_record``, ``v0``, ``record_state`` and give a ``sweep``
 (name -> list of values). Every problem has its own keyword arguments (those of the problem's factory).
@@ -54,7 +55,7 @@ from .validation import (ConfigError, check_bool, check_bound, check_choice, che
 
 TOP_KEYS = {"name", "seed", "problem", "noise", "steps", "T", "n_paths", "n_record", "runs", "dtype",
             "record_state", "v0", "chunk_steps", "divergence_bound", "strict", "compare",
-            "checkpoint_every_s", "slow_flow"}
+            "checkpoint_every_s", "slow_flow", "paths_per_call"}
 COMPARE_KEYS = {"etas", "observables", "dt", "sde_paths", "project", "solver", "rtol", "atol"}
 RUN_KEYS = {"method", "eta", "steps", "T", "n_paths", "n_record", "v0", "record_state", "sweep"}
 INHERITED = ("steps", "T", "n_paths", "n_record", "v0", "record_state")
@@ -208,7 +209,7 @@ def validate(cfg: Any) -> dict:
         _expect(cfg["seed"] < 2**64, "seed", f"must be < 2**64 (a 64-bit seed), got {cfg['seed']}")
     check_file_name("name", cfg.get("name", "run"))
     check_choice("dtype", cfg.get("dtype", "float64"), ("float64", "float32"))
-    for k in ("n_paths", "n_record", "steps", "chunk_steps"):
+    for k in ("n_paths", "n_record", "steps", "chunk_steps", "paths_per_call"):
         if k in cfg:
             check_int(k, cfg[k], 1)
     if "steps" in cfg:

@@ -25,7 +25,8 @@ Where the time goes, and what the engine does about it (``benchmarks/bench_discr
 - The parameters here are flat vectors, so the optax transform does not ravel or unravel (only Adam-mini's
   and Adalayer's block means ravel pytrees).
 
-Lanes are spread over devices with ``slowsde_jax.sharding``; records can be streamed to disk with
+The paths go in groups of ``Execution.paths_per_call``, one compiled call per group, group g on device g mod
+(number of devices) (``slowsde_jax.sharding``); records can be streamed to disk with
 ``slowsde_jax.streaming.RecordStream`` (``record_to``).
 """
 from __future__ import annotations
@@ -34,13 +35,13 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-
+from jaxtyping import PyTree
 
 from . import _precision
 from . import sharding as _sharding
@@ -52,7 +53,7 @@ from .noise import AbstractNoise
 from .problems import AbstractProblem
 from .sharpness import sharpness_measures
 from .sweep import apply_hypers, check_sweep_value, sweep_grid
-from .options import Execution, Recording, Start, engine_options
+from .options import DEFAULT_PATHS_PER_CALL, Execution, Recording, Start, engine_options
 from .inputs import (check_step_count, check_steps, initial_v,
                      parse_inputs, run_meta)
 from .trajectory import Trajectory
@@ -141,7 +142,7 @@ def _per_cfg(fn, problem, noise, method, hypers, state, *args):
 
 @eqx.filter_jit
 @eqx.debug.assert_max_traces(max_traces=None)  # counts compilations: eqx.debug.get_num_traces(_advance)
-def _advance(problem, noise, method, hypers, bound, state, target, n_steps, block: int = 0, sharding=None):
+def _advance(problem, noise, method, hypers, bound, state, target, n_steps, block: int = 0):
     """All configurations (axis 0) x paths (axis 1) advanced towards ``target`` (shape (n_cfg,)) by at most
     ``n_steps`` (a traced scalar, so chunk lengths do not recompile).
 
@@ -154,14 +155,12 @@ def _advance(problem, noise, method, hypers, bound, state, target, n_steps, bloc
     the block's start when a lane that kept it left the bound inside it. So divergence steps, frozen states
     and stopping points are those of the plain path, and every lane advances by min(block, steps left) per
     block: ceil(n_steps / block) blocks reach every target.
-
-    ``sharding`` (static): the lanes' ``jax.sharding.NamedSharding``, kept on the returned state.
     """
     target = jnp.broadcast_to(target[:, None], state.step.shape)  # per lane (n_cfg, n_paths)
     plain = lambda st, k: _per_cfg(lambda p, n, m, e, s, t: _advance_one(p, n, m, e, bound, s, t, k),
                                    problem, noise, method, hypers, st, target)
     if block <= 1:
-        return _constrain(plain(state, n_steps), sharding)
+        return plain(state, n_steps)
 
     def one_block(_, st):
         live = (st.step < target) & (st.diverged_step < 0)  # (n_cfg, n_paths)
@@ -177,7 +176,7 @@ def _advance(problem, noise, method, hypers, bound, state, target, n_steps, bloc
 
         return jax.lax.cond(jnp.any(live & ~fits), lambda _: plain(st, k), fast, None)
 
-    return _constrain(jax.lax.fori_loop(0, (n_steps + block - 1) // block, one_block, state), sharding)
+    return jax.lax.fori_loop(0, (n_steps + block - 1) // block, one_block, state)
 
 
 def _lanes(mask, x):
@@ -185,24 +184,17 @@ def _lanes(mask, x):
     return jnp.reshape(mask, mask.shape + (1,) * (x.ndim - mask.ndim))
 
 
-def _constrain(tree, sharding):
-    if sharding is None:
-        return tree
-    return jax.lax.with_sharding_constraint(tree, sharding)
-
-
 @eqx.filter_jit
-def _init_all(problem, noise, method, hypers, theta0, v0_mode, v0, key, n_paths: int, n_lanes: int, sharding=None):
-    """Initial states (n_cfg, n_lanes, ...): path i from the i-th of ``n_paths`` keys split from ``key``; lanes
-    past ``n_paths`` (padding for the devices, see ``slowsde_jax.sharding.padded_paths``) repeat path 0."""
-    keys = jax.random.split(key, n_paths)
-    keys = jnp.concatenate([keys, jnp.repeat(keys[:1], n_lanes - n_paths, axis=0)])
+def _init_group(problem, noise, method, hypers, theta0, v0_mode, v0, key, n_paths: int, first, size: int):
+    """Initial states (n_cfg, size, ...) of the group of paths first ... first + size - 1: path i from the
+    i-th of ``n_paths`` keys split from ``key``, whatever the groups."""
+    keys = jax.lax.dynamic_slice_in_dim(jax.random.split(key, n_paths), first, size)
 
     def per_cfg(h):
         p, n, m = apply_hypers(problem, noise, method, h)
         return jax.vmap(lambda k: _init_state(p, n, m, h["eta"], theta0, v0_mode, v0, k))(keys)
 
-    return _constrain(jax.vmap(per_cfg)(hypers), sharding)
+    return jax.vmap(per_cfg)(hypers)
 
 
 @eqx.filter_jit
@@ -229,20 +221,48 @@ def _flag_non_finite_loss(problem, noise, method, hypers, state):
 
 @dataclasses.dataclass
 class DiscreteRun:
-    """A discrete run in progress: the device state, the schedule and the records so far.
+    """A discrete run in progress: the device states of its groups of paths, the schedule and the records.
 
-    ``targets[i, j]`` is the step at which configuration i records its j-th point; ``done`` counts the
-    recorded points. Everything needed to continue sits here, so a checkpoint is this object's arrays.
+    The paths go in groups of ``sizes`` paths (``Execution.paths_per_call``), group g on device g mod
+    (number of ``devices``, see ``slowsde_jax.sharding``): ``groups[g]`` is its ``PathState``, leaves
+    (n_cfg, sizes[g], ...), or None where another process holds it. ``targets[i, j]`` is the step at which
+    configuration i records its j-th point; ``done`` counts the recorded points. Everything needed to
+    continue sits here, so a checkpoint is this object's arrays.
     """
 
-    state: PathState
+    groups: list  # PathState (n_cfg, sizes[g], ...) per group; None for another process's group
+    sizes: list  # paths per group
+    state_like: Any  # the PathState structure of a group of one path (jax.ShapeDtypeStruct leaves)
     targets: np.ndarray  # (n_cfg, n_rec + 1) int
     records: dict  # name -> list of arrays (n_cfg, n_paths, ...) per recorded point (empty when streamed)
     done: int = 0
     stream: Optional[RecordStream] = None  # where the records go instead, when streamed
-    n_paths: Optional[int] = None  # the real paths: lanes past them (device padding) are left out of records
     observables: bool = True  # record the problem's observables
     sharpness: bool = False  # and the sharpness measures
+    devices: Optional[tuple] = None  # the devices the groups go to (None: jax.devices())
+
+    @property
+    def n_paths(self) -> int:
+        return sum(self.sizes)
+
+    @property
+    def starts(self) -> list:
+        """The first path of every group."""
+        return np.cumsum([0] + list(self.sizes[:-1])).tolist()
+
+    def each(self, fn: Callable[[PathState], Any]) -> dict:
+        """``{g: fn(groups[g])}`` for this process's groups, each under its device (``map_groups``)."""
+        return _sharding.map_groups(lambda g: fn(self.groups[g]), len(self.sizes), self.devices)
+
+    def gather(self, local: dict, like: Callable[[], PyTree]) -> PyTree:
+        """Per-group host results ``{g: pytree of arrays (n_cfg, sizes[g], ...)}`` of this process as one
+        pytree of arrays (n_cfg, n_paths, ...), every group's, joined along the paths, in every process.
+        ``like()``: the structure of a group's result for one path (asked for only under several processes)."""
+        swap = lambda t: jax.tree_util.tree_map(lambda x: np.swapaxes(np.asarray(x), 0, 1), t)
+        per_path = lambda: jax.tree_util.tree_map(
+            lambda x: jax.ShapeDtypeStruct((x.shape[0],) + tuple(x.shape[2:]), x.dtype), like())
+        groups = _sharding.gather_groups({g: swap(x) for g, x in local.items()}, self.sizes, per_path, self.devices)
+        return jax.tree_util.tree_map(lambda *x: np.swapaxes(np.concatenate(x), 0, 1), *groups)
 
 
 def simulate_discrete(problem: AbstractProblem, noise: AbstractNoise, method: AbstractMethod, eta: Optional[float] = None,
@@ -336,13 +356,13 @@ def simulate_discrete(problem: AbstractProblem, noise: AbstractNoise, method: Ab
     else:
         targets = np.tile(np.rint(np.linspace(0, steps, n_record + 1)).astype(np.int64), (len(cfgs), 1))
 
-    # loop
-    mesh = _sharding.lane_mesh(len(cfgs), inputs.n_paths, devices)
-    lanes = None if mesh is None else _sharding.lane_sharding(mesh)
-    state = _init_all(problem, noise, method, grid, inputs.theta0, inputs.v0_mode, inputs.v0, inputs.key,
-                      inputs.n_paths, _sharding.padded_paths(inputs.n_paths, mesh), sharding=lanes)
-    run = DiscreteRun(state=state, targets=targets, records={}, n_paths=inputs.n_paths,
-                      observables=record_observables, sharpness=recording.sharpness and record_observables)
+    # loop: the paths in groups of paths_per_call, group g on device g mod (devices)
+    sizes = _sharding.group_sizes(inputs.n_paths, ex.paths_per_call or DEFAULT_PATHS_PER_CALL)
+    init = lambda first, size: _init_group(problem, noise, method, grid, inputs.theta0, inputs.v0_mode, inputs.v0,
+                                           inputs.key, inputs.n_paths, np.asarray(first, np.int64), size=size)
+    run = DiscreteRun(groups=[None] * len(sizes), sizes=sizes, state_like=jax.eval_shape(lambda: init(0, 1)),
+                      targets=targets, records={}, observables=record_observables,
+                      sharpness=recording.sharpness and record_observables, devices=devices)
     resume = checkpoint is not None and Path(checkpoint).exists()
     if record_to is not None:
         run.stream = RecordStream(record_to, targets.shape[1], fresh=not resume, writer=jax.process_index() == 0)
@@ -351,14 +371,13 @@ def simulate_discrete(problem: AbstractProblem, noise: AbstractNoise, method: Ab
         run = load_checkpoint(checkpoint, run)
         run.stream = stream
         _records_on_resume(run)
-        if lanes is not None:
-            run.state = _sharding.place(run.state, lanes)
     else:
+        run.groups = _placed(run, _sharding.map_groups(lambda g: init(run.starts[g], sizes[g]), len(sizes), devices))
         _record(run, problem, noise, method, grid, record_state)
     if checkpoint is not None:
         on_chunk = _checkpointing(checkpoint, checkpoint_every_s, on_chunk)
     run = _continue(run, problem, noise, method, grid, record_state, chunk_steps, progress, divergence_bound, on_chunk,
-                    block_steps, lanes)
+                    block_steps)
     # package
     trajs = _trajectories(run, cfgs, method, noise, problem, dict(T=T, n_paths=inputs.n_paths,
                                                                    v0=v0 if isinstance(v0, str) else "given"))
@@ -377,20 +396,38 @@ def _static_sqrt(method, grid):
     return eqx.tree_at(lambda m: m.lam, method, 0.5)
 
 
-def _record(run, problem, noise, method, grid, record_state):
-    """Record point ``run.done``: observables, and theta and v when ``record_state``; into ``run.records``,
-    or written to ``run.stream``. A lane whose loss is not finite there is flagged as diverged first."""
-    run.state = _flag_non_finite_loss(problem, noise, method, grid, run.state)
+def _placed(run, local: dict) -> list:
+    """The run's groups list from this process's ``{g: PathState}`` (None for the other processes' groups)."""
+    return [local.get(g) for g in range(len(run.sizes))]
+
+
+def _recorded(problem, noise, method, grid, state, observables, sharpness, record_state) -> dict:
+    """What a record holds for a group: observables (and sharpness measures), theta and v, (n_cfg, size, ...)."""
     out = {}
-    if run.observables:
-        out.update({"obs." + k: x for k, x in _observe(problem, noise, method, grid, run.state, run.sharpness).items()})
+    if observables:
+        out.update({"obs." + k: x for k, x in _observe(problem, noise, method, grid, state, sharpness).items()})
     if record_state:
-        out["theta"] = run.state.theta
-        v = second_moment(run.state.opt, batch_ndim=2)  # (n_cfg, n_paths, D), None for SGD
+        out["theta"] = state.theta
+        v = second_moment(state.opt, batch_ndim=2)  # (n_cfg, size, D), None for SGD
         if v is not None:
             out["v"] = v
+    return out
+
+
+def _record(run, problem, noise, method, grid, record_state):
+    """Record point ``run.done``: observables, and theta and v when ``record_state``; into ``run.records``,
+    or written to ``run.stream``. A lane whose loss is not finite there is flagged as diverged first. Every
+    group records on its own device (its batch shape, so the numbers do not depend on the devices)."""
+    what = lambda st: _recorded(problem, noise, method, grid, st, run.observables, run.sharpness, record_state)
+
+    def group(st):
+        st = _flag_non_finite_loss(problem, noise, method, grid, st)
+        return st, jax.tree_util.tree_map(np.asarray, what(st))
+
+    done = run.each(group)
+    run.groups = _placed(run, {g: st for g, (st, _) in done.items()})
+    out = run.gather({g: rec for g, (_, rec) in done.items()}, lambda: jax.eval_shape(what, run.state_like))
     for k, x in out.items():
-        x = _sharding.to_host(x)[:, : run.n_paths]
         if run.stream is not None:
             run.stream.write(run.done, k, x)  # (process 0; the others' streams only read)
         if _in_memory(run):
@@ -420,8 +457,7 @@ def _records_on_resume(run) -> None:
         run.records = {}
 
 
-def _continue(run, problem, noise, method, grid, record_state, chunk_steps, progress, bound, on_chunk, block=1,
-              sharding=None):
+def _continue(run, problem, noise, method, grid, record_state, chunk_steps, progress, bound, on_chunk, block=1):
     """Advance ``run`` through its remaining record points, chunk by chunk."""
     targets = run.targets
     total = int(targets[:, -1].max())
@@ -429,7 +465,7 @@ def _continue(run, problem, noise, method, grid, record_state, chunk_steps, prog
 
     bar = progress_bar(total, method.name + (f" ({targets.shape[0]} configs)" if targets.shape[0] > 1 else ""),
                        progress=progress, initial=int(targets[:, run.done - 1].max()))
-    bound = np.asarray(bound, run.state.theta.dtype)
+    bound = np.asarray(bound, run.state_like.theta.dtype)
     while run.done < targets.shape[1]:
         j = run.done
         lo, hi = targets[:, j - 1], targets[:, j]
@@ -438,8 +474,9 @@ def _continue(run, problem, noise, method, grid, record_state, chunk_steps, prog
         for s in range(1, n_sub + 1):
             tgt = lo + ((hi - lo) * s) // n_sub
             n_steps = np.asarray(int((tgt - prev).max()), np.int64)
-            run.state = _advance(problem, noise, method, grid, bound, run.state, np.asarray(tgt, np.int64), n_steps,
-                                 block=block, sharding=sharding)
+            tgt_host = np.asarray(tgt, np.int64)
+            run.groups = _placed(run, run.each(lambda st: _advance(problem, noise, method, grid, bound, st, tgt_host,
+                                                                    n_steps, block=block)))
             prev = tgt
             bar.update(int(tgt.max()) - bar.n)
         _record(run, problem, noise, method, grid, record_state)
@@ -450,16 +487,23 @@ def _continue(run, problem, noise, method, grid, record_state, chunk_steps, prog
 
 
 def _fingerprint(run: DiscreteRun) -> dict:
-    """What makes a checkpoint belong to this run: the record schedule and the real (unpadded) state shapes."""
-    real = lambda x: x.shape[:1] + (run.n_paths,) + x.shape[2:] if run.n_paths is not None else x.shape
+    """What makes a checkpoint belong to this run: the record schedule and the state shapes (all paths)."""
+    real = lambda x: tuple(x.shape[:1]) + (run.n_paths,) + tuple(x.shape[2:])
     return {"record steps (steps, eta, n_record)": np.asarray(run.targets).tolist(),
-            "state shapes (n_paths, the problem, the method)": [list(real(x)) for x in jax.tree_util.tree_leaves(run.state)]}
+            "state shapes (n_paths, the problem, the method)": [list(real(x)) for x in
+                                                               jax.tree_util.tree_leaves(run.state_like)]}
+
+
+def _host_state(run: DiscreteRun) -> PathState:
+    """Every group's state on the host, joined along the paths: leaves (n_cfg, n_paths, ...), in every process."""
+    return run.gather(run.each(lambda st: jax.tree_util.tree_map(np.asarray, st)), lambda: run.state_like)
 
 
 def save_checkpoint(path: Union[str, Path], run: DiscreteRun) -> None:
-    """Write the run's state and records to ``path`` in the engines' checkpoint format (``_checkpoint``)."""
-    leaves = jax.tree_util.tree_leaves(run.state)
-    arrays = {f"state.{i}": _sharding.to_host(x)[:, : run.n_paths] for i, x in enumerate(leaves)}
+    """Write the run's state and records to ``path`` in the engines' checkpoint format (``_checkpoint``). The
+    state is saved whole (all paths), so a run resumes with any ``paths_per_call`` and devices."""
+    leaves = jax.tree_util.tree_leaves(_host_state(run))
+    arrays = {f"state.{i}": x for i, x in enumerate(leaves)}
     if run.stream is None:  # streamed records are on disk already
         arrays.update({f"rec.{k}": np.stack(v) for k, v in run.records.items()})
     arrays.update(done=np.asarray(run.done))
@@ -472,7 +516,7 @@ def load_checkpoint(path: Union[str, Path], fresh: DiscreteRun) -> DiscreteRun:
     A file that is damaged, written by the other engine or by another run (other schedule or shapes) raises
     ConfigError("checkpoint", ...) naming it and how to restart (delete it: the run then starts over)."""
     arrays = _checkpoint.load(path, "discrete", _fingerprint(fresh))
-    leaves, treedef = jax.tree_util.tree_flatten(fresh.state)
+    leaves, treedef = jax.tree_util.tree_flatten(fresh.state_like)
     try:
         done = int(arrays["done"])
         saved = [np.asarray(arrays[f"state.{i}"]) for i in range(len(leaves))]
@@ -481,19 +525,15 @@ def load_checkpoint(path: Union[str, Path], fresh: DiscreteRun) -> DiscreteRun:
             raise ValueError(f"{done} points done, records of other lengths")
     except (ValueError, KeyError, TypeError) as e:
         raise _checkpoint.damaged(path, e) from None
-    saved = [_pad_lanes(a, x.shape[1]) for a, x in zip(saved, leaves)]  # device padding: repeats of path 0
-    restored = [jnp.asarray(a, dtype=x.dtype) for a, x in zip(saved, leaves)]
-    return DiscreteRun(state=jax.tree_util.tree_unflatten(treedef, restored), targets=fresh.targets,
-                       records=records, done=done, n_paths=fresh.n_paths, observables=fresh.observables,
-                       sharpness=fresh.sharpness)
 
+    def group(g):
+        lanes = slice(fresh.starts[g], fresh.starts[g] + fresh.sizes[g])
+        device = _sharding.group_device(g, fresh.devices)
+        return jax.tree_util.tree_unflatten(treedef, [jax.device_put(np.asarray(a[:, lanes], dtype=x.dtype), device)
+                                                      for a, x in zip(saved, leaves)])
 
-def _pad_lanes(a, n_lanes):
-    """``a`` (n_cfg, n_paths, ...) with its path 0 repeated up to ``n_lanes`` lanes (unchanged if it has as
-    many, or is no lane array)."""
-    if a.ndim < 2 or a.shape[1] >= n_lanes:
-        return a
-    return np.concatenate([a, np.repeat(a[:, :1], n_lanes - a.shape[1], axis=1)], axis=1)
+    groups = _placed(fresh, _sharding.map_groups(group, len(fresh.sizes), fresh.devices))
+    return dataclasses.replace(fresh, groups=groups, records=records, done=done)
 
 
 def _checkpointing(path, every_s, inner):
@@ -515,7 +555,7 @@ def _trajectories(run, cfgs, method, noise, problem, extra):
         rec = {k: np.stack(v, axis=2) for k, v in run.records.items()}  # (n_cfg, n_paths, n_t, ...)
     else:  # memory maps (n_t, n_cfg, n_paths, ...), seen as (n_cfg, n_paths, n_t, ...) without a copy
         rec = {k: np.moveaxis(run.stream.read(k), 0, 2) for k in run.stream.names()}
-    div = _sharding.to_host(run.state.diverged_step)[:, : run.n_paths]
+    div = run.gather(run.each(lambda st: np.asarray(st.diverged_step)), lambda: run.state_like.diverged_step)
     out = []
     for i, cfg in enumerate(cfgs):
         eta = cfg["eta"]

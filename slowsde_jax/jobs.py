@@ -181,7 +181,8 @@ def _run_in(folder: Path, cfg: dict, plan, quiet: bool, echo: Callable, resumed:
             recording = Recording(record_state=kw.pop("record_state", True), record_to=folder / "records" / name)
             execution = Execution(dtype=dtype, progress=progress, chunk_steps=cfg.get("chunk_steps", 1_000_000),
                                   divergence_bound=cfg.get("divergence_bound", 1e10), checkpoint=ckpts / f"{name}.npz",
-                                  checkpoint_every_s=cfg.get("checkpoint_every_s", 30.0))
+                                  checkpoint_every_s=cfg.get("checkpoint_every_s", 30.0),
+                                  paths_per_call=cfg.get("paths_per_call"))
             out = simulate_discrete(problem, noise, method, n_paths=kw.pop("n_paths", 1), key=cfg.get("seed", 0),
                                     start=start, recording=recording, execution=execution, **kw)
             trajs[name] = out if isinstance(out, list) else [out]
@@ -287,7 +288,7 @@ def compare(cfg: dict, *, out: Union[str, os.PathLike] = "runs", quiet: bool = F
     echo(f"run folder: {folder}")
     t0 = time.time()
     seed, T, n_record = cfg.get("seed", 0), cfg["T"], cfg.get("n_record", 10)
-    execution = Execution(progress=False if quiet else None)
+    execution = Execution(progress=False if quiet else None, paths_per_call=cfg.get("paths_per_call"))
     with runs.status_guard(folder, summary):
         result, trajs = {}, {}
         for name, method, kw in plan.runs:

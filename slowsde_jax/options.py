@@ -130,18 +130,23 @@ class Recording(eqx.Module):
         check_path("record_to", self.record_to)
 
 
+DEFAULT_PATHS_PER_CALL = 1024  # paths per compiled call unless Execution.paths_per_call says otherwise
+
+
 class Execution(eqx.Module):
-    """How a run's work is cut, placed and kept safe. None of it changes the discrete engine's numbers; the
-    slow engine's move in the last bits with ``paths_per_call`` (a call's batch shape), never with the
-    devices.
+    """How a run's work is cut, placed and kept safe. The numbers depend on ``paths_per_call`` (a compiled
+    call's batch shape moves them in the last bits), never on the devices, processes or checkpoints.
 
     Both engines:
     - ``dtype``: float64 (default) or float32;
     - ``progress``: a progress bar (True, False, or None: shown in a terminal or notebook);
     - ``checkpoint``: an .npz path; the run writes its state there and, if the file exists at the start,
       continues from it with the same numbers as an uninterrupted run;
-    - ``devices``: the devices to spread the independent lanes over (default ``jax.devices()``): the
-      discrete engine's (configuration, path) lanes, the slow engine's groups of paths (one call each).
+    - ``paths_per_call``: paths per compiled call (default 1024; the discrete engine's call holds those
+      paths of every sweep configuration): the groups that go to the devices, one call each (this bounds
+      memory);
+    - ``devices``: the devices the groups go to, group i on device i mod (number of devices) (default
+      ``jax.devices()``, every device of every process).
 
     Discrete engine:
     - ``checkpoint_every_s``: seconds between checkpoint writes (0: after every record);
@@ -152,8 +157,6 @@ class Execution(eqx.Module):
     - ``on_chunk(run)``: called after every recorded point with the run in progress.
 
     Slow engine:
-    - ``paths_per_call``: paths per compiled call (default 1024): the groups that go to the devices, each
-      one call (this bounds memory);
     - ``records_per_call``: recording intervals per compiled call (default: all in one, or 1 with a
       ``checkpoint``).
     """
@@ -191,7 +194,7 @@ class Execution(eqx.Module):
 # the fields only one engine uses: the other refuses them when they are set
 DISCRETE_FIELDS = {"execution": ("checkpoint_every_s", "chunk_steps", "block_steps", "divergence_bound", "on_chunk"),
                    "recording": ("record_observables", "record_to")}
-SLOW_FIELDS = {"execution": ("paths_per_call", "records_per_call"), "start": ("project_max_steps",)}
+SLOW_FIELDS = {"execution": ("records_per_call",), "start": ("project_max_steps",)}
 
 
 def engine_options(engine: str, start: Optional[Start], recording: Optional[Recording],

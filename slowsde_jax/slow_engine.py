@@ -23,7 +23,7 @@ from .inputs import explain_start_failure, parse_inputs, run_meta
 from .integrators import AbstractSlowIntegrator, default_integrator
 from .methods import AbstractMethod
 from .noise import AbstractNoise
-from .options import Execution, Recording, Start, engine_options
+from .options import DEFAULT_PATHS_PER_CALL, Execution, Recording, Start, engine_options
 from .problems import AbstractProblem, observe_batch
 from .progress import progress_bar
 from .sharpness import sharpness_batch
@@ -32,9 +32,8 @@ from .sde.start import _initial_state
 from .trajectory import Trajectory
 from .validation import ConfigError, check_range
 
-__all__ = ["simulate_slow_sde", "DEFAULT_PATHS_PER_CALL"]
+__all__ = ["simulate_slow_sde"]
 
-DEFAULT_PATHS_PER_CALL = 1024  # paths per compiled call unless Execution.paths_per_call says otherwise
 
 
 def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: AbstractMethod, T: float, n_paths: int = 1,
@@ -115,8 +114,8 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Ab
     work = inputs.n_paths * plan.levels  # a call of k paths moves the bar by k / work of its interval
     bar = progress_bar(float(T), f"slow {'SDE' if plan.alpha is None else 'ODE'} ({method.name})",
                        progress=execution.progress, unit="t", initial=float(t_grid[runs[0].done]))  # SDE time
-    starts = range(0, inputs.n_paths, paths_per_call)  # the groups of paths, one compiled call each
-    sizes = [min(paths_per_call, inputs.n_paths - p0) for p0 in starts]
+    sizes = _sharding.group_sizes(inputs.n_paths, paths_per_call)  # the groups of paths, one compiled call each
+    starts = np.cumsum([0] + sizes[:-1])
     while runs[0].done < inputs.n_record:
         j0, j1 = runs[0].done, min(runs[0].done + records_per_call, inputs.n_record)
         for level, run in enumerate(runs):

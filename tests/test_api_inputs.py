@@ -105,7 +105,7 @@ def test_option_objects_name_the_bad_field(cls, name, value):
 @pytest.mark.parametrize("engine,kw,field", [
     ("discrete", dict(start=S.Start(theta0=[1.0, 2.0, 3.0])), "theta0"),
     ("discrete", dict(start=S.Start(v0=[1.0, 2.0, 3.0])), "v0"),
-    ("discrete", dict(execution=S.Execution(dtype="float32", paths_per_call=2)), "execution.paths_per_call"),
+    ("discrete", dict(execution=S.Execution(dtype="float32", records_per_call=2)), "execution.records_per_call"),
     ("discrete", dict(start=S.Start(project_max_steps=5)), "start.project_max_steps"),
     ("discrete", dict(start={"theta0": [1.0, 1.0]}), "start"),
     ("discrete", dict(execution="fast"), "execution"),

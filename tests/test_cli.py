@@ -60,6 +60,7 @@ def test_sweep_in_a_config(tmp_path):
     (["runs.adam.eta=-1"], "runs.adam.eta"), (["runs.adam.method=adma"], "runs.adam.method"),
     (["problem.kind=diagnal_net"], "problem.kind"), (["n_paths=0"], "n_paths"), (["runs.adam.lr=0.1"], "runs.adam.lr"),
     (["runs.adam.beta2=1.5"], "runs.adam.beta2"), (["problem.d=abc"], "problem.d"), (["stpes=3"], "stpes"),
+    (["paths_per_call=0"], "paths_per_call"), (["paths_per_call=2.5"], "paths_per_call"),
 ])
 def test_config_mistakes_exit_2_with_one_line_naming_the_field(tmp_path, capsys, sets, field):
     args = sum((["--set", s] for s in SMALL + sets), [])

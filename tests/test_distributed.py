@@ -27,7 +27,7 @@ WORKER = textwrap.dedent("""
     from slowsde_jax import noise, problems
     NET = problems.diagonal_net(d=4, n=3, k=1, key=0, n_test=10)
     FACT = problems.matrix_factorization(d1=3, d2=3, rank=1, n=5, key=0, model_rank=2)
-    ex = S.Execution(block_steps=8, progress=False)
+    ex = S.Execution(block_steps=8, paths_per_call=2, progress=False)  # groups of 2, 2, 1 paths
     disc = S.simulate_discrete(NET, noise.label_noise(0.5), S.adam(c=5.0), T=0.2, n_paths=5, key=3, n_record=3,
                                sweep={"eta": [0.05, 0.07]}, execution=ex)
     ode = S.simulate_slow_sde(FACT, noise.label_noise(0.5), S.adam(c=5.0, eps=1e-6), T=0.05, n_paths=5, key=2,
@@ -69,7 +69,7 @@ def single():
     NET = problems.diagonal_net(d=4, n=3, k=1, key=0, n_test=10)
     FACT = problems.matrix_factorization(d1=3, d2=3, rank=1, n=5, key=0, model_rank=2)
     disc = S.simulate_discrete(NET, noise.label_noise(0.5), S.adam(c=5.0), T=0.2, n_paths=5, key=3, n_record=3,
-                               sweep={"eta": [0.05, 0.07]}, execution=S.Execution(block_steps=8))
+                               sweep={"eta": [0.05, 0.07]}, execution=S.Execution(block_steps=8, paths_per_call=2))
     ode = S.simulate_slow_sde(FACT, noise.label_noise(0.5), S.adam(c=5.0, eps=1e-6), T=0.05, n_paths=5, key=2,
                               n_record=2, execution=S.Execution(paths_per_call=2))
     sde = S.simulate_slow_sde(NET, noise.label_noise(0.5), S.adam(c=5.0), T=0.01, n_paths=7, key=4, n_record=2,
@@ -80,9 +80,9 @@ def single():
 @pytest.mark.slow
 @pytest.mark.parametrize("n_proc,devices_each", [(2, 2), (4, 1)], ids=["2x2", "4x1"])
 def test_several_processes_give_the_one_process_numbers(tmp_path, single, n_proc, devices_each):
-    """A sweep of 2 step sizes x 5 paths (uneven over 4 devices) in the discrete engine, and the slow engine's
-    label-noise ODE (groups of 2, 2, 1 paths) and projected Euler-Maruyama (3, 3, 1): bit for bit in every
-    process."""
+    """A sweep of 2 step sizes x 5 paths in the discrete engine (groups of 2, 2, 1 paths, both step sizes in
+    each), and the slow engine's label-noise ODE (groups of 2, 2, 1 paths) and projected Euler-Maruyama
+    (3, 3, 1): bit for bit in every process."""
     disc, ode, sde = single
     outs = _launch(tmp_path, n_proc, devices_each)
     for out in outs:
@@ -127,19 +127,17 @@ def test_distributed_outside_a_cluster_is_one_line(tmp_path):
 @pytest.mark.slow
 def test_the_cli_under_two_processes_writes_one_run_folder_with_the_one_process_numbers(tmp_path):
     """``slowsde run`` in two processes (two CPU devices each) with the distributed flags: both exit 0, process
-    0 alone makes the run folder and prints, and its trajectories equal a one-process run's to rounding. (Not
-    bit for bit here: path 4 is the odd lane out of the CPU's vector instructions in the one-device run (5
-    lanes) and shares a vector with a padding lane on 4 devices (2 lanes each), which moves its last bits;
-    see docs/howto/devices.md.)"""
+    0 alone makes the run folder and prints, and its trajectories equal a one-process run's bit for bit
+    (``paths_per_call: 2``: 5 paths in groups of 2, 2, 1 over the 4 devices)."""
     import yaml
 
     from slowsde_jax import cli, config, load_run
 
     cfg = config.load_config(None)
     cfg["problem"].update(d=6, n=4, k=2, n_test=50)
-    cfg.update(n_paths=5, n_record=2, slow_flow=False)
+    cfg.update(n_paths=5, n_record=2, slow_flow=False, paths_per_call=2)
     cfg.pop("T", None)
-    cfg["steps"] = 40
+    cfg["steps"] = 400
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg))
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
@@ -162,10 +160,10 @@ def test_the_cli_under_two_processes_writes_one_run_folder_with_the_one_process_
         a = multi_trajs[name] if isinstance(multi_trajs[name], list) else [multi_trajs[name]]
         b = one_trajs[name] if isinstance(one_trajs[name], list) else [one_trajs[name]]
         for x, y in zip(a, b):
-            np.testing.assert_allclose(x.theta, y.theta, rtol=1e-13, atol=1e-15)
+            np.testing.assert_array_equal(x.theta, y.theta)
             assert (x.v is None) == (y.v is None)
             if y.v is not None:
-                np.testing.assert_allclose(x.v, y.v, rtol=1e-13, atol=1e-15)
+                np.testing.assert_array_equal(x.v, y.v)
 
 
 def _small_job(tmp_path, steps, n_paths):
@@ -175,7 +173,8 @@ def _small_job(tmp_path, steps, n_paths):
 
     cfg = config.load_config(None)
     cfg["problem"].update(d=6, n=4, k=2, n_test=50)
-    cfg.update(n_paths=n_paths, n_record=20, slow_flow=False, steps=steps, checkpoint_every_s=0)
+    cfg.update(n_paths=n_paths, n_record=20, slow_flow=False, steps=steps, checkpoint_every_s=0,
+               paths_per_call=n_paths // 4)  # a group per device
     cfg.pop("T", None)
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -204,7 +203,7 @@ def test_a_killed_process_stops_the_job_with_one_line_and_it_resumes_on_another_
 
     from slowsde_jax import load_run
 
-    job = _small_job(tmp_path, steps=40_000, n_paths=32)  # 8 paths per device: whole CPU vectors (devices.md)
+    job = _small_job(tmp_path, steps=40_000, n_paths=32)  # 8 paths per device
     procs = _start_cli([str(job), "--out", str(tmp_path / "runs")], 2, 2, ["--lost-after", "10"])
     try:
         deadline = time.time() + 300

@@ -3,7 +3,6 @@
 The several devices are host CPU devices (``--xla_force_host_platform_device_count=4``), which must be set
 before jax starts: the sharded run goes in a subprocess, the single-device reference runs here.
 """
-import json
 import os
 import subprocess
 import sys
@@ -13,57 +12,69 @@ import numpy as np
 import pytest
 
 import slowsde_jax as S
-from slowsde_jax import discrete, noise, problems, sharding
+from slowsde_jax import noise, problems, sharding
 
 NET = problems.diagonal_net(d=4, n=3, k=1, key=0, n_test=10)
-RUN = dict(T=0.2, n_paths=6, key=3, n_record=3, sweep={"eta": [0.05, 0.07]})  # the shapes of test_discrete's
-# 5 paths of one configuration on 4 devices: padded to 8 lanes, 2 per device
-UNEVEN = dict(T=0.2, eta=0.05, n_paths=5, key=3, n_record=3)
 
-SCRIPT = textwrap.dedent("""
-    import json, shutil, sys
-    import jax, numpy as np
+# The discrete runs, built the same way here and in the four-device subprocess. Their shapes are those that
+# a layout sharing one batch over the devices got wrong in the last bits: an odd number of paths left over
+# per device (the d = 6 net), and a three-value sweep of a pytree MLP (its batched dots block differently
+# for 3 x 2 lanes than for 3 x 6).
+CASES = textwrap.dedent("""
+    import jax, jax.numpy as jnp
     import slowsde_jax as S
-    from slowsde_jax import discrete, noise, problems
+    from slowsde_jax import noise, problems
+
+    def cases():
+        k = jax.random.split(jax.random.PRNGKey(0), 3)
+        X = jax.random.normal(k[0], (12, 3))
+        Y = jnp.sin(X[:, 0])
+        p0 = {"W1": 0.5 * jax.random.normal(k[1], (3, 8)), "b1": jnp.zeros(8),
+              "W2": 0.5 * jax.random.normal(k[2], (8,)), "b2": jnp.zeros(())}
+        res = lambda p: jnp.tanh(X @ p["W1"] + p["b1"]) @ p["W2"] + p["b2"] - Y
+        mlp = problems.from_loss(lambda p: 0.5 * jnp.mean(res(p) ** 2), p0, residuals=res)
+        net = problems.diagonal_net(d=6, n=4, k=2, key=0, n_test=10)
+        return {  # name: (problem, method, arguments, paths_per_call)
+            "net_sweep": (net, S.adam(c=5.0), dict(steps=2000, n_paths=9, key=3, n_record=3,
+                                                   sweep={"eta": [0.05, 0.07]}), 4),  # groups 4, 4, 1
+            "mlp_sweep": (mlp, S.adam(c=10.0), dict(steps=2000, n_paths=6, key=1, n_record=3,
+                                                    sweep={"eta": [0.04, 0.05, 0.06]}), 2),  # 2, 2, 2
+            "uneven": (net, S.adam(c=5.0), dict(steps=2000, eta=0.05, n_paths=7, key=3, n_record=3), 2),  # 2, 2, 2, 1
+        }
+
+    def run(name, **execution):
+        problem, method, kw, per_call = cases()[name]
+        out = S.simulate_discrete(problem, noise.label_noise(0.5), method, **kw, execution=S.Execution(
+            block_steps=8, paths_per_call=per_call, **execution))
+        return out if isinstance(out, list) else [out]
+""")
+exec(CASES)
+
+SCRIPT = CASES + textwrap.dedent("""
+    import shutil, sys
+    import numpy as np
     assert len(jax.devices()) == 4
-    NET = problems.diagonal_net(d=4, n=3, k=1, key=0, n_test=10)
-    RUN, UNEVEN = json.loads(sys.argv[1]), json.loads(sys.argv[3])
-    seen = set()
-    record = lambda run: seen.add(len(run.state.theta.sharding.device_set))
-    trajs = S.simulate_discrete(NET, noise.label_noise(0.5), S.adam(c=5.0),
-                                execution=S.Execution(on_chunk=record, block_steps=8), **RUN)
-    # interrupted after record 2 and resumed from its checkpoint, on the four devices
-    ck = sys.argv[2] + ".ck.npz"
+    devices = {}
+    def seen(name):
+        return lambda run: devices.setdefault(name, set()).update(
+            d for st in run.groups if st is not None for d in st.theta.devices())
+    out = {name: run(name, on_chunk=seen(name)) for name in cases()}
+    # "uneven" interrupted after record 2 and resumed from its checkpoint, on the four devices; a copy of the
+    # interrupted checkpoint is resumed on one device by the test
+    ck = sys.argv[1] + ".ck.npz"
     def stop(run):
         if run.done == 3:
             raise KeyboardInterrupt
     try:
-        S.simulate_discrete(NET, noise.label_noise(0.5), S.adam(c=5.0), execution=S.Execution(
-            block_steps=8, checkpoint=ck, checkpoint_every_s=0, on_chunk=stop), **RUN)
+        run("uneven", checkpoint=ck, checkpoint_every_s=0, on_chunk=stop)
     except KeyboardInterrupt:
         pass
-    resumed = S.simulate_discrete(NET, noise.label_noise(0.5), S.adam(c=5.0), execution=S.Execution(
-        on_chunk=record, block_steps=8, checkpoint=ck), **RUN)
-    same = all(np.array_equal(a.theta, b.theta) and np.array_equal(a.v, b.v) for a, b in zip(trajs, resumed))
-    # uneven: 5 paths padded to 8 lanes on the four devices; its interrupted checkpoint is resumed here and,
-    # from a copy, on one device by the test
-    lanes = set()
-    uneven = S.simulate_discrete(NET, noise.label_noise(0.5), S.adam(c=5.0), execution=S.Execution(
-        block_steps=8, on_chunk=lambda run: lanes.add(run.state.theta.shape[1])), **UNEVEN)
-    ck2 = sys.argv[2] + ".uneven.npz"
-    try:
-        S.simulate_discrete(NET, noise.label_noise(0.5), S.adam(c=5.0), execution=S.Execution(
-            block_steps=8, checkpoint=ck2, checkpoint_every_s=0, on_chunk=stop), **UNEVEN)
-    except KeyboardInterrupt:
-        pass
-    shutil.copy(ck2, sys.argv[2] + ".uneven_interrupted.npz")
-    uneven_resumed = S.simulate_discrete(NET, noise.label_noise(0.5), S.adam(c=5.0), execution=S.Execution(
-        block_steps=8, checkpoint=ck2, on_chunk=record), **UNEVEN)
-    trajs = trajs + [uneven, uneven_resumed]
-    np.savez(sys.argv[2], devices=np.asarray(sorted(seen)), resumed_same=np.asarray(same),
-             uneven_lanes=np.asarray(sorted(lanes)),
-             **{f"{i}.{k}": x for i, tr in enumerate(trajs) for k, x in
-                [("theta", tr.theta), ("v", tr.v), ("div", tr.diverged_step), ("loss", tr.observables["train_loss"])]})
+    shutil.copy(ck, sys.argv[1] + ".interrupted.npz")
+    out["resumed"] = run("uneven", checkpoint=ck)
+    np.savez(sys.argv[1], **{f"devices.{k}": len(v) for k, v in devices.items()},
+             **{f"{name}.{i}.{k}": x for name, trs in out.items() for i, tr in enumerate(trs) for k, x in
+                [("theta", tr.theta), ("v", tr.v), ("div", tr.diverged_step),
+                 *[("obs." + o, x) for o, x in tr.observables.items()]]})
 """)
 
 
@@ -71,66 +82,50 @@ SCRIPT = textwrap.dedent("""
 def four_devices(tmp_path_factory):
     out = tmp_path_factory.mktemp("sharded") / "out.npz"
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(RUN), str(out), json.dumps(UNEVEN)], check=True, env=env,
-                   timeout=600)
+    subprocess.run([sys.executable, "-c", SCRIPT, str(out)], check=True, env=env, timeout=600)
     with np.load(out) as f:
-        return dict(f, interrupted=str(out) + ".uneven_interrupted.npz")
+        return dict(f, interrupted=str(out) + ".interrupted.npz")
+
+
+def _assert_same(four, name, trajs):
+    for i, tr in enumerate(trajs):
+        np.testing.assert_array_equal(four[f"{name}.{i}.theta"], tr.theta)
+        np.testing.assert_array_equal(four[f"{name}.{i}.v"], tr.v)
+        np.testing.assert_array_equal(four[f"{name}.{i}.div"], tr.diverged_step)
+        assert tr.observables
+        for o, x in tr.observables.items():
+            np.testing.assert_array_equal(four[f"{name}.{i}.obs.{o}"], x)
+        assert not np.array_equal(tr.theta[:, 0], tr.theta[:, -1])  # the paths moved
 
 
 @pytest.mark.slow
-def test_sharded_run_equals_the_single_device_run_bit_for_bit(four_devices):
-    """2 configurations x 6 paths on a (cfg 2, paths 2) mesh of 4 devices, with per-configuration targets:
-    every record equals the single-device run's, and so does a sharded run resumed from a checkpoint."""
-    assert four_devices["devices"].tolist() == [4]  # the state really lived on four devices (resumed too)
-    assert four_devices["resumed_same"]  # a checkpoint resumed on the four devices: bit for bit
-    single = S.simulate_discrete(NET, noise.label_noise(0.5), S.adam(c=5.0), **RUN, execution=S.Execution(block_steps=8))
-    assert len(single) == 2 and sharding.mesh_shape(2, 6, 4) == (2, 2)
-    for i, tr in enumerate(single):
-        np.testing.assert_array_equal(four_devices[f"{i}.theta"], tr.theta)
-        np.testing.assert_array_equal(four_devices[f"{i}.v"], tr.v)
-        np.testing.assert_array_equal(four_devices[f"{i}.div"], tr.diverged_step)
-        np.testing.assert_array_equal(four_devices[f"{i}.loss"], tr.observables["train_loss"])
+@pytest.mark.parametrize("name,n_devices", [("net_sweep", 3), ("mlp_sweep", 3), ("uneven", 4)])
+def test_discrete_groups_over_four_devices_equal_one_device_bit_for_bit(four_devices, name, n_devices):
+    """The discrete engine's groups of paths (every configuration of a sweep in each) on 4 host devices, group
+    i on device i mod 4: every record equals the one-device run's bit for bit, for the same
+    ``paths_per_call``, with a sweep and with uneven groups."""
+    assert int(four_devices[f"devices.{name}"]) == n_devices  # the groups really ran on that many devices
+    _assert_same(four_devices, name, run(name))
 
 
 @pytest.mark.slow
-def test_uneven_paths_are_padded_on_the_devices_and_equal_the_single_device_run(four_devices, tmp_path):
-    """5 paths on 4 devices run as 8 lanes (2 per device, the padding repeats path 0): the 5 paths equal the
-    single-device run bit for bit, also resumed from a checkpoint on the four devices and on one device."""
-    assert four_devices["uneven_lanes"].tolist() == [8]
-    single = S.simulate_discrete(NET, noise.label_noise(0.5), S.adam(c=5.0), **UNEVEN, execution=S.Execution(block_steps=8))
+def test_a_four_device_checkpoint_resumes_on_four_devices_and_on_one_bit_for_bit(four_devices, tmp_path):
+    """7 paths in groups of 2, 2, 2, 1 interrupted on 4 devices after record 2: its checkpoint holds the whole
+    state (7 paths) and resumes there and on one device with the uninterrupted run's numbers."""
     ck = tmp_path / "uneven.npz"
     ck.write_bytes(open(four_devices["interrupted"], "rb").read())
     with np.load(ck) as f:
-        assert f["state.0"].shape[1] == 5 and int(f["done"]) == 2  # saved without the padding, mid-run
-    resumed_here = S.simulate_discrete(NET, noise.label_noise(0.5), S.adam(c=5.0), **UNEVEN, execution=S.Execution(block_steps=8, checkpoint=ck))
-    assert single.theta.shape[0] == 5
-    for i in (2, 3):  # run on four devices, and resumed there
-        np.testing.assert_array_equal(four_devices[f"{i}.theta"], single.theta)
-        np.testing.assert_array_equal(four_devices[f"{i}.v"], single.v)
-        np.testing.assert_array_equal(four_devices[f"{i}.div"], single.diverged_step)
-        np.testing.assert_array_equal(four_devices[f"{i}.loss"], single.observables["train_loss"])
-    np.testing.assert_array_equal(resumed_here.theta, single.theta)
-    np.testing.assert_array_equal(resumed_here.v, single.v)
+        assert f["state.0"].shape[1] == 7 and int(f["done"]) == 2
+    single = run("uneven")
+    _assert_same(four_devices, "resumed", single)
+    _assert_same(four_devices, "uneven", run("uneven", checkpoint=ck))
 
 
-@pytest.mark.parametrize("n_cfg,n_paths,shape,lanes", [(1, 1024, (1, 8), 1024), (4, 6, (4, 2), 6), (2, 3, (2, 3), 3),
-                                                       (3, 5, (1, 5), 5), (6, 1000, (2, 4), 1000),
-                                                       (16, 7, (8, 1), 7), (1, 13, (1, 8), 16), (2, 5, (2, 4), 8),
-                                                       (1, 1, (1, 1), 1)])
-def test_mesh_shape_splits_configurations_then_pads_the_paths(n_cfg, n_paths, shape, lanes):
-    """Configurations split evenly, the other devices along the paths, whose count is padded to fill them."""
-    assert sharding.mesh_shape(n_cfg, n_paths, 8) == shape
-    from jax.sharding import Mesh
-
-    b = shape[1]
-    mesh = None if shape == (1, 1) else Mesh(np.asarray([object()] * (shape[0] * b)).reshape(shape), ("cfg", "paths"))
-    assert sharding.padded_paths(n_paths, mesh) == lanes
-
-
-def test_one_device_gives_no_mesh():
-    import jax
-
-    assert sharding.lane_mesh(4, 6, jax.devices()[:1]) is None
+def test_group_sizes_cut_the_paths_the_last_group_shorter():
+    assert sharding.group_sizes(7, 2) == [2, 2, 2, 1]
+    assert sharding.group_sizes(1000, 1024) == [1000]
+    assert sharding.group_sizes(2048, 1024) == [1024, 1024]
+    assert sharding.group_sizes(1, 1) == [1]
 
 
 SLOW_SCRIPT = textwrap.dedent("""
