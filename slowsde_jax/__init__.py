@@ -4,8 +4,9 @@ Importing the package turns on float64 (see ``slowsde_jax._precision``).
 """
 from . import _precision  # noqa: F401  (must run before any array is made)
 from .validation import ConfigError
-from .methods import (AGM, SGD, AbstractMethod, Adafactor, CustomAGM, ScaleByAGMState, adafactor, adalayer, adam,
-                      adam_mini, adame, custom_agm, make_method, rmsprop, scale_by_agm, second_moment, sgd)
+from .methods import (AGM, SGD, AbstractMethod, Adafactor, CustomAGM, ScaleByAGMState, Shampoo, adafactor, adalayer,
+                      adam, adam_mini, adame, custom_agm, make_method, rmsprop, scale_by_agm, second_moment, sgd,
+                      shampoo)
 from .trajectory import Trajectory, mean_se
 from .discrete import simulate_discrete
 from .runs import load_run
@@ -21,9 +22,9 @@ from ._structure import LeastSquares
 from . import geometry, jobs, noise, plotting, potential, problems
 from ._version import __version__
 
-__all__ = ["ConfigError", "Execution", "LabelNoiseODE", "LeastSquares", "ProjectedEulerMaruyama", "Recording", "Start", "AbstractMethod", "AGM", "SGD", "ProjectionError", "ScaleByAGMState", "Trajectory", "Adafactor", "CustomAGM", "adafactor", "custom_agm", "adalayer", "adam",
+__all__ = ["ConfigError", "Execution", "LabelNoiseODE", "LeastSquares", "ProjectedEulerMaruyama", "Recording", "Start", "AbstractMethod", "AGM", "SGD", "ProjectionError", "ScaleByAGMState", "Trajectory", "Adafactor", "CustomAGM", "Shampoo", "adafactor", "custom_agm", "adalayer", "adam",
            "adam_mini", "adame", "at_projection", "compare", "enable_compilation_cache", "eta_sweep", "from_loss",
            "geometry", "load_run", "make_method", "mean_se", "noise", "on_gamma", "plotting", "potential", "problems",
            "project_trajectory",
-           "rmsprop", "scale_by_agm", "second_moment", "sgd", "sharpness_values", "simulate_discrete",
+           "rmsprop", "scale_by_agm", "second_moment", "sgd", "shampoo", "sharpness_values", "simulate_discrete",
            "simulate_slow_sde", "weak_order"]

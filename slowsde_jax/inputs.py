@@ -202,8 +202,10 @@ def initial_v(problem: AbstractProblem, noise: AbstractNoise, method: AbstractMe
         return None
     bound = method.for_problem(problem)
     if v0_mode == "equilibrium":
+        if bound.full_statistic:  # V needs all of Sigma (Shampoo): from its factor, Sigma = F F^T
+            return bound.V_of_factor(noise.covariance_factor(problem, theta))
         return bound.V(noise.covariance_diag(problem, theta))
-    shape = jax.eval_shape(bound.V, theta).shape  # (K,): (D,) unless the statistic is shaped otherwise
+    shape = (_statistic_size(problem, bound),)  # (K,): (D,) unless the statistic is shaped otherwise
     if v0_mode == "zeros":
         return jnp.zeros(shape, theta.dtype)
     return jnp.broadcast_to(jnp.asarray(v0, theta.dtype), shape)
@@ -213,7 +215,10 @@ def _statistic_size(problem: AbstractProblem, method: AbstractMethod) -> int:
     """K, the length of the method's second moment v on ``problem`` (D for the diagonal AGMs and SGD)."""
     if not method.has_v:
         return problem.dim
-    return int(jax.eval_shape(method.for_problem(problem).V, jax.ShapeDtypeStruct((problem.dim,), jnp.float64)).shape[0])
+    bound = method.for_problem(problem)
+    if bound.full_statistic:
+        return int(jax.eval_shape(bound.V_of_factor, jax.ShapeDtypeStruct((problem.dim, 1), jnp.float64)).shape[0])
+    return int(jax.eval_shape(bound.V, jax.ShapeDtypeStruct((problem.dim,), jnp.float64)).shape[0])
 
 
 # The keys of Trajectory.meta, the same for every engine (None where a key does not apply).

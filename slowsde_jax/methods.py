@@ -17,10 +17,12 @@ length D, ``S(v)`` is a diagonal preconditioner returned as its diagonal (length
 | adame(lam) | M_ii | 1 / (v^lam + eps) |
 | rmsprop | as adam with beta1 = 0 | as adam |
 | adafactor | a matrix leaf W (a, b): its row and column sums of M (a + b numbers); other leaves as adam | 1 / (sqrt(R_i C_j / sum_k R_k) + eps) on W; as adam elsewhere |
+| shampoo | a matrix leaf W (a, b): L = G Gᵀ and R = Gᵀ G summed over M = Σ g gᵀ (a² + b² numbers; needs all of M); other leaves as adam | (L + eps I)^(-1/4) ⊗ (R + eps I)^(-1/4) on vec(W), a full block; as adam elsewhere |
 | sgd | (no v) | 1 (momentum is the EMA form above) |
 
-Adafactor's statistic v is not shaped like the parameters: it has K = sum over leaves of (a + b) for a
-matrix leaf and the leaf's size otherwise (``statistic_size``).
+Adafactor's and Shampoo's statistics v are not shaped like the parameters: K = sum over leaves of (a + b)
+(Adafactor) or (a² + b²) (Shampoo) for a matrix leaf and the leaf's size otherwise (``statistic_size``).
+Shampoo's S is not diagonal; its block applies it leaf by leaf (``shampoo_apply``).
 
 The optimizer is built from optax blocks, in optax's conventions:
 
@@ -29,6 +31,8 @@ The optimizer is built from optax blocks, in optax's conventions:
 - ``method.scale_by_agm(eta, v0)`` is that block for an ``AGM`` (for ``SGD``: ``optax.ema(beta1)``), and
   ``method.optax(eta, v0)`` is ``optax.chain(method.scale_by_agm(eta, v0), optax.scale_by_learning_rate(eta))``,
   so clipping, masking or ``optax.multi_transform`` compose around the block as with any optax transform.
+- ``scale_by_operator`` is the block for any statistic of the gradient and any S applied to m (Shampoo);
+  ``scale_by_statistic`` the one for a statistic of g * g and a diagonal S (Adafactor, ``custom_agm``).
 - ``second_moment`` reads v from any optimizer state as a flat vector (D,) (None for SGD).
 
 A method (``AbstractMethod``: final ``AGM`` and ``SGD``) is an equinox Module: its hyperparameters are array leaves, so a method can be vmapped over
@@ -48,19 +52,22 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
+from jax.scipy.linalg import block_diag
 from jaxtyping import Array, ArrayLike, Float, Int, PyTree
 
 from . import _precision  # noqa: F401  (float64 by default)
+from ._matrix_power import spd_power
 from ._pattern import forbid_subclassing_final
 from .validation import ConfigError, as_real_array, check_range, suggest
 
 if TYPE_CHECKING:  # annotations only
     from .problems import AbstractProblem
 
-__all__ = ["ScaleByAGMState", "scale_by_agm", "scale_by_statistic", "second_moment", "initial_second_moment",
-           "precondition", "factored_statistic", "factored_preconditioner", "AbstractMethod", "AbstractStatisticAGM",
-           "AGM", "Adafactor", "CustomAGM", "SGD", "adam", "adam_mini", "adalayer", "adame", "rmsprop", "adafactor",
-           "custom_agm", "sgd", "FACTORIES", "METHOD_NAMES", "make_method"]
+__all__ = ["ScaleByAGMState", "scale_by_agm", "scale_by_operator", "scale_by_statistic", "second_moment",
+           "initial_second_moment", "precondition", "factored_statistic", "factored_preconditioner",
+           "shampoo_statistic", "shampoo_apply", "shampoo_matrix", "require_diagonal_S", "AbstractMethod", "AbstractStatisticAGM", "AGM",
+           "Adafactor", "CustomAGM", "Shampoo", "SGD", "adam", "adam_mini", "adalayer", "adame", "rmsprop",
+           "adafactor", "custom_agm", "shampoo", "sgd", "FACTORIES", "METHOD_NAMES", "make_method"]
 
 
 def _f(x):
@@ -131,20 +138,20 @@ def scale_by_agm(beta1: ArrayLike, beta2: ArrayLike, eps: ArrayLike, lam: ArrayL
     return optax.GradientTransformation(init, update)
 
 
-def scale_by_statistic(beta1: ArrayLike, beta2: ArrayLike, V: Callable, S: Callable, *,
-                       v0: Optional[ArrayLike] = None) -> optax.GradientTransformation:
-    """Scale updates g by an AGM whose statistic is not shaped like the parameters: returns S(v) m, with
+def scale_by_operator(beta1: ArrayLike, beta2: ArrayLike, statistic: Callable, apply_S: Callable, *,
+                      v0: Optional[ArrayLike] = None) -> optax.GradientTransformation:
+    """Scale updates g by an AGM with any linear statistic and any preconditioner: returns S(v) m, with
 
-        mu <- beta1 mu + (1 - beta1) g,   nu <- beta2 nu + (1 - beta2) V(g * g, shapes),   S(nu, shapes)
+        mu <- beta1 mu + (1 - beta1) g,   nu <- beta2 nu + (1 - beta2) statistic(g, shapes),   apply_S(nu, m, shapes)
 
-    on the raveled parameters (``ravel_pytree`` order): ``V(sq, shapes)`` maps the squared gradient (D,) to
-    the statistic (K,), ``S(nu, shapes)`` the statistic to the preconditioner's diagonal (D,); ``shapes`` are
-    the shapes of the gradient pytree's leaves. ``nu`` is a flat (K,) array; ``v0``: None (zeros), a scalar
-    or a (K,) array. No bias correction."""
+    on the raveled parameters (``ravel_pytree`` order): ``statistic(g, shapes)`` maps the gradient (D,) to
+    the statistic (K,), quadratically (V(g gᵀ) for a linear V); ``apply_S(nu, m, shapes)`` is S(nu) m (D,);
+    ``shapes`` are the shapes of the gradient pytree's leaves. ``nu`` is a flat (K,) array; ``v0``: None
+    (zeros), a scalar or a (K,) array. No bias correction."""
 
     def init(params):
         flat, _ = ravel_pytree(params)
-        K = jax.eval_shape(lambda x: V(x, _leaf_shapes(params)), flat).shape[0]
+        K = jax.eval_shape(lambda x: statistic(x, _leaf_shapes(params)), flat).shape[0]
         nu = jnp.zeros((K,), flat.dtype) if v0 is None else jnp.broadcast_to(jnp.asarray(v0, flat.dtype), (K,))
         return ScaleByAGMState(count=jnp.zeros((), jnp.int32), mu=jax.tree.map(jnp.zeros_like, params), nu=nu)
 
@@ -154,13 +161,22 @@ def scale_by_statistic(beta1: ArrayLike, beta2: ArrayLike, V: Callable, S: Calla
         mu = jax.tree.map(lambda m, g: (beta1 * m + (1.0 - beta1) * g).astype(m.dtype), state.mu, updates)
         shapes = _leaf_shapes(updates)
         g, _ = ravel_pytree(updates)
-        nu = (beta2 * state.nu + (1.0 - beta2) * V(g * g, shapes)).astype(state.nu.dtype)
+        nu = (beta2 * state.nu + (1.0 - beta2) * statistic(g, shapes)).astype(state.nu.dtype)
         m_flat, unravel = ravel_pytree(mu)
-        out = unravel(S(nu, shapes) * m_flat)
+        out = unravel(apply_S(nu, m_flat, shapes))
         out = jax.tree.map(lambda o, u: o.astype(u.dtype), out, updates)
         return out, ScaleByAGMState(count=count, mu=mu, nu=nu)
 
     return optax.GradientTransformation(init, update)
+
+
+def scale_by_statistic(beta1: ArrayLike, beta2: ArrayLike, V: Callable, S: Callable, *,
+                       v0: Optional[ArrayLike] = None) -> optax.GradientTransformation:
+    """``scale_by_operator`` for a statistic of the squared gradient and a diagonal preconditioner:
+    ``V(sq, shapes)`` maps g * g (D,) to the statistic (K,), ``S(nu, shapes)`` the statistic to the
+    preconditioner's diagonal (D,)."""
+    return scale_by_operator(beta1, beta2, lambda g, shapes: V(g * g, shapes),
+                             lambda nu, m, shapes: S(nu, shapes) * m, v0=v0)
 
 
 def factored_statistic(sq: Float[Array, "D"], shapes: tuple) -> Float[Array, "K"]:
@@ -199,6 +215,62 @@ def factored_preconditioner(v: Float[Array, "K"], shapes: tuple, eps: ArrayLike)
     return jnp.concatenate(out)
 
 
+def shampoo_statistic(F: Float[Array, "D k"], shapes: tuple) -> Float[Array, "K"]:
+    """Shampoo's statistic of M = F Fᵀ (a gradient g is F = g[:, None]), raveled over leaves of ``shapes``:
+    for a matrix leaf (a, b), with G_j the leaf's part of column j of F as an (a, b) matrix,
+    L = Σ_j G_j G_jᵀ (a, a) then R = Σ_j G_jᵀ G_j (b, b), each raveled row-major; any other leaf the
+    diagonal of M there (Adam's statistic). Linear in M."""
+    out, i = [], 0
+    for shape in shapes:
+        n = int(np.prod(shape))
+        X = F[i: i + n]
+        i += n
+        if len(shape) == 2:
+            G = X.reshape(tuple(shape) + (F.shape[1],))
+            out += [jnp.einsum("ijk,ljk->il", G, G).reshape(-1), jnp.einsum("ijk,ilk->jl", G, G).reshape(-1)]
+        else:
+            out.append(jnp.sum(X * X, axis=1))
+    return jnp.concatenate(out)
+
+
+def _shampoo_blocks(v: Float[Array, "K"], shapes: tuple, eps: ArrayLike) -> list:
+    """Per leaf: ((L + eps I)^(-1/4), (R + eps I)^(-1/4)) for a matrix leaf, else the diagonal 1/(sqrt(v) + eps)."""
+    out, k = [], 0
+    for shape in shapes:
+        if len(shape) == 2:
+            a, b = shape
+            L, R = v[k: k + a * a].reshape(a, a), v[k + a * a: k + a * a + b * b].reshape(b, b)
+            k += a * a + b * b
+            out.append((spd_power(L + eps * jnp.eye(a, dtype=v.dtype), -0.25),
+                        spd_power(R + eps * jnp.eye(b, dtype=v.dtype), -0.25)))
+        else:
+            n = int(np.prod(shape))
+            out.append(precondition(v[k: k + n], 0.5, eps))
+            k += n
+    return out
+
+
+def shampoo_apply(v: Float[Array, "K"], m: Float[Array, "D"], shapes: tuple, eps: ArrayLike) -> Float[Array, "D"]:
+    """S(v) m for Shampoo, without forming S: on a matrix leaf (L + eps I)^(-1/4) M (R + eps I)^(-1/4) (M the
+    leaf's part of ``m`` as an (a, b) matrix), elsewhere m / (sqrt(v) + eps)."""
+    out, i = [], 0
+    for shape, block in zip(shapes, _shampoo_blocks(v, shapes, eps)):
+        n = int(np.prod(shape))
+        x = m[i: i + n]
+        i += n
+        out.append((block[0] @ x.reshape(shape) @ block[1]).reshape(-1) if len(shape) == 2 else block * x)
+    return jnp.concatenate(out)
+
+
+def shampoo_matrix(v: Float[Array, "K"], shapes: tuple, eps: ArrayLike) -> Float[Array, "D D"]:
+    """Shampoo's S(v) as a (D, D) matrix: block diagonal over the leaves, (L + eps I)^(-1/4) ⊗ (R + eps I)^(-1/4)
+    on a matrix leaf (row-major vec), the diagonal 1/(sqrt(v) + eps) elsewhere. For small D (the geometry's
+    dense path and the potential test)."""
+    blocks = [jnp.kron(b[0], b[1]) if len(shape) == 2 else jnp.diag(b)
+              for shape, b in zip(shapes, _shampoo_blocks(v, shapes, eps))]
+    return block_diag(*blocks)
+
+
 def second_moment(opt_state: PyTree, batch_ndim: int = 0) -> Optional[Float[Array, "*batch D"]]:
     """The second moment v held by an optimizer state (a ``ScaleByAGMState`` anywhere inside it, e.g.
     in a chain) as a flat vector, raveled like ``ravel_pytree(params)``; None when there is none (SGD).
@@ -225,10 +297,17 @@ class AbstractMethod(eqx.Module):
     Declared by each final class: ``has_v`` (whether there is a second moment), ``sweepable`` (sweep name ->
     field), and the methods ``V``, ``S``, ``c_at`` and ``scale_by_agm``. On the SDE side ``V`` and ``S`` act on
     flat vectors over the raveled parameters (shape (D,)).
+
+    Declared structure (class variables): ``full_statistic``, True when V needs the whole matrix M = g gᵀ
+    and not only its diagonal (then ``V`` refuses and ``V_of_factor`` is the statistic); ``diagonal_S``,
+    False when S(v) is not diagonal (then ``S`` refuses and ``S_operator`` gives the matrix). The slow engine
+    and the projections need ``diagonal_S``.
     """
 
     has_v: eqx.AbstractClassVar[bool]
     sweepable: eqx.AbstractClassVar[Mapping[str, str]]
+    full_statistic: ClassVar[bool] = False
+    diagonal_S: ClassVar[bool] = True
     beta1: eqx.AbstractVar[jax.Array]
     name: eqx.AbstractVar[str]
     blocks: eqx.AbstractVar[Any]
@@ -249,6 +328,14 @@ class AbstractMethod(eqx.Module):
     @abc.abstractmethod
     def c_at(self, eta: Optional[ArrayLike]) -> Optional[Array]:
         """c = (1 - beta2) / eta^2 at learning rate eta (the rate of the v-equation in SDE time); None without v."""
+
+    def V_of_factor(self, F: Float[Array, "D k"]) -> Float[Array, "K"]:
+        """V(M) for M = F Fᵀ given by a factor F (D, k) (``noise.covariance_factor``): every method has it."""
+        return self.V(jnp.sum(F * F, axis=-1))
+
+    def S_operator(self, v: Float[Array, "K"]) -> Union[Float[Array, "D"], Float[Array, "D D"]]:
+        """S(v): its diagonal (D,) when ``diagonal_S``, else the matrix (D, D)."""
+        return self.S(v)
 
     @abc.abstractmethod
     def scale_by_agm(self, eta: ArrayLike, v0: Optional[PyTree[ArrayLike]] = None) -> optax.GradientTransformation:
@@ -341,6 +428,15 @@ class AbstractMethod(eqx.Module):
         return f"{self.name}({', '.join(parts)})"
 
     __str__ = __repr__
+
+
+def require_diagonal_S(method: AbstractMethod, what: str, field: str = "method") -> None:
+    """ConfigError(``field``) when ``method``'s preconditioner is not diagonal (Shampoo): ``what`` (the slow
+    engine, a projection onto Γ) needs a diagonal S."""
+    if not method.diagonal_S:
+        raise ConfigError(field, f"{what} needs a diagonal preconditioner S, and {method.name}'s is a full matrix; "
+                                 f"not yet supported for {method.name} (its discrete runs are, and "
+                                 "slowsde_jax.potential tests its label-noise flow)")
 
 
 def _check_rates(method) -> None:
@@ -579,6 +675,89 @@ class CustomAGM(AbstractStatisticAGM):
 
 
 @final
+class Shampoo(AbstractMethod):
+    """Shampoo in the AGM form (no grafting, exponent 1/4 on each side, EMA momentum m, constant
+    beta2 = 1 - c eta^2): on a matrix leaf W (a, b) v holds L = G Gᵀ (a, a) and R = Gᵀ G (b, b), and
+    S(v) = (L + eps I)^(-1/4) ⊗ (R + eps I)^(-1/4), a full matrix on vec(W); vectors, scalars and leaves of
+    other ranks as Adam (``shampoo_statistic``, ``shampoo_apply``, ``shampoo_matrix``). v has
+    K = sum (a² + b²) + (other leaves' sizes) entries. V needs the whole g gᵀ (``full_statistic``) and S is
+    not diagonal (``diagonal_S`` False): the discrete engine runs it; the slow engine does not yet.
+
+    Fields: ``beta1``; ``c`` or ``beta2`` (exactly one); ``eps``; static ``shapes`` as for ``Adafactor``.
+    Built by ``shampoo``.
+    """
+
+    has_v: ClassVar[bool] = True
+    full_statistic: ClassVar[bool] = True
+    diagonal_S: ClassVar[bool] = False
+    sweepable: ClassVar[Mapping[str, str]] = {"c": "c", "beta1": "beta1", "beta2": "beta2", "eps": "eps"}
+    blocks: ClassVar[None] = None
+    bias_correction: ClassVar[bool] = False
+
+    beta1: jax.Array
+    c: Optional[jax.Array]
+    beta2: Optional[jax.Array]
+    eps: jax.Array
+    name: str = eqx.field(static=True, default="shampoo")
+    shapes: Optional[tuple] = eqx.field(static=True, default=None)
+
+    def __check_init__(self):
+        check_range("beta1", self.beta1, low=0.0, high=1.0, high_open=True)
+        check_range("eps", self.eps, low=0.0)
+        _check_rates(self)
+
+    @property
+    def bound(self) -> bool:
+        return self.shapes is not None
+
+    def _own(self, shapes: Optional[tuple]) -> tuple:
+        if self.shapes is not None:
+            return self.shapes
+        if shapes is None:
+            raise ValueError("shampoo needs the parameter leaves' shapes: call method.for_problem(problem) first")
+        return shapes
+
+    def for_problem(self, problem: "AbstractProblem") -> "Shampoo":
+        """This method with the problem's leaf shapes (``problem.leaf_shapes``)."""
+        shapes = tuple(tuple(int(n) for n in s) for s in problem.leaf_shapes)
+        return self if self.shapes == shapes else dataclasses.replace(self, shapes=shapes)
+
+    def beta2_at(self, eta: ArrayLike) -> Array:
+        """beta2 used at learning rate eta: 1 - c eta^2, or the explicit beta2."""
+        return _beta2_at(self, eta)
+
+    def c_at(self, eta: Optional[ArrayLike]) -> Array:
+        return _c_at(self, eta)
+
+    def V(self, diag: Float[Array, "D"], params: Optional[PyTree] = None) -> Float[Array, "K"]:
+        raise ConfigError("method", "shampoo's statistic (G Gᵀ, Gᵀ G) needs the whole g gᵀ, not its diagonal: "
+                                    "use V_of_factor(F) with M = F Fᵀ")
+
+    def V_of_factor(self, F: Float[Array, "*batch D k"]) -> Float[Array, "*batch K"]:
+        if jnp.ndim(F) > 2:
+            return jax.vmap(self.V_of_factor)(F)
+        return shampoo_statistic(F, self._own(None))
+
+    def S(self, v: Float[Array, "K"]) -> Float[Array, "D"]:
+        raise ConfigError("method", "shampoo's preconditioner is not diagonal: S_operator(v) gives the (D, D) "
+                                    "matrix")
+
+    def S_operator(self, v: Float[Array, "K"]) -> Float[Array, "D D"]:
+        return shampoo_matrix(v, self._own(None), self.eps)
+
+    def statistic_size(self) -> int:
+        """K, the length of v."""
+        return sum(s[0] ** 2 + s[1] ** 2 if len(s) == 2 else int(np.prod(s)) for s in self._own(None))
+
+    def scale_by_agm(self, eta: ArrayLike, v0: Optional[ArrayLike] = None) -> optax.GradientTransformation:
+        """``scale_by_operator`` with Shampoo's statistic and preconditioner at learning rate ``eta``."""
+        beta2 = self.beta2_at(eta)
+        check_range("beta2", beta2, low=0.0, high=1.0, high_open=True)
+        return scale_by_operator(self.beta1, beta2, lambda g, shapes: shampoo_statistic(g[:, None], self._own(shapes)),
+                                 lambda nu, m, shapes: shampoo_apply(nu, m, self._own(shapes), self.eps), v0=v0)
+
+
+@final
 class SGD(AbstractMethod):
     """SGD with EMA momentum m <- beta1 m + (1 - beta1) g (the AGM form): no second moment, S = I. Built by ``sgd``."""
 
@@ -716,6 +895,14 @@ def custom_agm(statistic: Callable, preconditioner: Callable, beta1: ArrayLike =
                      name=str(name))
 
 
+def shampoo(beta1: ArrayLike = 0.9, beta2: Optional[ArrayLike] = None, c: Optional[ArrayLike] = None,
+            eps: ArrayLike = 1e-8) -> Shampoo:
+    """Shampoo (``Shampoo``): (L + eps I)^(-1/4) M (R + eps I)^(-1/4) on matrix leaves, Adam elsewhere. Without
+    beta2 or c, c = 10 (1 - beta2 = 10 eta^2)."""
+    c = _default_rate(beta2, c, beta1=beta1, eps=eps)
+    return Shampoo(beta1=_f(beta1), c=_f(c), beta2=_f(beta2), eps=_f(eps))
+
+
 def sgd(momentum: ArrayLike = 0.0, bias_correction: bool = False) -> SGD:
     """SGD, S = I, with optional EMA momentum m <- momentum m + (1 - momentum) g (the AGM form)."""
     as_real_array("momentum", momentum)
@@ -726,7 +913,7 @@ def sgd(momentum: ArrayLike = 0.0, bias_correction: bool = False) -> SGD:
 
 
 FACTORIES = {"adam": adam, "adam_mini": adam_mini, "adalayer": adalayer, "adame": adame,
-             "rmsprop": rmsprop, "adafactor": adafactor, "sgd": sgd}
+             "rmsprop": rmsprop, "adafactor": adafactor, "shampoo": shampoo, "sgd": sgd}
 METHOD_NAMES = tuple(FACTORIES)
 
 

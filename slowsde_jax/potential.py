@@ -10,7 +10,7 @@ report is the relative asymmetry ‖A − Aᵀ‖ / ‖A‖: rounding for a grad
 with a rotation. With a candidate φ, a(u) = −κ ∇_u φ(ψ(u)) is fitted at 0 and the misfit reported.
 
 ``label_noise_closedness`` applies it to the label-noise ODE's ζ-drift at the equilibrium of the
-v-equation, S = S(V(Σ(ζ))) (docs/math.md#label-noise-ode). For the diagonal AGMs the drift is −(α/4)
+v-equation, S = S(V(Σ(ζ))) (docs/math.md#label-noise-ode); S may be a full matrix (Shampoo's). For the diagonal AGMs the drift is −(α/4)
 times the S⁻¹-gradient of Σ_i G(H_ii) with G' = the preconditioner as a function of H_ii (of the block mean
 for Adam-mini and Adalayer): tr(Diag H^{1/2}) for Adam with ε = 0, tr H for SGD.
 
@@ -119,7 +119,9 @@ def label_noise_closedness(problem: AbstractProblem, noise: AbstractNoise, metho
     def metric(z):
         if not bound.has_v:
             return jnp.ones_like(z)
-        return bound.S(bound.V(noise.covariance_diag(problem, z)))
+        if bound.full_statistic:  # V needs all of Sigma = F F^T (Shampoo); S may be a matrix
+            return bound.S_operator(bound.V_of_factor(noise.covariance_factor(problem, z)))
+        return bound.S_operator(bound.V(noise.covariance_diag(problem, z)))
 
     def field(z):
         return geo.label_noise_drift(problem.loss, z, metric(z), alpha, least_squares=ls)

@@ -21,7 +21,7 @@ from . import _checkpoint
 from . import sharding as _sharding
 from .inputs import explain_start_failure, parse_inputs, run_meta
 from .integrators import AbstractSlowIntegrator, default_integrator
-from .methods import AbstractMethod
+from .methods import AbstractMethod, require_diagonal_S
 from .noise import AbstractNoise
 from .options import DEFAULT_PATHS_PER_CALL, Execution, Recording, Start, engine_options
 from .problems import AbstractProblem, observe_batch
@@ -75,6 +75,7 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Ab
     v0 = "equilibrium" if start.v0 is None else start.v0
     inputs = parse_inputs(problem, noise, method, key=key, n_paths=n_paths, n_record=n_record, theta0=start.theta0,
                           v0=v0, dtype=execution.dtype, v0_modes=("equilibrium",))
+    require_diagonal_S(method, "the slow engine")
     method = method.for_problem(problem)  # block ids from the problem's own parameter leaves
     check_range("T", T, low=0.0, low_open=True)
     if eta is not None:

@@ -104,9 +104,11 @@ def _one_block_as_custom(eps):  # Adam-mini with a single block: K = 1
                         c=5.0, name="one_block")
 
 
-@pytest.mark.parametrize("custom,builtin", [(_adam_as_custom(1e-6), S.adam(c=5.0, eps=1e-6)),
-                                            (_one_block_as_custom(1e-6), S.adam_mini(blocks=[0] * 12, c=5.0, eps=1e-6))],
-                         ids=["adam", "one-block"])
+@pytest.mark.parametrize("custom,builtin", [
+    (_adam_as_custom(1e-6), S.adam(c=5.0, eps=1e-6)),
+    pytest.param(_one_block_as_custom(1e-6), S.adam_mini(blocks=[0] * 12, c=5.0, eps=1e-6),
+                 marks=pytest.mark.slow),  # 20 s; K = 1 is covered fast by the Adafactor tests' statistic shapes
+], ids=["adam", "one-block"])
 def test_a_user_agm_from_its_statistic_and_preconditioner_is_the_builtin_it_restates(small_factorization, custom,
                                                                                     builtin):
     """``custom_agm(V, S)`` restating Adam (K = D) and Adam-mini with one block (K = 1): the discrete runs and

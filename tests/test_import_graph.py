@@ -12,7 +12,7 @@ PKG = Path(__file__).resolve().parents[1] / "slowsde_jax"
 # A subpackage (geometry/, paper/) sits in its top name's layer; its modules are checked as nodes of their own.
 LAYERS = [
     ("leaves", {"_version", "_precision", "_pattern", "_batching", "_small_linalg", "_memory", "brownian", "progress",
-                "sharding", "compile_cache", "validation", "_io", "_checkpoint", "_structure", "_runtime_checks", "streaming",
+                "sharding", "compile_cache", "validation", "_io", "_checkpoint", "_structure", "_runtime_checks", "streaming", "_matrix_power",
                 "distributed"}),
     ("models", {"problems", "noise", "methods", "trajectory"}),
     ("math", {"geometry", "sharpness"}),

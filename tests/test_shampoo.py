@@ -1,0 +1,150 @@
+"""Shampoo in the AGM form: its matrix power, its optax block against a hand loop, both engines, the CLI.
+
+The hand loop is numpy with its own eigendecompositions; the parameters are a pytree with two matrix leaves,
+a vector and a scalar (ravel order: the dict's sorted keys).
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.linalg import fractional_matrix_power
+
+import slowsde_jax as S
+from slowsde_jax import methods, noise, problems
+from slowsde_jax._matrix_power import spd_power
+
+SHAPES = {"W1": (3, 4), "b": (4,), "W2": (2, 3), "s": ()}
+
+
+def _params(key):
+    ks = jax.random.split(jax.random.PRNGKey(key), len(SHAPES))
+    return {name: jax.random.normal(k, shape) for k, (name, shape) in zip(ks, SHAPES.items())}
+
+
+def _inv_fourth_root(A):
+    lam, Q = np.linalg.eigh(A)
+    return (Q * lam**-0.25) @ Q.T
+
+
+def _hand_shampoo(grads, beta1, beta2, eps):
+    """Updates S(v) m of a hand-written Shampoo step by step (numpy), leaf by leaf."""
+    state = {k: dict(m=np.zeros(s), L=np.zeros((s[0], s[0])), R=np.zeros((s[1], s[1]))) if len(s) == 2
+             else dict(m=np.zeros(s), v=np.zeros(s)) for k, s in SHAPES.items()}
+    out = []
+    for g in grads:
+        step = {}
+        for k, s in SHAPES.items():
+            G, st = np.asarray(g[k]), state[k]
+            st["m"] = beta1 * st["m"] + (1 - beta1) * G
+            if len(s) == 2:
+                st["L"] = beta2 * st["L"] + (1 - beta2) * G @ G.T
+                st["R"] = beta2 * st["R"] + (1 - beta2) * G.T @ G
+                step[k] = _inv_fourth_root(st["L"] + eps * np.eye(s[0])) @ st["m"] @ _inv_fourth_root(
+                    st["R"] + eps * np.eye(s[1]))
+            else:
+                st["v"] = beta2 * st["v"] + (1 - beta2) * G * G
+                step[k] = st["m"] / (np.sqrt(st["v"]) + eps)
+        out.append(step)
+    return out
+
+
+def test_spd_power_and_its_derivative_with_a_cluster_of_equal_eigenvalues():
+    """A^(-1/4) against scipy; its JVP against central differences at a rank-one matrix plus eps I, whose
+    three equal eigenvalues make eigh's own derivative divide by zero."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(4, 6))
+    A = X @ X.T + 0.1 * np.eye(4)
+    np.testing.assert_allclose(spd_power(jnp.asarray(A), -0.25), fractional_matrix_power(A, -0.25), rtol=1e-13)
+    u = rng.normal(size=4)
+    B = np.outer(u, u) + 1e-3 * np.eye(4)
+    dB = rng.normal(size=(4, 4))
+    dB = dB + dB.T
+    f = lambda t: spd_power(jnp.asarray(B) + t * dB, -0.25)
+    _, jvp = jax.jvp(f, (0.0,), (1.0,))
+    h = 1e-7
+    fd = (f(h) - f(-h)) / (2 * h)
+    assert np.all(np.isfinite(jvp))
+    np.testing.assert_allclose(jvp, fd, atol=1e-6 * np.abs(jvp).max())
+
+
+def test_the_optax_block_equals_a_hand_written_loop():
+    beta1, beta2, eps = 0.9, 0.95, 1e-6
+    params = _params(0)
+    grads = [_params(k) for k in range(1, 7)]
+    tx = methods.shampoo(beta1=beta1, beta2=beta2, eps=eps).scale_by_agm(0.1)
+    state = tx.init(params)
+    for g, want in zip(grads, _hand_shampoo(grads, beta1, beta2, eps)):
+        upd, state = tx.update(g, state, params)
+        for k in SHAPES:
+            np.testing.assert_allclose(upd[k], want[k], rtol=1e-12, atol=1e-14)
+    K = sum(s[0] ** 2 + s[1] ** 2 if len(s) == 2 else int(np.prod(s)) for s in SHAPES.values())
+    assert state.nu.shape == (K,)
+
+
+def test_the_matrix_and_the_statistic_agree_with_the_block():
+    """shampoo_matrix(v) m equals shampoo_apply(v, m); the statistic of [F1 F2] is that of F1 plus that of F2
+    (linear in M = F Fᵀ), and of g[:, None] the block's."""
+    shapes = tuple(np.shape(x) for x in jax.tree_util.tree_leaves(_params(0)))
+    D = sum(int(np.prod(s)) for s in shapes)
+    rng = np.random.default_rng(1)
+    F1, F2 = rng.normal(size=(D, 3)), rng.normal(size=(D, 2))
+    v = methods.shampoo_statistic(jnp.asarray(np.hstack([F1, F2])), shapes)
+    np.testing.assert_allclose(v, methods.shampoo_statistic(jnp.asarray(F1), shapes)
+                               + methods.shampoo_statistic(jnp.asarray(F2), shapes), rtol=1e-13)
+    m = rng.normal(size=D)
+    np.testing.assert_allclose(methods.shampoo_matrix(v, shapes, 1e-6) @ m, methods.shampoo_apply(v, m, shapes, 1e-6),
+                               rtol=1e-11)
+    Smat = np.asarray(methods.shampoo_matrix(v, shapes, 1e-6))
+    np.testing.assert_allclose(Smat, Smat.T, atol=1e-12)
+    assert np.linalg.eigvalsh(Smat).min() > 0
+
+
+def _mlp():
+    k = jax.random.split(jax.random.PRNGKey(0), 3)
+    X = jax.random.normal(k[0], (6, 2))
+    Y = jnp.sin(X[:, 0])
+    p0 = {"W1": 0.5 * jax.random.normal(k[1], (2, 4)), "b1": jnp.zeros(4), "W2": 0.5 * jax.random.normal(k[2], (4,))}
+    res = lambda p: jnp.tanh(X @ p["W1"] + p["b1"]) @ p["W2"] - Y
+    return problems.from_loss(lambda p: 0.5 * jnp.mean(res(p) ** 2), p0, residuals=res)
+
+
+def test_the_discrete_engine_runs_shampoo_on_a_pytree_and_starts_at_the_equilibrium():
+    """v0 = equilibrium is V(Σ(θ0)) from the noise's covariance factor (all of Σ, not its diagonal), shape
+    (K,) = 2² + 4² + 4 + 4; the run moves and records v."""
+    prob, nz = _mlp(), noise.label_noise(0.5)
+    m = S.shampoo(c=10.0, eps=1e-8)
+    tr = S.simulate_discrete(prob, nz, m, eta=0.05, steps=200, n_paths=2, key=1, n_record=2,
+                             start=S.Start(v0="equilibrium"), execution=S.Execution(progress=False))
+    K = 2**2 + 4**2 + 4 + 4
+    assert tr.v.shape == (2, 3, K) and np.all(np.isfinite(tr.theta))
+    theta0 = tr.theta[0, 0]
+    want = m.for_problem(prob).V_of_factor(nz.covariance_factor(prob, jnp.asarray(theta0)))
+    np.testing.assert_allclose(tr.v[0, 0], want, rtol=1e-12)
+    F = np.asarray(nz.covariance_factor(prob, jnp.asarray(theta0)))
+    W1 = (F[:8] @ F[:8].T).reshape(2, 4, 2, 4)  # the W1 block of Σ, as (i, j, l, k)
+    np.testing.assert_allclose(tr.v[0, 0, :4].reshape(2, 2), np.einsum("ijlj->il", W1), rtol=1e-12)
+    assert not np.allclose(tr.theta[:, 0], tr.theta[:, -1])
+
+
+def test_what_needs_a_diagonal_S_refuses_shampoo_by_name(tmp_path):
+    prob, nz = _mlp(), noise.label_noise(0.5)
+    with pytest.raises(S.ConfigError) as e:
+        S.simulate_slow_sde(prob, nz, S.shampoo(), T=0.1, n_record=1)
+    assert e.value.field == "method" and "shampoo" in str(e.value)
+    tr = S.simulate_discrete(prob, nz, S.shampoo(), eta=0.05, steps=10, n_record=1,
+                             execution=S.Execution(progress=False))
+    with pytest.raises(S.ConfigError) as e:
+        S.at_projection(tr, prob, S.shampoo())
+    assert e.value.field == "method"
+    with pytest.raises(S.ConfigError):
+        S.shampoo().for_problem(prob).S(jnp.ones(28))
+
+
+def test_the_cli_refuses_slow_flow_with_shampoo_naming_the_run(tmp_path, capsys):
+    from slowsde_jax import cli
+
+    code = cli.main(["run", "configs/shampoo_factorization.yaml", "--out", str(tmp_path), "--quiet",
+                     "--set", "slow_flow=true"])
+    assert code == 2
+    assert capsys.readouterr().err.strip().startswith("slowsde: error: runs.shampoo.method:")
+    assert list(tmp_path.iterdir()) == []
