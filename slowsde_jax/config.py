@@ -432,7 +432,6 @@ def prepare(cfg: dict, command: str = "run") -> Prepared:
         with within(f + "."):
             method.check(problem)
         if command == "compare":
-            methods.require_diagonal_S(method, "slowsde compare (its slow side)", f"{f}.method")
             etas = [(e, f"compare.etas[{i}]") for i, e in enumerate(cfg["compare"]["etas"])]
         elif "eta" in (run.get("sweep") or {}):
             etas = [(e, f"{f}.sweep.eta[{i}]") for i, e in enumerate(run["sweep"]["eta"])]
@@ -459,7 +458,6 @@ def _check_slow_flow(cfg, planned):
     _expect(any(not cfg["runs"][name].get("sweep") for name, _, _ in planned), "slow_flow",
             "needs at least one run without a sweep (swept runs are left out of the slow-flow view)")
     for name, method, _ in planned:
-        methods.require_diagonal_S(method, "slow_flow: true", f"runs.{name}.method")
         _expect(not name.endswith(SLOW_FLOW_SUFFIXES), f"runs.{name}",
                 f"a run name may not end in {' or '.join(SLOW_FLOW_SUFFIXES)} with slow_flow: true (those names "
                 "hold the slow-flow results)")

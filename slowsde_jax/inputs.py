@@ -87,7 +87,12 @@ def parse_inputs(problem: AbstractProblem, noise: AbstractNoise, method: Abstrac
         if not bool(jnp.all(jnp.isfinite(v0_arr))):
             raise ConfigError("v0", f"must be finite, got {show(v0)}")
         lowest = "zeros" in v0_modes
-        if not bool(jnp.all(v0_arr >= 0 if lowest else v0_arr > 0)):
+        bound = method.for_problem(problem)
+        if bound.full_statistic:  # matrices (Shampoo's L and R, often singular): positive semidefinite
+            if not bound.statistic_ok(jnp.broadcast_to(v0_arr, (K,))):
+                raise ConfigError("v0", f"must hold {method.name}'s statistic: positive semidefinite matrices "
+                                        f"(and non-negative entries elsewhere), got {show(v0)}")
+        elif not bool(jnp.all(v0_arr >= 0 if lowest else v0_arr > 0)):
             raise ConfigError("v0", ("must be non-negative" if lowest else
                                      "must be positive (the slow SDE cannot start at v = 0)") + f", got {show(v0)}")
     return Inputs(key=key, n_paths=n_paths, n_record=n_record, theta0=theta0, v0_mode=v0_mode, v0=v0_arr,

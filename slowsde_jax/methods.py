@@ -749,6 +749,25 @@ class Shampoo(AbstractMethod):
         """K, the length of v."""
         return sum(s[0] ** 2 + s[1] ** 2 if len(s) == 2 else int(np.prod(s)) for s in self._own(None))
 
+    def statistic_ok(self, v: Float[Array, "K"]) -> bool:
+        """Whether ``v`` (K,) is a statistic this method can hold: every L and R symmetric and positive
+        semidefinite to rounding, the other entries non-negative."""
+        v, k = np.asarray(v, dtype=float), 0
+        for shape in self._own(None):
+            if len(shape) == 2:
+                for n in shape:
+                    M = v[k: k + n * n].reshape(n, n)
+                    k += n * n
+                    tol = 1e-12 * max(1.0, float(np.abs(M).max()))
+                    if np.abs(M - M.T).max() > tol or np.linalg.eigvalsh(0.5 * (M + M.T)).min() < -tol:
+                        return False
+            else:
+                n = int(np.prod(shape))
+                if np.any(v[k: k + n] < 0):
+                    return False
+                k += n
+        return True
+
     def scale_by_agm(self, eta: ArrayLike, v0: Optional[ArrayLike] = None) -> optax.GradientTransformation:
         """``scale_by_operator`` with Shampoo's statistic and preconditioner at learning rate ``eta``."""
         beta2 = self.beta2_at(eta)

@@ -23,7 +23,7 @@ from jax.flatten_util import ravel_pytree
 from numpy.typing import ArrayLike
 
 from . import geometry as geo
-from .methods import AbstractMethod, require_diagonal_S
+from .methods import AbstractMethod
 from .noise import AbstractNoise
 from .problems import AbstractProblem, observe_batch
 from .sharpness import SHARPNESS_NAMES, own_sharpness, sharpness_batch
@@ -106,11 +106,10 @@ def project_trajectory(traj: Trajectory, problem: AbstractProblem, method: Abstr
     if traj.theta is None:
         raise ConfigError("record_state", "projecting a trajectory needs its recorded states (record_state=True)")
     P, T, D = traj.theta.shape
-    require_diagonal_S(method, "projecting onto Gamma")
     method = method.for_problem(problem)
     theta = np.asarray(traj.theta.reshape(P * T, D))  # numpy: selecting the live rows compiles nothing
     v = jnp.asarray(traj.v.reshape(P * T, -1)) if traj.v is not None else jnp.zeros(theta.shape, theta.dtype)
-    S = np.asarray(method.S(v))
+    S = np.asarray(method.S(v) if method.diagonal_S else jax.vmap(method.S_operator)(v))  # (P T, D) or (P T, D, D)
     ok = np.repeat(~traj.diverged, T)
     zeta = np.array(theta)
     if ok.any():

@@ -75,8 +75,9 @@ class Start(eqx.Module):
 
     - ``theta0``: the parameters (D,) of every path; None: the problem's initializer, one draw per path.
     - ``v0``: the optimizer's second moment at the start: ``"zeros"``, ``"equilibrium"`` (V(Σ(θ0)), where
-      the slow flow can start too) or an array (D,) or a scalar; None: the engine's default (``"zeros"``
-      for the discrete engine, ``"equilibrium"`` for the slow one, which cannot start at v = 0).
+      the slow flow can start too) or an array (K,) (K = D but for Adafactor's and Shampoo's statistics) or a
+      scalar; None: the engine's default (``"zeros"`` for the discrete engine, ``"equilibrium"`` for the slow
+      one, which cannot start at v = 0). The engine checks its sign against the method's statistic.
     - ``project_max_steps``: (slow engine) the step budget of the gradient flow that puts θ0 on Γ.
     """
 
@@ -98,8 +99,8 @@ class Start(eqx.Module):
             a = as_real_array("v0", self.v0)
             if not np.all(np.isfinite(a)):
                 raise ConfigError("v0", f"must be finite, got {show(self.v0)}")
-            if np.any(a < 0):
-                raise ConfigError("v0", f"must be non-negative, got {show(self.v0)}")
+            # its sign is checked by the engines, which know the method: entries of a diagonal statistic
+            # must be non-negative, Shampoo's matrices positive semidefinite (with negative entries)
         check_int("project_max_steps", self.project_max_steps, 1)
 
 

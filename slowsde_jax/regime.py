@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -40,10 +41,11 @@ def coordinate_names(problem: AbstractProblem) -> list[str]:
 
 
 def _median_S(method: AbstractMethod, traj: Trajectory) -> np.ndarray:
-    """The median over live paths of S(v) at the final record, shape (D,)."""
+    """The median over live paths of S(v) at the final record (its diagonal for a full-matrix S), shape (D,)."""
     live = ~np.asarray(traj.diverged)
-    v = np.asarray(traj.v[live, -1] if live.any() else traj.v[:, -1])
-    return np.median(np.asarray(method.S(jnp.asarray(v))), axis=0)
+    v = jnp.asarray(traj.v[live, -1] if live.any() else traj.v[:, -1])
+    S = method.S(v) if method.diagonal_S else jnp.diagonal(jax.vmap(method.S_operator)(v), axis1=-2, axis2=-1)
+    return np.median(np.asarray(S), axis=0)
 
 
 def finite_eta_regime(problem: AbstractProblem, method: AbstractMethod, etas: Sequence[float],

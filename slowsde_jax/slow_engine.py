@@ -20,7 +20,7 @@ from . import geometry as geo
 from . import _checkpoint
 from . import sharding as _sharding
 from .inputs import explain_start_failure, parse_inputs, run_meta
-from .integrators import AbstractSlowIntegrator, default_integrator
+from .integrators import AbstractSlowIntegrator, LabelNoiseODE, default_integrator
 from .methods import AbstractMethod, require_diagonal_S
 from .noise import AbstractNoise
 from .options import DEFAULT_PATHS_PER_CALL, Execution, Recording, Start, engine_options
@@ -28,6 +28,7 @@ from .problems import AbstractProblem, observe_batch
 from .progress import progress_bar
 from .sharpness import sharpness_batch
 from .sde.coefficients import SlowSDEModel, _finite_records
+from .sde.full_S import full_S_label_noise_ode, full_S_start
 from .sde.start import _initial_state
 from .trajectory import Trajectory
 from .validation import ConfigError, check_range
@@ -75,7 +76,8 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Ab
     v0 = "equilibrium" if start.v0 is None else start.v0
     inputs = parse_inputs(problem, noise, method, key=key, n_paths=n_paths, n_record=n_record, theta0=start.theta0,
                           v0=v0, dtype=execution.dtype, v0_modes=("equilibrium",))
-    require_diagonal_S(method, "the slow engine")
+    if not method.diagonal_S and not isinstance(integrator, LabelNoiseODE):
+        require_diagonal_S(method, "the slow SDE (ProjectedEulerMaruyama; the label-noise ODE takes a full S)")
     method = method.for_problem(problem)  # block ids from the problem's own parameter leaves
     check_range("T", T, low=0.0, low_open=True)
     if eta is not None:
@@ -90,6 +92,10 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Ab
     else:
         c = jnp.asarray(0.0, inputs.dtype)
     t_grid = np.linspace(0.0, float(T), inputs.n_record + 1)
+    meta = dict(eta=None if eta is None else float(eta), T=float(T), n_paths=inputs.n_paths,
+                v0=v0 if isinstance(v0, str) else "given", c=float(c))
+    if not method.diagonal_S:  # a full-matrix S (Shampoo): the label-noise ODE on dense geometry
+        return _full_S_run(problem, noise, method, integrator, inputs, start, recording, c, t_grid, meta)
     plan = integrator.plan(problem, noise, method, t_grid, inputs.dtype)
     paths_per_call = min(execution.paths_per_call or DEFAULT_PATHS_PER_CALL, inputs.n_paths)
     records_per_call = execution.records_per_call or (1 if execution.checkpoint is not None else inputs.n_record)
@@ -140,19 +146,51 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Ab
     # package
     run = runs[0]
     zeta, v = np.stack(run.zeta, axis=1), np.stack(run.v, axis=1)
+    coarse = np.stack(runs[1].zeta, axis=1) if plan.levels == 2 else None
+    extra = dict(plan.meta(runs), **meta)
+    return _package(problem, noise, method, integrator, recording, t_grid, zeta, v, run.failed_time, run.reasons,
+                    extra, coarse, runs[1] if plan.levels == 2 else None)
+
+
+def _package(problem, noise, method, integrator, recording, t_grid, zeta, v, failed_time, reasons, meta, coarse=None,
+             coarse_run=None) -> Trajectory:
+    """The Trajectory of states ζ (P, n_t, D) and v (P, n_t, K): observables (Richardson-combined with the
+    ``coarse`` states when given), failures (a non-finite loss included) and meta."""
     observables = _observe(problem, method, zeta, recording.sharpness)
-    failed_time, reasons = _flag_non_finite_loss(problem, zeta, t_grid, run.failed_time, run.reasons)
-    if plan.levels == 2:  # Richardson: 2 f(zeta^h) - f(zeta^{2h})
-        coarse = _observe(problem, method, np.stack(runs[1].zeta, axis=1), recording.sharpness)
-        observables = {k: 2.0 * x - coarse[k] for k, x in observables.items()}
-        failed_time = np.fmin(failed_time, runs[1].failed_time)
-        reasons = [r or (None if rc is None else f"{rc} (at step 2 dt)") for r, rc in zip(reasons, runs[1].reasons)]
-    meta = run_meta(integrator.engine, problem, noise, method, eta=None if eta is None else float(eta), T=float(T),
-                    n_paths=inputs.n_paths, v0=v0 if isinstance(v0, str) else "given", c=float(c),
-                    failure_reasons=[f"path {i}: {r}" for i, r in enumerate(reasons) if r], **plan.meta(runs))
+    failed_time, reasons = _flag_non_finite_loss(problem, zeta, t_grid, failed_time, reasons)
+    if coarse is not None:  # Richardson: 2 f(zeta^h) - f(zeta^{2h})
+        coarse_obs = _observe(problem, method, coarse, recording.sharpness)
+        observables = {k: 2.0 * x - coarse_obs[k] for k, x in observables.items()}
+        failed_time = np.fmin(failed_time, coarse_run.failed_time)
+        reasons = [r or (None if rc is None else f"{rc} (at step 2 dt)") for r, rc in zip(reasons, coarse_run.reasons)]
+    meta = run_meta(integrator.engine, problem, noise, method,
+                    failure_reasons=[f"path {i}: {r}" for i, r in enumerate(reasons) if r], **meta)
     return Trajectory(t=t_grid, theta=zeta if recording.record_state else None,
                       v=v if (recording.record_state and method.has_v) else None, observables=observables,
                       diverged_time=failed_time, meta=meta)
+
+
+def _full_S_run(problem, noise, method, integrator, inputs, start, recording, c, t_grid, meta) -> Trajectory:
+    """The label-noise ODE of a method with a full-matrix S (``sde.full_S``): label noise on least squares
+    only; no checkpoints, groups or IMEX fallback (one call for all paths, the integrator's rtol, atol and
+    max_steps)."""
+    alpha = noise.label_noise_alpha(problem)
+    if alpha is None:
+        raise ConfigError("noise", f"the slow flow of {method.name} (a full-matrix S) is the label-noise ODE only: "
+                                   "it needs label noise on a least-squares problem")
+    if integrator.solver != "tsit5" or integrator.stepsize_controller is not None:
+        raise ConfigError("integrator.solver", f"the label-noise ODE of {method.name} (a full-matrix S) runs Tsit5 "
+                                               "with rtol and atol only")
+    init_keys = jax.random.split(jax.random.split(inputs.key)[0], inputs.n_paths)
+    (zeta0, v0), status = full_S_start(problem, noise, method, inputs.theta0, inputs.v0_mode, inputs.v0, init_keys,
+                                       start.project_max_steps)
+    if np.any(np.asarray(status) != geo.PROJECTION_OK):
+        raise explain_start_failure(problem, noise, method, inputs.theta0, inputs.v0_mode, inputs.v0, init_keys,
+                                    status, start.project_max_steps)
+    zeta, v, failed, reasons = full_S_label_noise_ode(problem, noise, method, c, alpha, zeta0, v0, t_grid,
+                                                      integrator.rtol, integrator.atol, integrator.max_steps)
+    return _package(problem, noise, method, integrator, recording, t_grid, zeta, v, failed, reasons,
+                    dict(meta, solver="Tsit5 (full S)", alpha=float(alpha), richardson=False))
 
 
 def _group_result_like(run, n_new, dtype) -> tuple:

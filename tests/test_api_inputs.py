@@ -75,7 +75,7 @@ def test_slow_engine_names_the_bad_argument(name, value):
 # ----- the option objects check themselves when they are built ---------------------------------------------------
 OPTIONS = {
     S.Start: {"theta0": ["abc", [[1.0, 2.0]], [math.nan, 1.0], [1 + 1j, 1.0]],
-              "v0": ["abc", [-1.0, 1.0], [math.nan, 1.0], 1 + 1j],
+              "v0": ["abc", [math.nan, 1.0], 1 + 1j],  # its sign: checked by the engines (the method's statistic)
               "project_max_steps": NOT_AN_INT[:-2] + [0]},
     S.Recording: {"record_state": NOT_A_BOOL, "record_observables": NOT_A_BOOL, "record_to": [3, "", ["a"]]},
     S.Execution: {"dtype": BAD_DTYPES, "progress": ["yes", 1, "true"], "checkpoint": [3, b"x", "", ["a"]],
@@ -105,6 +105,8 @@ def test_option_objects_name_the_bad_field(cls, name, value):
 @pytest.mark.parametrize("engine,kw,field", [
     ("discrete", dict(start=S.Start(theta0=[1.0, 2.0, 3.0])), "theta0"),
     ("discrete", dict(start=S.Start(v0=[1.0, 2.0, 3.0])), "v0"),
+    ("discrete", dict(start=S.Start(v0=[-1.0, 1.0])), "v0"),
+    ("slow", dict(start=S.Start(v0=[-1.0, 1.0])), "v0"),
     ("discrete", dict(execution=S.Execution(dtype="float32", records_per_call=2)), "execution.records_per_call"),
     ("discrete", dict(start=S.Start(project_max_steps=5)), "start.project_max_steps"),
     ("discrete", dict(start={"theta0": [1.0, 1.0]}), "start"),
