@@ -3,7 +3,8 @@
 At points of Γ of 3 x 3 depth-2 matrix sensing (6 Gaussian measurements of a rank-2 matrix, model rank 3;
 D = 18, dim Γ = 12), ``slowsde_jax.potential.label_noise_closedness`` measures the asymmetry of the
 Jacobian of the pulled-back 1-form S⁻¹F (F the ODE's ζ-drift at the v-equilibrium, in a chart of Γ):
-rounding for a gradient flow, order one for a flow with a rotation.
+rounding for a gradient flow, order one for a flow with a rotation. Shampoo's S is a full matrix
+(its metric S⁻¹ too).
 
     python benchmarks/potential_study.py            (about 2 minutes on a laptop CPU)
 """
@@ -15,7 +16,8 @@ import slowsde_jax as S
 from slowsde_jax import noise, potential, problems
 
 METHODS = {"sgd": S.sgd(), "adam": S.adam(c=10.0, eps=0.0), "adame(0.25)": S.adame(lam=0.25, c=10.0, eps=0.0),
-           "adalayer": S.adalayer(c=10.0, eps=0.0), "adafactor": S.adafactor(c=10.0, eps=0.0)}
+           "adalayer": S.adalayer(c=10.0, eps=0.0), "adafactor": S.adafactor(c=10.0, eps=0.0),
+           "shampoo": S.shampoo(c=10.0, eps=0.0)}
 
 
 def main():

@@ -10,6 +10,7 @@ Under label noise the slow flow decreases one sharpness measure per method (``do
 | adame(lam) | tr(Diag H^{1-lam}) | ``trace_diag_H_pow`` |
 | adam_mini, adalayer | sum_B sqrt(n_B tr H_BB), n_B the size of block B | ``block_sharpness`` |
 | adafactor | none known (``slowsde_jax.potential`` tests whether there is one); Adam's is recorded | ``trace_sqrt_diag_H`` |
+| shampoo | none known (its flow is no S⁻¹-gradient flow where tested); Adam's is recorded | ``trace_sqrt_diag_H`` |
 
 ``sharpness_measures(problem, method, theta)`` gives tr H, tr(Diag H^{1/2}) and the method's own measure
 when it is another one, from ``problem.hessian_diag`` at one point (D,); it is jittable and vmappable (a
@@ -49,7 +50,7 @@ def own_sharpness(method: AbstractMethod) -> tuple[str, str]:
     with the label showing its lam, e.g. ``("trace_diag_H_pow", "tr(Diag H^{0.75})")`` for lam = 0.25."""
     if not method.has_v:
         return "trace_H", MEASURE_LABELS["trace_H"]
-    if not isinstance(method, AGM):  # Adafactor, a custom AGM: no measure is known to be reduced; Adam's is shown
+    if not isinstance(method, AGM):  # Adafactor, Shampoo, a custom AGM: no measure is known to be reduced; Adam's is shown
         return "trace_sqrt_diag_H", MEASURE_LABELS["trace_sqrt_diag_H"] + " (Adam's; none known for " + method.name + ")"
     if method.blocks is not None:
         return "block_sharpness", MEASURE_LABELS["block_sharpness"]

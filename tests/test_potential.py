@@ -59,6 +59,32 @@ def test_a_rotation_on_gamma_is_no_gradient_and_a_projected_gradient_is(on_gamma
     assert gradient.asymmetry < 1e-12 and gradient.misfit < 1e-12 and abs(gradient.kappa - 1) < 1e-12, gradient
 
 
+def test_a_full_matrix_metric_is_tested_as_one(on_gamma):
+    """A metric S(x) with off-diagonal entries that vary along Γ (as Shampoo's do): the S⁻¹-gradient of φ on Γ,
+    ∂Φ_S S ∇φ with the oblique projection ∂Φ_S = I − S Jᵀ (J S Jᵀ)⁻¹ J, is closed with κ = 1; the same
+    projection of a rotation is not."""
+    net, z = on_gamma
+    ls, D = net.least_squares(), net.dim
+    rng = np.random.default_rng(1)
+    A, M = jnp.asarray(rng.standard_normal((D, D))), jnp.asarray(rng.standard_normal((D, D)))
+    M = M - M.T
+
+    def metric(t):
+        B = A * jnp.cos(t)[None, :]
+        return B @ B.T + jnp.eye(D)
+
+    def oblique(t, x):
+        J, Sm = ls.jacobian(t), metric(t)
+        return x - Sm @ J.T @ jnp.linalg.solve(J @ Sm @ J.T, J @ x)
+
+    phi = lambda x: jnp.sum(jnp.sin(x)) + x @ x
+    gradient = potential.closedness(ls.residuals, lambda t: -oblique(t, metric(t) @ jax.grad(phi)(t)), metric, z,
+                                    candidate=phi)
+    rotation = potential.closedness(ls.residuals, lambda t: oblique(t, metric(t) @ (M @ t)), metric, z)
+    assert gradient.asymmetry < 1e-11 and gradient.misfit < 1e-11 and abs(gradient.kappa - 1) < 1e-11, gradient
+    assert rotation.asymmetry > 0.1, rotation.asymmetry
+
+
 @pytest.mark.parametrize("method", [S.adame(lam=0.25, c=5.0, eps=0.0), S.adam(c=5.0, eps=1e-3),
                                     S.adalayer(c=5.0, eps=0.0)], ids=["adame", "adam_eps", "adalayer"])
 def test_the_other_diagonal_agms_are_gradients_too(on_gamma, method):
@@ -75,14 +101,14 @@ def test_closedness_refuses_what_it_cannot_test(on_gamma):
 
 
 @pytest.mark.slow
-def test_adafactor_label_noise_flow_is_no_gradient_where_adam_and_sgd_are():
+def test_adafactor_and_shampoo_label_noise_flows_are_no_gradients_where_adam_and_sgd_are():
     """3 x 3 matrix sensing (benchmarks/potential_study.py, point 0): Adafactor's S_ij = 1/√(R_i C_j / Σ R) is
-    no function of H_ij alone, and its flow's 1-form is not closed (3.0e-2 when written), at a point where
-    SGD's and Adam's are closed to rounding."""
+    no function of H_ij alone, and its flow's 1-form is not closed (3.0e-2 when written); neither is
+    Shampoo's, in its full-matrix metric (3.0e-2); SGD's and Adam's are closed to rounding there."""
     prob = problems.matrix_factorization(d1=3, d2=3, rank=2, n=6, key=0, measurement="gaussian")
     z = S.on_gamma(prob, prob.init(jax.random.PRNGKey(0)) * 5)
     nz = noise.label_noise(0.5)
     got = {name: potential.label_noise_closedness(prob, nz, m, z).asymmetry
            for name, m in (("sgd", S.sgd()), ("adam", S.adam(c=10.0, eps=0.0)),
-                           ("adafactor", S.adafactor(c=10.0, eps=0.0)))}
-    assert got["sgd"] < 1e-12 and got["adam"] < 1e-12 and got["adafactor"] > 1e-3, got
+                           ("adafactor", S.adafactor(c=10.0, eps=0.0)), ("shampoo", S.shampoo(c=10.0, eps=0.0)))}
+    assert got["sgd"] < 1e-12 and got["adam"] < 1e-12 and got["adafactor"] > 1e-3 and got["shampoo"] > 1e-3, got
