@@ -4,7 +4,7 @@ Importing the package turns on float64 (see ``slowsde_jax._precision``).
 """
 from . import _precision  # noqa: F401  (must run before any array is made)
 from .validation import ConfigError
-from .methods import (AGM, SGD, AbstractMethod, Adafactor, CustomAGM, ScaleByAGMState, Shampoo, adafactor, adalayer,
+from .methods import (AGM, SGD, AbstractMethod, Adafactor, CustomAGM, CustomMatrixAGM, ScaleByAGMState, Shampoo, adafactor, adalayer,
                       adam, adam_mini, adame, custom_agm, make_method, rmsprop, scale_by_agm, second_moment, sgd,
                       shampoo)
 from .trajectory import Trajectory, mean_se
@@ -22,7 +22,7 @@ from ._structure import LeastSquares
 from . import geometry, jobs, noise, plotting, potential, problems
 from ._version import __version__
 
-__all__ = ["ConfigError", "Execution", "LabelNoiseODE", "LeastSquares", "ProjectedEulerMaruyama", "Recording", "Start", "AbstractMethod", "AGM", "SGD", "ProjectionError", "ScaleByAGMState", "Trajectory", "Adafactor", "CustomAGM", "Shampoo", "adafactor", "custom_agm", "adalayer", "adam",
+__all__ = ["ConfigError", "Execution", "LabelNoiseODE", "LeastSquares", "ProjectedEulerMaruyama", "Recording", "Start", "AbstractMethod", "AGM", "SGD", "ProjectionError", "ScaleByAGMState", "Trajectory", "Adafactor", "CustomAGM", "CustomMatrixAGM", "Shampoo", "adafactor", "custom_agm", "adalayer", "adam",
            "adam_mini", "adame", "at_projection", "compare", "enable_compilation_cache", "eta_sweep", "from_loss",
            "geometry", "load_run", "make_method", "mean_se", "noise", "on_gamma", "plotting", "potential", "problems",
            "project_trajectory",

@@ -66,7 +66,7 @@ if TYPE_CHECKING:  # annotations only
 __all__ = ["ScaleByAGMState", "scale_by_agm", "scale_by_operator", "scale_by_statistic", "second_moment",
            "initial_second_moment", "precondition", "factored_statistic", "factored_preconditioner",
            "shampoo_statistic", "shampoo_apply", "shampoo_matrix", "require_diagonal_S", "AbstractMethod", "AbstractStatisticAGM", "AGM",
-           "Adafactor", "CustomAGM", "Shampoo", "SGD", "adam", "adam_mini", "adalayer", "adame", "rmsprop",
+           "Adafactor", "CustomAGM", "CustomMatrixAGM", "Shampoo", "SGD", "adam", "adam_mini", "adalayer", "adame", "rmsprop",
            "adafactor", "custom_agm", "shampoo", "sgd", "FACTORIES", "METHOD_NAMES", "make_method"]
 
 
@@ -777,6 +777,74 @@ class Shampoo(AbstractMethod):
 
 
 @final
+class CustomMatrixAGM(AbstractMethod):
+    """A user's AGM whose statistic needs all of g gᵀ and whose preconditioner is a matrix, on flat vectors:
+
+    - ``statistic``: V of M = F Fᵀ from a factor F (D, k) -> the statistic (K,), linear in M (so quadratic in
+      F: for one gradient F = g[:, None]);
+    - ``preconditioner``: S, the statistic (K,) -> a symmetric positive definite matrix (D, D).
+
+    Both jittable functions of arrays. The discrete side is ``scale_by_operator`` (S(v) m as a matrix
+    product); the slow side is the label-noise ODE on dense geometry (``sde.full_S``). A given v0 is only
+    checked to be finite (the statistic's structure is the user's). Fields ``beta1``; ``c`` or ``beta2``;
+    static ``name``, ``statistic``, ``preconditioner``. Built by ``custom_agm(..., full_matrix=True)``.
+    """
+
+    has_v: ClassVar[bool] = True
+    full_statistic: ClassVar[bool] = True
+    diagonal_S: ClassVar[bool] = False
+    sweepable: ClassVar[Mapping[str, str]] = {"c": "c", "beta1": "beta1", "beta2": "beta2"}
+    blocks: ClassVar[None] = None
+    bias_correction: ClassVar[bool] = False
+
+    beta1: jax.Array
+    c: Optional[jax.Array]
+    beta2: Optional[jax.Array]
+    statistic: Callable = eqx.field(static=True, default=None)
+    preconditioner: Callable = eqx.field(static=True, default=None)
+    name: str = eqx.field(static=True, default="custom")
+
+    def __check_init__(self):
+        for field in ("statistic", "preconditioner"):
+            if not callable(getattr(self, field)):
+                raise ConfigError(field, f"must be a function of a flat array, got {type(getattr(self, field)).__name__}")
+        check_range("beta1", self.beta1, low=0.0, high=1.0, high_open=True)
+        _check_rates(self)
+
+    def beta2_at(self, eta: ArrayLike) -> Array:
+        """beta2 used at learning rate eta: 1 - c eta^2, or the explicit beta2."""
+        return _beta2_at(self, eta)
+
+    def c_at(self, eta: Optional[ArrayLike]) -> Array:
+        return _c_at(self, eta)
+
+    def V(self, diag: Float[Array, "D"], params: Optional[PyTree] = None) -> Float[Array, "K"]:
+        raise ConfigError("method", f"{self.name}'s statistic needs the whole g gᵀ: use V_of_factor(F)")
+
+    def V_of_factor(self, F: Float[Array, "*batch D k"]) -> Float[Array, "*batch K"]:
+        if jnp.ndim(F) > 2:
+            return jax.vmap(self.V_of_factor)(F)
+        return self.statistic(F)
+
+    def S(self, v: Float[Array, "K"]) -> Float[Array, "D"]:
+        raise ConfigError("method", f"{self.name}'s preconditioner is a matrix: use S_operator(v)")
+
+    def S_operator(self, v: Float[Array, "K"]) -> Float[Array, "D D"]:
+        return self.preconditioner(v)
+
+    def statistic_ok(self, v: Float[Array, "K"]) -> bool:
+        """Any finite statistic (its structure is the user's)."""
+        return bool(np.all(np.isfinite(np.asarray(v))))
+
+    def scale_by_agm(self, eta: ArrayLike, v0: Optional[ArrayLike] = None) -> optax.GradientTransformation:
+        """``scale_by_operator`` with the user's statistic and preconditioner at learning rate ``eta``."""
+        beta2 = self.beta2_at(eta)
+        check_range("beta2", beta2, low=0.0, high=1.0, high_open=True)
+        return scale_by_operator(self.beta1, beta2, lambda g, shapes: self.statistic(g[:, None]),
+                                 lambda nu, m, shapes: self.preconditioner(nu) @ m, v0=v0)
+
+
+@final
 class SGD(AbstractMethod):
     """SGD with EMA momentum m <- beta1 m + (1 - beta1) g (the AGM form): no second moment, S = I. Built by ``sgd``."""
 
@@ -905,13 +973,22 @@ def adafactor(beta1: ArrayLike = 0.9, beta2: Optional[ArrayLike] = None, c: Opti
 
 
 def custom_agm(statistic: Callable, preconditioner: Callable, beta1: ArrayLike = 0.9,
-               beta2: Optional[ArrayLike] = None, c: Optional[ArrayLike] = None, name: str = "custom") -> CustomAGM:
-    """An AGM of your own (``CustomAGM``): ``statistic`` V maps the squared gradient (D,) linearly to a
-    statistic (K,), ``preconditioner`` S maps it to the preconditioner's diagonal (D,). Without beta2 or c,
-    c = 10. E.g. Adam is ``custom_agm(lambda sq: sq, lambda v: 1 / (jnp.sqrt(v) + 1e-8))``."""
+               beta2: Optional[ArrayLike] = None, c: Optional[ArrayLike] = None, name: str = "custom",
+               full_matrix: bool = False) -> Union[CustomAGM, CustomMatrixAGM]:
+    """An AGM of your own. Without beta2 or c, c = 10.
+
+    - ``full_matrix=False`` (``CustomAGM``): ``statistic`` V maps the squared gradient (D,) linearly to a
+      statistic (K,), ``preconditioner`` S maps it to the preconditioner's diagonal (D,). E.g. Adam is
+      ``custom_agm(lambda sq: sq, lambda v: 1 / (jnp.sqrt(v) + 1e-8))``.
+    - ``full_matrix=True`` (``CustomMatrixAGM``): ``statistic`` maps a factor F (D, k) of M = F Fᵀ to V(M)
+      (K,), linear in M; ``preconditioner`` maps the statistic to an SPD matrix (D, D). E.g. Shampoo restated
+      is ``custom_agm(lambda F: shampoo_statistic(F, shapes), lambda v: shampoo_matrix(v, shapes, eps),
+      full_matrix=True)``; full-matrix preconditioning (M + eps I)^(-1/2) takes ``lambda F: (F @ F.T).ravel()``
+      and the inverse square root of ``v.reshape(D, D) + eps I``."""
     c = _default_rate(beta2, c, beta1=beta1)
-    return CustomAGM(beta1=_f(beta1), c=_f(c), beta2=_f(beta2), statistic=statistic, preconditioner=preconditioner,
-                     name=str(name))
+    cls = CustomMatrixAGM if full_matrix else CustomAGM
+    return cls(beta1=_f(beta1), c=_f(c), beta2=_f(beta2), statistic=statistic, preconditioner=preconditioner,
+               name=str(name))
 
 
 def shampoo(beta1: ArrayLike = 0.9, beta2: Optional[ArrayLike] = None, c: Optional[ArrayLike] = None,

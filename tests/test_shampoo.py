@@ -168,6 +168,26 @@ def test_a_shampoo_run_projects_onto_gamma_and_its_v_starts_the_ode(small_factor
     assert e.value.field == "v0"
 
 
+def test_a_user_agm_with_a_matrix_preconditioner_restates_shampoo(small_factorization):
+    """``custom_agm(statistic of F, matrix S, full_matrix=True)`` built from Shampoo's pieces gives the built-in's
+    numbers: the discrete run to rounding (S(v) m as one matrix product instead of per leaf), the label-noise
+    ODE to its tolerances."""
+    shapes = tuple(tuple(s) for s in small_factorization.leaf_shapes)
+    eps = 1e-6
+    mine = S.custom_agm(lambda F: methods.shampoo_statistic(F, shapes), lambda v: methods.shampoo_matrix(v, shapes, eps),
+                        c=10.0, name="my_shampoo", full_matrix=True)
+    builtin = S.shampoo(c=10.0, eps=eps)
+    assert isinstance(mine, S.CustomMatrixAGM) and mine.full_statistic and not mine.diagonal_S
+    nz, ex = noise.label_noise(0.5), S.Execution(progress=False)
+    kw = dict(eta=0.05, T=0.05, n_paths=2, key=0, n_record=1, start=S.Start(v0="equilibrium"), execution=ex)
+    a, b = (S.simulate_discrete(small_factorization, nz, m, **kw) for m in (mine, builtin))
+    np.testing.assert_allclose(a.theta, b.theta, rtol=1e-11, atol=1e-13)
+    np.testing.assert_allclose(a.v, b.v, rtol=1e-11, atol=1e-13)
+    ode_a, ode_b = (S.simulate_slow_sde(small_factorization, nz, m, T=0.01, n_record=1, execution=ex,
+                                        start=S.Start(theta0=np.asarray(a.theta[0, -1]))) for m in (mine, builtin))
+    np.testing.assert_allclose(ode_a.theta, ode_b.theta, rtol=1e-7, atol=1e-10)
+
+
 @pytest.mark.slow
 def test_shampoo_label_noise_ode_against_discrete_runs_in_eta(small_factorization):
     """Shampoo's label-noise ODE against its discrete runs at η = 0.04, 0.02, 0.01 (32 paths, start on Γ with v
