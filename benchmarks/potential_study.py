@@ -17,7 +17,7 @@ from slowsde_jax import noise, potential, problems
 
 METHODS = {"sgd": S.sgd(), "adam": S.adam(c=10.0, eps=0.0), "adame(0.25)": S.adame(lam=0.25, c=10.0, eps=0.0),
            "adalayer": S.adalayer(c=10.0, eps=0.0), "adafactor": S.adafactor(c=10.0, eps=0.0),
-           "shampoo": S.shampoo(c=10.0, eps=0.0)}
+           "shampoo": S.shampoo(c=10.0, eps=1e-8)}
 
 
 def main():

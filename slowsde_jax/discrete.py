@@ -543,7 +543,12 @@ def _checkpointing(path, every_s, inner):
         if inner is not None:
             inner(run)
         now = time.monotonic()
-        if every_s <= 0 or now - last[0] >= every_s or run.done == run.targets.shape[1]:
+        due = every_s <= 0 or now - last[0] >= every_s or run.done == run.targets.shape[1]
+        if jax.process_count() > 1:  # saving gathers across processes: process 0's clock decides for all
+            from jax.experimental import multihost_utils
+
+            due = bool(multihost_utils.broadcast_one_to_all(np.asarray(due)))
+        if due:
             save_checkpoint(path, run)
             last[0] = now
 

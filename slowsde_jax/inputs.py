@@ -89,7 +89,10 @@ def parse_inputs(problem: AbstractProblem, noise: AbstractNoise, method: Abstrac
         lowest = "zeros" in v0_modes
         bound = method.for_problem(problem)
         if bound.full_statistic:  # matrices (Shampoo's L and R, often singular): positive semidefinite
-            if not bound.statistic_ok(jnp.broadcast_to(v0_arr, (K,))):
+            if v0_arr.shape != (K,):
+                raise ConfigError("v0", f"must be {method.name}'s whole statistic, an array of shape ({K},) (a "
+                                        "scalar would fill its matrices entry by entry)")
+            if not bound.statistic_ok(v0_arr):
                 raise ConfigError("v0", f"must hold {method.name}'s statistic: positive semidefinite matrices "
                                         f"(and non-negative entries elsewhere), got {show(v0)}")
         elif not bool(jnp.all(v0_arr >= 0 if lowest else v0_arr > 0)):
@@ -142,7 +145,7 @@ def explain_start_failure(problem: AbstractProblem, noise: AbstractNoise, method
     if not np.all(np.isfinite(losses)):
         return ConfigError("loss", f"the loss is not finite (got {show(losses[~np.isfinite(losses)][0])}) at the start "
                                    f"of {n}: check the loss function and theta0")
-    if method.has_v:
+    if method.has_v and not method.full_statistic:  # S = 1/(v^lam + eps): infinite at v <= 0 with eps = 0
         vs = [np.asarray(initial_v(problem, noise, method, jnp.asarray(t), v0_mode, v0)) for t in ths]
         low = [v for v in vs if not np.all(np.isfinite(v)) or np.any(v <= 0)]
         if low and float(method.eps) == 0.0:

@@ -434,9 +434,9 @@ def require_diagonal_S(method: AbstractMethod, what: str, field: str = "method")
     """ConfigError(``field``) when ``method``'s preconditioner is not diagonal (Shampoo): ``what`` (the slow
     engine, a projection onto Γ) needs a diagonal S."""
     if not method.diagonal_S:
-        raise ConfigError(field, f"{what} needs a diagonal preconditioner S, and {method.name}'s is a full matrix; "
-                                 f"not yet supported for {method.name} (its discrete runs are, and "
-                                 "slowsde_jax.potential tests its label-noise flow)")
+        raise ConfigError(field, f"{what} needs a diagonal preconditioner S, and {method.name}'s is a full matrix "
+                                 f"(for {method.name}: the discrete engine, the label-noise ODE "
+                                 "(LabelNoiseODE) and slowsde_jax.potential)")
 
 
 def _check_rates(method) -> None:
@@ -681,7 +681,8 @@ class Shampoo(AbstractMethod):
     S(v) = (L + eps I)^(-1/4) ⊗ (R + eps I)^(-1/4), a full matrix on vec(W); vectors, scalars and leaves of
     other ranks as Adam (``shampoo_statistic``, ``shampoo_apply``, ``shampoo_matrix``). v has
     K = sum (a² + b²) + (other leaves' sizes) entries. V needs the whole g gᵀ (``full_statistic``) and S is
-    not diagonal (``diagonal_S`` False): the discrete engine runs it; the slow engine does not yet.
+    not diagonal (``diagonal_S`` False): its slow flow is the label-noise ODE on dense geometry
+    (``slowsde_jax.sde.full_S``); the SDE form needs a diagonal S. ``eps`` must be positive.
 
     Fields: ``beta1``; ``c`` or ``beta2`` (exactly one); ``eps``; static ``shapes`` as for ``Adafactor``.
     Built by ``shampoo``.
@@ -703,7 +704,8 @@ class Shampoo(AbstractMethod):
 
     def __check_init__(self):
         check_range("beta1", self.beta1, low=0.0, high=1.0, high_open=True)
-        check_range("eps", self.eps, low=0.0)
+        # eps > 0: L and R are singular in the first steps (and often on Γ), and (L + 0 I)^(-1/4) is not finite
+        check_range("eps", self.eps, low=0.0, low_open=True)
         _check_rates(self)
 
     @property
@@ -751,14 +753,15 @@ class Shampoo(AbstractMethod):
 
     def statistic_ok(self, v: Float[Array, "K"]) -> bool:
         """Whether ``v`` (K,) is a statistic this method can hold: every L and R symmetric and positive
-        semidefinite to rounding, the other entries non-negative."""
+        semidefinite to rounding (of ``v``'s dtype), the other entries non-negative."""
+        rounding = 1e4 * float(np.finfo(np.asarray(v).dtype).eps)  # 2e-12 in float64, 1e-3 in float32
         v, k = np.asarray(v, dtype=float), 0
         for shape in self._own(None):
             if len(shape) == 2:
                 for n in shape:
                     M = v[k: k + n * n].reshape(n, n)
                     k += n * n
-                    tol = 1e-12 * max(1.0, float(np.abs(M).max()))
+                    tol = rounding * max(1.0, float(np.abs(M).max()))
                     if np.abs(M - M.T).max() > tol or np.linalg.eigvalsh(0.5 * (M + M.T)).min() < -tol:
                         return False
             else:

@@ -215,11 +215,19 @@ def theory_view(trajs: dict, methods: dict, problem: AbstractProblem, noise: Abs
         tr, method = items[0], methods[name]
         entry = {"projected": at_projection(tr, problem, method, progress=progress)}
         if slow_ode:
-            start = 0 if tr.v is None or np.all(tr.v[:, 0] > 0) else 1
+            start = 0 if tr.v is None or _startable(method.for_problem(problem), tr.v[:, 0]) else 1
             entry["slow_ode"] = slow_ode_from_records(tr, problem, noise, method, start=start,
                                                       execution=Execution(progress=progress))
         out[name] = entry
     return out
+
+
+def _startable(method: AbstractMethod, v: np.ndarray) -> bool:
+    """Whether the slow flow can start at every path's recorded v (P, K): v > 0 entry by entry, or a full
+    statistic (Shampoo's matrices) that the method can hold."""
+    if method.full_statistic:
+        return all(method.statistic_ok(x) for x in v)
+    return bool(np.all(v > 0))
 
 
 def _value(traj, name, j):

@@ -28,7 +28,7 @@ from .problems import AbstractProblem, observe_batch
 from .progress import progress_bar
 from .sharpness import sharpness_batch
 from .sde.coefficients import SlowSDEModel, _finite_records
-from .sde.full_S import full_S_label_noise_ode, full_S_start
+from .sde.full_S import full_S_failures, full_S_solve, full_S_start
 from .sde.start import _initial_state
 from .trajectory import Trajectory
 from .validation import ConfigError, check_range
@@ -95,7 +95,8 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Ab
     meta = dict(eta=None if eta is None else float(eta), T=float(T), n_paths=inputs.n_paths,
                 v0=v0 if isinstance(v0, str) else "given", c=float(c))
     if not method.diagonal_S:  # a full-matrix S (Shampoo): the label-noise ODE on dense geometry
-        return _full_S_run(problem, noise, method, integrator, inputs, start, recording, c, t_grid, meta)
+        return _full_S_run(problem, noise, method, integrator, inputs, start, recording, execution, c, t_grid,
+                           meta)
     plan = integrator.plan(problem, noise, method, t_grid, inputs.dtype)
     paths_per_call = min(execution.paths_per_call or DEFAULT_PATHS_PER_CALL, inputs.n_paths)
     records_per_call = execution.records_per_call or (1 if execution.checkpoint is not None else inputs.n_record)
@@ -170,27 +171,49 @@ def _package(problem, noise, method, integrator, recording, t_grid, zeta, v, fai
                       diverged_time=failed_time, meta=meta)
 
 
-def _full_S_run(problem, noise, method, integrator, inputs, start, recording, c, t_grid, meta) -> Trajectory:
+def _full_S_run(problem, noise, method, integrator, inputs, start, recording, execution, c, t_grid,
+                meta) -> Trajectory:
     """The label-noise ODE of a method with a full-matrix S (``sde.full_S``): label noise on least squares
-    only; no checkpoints, groups or IMEX fallback (one call for all paths, the integrator's rtol, atol and
-    max_steps)."""
+    only; paths in groups of ``paths_per_call`` over the devices like the other runs; no checkpoints, no
+    IMEX fallback, no retraction of the saved states."""
     alpha = noise.label_noise_alpha(problem)
     if alpha is None:
         raise ConfigError("noise", f"the slow flow of {method.name} (a full-matrix S) is the label-noise ODE only: "
                                    "it needs label noise on a least-squares problem")
-    if integrator.solver != "tsit5" or integrator.stepsize_controller is not None:
-        raise ConfigError("integrator.solver", f"the label-noise ODE of {method.name} (a full-matrix S) runs Tsit5 "
-                                               "with rtol and atol only")
+    if integrator.solver not in ("tsit5", "kvaerno5") or integrator.stepsize_controller is not None:
+        raise ConfigError("integrator.solver", f"the label-noise ODE of {method.name} (a full-matrix S) runs "
+                                               "'tsit5' or 'kvaerno5' (stiff) with rtol and atol only")
+    for field, value in (("integrator.rank", integrator.rank), ("integrator.zero_floor", integrator.zero_floor),
+                         ("execution.checkpoint", execution.checkpoint)):
+        if value is not None:
+            raise ConfigError(field, f"is not used by the label-noise ODE of {method.name} (a full-matrix S)")
     init_keys = jax.random.split(jax.random.split(inputs.key)[0], inputs.n_paths)
     (zeta0, v0), status = full_S_start(problem, noise, method, inputs.theta0, inputs.v0_mode, inputs.v0, init_keys,
                                        start.project_max_steps)
     if np.any(np.asarray(status) != geo.PROJECTION_OK):
         raise explain_start_failure(problem, noise, method, inputs.theta0, inputs.v0_mode, inputs.v0, init_keys,
                                     status, start.project_max_steps)
-    zeta, v, failed, reasons = full_S_label_noise_ode(problem, noise, method, c, alpha, zeta0, v0, t_grid,
-                                                      integrator.rtol, integrator.atol, integrator.max_steps)
+    solver = integrator.diffrax_solver()
+    zeta0, v0 = np.asarray(zeta0), np.asarray(v0)
+    sizes = _sharding.group_sizes(inputs.n_paths, execution.paths_per_call or DEFAULT_PATHS_PER_CALL)
+    starts = np.cumsum([0] + sizes[:-1])
+    bar = progress_bar(len(sizes), f"slow ODE ({method.name}, full S)", progress=execution.progress, unit="group")
+
+    def call(i):
+        lanes = slice(starts[i], starts[i] + sizes[i])
+        out = full_S_solve(problem, noise, method, c, alpha, zeta0[lanes], v0[lanes], t_grid, integrator.rtol,
+                           integrator.atol, integrator.max_steps, solver)
+        bar.update(1)
+        return out
+
+    n_t, f = len(t_grid), lambda *shape: jax.ShapeDtypeStruct(shape, inputs.dtype)
+    like = ((f(n_t, problem.dim), f(n_t, v0.shape[1])), jax.ShapeDtypeStruct((), bool))
+    groups = _sharding.run_groups(call, sizes, like, execution.devices)
+    bar.close()
+    (zeta, v), ok = jax.tree_util.tree_map(lambda *x: np.concatenate(x), *groups)
+    failed, reasons = full_S_failures(zeta, v, ok, t_grid)
     return _package(problem, noise, method, integrator, recording, t_grid, zeta, v, failed, reasons,
-                    dict(meta, solver="Tsit5 (full S)", alpha=float(alpha), richardson=False))
+                    dict(meta, solver=f"{type(solver).__name__} (full S)", alpha=float(alpha), richardson=False))
 
 
 def _group_result_like(run, n_new, dtype) -> tuple:

@@ -145,6 +145,15 @@ def test_the_slow_engine_runs_shampoos_label_noise_ode_and_refuses_the_sde(small
         S.simulate_slow_sde(small_factorization, noise.gaussian(np.eye(small_factorization.dim)), m, T=0.05,
                             n_record=1)
     assert e.value.field in ("noise", "method", "integrator"), e.value.field
+    for kw, field in ((dict(execution=S.Execution(checkpoint="x.npz")), "execution.checkpoint"),
+                      (dict(integrator=S.LabelNoiseODE(rank=2)), "integrator.rank"),
+                      (dict(start=S.Start(v0=1.0)), "v0")):
+        with pytest.raises(S.ConfigError) as e:
+            S.simulate_slow_sde(small_factorization, nz, m, T=0.05, n_record=1, **kw)
+        assert e.value.field == field, (e.value.field, field)
+    with pytest.raises(S.ConfigError) as e:
+        S.shampoo(eps=0.0)
+    assert e.value.field == "eps"
 
 
 def test_a_shampoo_run_projects_onto_gamma_and_its_v_starts_the_ode(small_factorization):
@@ -183,9 +192,24 @@ def test_a_user_agm_with_a_matrix_preconditioner_restates_shampoo(small_factoriz
     a, b = (S.simulate_discrete(small_factorization, nz, m, **kw) for m in (mine, builtin))
     np.testing.assert_allclose(a.theta, b.theta, rtol=1e-11, atol=1e-13)
     np.testing.assert_allclose(a.v, b.v, rtol=1e-11, atol=1e-13)
-    ode_a, ode_b = (S.simulate_slow_sde(small_factorization, nz, m, T=0.01, n_record=1, execution=ex,
-                                        start=S.Start(theta0=np.asarray(a.theta[0, -1]))) for m in (mine, builtin))
-    np.testing.assert_allclose(ode_a.theta, ode_b.theta, rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.slow
+def test_the_full_S_ode_solvers_and_a_user_matrix_agm_agree(small_factorization):
+    """Shampoo's label-noise ODE with Kvaerno5 (stiff) equals Tsit5's to the tolerances, and a user's
+    ``custom_agm(..., full_matrix=True)`` restating Shampoo gives the built-in's ODE."""
+    shapes = tuple(tuple(s) for s in small_factorization.leaf_shapes)
+    m = S.shampoo(c=10.0, eps=1e-6)
+    mine = S.custom_agm(lambda F: methods.shampoo_statistic(F, shapes), lambda v: methods.shampoo_matrix(v, shapes, 1e-6),
+                        c=10.0, name="my_shampoo", full_matrix=True)
+    nz, ex = noise.label_noise(0.5), S.Execution(progress=False)
+    kw = dict(T=0.05, n_paths=1, key=0, n_record=2, execution=ex)
+    tsit5 = S.simulate_slow_sde(small_factorization, nz, m, **kw)
+    stiff = S.simulate_slow_sde(small_factorization, nz, m, integrator=S.LabelNoiseODE(solver="kvaerno5"), **kw)
+    assert stiff.meta["solver"] == "Kvaerno5 (full S)"
+    np.testing.assert_allclose(stiff.theta, tsit5.theta, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(S.simulate_slow_sde(small_factorization, nz, mine, **kw).theta, tsit5.theta,
+                               rtol=1e-7, atol=1e-10)
 
 
 @pytest.mark.slow
