@@ -60,6 +60,9 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Ab
     - ``execution``: ``Execution``: dtype, progress, checkpoint (an .npz written after
       every call; a rerun with it continues with the same numbers), paths and records per compiled call.
 
+    A method whose S is a full matrix (Shampoo, ``custom_agm(..., full_matrix=True)``) has the label-noise ODE
+    only, on dense geometry (``slowsde_jax.sde.full_S``).
+
     Returns a Trajectory on the recording grid (``theta`` holds ζ). A path whose solver fails, whose state
     turns non-finite or whose loss is not finite is frozen at its last good state; ``diverged_time`` says
     when (the end of the recording interval) and ``meta["failure_reasons"]`` why.
@@ -184,7 +187,8 @@ def _full_S_run(problem, noise, method, integrator, inputs, start, recording, ex
         raise ConfigError("integrator.solver", f"the label-noise ODE of {method.name} (a full-matrix S) runs "
                                                "'tsit5' or 'kvaerno5' (stiff) with rtol and atol only")
     for field, value in (("integrator.rank", integrator.rank), ("integrator.zero_floor", integrator.zero_floor),
-                         ("execution.checkpoint", execution.checkpoint)):
+                         ("execution.checkpoint", execution.checkpoint),
+                         ("execution.records_per_call", execution.records_per_call)):
         if value is not None:
             raise ConfigError(field, f"is not used by the label-noise ODE of {method.name} (a full-matrix S)")
     init_keys = jax.random.split(jax.random.split(inputs.key)[0], inputs.n_paths)
