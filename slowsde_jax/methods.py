@@ -65,7 +65,7 @@ if TYPE_CHECKING:  # annotations only
 
 __all__ = ["ScaleByAGMState", "scale_by_agm", "scale_by_operator", "scale_by_statistic", "second_moment",
            "initial_second_moment", "precondition", "factored_statistic", "factored_preconditioner",
-           "shampoo_statistic", "shampoo_apply", "shampoo_matrix", "require_diagonal_S", "AbstractMethod", "AbstractStatisticAGM", "AGM",
+           "shampoo_statistic", "shampoo_apply", "shampoo_matrix", "AbstractMethod", "AbstractStatisticAGM", "AGM",
            "Adafactor", "CustomAGM", "CustomMatrixAGM", "Shampoo", "SGD", "adam", "adam_mini", "adalayer", "adame", "rmsprop",
            "adafactor", "custom_agm", "shampoo", "sgd", "FACTORIES", "METHOD_NAMES", "make_method"]
 
@@ -301,7 +301,7 @@ class AbstractMethod(eqx.Module):
     Declared structure (class variables): ``full_statistic``, True when V needs the whole matrix M = g gᵀ
     and not only its diagonal (then ``V`` refuses and ``V_of_factor`` is the statistic); ``diagonal_S``,
     False when S(v) is not diagonal (then ``S`` refuses and ``S_operator`` gives the matrix). The slow engine
-    and the projections need ``diagonal_S``.
+    and the projections use ``S_operator``.
     """
 
     has_v: eqx.AbstractClassVar[bool]
@@ -428,15 +428,6 @@ class AbstractMethod(eqx.Module):
         return f"{self.name}({', '.join(parts)})"
 
     __str__ = __repr__
-
-
-def require_diagonal_S(method: AbstractMethod, what: str, field: str = "method") -> None:
-    """ConfigError(``field``) when ``method``'s preconditioner is not diagonal (Shampoo): ``what`` (the slow
-    engine, a projection onto Γ) needs a diagonal S."""
-    if not method.diagonal_S:
-        raise ConfigError(field, f"{what} needs a diagonal preconditioner S, and {method.name}'s is a full matrix "
-                                 f"(for {method.name}: the discrete engine, the label-noise ODE "
-                                 "(LabelNoiseODE) and slowsde_jax.potential)")
 
 
 def _check_rates(method) -> None:
@@ -682,7 +673,7 @@ class Shampoo(AbstractMethod):
     other ranks as Adam (``shampoo_statistic``, ``shampoo_apply``, ``shampoo_matrix``). v has
     K = sum (a² + b²) + (other leaves' sizes) entries. V needs the whole g gᵀ (``full_statistic``) and S is
     not diagonal (``diagonal_S`` False): its slow flow is the label-noise ODE on dense geometry
-    (``slowsde_jax.sde.full_S``); the SDE form needs a diagonal S. ``eps`` must be positive.
+    (``slowsde_jax.sde.full_S``), and the SDE form takes the matrix S. ``eps`` must be positive.
 
     Fields: ``beta1``; ``c`` or ``beta2`` (exactly one); ``eps``; static ``shapes`` as for ``Adafactor``.
     Built by ``shampoo``.

@@ -21,7 +21,7 @@ from . import _checkpoint
 from . import sharding as _sharding
 from .inputs import explain_start_failure, parse_inputs, run_meta
 from .integrators import AbstractSlowIntegrator, LabelNoiseODE, default_integrator
-from .methods import AbstractMethod, require_diagonal_S
+from .methods import AbstractMethod
 from .noise import AbstractNoise
 from .options import DEFAULT_PATHS_PER_CALL, Execution, Recording, Start, engine_options
 from .problems import AbstractProblem, observe_batch
@@ -79,8 +79,6 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Ab
     v0 = "equilibrium" if start.v0 is None else start.v0
     inputs = parse_inputs(problem, noise, method, key=key, n_paths=n_paths, n_record=n_record, theta0=start.theta0,
                           v0=v0, dtype=execution.dtype, v0_modes=("equilibrium",))
-    if not method.diagonal_S and not isinstance(integrator, LabelNoiseODE):
-        require_diagonal_S(method, "the slow SDE (ProjectedEulerMaruyama; the label-noise ODE takes a full S)")
     method = method.for_problem(problem)  # block ids from the problem's own parameter leaves
     check_range("T", T, low=0.0, low_open=True)
     if eta is not None:
@@ -97,7 +95,7 @@ def simulate_slow_sde(problem: AbstractProblem, noise: AbstractNoise, method: Ab
     t_grid = np.linspace(0.0, float(T), inputs.n_record + 1)
     meta = dict(eta=None if eta is None else float(eta), T=float(T), n_paths=inputs.n_paths,
                 v0=v0 if isinstance(v0, str) else "given", c=float(c))
-    if not method.diagonal_S:  # a full-matrix S (Shampoo): the label-noise ODE on dense geometry
+    if not method.diagonal_S and isinstance(integrator, LabelNoiseODE):  # a full-matrix S: dense geometry
         return _full_S_run(problem, noise, method, integrator, inputs, start, recording, execution, c, t_grid,
                            meta)
     plan = integrator.plan(problem, noise, method, t_grid, inputs.dtype)

@@ -26,7 +26,10 @@ def _v_rate(problem: AbstractProblem, noise: AbstractNoise, method: AbstractMeth
     0 for methods without v (SGD)."""
     if not method.has_v:
         return jnp.zeros_like(v)
-    return c * (method.for_problem(problem).V(noise.covariance_diag(problem, zeta)) - v)
+    bound = method.for_problem(problem)
+    if bound.full_statistic:  # V needs all of Sigma (Shampoo): from its factor, Sigma = G G^T
+        return c * (bound.V_of_factor(noise.covariance_factor(problem, zeta)) - v)
+    return c * (bound.V(noise.covariance_diag(problem, zeta)) - v)
 
 
 def slow_sde_coefficients(problem: AbstractProblem, noise: AbstractNoise, method: AbstractMethod, zeta: Float[Array, "D"],
@@ -39,9 +42,10 @@ def slow_sde_coefficients(problem: AbstractProblem, noise: AbstractNoise, method
     Least squares (the problem has residuals, r = 0 on Gamma): in sample space, with n x n solves and
     Jacobian-vector products (``slowsde_jax.geometry.ls_slow_sde_coefficients``), no D x D matrix unless
     G is one. Any other loss, or ``structured=False``: dense geometry (Hessian, eigendecompositions), for D
-    up to a few hundred. The two agree to rounding (tests/test_structured_geometry.py).
+    up to a few hundred. The two agree to rounding (tests/test_structured_geometry.py). S may be a full
+    matrix (``method.S_operator``, Shampoo's).
     """
-    S = method.S(v)
+    S = method.S_operator(v)
     G = noise.covariance_factor(problem, zeta)
     ls = problem.least_squares()
     if ls is not None and structured is not False:
@@ -50,8 +54,9 @@ def slow_sde_coefficients(problem: AbstractProblem, noise: AbstractNoise, method
         H = geo.hessian(problem.loss, zeta)
         P = geo.projection_jacobian(H, S, rank)
         X = geo.sigma_diamond(H, G @ G.T, S, rank)
-        drift = -0.5 * P @ (S * geo.third_derivative_contraction(problem.loss, zeta, X))
-        A = P @ (S[:, None] * G)
+        t3 = geo.third_derivative_contraction(problem.loss, zeta, X)
+        drift = -0.5 * P @ (S @ t3 if S.ndim == 2 else S * t3)
+        A = P @ (S @ G if S.ndim == 2 else S[:, None] * G)
     dv = _v_rate(problem, noise, method, zeta, v, c)
     return drift, dv, A
 

@@ -24,7 +24,7 @@ def retract_onto_gamma(y0: State, y1: State, model: SlowSDEModel) -> State:
     problem = model.problem
     ls = problem.least_squares()
     zeta, v = y1
-    S = model.method.S(v)
+    S = model.method.S_operator(v)  # its diagonal, or a matrix (Shampoo)
     normals = None if ls is not None else geo.normal_frame(geo.hessian(problem.loss, y0[0]), S, model.rank)
     for _ in range(3):  # quadratic convergence: a displacement of 1e-2 lands within rounding
         zeta = geo.newton_retraction_step(problem.loss, zeta, S, least_squares=ls, normals=normals)

@@ -24,7 +24,7 @@ def _initial_state(model, theta0, v0_mode, v0, keys, max_steps):
         th = problem.init(jax.random.split(key)[0]) if theta0 is None else theta0
         v = initial_v(problem, noise, method, th, v0_mode, v0)
         v = jnp.zeros_like(th) if v is None else v  # SGD: S = I, v is a placeholder that never moves
-        zeta, status = geo.project_flow(problem.loss, th, method.S(v), max_steps=max_steps, least_squares=ls,
+        zeta, status = geo.project_flow(problem.loss, th, method.S_operator(v), max_steps=max_steps, least_squares=ls,
                                         rank=model.rank)
         if method.has_v and v0_mode == "equilibrium":
             v = initial_v(problem, noise, method, zeta, v0_mode)
