@@ -574,6 +574,23 @@ def _leaf_shapes(tree: PyTree) -> tuple:
     return tuple(tuple(np.shape(x)) for x in jax.tree_util.tree_leaves(tree))
 
 
+def _own_shapes(method, shapes: Optional[tuple]) -> tuple:
+    """The parameter leaves' shapes a shape-bound method (Adafactor, Shampoo) uses: its own once
+    ``for_problem`` bound it, else ``shapes`` (read from a gradient pytree by the optax block)."""
+    if method.shapes is not None:
+        return method.shapes
+    if shapes is None:
+        raise ValueError(f"{method.name} needs the parameter leaves' shapes: call method.for_problem(problem) "
+                         "first, or pass params")
+    return shapes
+
+
+def _with_problem_shapes(method, problem: "AbstractProblem"):
+    """``method`` bound to the problem's leaf shapes (``problem.leaf_shapes``)."""
+    shapes = tuple(tuple(int(n) for n in s) for s in problem.leaf_shapes)
+    return method if method.shapes == shapes else dataclasses.replace(method, shapes=shapes)
+
+
 @final
 class Adafactor(AbstractStatisticAGM):
     """Adafactor in the AGM form (no update clipping, no relative step size, EMA momentum m, constant
@@ -605,18 +622,10 @@ class Adafactor(AbstractStatisticAGM):
         return self.shapes is not None
 
     def _own(self, shapes: Optional[tuple]) -> tuple:
-        """The shapes to use: the method's own when bound, else ``shapes`` (from a pytree)."""
-        if self.shapes is not None:
-            return self.shapes
-        if shapes is None:
-            raise ValueError("adafactor needs the parameter leaves' shapes: call method.for_problem(problem) "
-                             "first, or pass params")
-        return shapes
+        return _own_shapes(self, shapes)
 
     def for_problem(self, problem: "AbstractProblem") -> "Adafactor":
-        """This method with the problem's leaf shapes (``problem.leaf_shapes``)."""
-        shapes = tuple(tuple(int(n) for n in s) for s in problem.leaf_shapes)
-        return self if self.shapes == shapes else dataclasses.replace(self, shapes=shapes)
+        return _with_problem_shapes(self, problem)
 
     def statistic_size(self, params: Optional[PyTree] = None) -> int:
         """K, the length of v."""
@@ -704,16 +713,10 @@ class Shampoo(AbstractMethod):
         return self.shapes is not None
 
     def _own(self, shapes: Optional[tuple]) -> tuple:
-        if self.shapes is not None:
-            return self.shapes
-        if shapes is None:
-            raise ValueError("shampoo needs the parameter leaves' shapes: call method.for_problem(problem) first")
-        return shapes
+        return _own_shapes(self, shapes)
 
     def for_problem(self, problem: "AbstractProblem") -> "Shampoo":
-        """This method with the problem's leaf shapes (``problem.leaf_shapes``)."""
-        shapes = tuple(tuple(int(n) for n in s) for s in problem.leaf_shapes)
-        return self if self.shapes == shapes else dataclasses.replace(self, shapes=shapes)
+        return _with_problem_shapes(self, problem)
 
     def beta2_at(self, eta: ArrayLike) -> Array:
         """beta2 used at learning rate eta: 1 - c eta^2, or the explicit beta2."""
